@@ -1,0 +1,265 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum setting_type { SET_STRING, SET_NUMBER, SET_SIZE };
+
+struct setting {
+    const char *env; /* HERALD_X; the flag is --x */
+    enum setting_type type;
+    const char *def;
+    size_t offset;
+    size_t size; /* of the string field */
+    long min, max;
+    const char *help;
+};
+
+#define STR(env, field, def, help)                                                                 \
+    {                                                                                              \
+        env, SET_STRING, def, offsetof(struct herald_config, field),                               \
+            sizeof(((struct herald_config *)0)->field), 0, 0, help                                 \
+    }
+#define NUM(env, field, def, lo, hi, help)                                                         \
+    {                                                                                              \
+        env, SET_NUMBER, def, offsetof(struct herald_config, field), 0, lo, hi, help               \
+    }
+#define SIZE(env, field, def, lo, hi, help)                                                        \
+    {                                                                                              \
+        env, SET_SIZE, def, offsetof(struct herald_config, field), 0, lo, hi, help                 \
+    }
+
+static const struct setting settings[] = {
+    STR("HERALD_LISTEN", listen, "0.0.0.0:8080", "address:port to listen on"),
+    STR("HERALD_REDIS_URL", redis_url_text, "redis://127.0.0.1:6379/0",
+        "redis://[user[:password]@]host[:port][/db]"),
+    STR("HERALD_REDIS_PREFIX", redis_prefix, "", "prefix of every Redis channel name"),
+    STR("HERALD_STATIC_DIR", static_dir, "", "serve the web demo from this folder at /"),
+    STR("HERALD_INSTANCE_ID", instance_id, "", "name of this instance (default host-pid)"),
+    NUM("HERALD_MAX_CONNECTIONS", max_connections, "100000", 1, 10000000,
+        "WebSocket connections per process; more are refused with 503"),
+    NUM("HERALD_MAX_SUBSCRIPTIONS", max_subscriptions, "256", 1, 16384,
+        "channels one connection may subscribe to"),
+    SIZE("HERALD_MAX_FRAME_BYTES", max_frame_bytes, "64k", 256, 16L << 20,
+         "largest client message; larger ones get too_large"),
+    SIZE("HERALD_CLIENT_QUEUE_BYTES", client_queue_bytes, "1M", 4096, 1L << 30,
+         "outbound bytes queued per client before it is closed with 4008"),
+    NUM("HERALD_DRAIN_SECONDS", drain_seconds, "10", 0, 3600,
+        "on SIGTERM, seconds to flush and close clients before exiting"),
+    NUM("HERALD_HEARTBEAT_MS", heartbeat_ms, "1000", 50, 60000,
+        "Redis self-heartbeat interval; 3 missed beats mean the link is dead"),
+    STR("HERALD_LOG_LEVEL", log_level_text, "info", "debug, info, warn or error"),
+};
+
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+/* --redis-url from HERALD_REDIS_URL */
+static void flag_name(const char *env, char *out, size_t cap)
+{
+    const char *p = env + strlen("HERALD_");
+    size_t i = 0;
+    for (; *p && i + 1 < cap; p++)
+        out[i++] = *p == '_' ? '-' : (char)tolower((unsigned char)*p);
+    out[i] = '\0';
+}
+
+int config_parse_size(const char *s, long *out)
+{
+    errno = 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || errno || v < 0)
+        return -1;
+    long long mult = 1;
+    switch (*end) {
+    case '\0':
+        break;
+    case 'k':
+    case 'K':
+        mult = 1LL << 10;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        mult = 1LL << 20;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        mult = 1LL << 30;
+        end++;
+        break;
+    default:
+        return -1;
+    }
+    if ((*end == 'i' || *end == 'I') && mult > 1)
+        end++;
+    if ((*end == 'b' || *end == 'B') && mult > 1)
+        end++;
+    if (*end != '\0' || v > LONG_MAX / mult)
+        return -1;
+    *out = (long)(v * mult);
+    return 0;
+}
+
+int config_parse_listen(const char *s, char *host, size_t hostlen, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon)
+        return -1;
+    size_t n = (size_t)(colon - s);
+    if (n >= hostlen)
+        return -1;
+    memcpy(host, s, n);
+    host[n] = '\0';
+    if (strcmp(host, "*") == 0)
+        host[0] = '\0';
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || *end || errno || p < 0 || p > 65535)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
+static int apply(struct herald_config *cfg, const struct setting *st, const char *value, char *err,
+                 size_t errlen)
+{
+    char *field = (char *)cfg + st->offset;
+    long v = 0;
+    char *end;
+    switch (st->type) {
+    case SET_STRING:
+        if (strlen(value) >= st->size) {
+            snprintf(err, errlen, "%s: value too long", st->env);
+            return -1;
+        }
+        strcpy(field, value);
+        return 0;
+    case SET_NUMBER:
+        errno = 0;
+        v = strtol(value, &end, 10);
+        if (end == value || *end || errno)
+            v = st->min - 1;
+        break;
+    case SET_SIZE:
+        if (config_parse_size(value, &v))
+            v = st->min - 1;
+        break;
+    }
+    if (v < st->min || v > st->max) {
+        snprintf(err, errlen, "%s: '%s' is not a number from %ld to %ld", st->env, value, st->min,
+                 st->max);
+        return -1;
+    }
+    *(long *)(void *)field = v;
+    return 0;
+}
+
+static void print_help(FILE *out)
+{
+    fprintf(out,
+            "herald %s: a WebSocket gateway that fans Redis events out to browsers\n\n"
+            "usage: herald [--flag value]...\n\n"
+            "Every setting is an environment variable and a flag; flags win.\n\n",
+            HERALD_VERSION);
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        char flag[64];
+        flag_name(settings[i].env, flag, sizeof flag);
+        fprintf(out, "  --%-20s %-26s %s (default: \"%s\")\n", flag, settings[i].env,
+                settings[i].help, settings[i].def);
+    }
+    fprintf(out, "  --help                    this text\n  --version                 "
+                 "print the version\n");
+}
+
+static const struct setting *find_flag(const char *name, size_t n)
+{
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        char flag[64];
+        flag_name(settings[i].env, flag, sizeof flag);
+        if (strlen(flag) == n && strncmp(flag, name, n) == 0)
+            return &settings[i];
+    }
+    return NULL;
+}
+
+static int load_args(struct herald_config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument '%s' (see --help)", a);
+            return -1;
+        }
+        a += 2;
+        const char *eq = strchr(a, '=');
+        size_t n = eq ? (size_t)(eq - a) : strlen(a);
+        const struct setting *st = find_flag(a, n);
+        if (!st) {
+            snprintf(err, errlen, "unknown flag '%s' (see --help)", argv[i]);
+            return -1;
+        }
+        const char *value = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!value) {
+            snprintf(err, errlen, "flag '%s' needs a value", argv[i]);
+            return -1;
+        }
+        if (apply(cfg, st, value, err, errlen))
+            return -1;
+    }
+    return 0;
+}
+
+/* Derived fields: the parsed listen address, Redis URL and log level. */
+static int finish(struct herald_config *cfg, char *err, size_t errlen)
+{
+    if (config_parse_listen(cfg->listen, cfg->listen_host, sizeof cfg->listen_host,
+                            &cfg->listen_port)) {
+        snprintf(err, errlen, "HERALD_LISTEN: '%s' is not host:port", cfg->listen);
+        return -1;
+    }
+    if (redis_url_parse(cfg->redis_url_text, &cfg->redis, err, (int)errlen))
+        return -1;
+    if (log_level_parse(cfg->log_level_text, &cfg->log_level)) {
+        snprintf(err, errlen, "HERALD_LOG_LEVEL: '%s' is not debug, info, warn or error",
+                 cfg->log_level_text);
+        return -1;
+    }
+    if (!cfg->instance_id[0]) {
+        char host[64] = "herald";
+        gethostname(host, sizeof host - 1);
+        snprintf(cfg->instance_id, sizeof cfg->instance_id, "%s-%ld", host, (long)getpid());
+    }
+    return 0;
+}
+
+enum config_result config_load(struct herald_config *cfg, int argc, char **argv, FILE *out,
+                               char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof *cfg);
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            print_help(out);
+            return CONFIG_EXIT;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            fprintf(out, "herald %s\n", HERALD_VERSION);
+            return CONFIG_EXIT;
+        }
+    }
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const char *env = getenv(settings[i].env);
+        if (apply(cfg, &settings[i], settings[i].def, err, errlen) ||
+            (env && apply(cfg, &settings[i], env, err, errlen)))
+            return CONFIG_ERROR;
+    }
+    if (load_args(cfg, argc, argv, err, errlen) || finish(cfg, err, errlen))
+        return CONFIG_ERROR;
+    return CONFIG_OK;
+}

@@ -1,0 +1,43 @@
+/* Settings: every one is an environment variable HERALD_X and a flag --x; flags win. */
+#ifndef HERALD_CONFIG_H
+#define HERALD_CONFIG_H
+
+#include "log.h"
+#include "redis_url.h"
+
+#include <stddef.h>
+#include <stdio.h>
+
+struct herald_config {
+    char listen[128];
+    char listen_host[64];
+    int listen_port;
+    char redis_url_text[1024];
+    struct redis_url redis;
+    char redis_prefix[64];
+    char static_dir[512];
+    char instance_id[128];
+    long max_connections;
+    long max_subscriptions;
+    long max_frame_bytes;
+    long client_queue_bytes;
+    long drain_seconds;
+    long heartbeat_ms;
+    char log_level_text[16];
+    enum log_level log_level;
+};
+
+enum config_result { CONFIG_OK = 0, CONFIG_EXIT = 1, CONFIG_ERROR = -1 };
+
+/* Fills cfg from defaults, then the environment, then argv. CONFIG_EXIT means --help or
+ * --version was printed to out; CONFIG_ERROR leaves a message in err. */
+enum config_result config_load(struct herald_config *cfg, int argc, char **argv, FILE *out,
+                               char *err, size_t errlen);
+
+/* Parses "123", "64k", "1M", "2G" (binary units). Returns 0 or -1. */
+int config_parse_size(const char *s, long *out);
+
+/* Parses "host:port" (host may be empty or "*" for all interfaces). Returns 0 or -1. */
+int config_parse_listen(const char *s, char *host, size_t hostlen, int *port);
+
+#endif

@@ -1,0 +1,11 @@
+/* Small JSON text helpers for the places where building a jansson tree would be waste. */
+#ifndef HERALD_JSON_TEXT_H
+#define HERALD_JSON_TEXT_H
+
+#include <stddef.h>
+
+/* Escapes s[0..n) for use inside a JSON string into out (NUL-terminated, at most cap-1 bytes,
+ * never splitting an escape). Returns the number of bytes written. */
+size_t json_escape(const char *s, size_t n, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,24 @@
+/* JSON logging: one object per line on stderr, {"ts","level","event","msg"}. */
+#ifndef HERALD_LOG_H
+#define HERALD_LOG_H
+
+#include <stdarg.h>
+
+enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+/* The level is set once at start-up, before the loop runs; it is the only process-wide
+ * setting outside main, because every module logs. */
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+/* Parses "debug", "info", "warn" or "error"; returns 0 or -1. */
+int log_level_parse(const char *s, enum log_level *out);
+
+void log_emit(enum log_level level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define log_debug(event, ...) log_emit(LOG_DEBUG, event, __VA_ARGS__)
+#define log_info(event, ...)  log_emit(LOG_INFO, event, __VA_ARGS__)
+#define log_warn(event, ...)  log_emit(LOG_WARN, event, __VA_ARGS__)
+#define log_error(event, ...) log_emit(LOG_ERROR, event, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,355 @@
+#include "bus.h"
+#include "herald.h"
+#include "hub.h"
+#include "log.h"
+#include "redis_uv.h"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BACKOFF_MIN_MS     100
+#define BACKOFF_MAX_MS     5000
+#define CONNECT_TIMEOUT_MS 3000
+#define BEATS_BEFORE_DEAD  3
+
+enum bus_state { BUS_DOWN, BUS_CONNECTING, BUS_UP };
+
+struct bus {
+    struct herald *app;
+    redisAsyncContext *sub; /* SUBSCRIBE only */
+    redisAsyncContext *cmd; /* PUBLISH and everything else */
+    enum bus_state state;
+    bool sub_ready, cmd_ready;
+    uv_timer_t timer; /* heartbeat, liveness check, reconnect */
+    uint64_t state_since_ms;
+    uint64_t last_beat_ms; /* 0: none since the last connect */
+    uint64_t retry_at_ms;
+    unsigned attempts;
+    uint64_t rng;
+    bool ever_up;
+    /* Full Redis name of this instance's heartbeat channel. '#' cannot occur in a Herald
+     * channel name, so no client can subscribe to it or unsubscribe it. */
+    char beat_channel[256];
+    size_t prefix_len;
+};
+
+/* xorshift64*: jitter only needs to differ between instances, not to be unpredictable */
+static uint64_t next_random(struct bus *bus)
+{
+    bus->rng ^= bus->rng >> 12;
+    bus->rng ^= bus->rng << 25;
+    bus->rng ^= bus->rng >> 27;
+    return bus->rng * 2685821657736338717ULL;
+}
+
+static uint64_t now_ms(const struct bus *bus)
+{
+    return herald_now_ms(bus->app);
+}
+
+static void set_state(struct bus *bus, enum bus_state s)
+{
+    bus->state = s;
+    bus->state_since_ms = now_ms(bus);
+}
+
+/* Frees a context without letting its callbacks reach us again. */
+static void drop_context(redisAsyncContext **ac)
+{
+    if (*ac) {
+        (*ac)->data = NULL;
+        redisAsyncFree(*ac);
+        *ac = NULL;
+    }
+}
+
+/* Both connections go; the hub forgets its subscriptions; a retry is scheduled with
+ * exponential backoff and full jitter over its upper half. */
+static void go_down(struct bus *bus, const char *why)
+{
+    bool was_up = bus->state == BUS_UP;
+    drop_context(&bus->sub);
+    drop_context(&bus->cmd);
+    bus->sub_ready = bus->cmd_ready = false;
+    bus->last_beat_ms = 0;
+    set_state(bus, BUS_DOWN);
+    unsigned shift = bus->attempts < 6 ? bus->attempts : 6;
+    uint64_t cap = (uint64_t)BACKOFF_MIN_MS << shift;
+    if (cap > BACKOFF_MAX_MS)
+        cap = BACKOFF_MAX_MS;
+    uint64_t delay = cap / 2 + next_random(bus) % (cap / 2 + 1);
+    bus->retry_at_ms = now_ms(bus) + delay;
+    bus->attempts++;
+    if (was_up)
+        log_warn("redis_down", "Redis connection lost (%s); reconnecting in %llu ms", why,
+                 (unsigned long long)delay);
+    else
+        log_warn("redis_retry", "Redis unavailable (%s); retrying in %llu ms", why,
+                 (unsigned long long)delay);
+    hub_on_bus_down(bus->app->hub);
+}
+
+static void publish_beat(struct bus *bus)
+{
+    if (bus->cmd_ready)
+        redisAsyncCommand(bus->cmd, NULL, NULL, "PUBLISH %s %llu", bus->beat_channel,
+                          (unsigned long long)now_ms(bus));
+}
+
+/* Both connections are usable and the heartbeat channel is subscribed. */
+static void maybe_up(struct bus *bus)
+{
+    if (bus->state != BUS_CONNECTING || !bus->sub_ready || !bus->cmd_ready)
+        return;
+    set_state(bus, BUS_UP);
+    bus->attempts = 0;
+    if (bus->ever_up)
+        bus->app->metrics.redis_reconnects++;
+    bus->ever_up = true;
+    log_info("redis_up", "connected to Redis at %s:%d", bus->app->cfg->redis.host,
+             bus->app->cfg->redis.port);
+    publish_beat(bus);
+    hub_on_bus_up(bus->app->hub);
+}
+
+/* One callback for every reply on the subscriber connection: subscribe and unsubscribe
+ * confirmations and messages, keyed by the Redis channel name. */
+static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct bus *bus = ac->data;
+    redisReply *reply = r;
+    if (!bus || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_STRING)
+        return;
+    const char *kind = reply->element[0]->str;
+    const char *full = reply->element[1]->str;
+    size_t full_len = reply->element[1]->len;
+
+    if (strcmp(full, bus->beat_channel) == 0) {
+        if (strcmp(kind, "subscribe") == 0) {
+            bus->sub_ready = true;
+            maybe_up(bus);
+        } else if (strcmp(kind, "message") == 0) {
+            bus->last_beat_ms = now_ms(bus);
+        }
+        return;
+    }
+    if (full_len < bus->prefix_len)
+        return;
+    const char *name = full + bus->prefix_len;
+    size_t len = full_len - bus->prefix_len;
+    if (strcmp(kind, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING)
+        hub_on_message(bus->app->hub, name, len, reply->element[2]->str, reply->element[2]->len);
+    else if (strcmp(kind, "subscribe") == 0)
+        hub_on_subscribed(bus->app->hub, name, len);
+    else if (strcmp(kind, "unsubscribe") == 0)
+        hub_on_unsubscribed(bus->app->hub, name, len);
+}
+
+/* The reply to AUTH or SELECT while a connection is being set up. */
+static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct bus *bus = ac->data;
+    redisReply *reply = r;
+    if (!bus)
+        return;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        char why[160];
+        snprintf(why, sizeof why, "%s refused: %s", (const char *)privdata,
+                 reply ? reply->str : "no reply");
+        log_error("redis_setup", "%s", why);
+        go_down(bus, why);
+    }
+}
+
+/* AUTH (with the ACL user when there is one) and SELECT, pipelined before anything else. */
+static void send_setup(struct bus *bus, redisAsyncContext *ac, bool select_db)
+{
+    const struct redis_url *u = &bus->app->cfg->redis;
+    if (u->password[0] && u->user[0])
+        redisAsyncCommand(ac, on_setup_reply, (void *)"AUTH", "AUTH %s %s", u->user, u->password);
+    else if (u->password[0])
+        redisAsyncCommand(ac, on_setup_reply, (void *)"AUTH", "AUTH %s", u->password);
+    if (select_db && u->db)
+        redisAsyncCommand(ac, on_setup_reply, (void *)"SELECT", "SELECT %d", u->db);
+}
+
+static void on_connect(const redisAsyncContext *cac, int status)
+{
+    redisAsyncContext *ac = (redisAsyncContext *)cac;
+    struct bus *bus = ac->data;
+    if (!bus)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this callback */
+        if (ac == bus->sub)
+            bus->sub = NULL;
+        else
+            bus->cmd = NULL;
+        ac->data = NULL;
+        go_down(bus, ac->errstr[0] ? ac->errstr : "connect failed");
+        return;
+    }
+    if (ac == bus->sub) {
+        send_setup(bus, ac, false);
+        redisAsyncCommand(ac, on_sub_reply, NULL, "SUBSCRIBE %s", bus->beat_channel);
+    } else {
+        send_setup(bus, ac, true);
+        bus->cmd_ready = true;
+        maybe_up(bus);
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *cac, int status)
+{
+    redisAsyncContext *ac = (redisAsyncContext *)cac;
+    struct bus *bus = ac->data;
+    if (!bus)
+        return;
+    /* hiredis frees this context itself after the callback */
+    if (ac == bus->sub)
+        bus->sub = NULL;
+    else
+        bus->cmd = NULL;
+    ac->data = NULL;
+    go_down(bus, ac->errstr[0] ? ac->errstr : "connection closed");
+}
+
+static redisAsyncContext *open_context(struct bus *bus)
+{
+    const struct redis_url *u = &bus->app->cfg->redis;
+    redisAsyncContext *ac = redisAsyncConnect(u->host, u->port);
+    if (!ac)
+        return NULL;
+    if (ac->err) {
+        log_warn("redis_connect", "cannot connect to %s:%d: %s", u->host, u->port, ac->errstr);
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    if (redis_uv_attach(ac, bus->app->loop) < 0) {
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    ac->data = bus;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    return ac;
+}
+
+static void connect_now(struct bus *bus)
+{
+    set_state(bus, BUS_CONNECTING);
+    bus->sub = open_context(bus);
+    bus->cmd = open_context(bus);
+    if (!bus->sub || !bus->cmd)
+        go_down(bus, "connect failed");
+}
+
+/* Runs every heartbeat interval: reconnects when it is time, publishes the heartbeat and
+ * declares the link dead when beats stop coming back (a dead socket can look alive). */
+static void on_tick(uv_timer_t *t)
+{
+    struct bus *bus = t->data;
+    uint64_t now = now_ms(bus);
+    uint64_t dead_after = (uint64_t)bus->app->cfg->heartbeat_ms * BEATS_BEFORE_DEAD;
+    switch (bus->state) {
+    case BUS_DOWN:
+        if (now >= bus->retry_at_ms)
+            connect_now(bus);
+        break;
+    case BUS_CONNECTING:
+        if (now - bus->state_since_ms > CONNECT_TIMEOUT_MS)
+            go_down(bus, "connect timed out");
+        break;
+    case BUS_UP: {
+        uint64_t since = bus->last_beat_ms ? bus->last_beat_ms : bus->state_since_ms;
+        if (now - since > dead_after) {
+            go_down(bus, "heartbeat did not come back");
+            break;
+        }
+        publish_beat(bus);
+        break;
+    }
+    }
+}
+
+struct bus *bus_new(struct herald *app)
+{
+    struct bus *bus = calloc(1, sizeof *bus);
+    if (!bus)
+        return NULL;
+    bus->app = app;
+    bus->prefix_len = strlen(app->cfg->redis_prefix);
+    snprintf(bus->beat_channel, sizeof bus->beat_channel, "%sherald#heartbeat#%s",
+             app->cfg->redis_prefix, app->cfg->instance_id);
+    bus->rng = (uint64_t)uv_hrtime() ^ ((uint64_t)uv_os_getpid() << 32) ^ 0x9e3779b97f4a7c15ULL;
+    uv_timer_init(app->loop, &bus->timer);
+    bus->timer.data = bus;
+    return bus;
+}
+
+void bus_start(struct bus *bus)
+{
+    uint64_t tick = (uint64_t)bus->app->cfg->heartbeat_ms;
+    /* the tick also paces reconnects: keep it fine enough for the shortest backoff */
+    if (tick > BACKOFF_MIN_MS)
+        tick = BACKOFF_MIN_MS;
+    connect_now(bus);
+    uv_timer_start(&bus->timer, on_tick, tick, tick);
+}
+
+static void free_bus(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void bus_free(struct bus *bus)
+{
+    if (!bus)
+        return;
+    drop_context(&bus->sub);
+    drop_context(&bus->cmd);
+    uv_timer_stop(&bus->timer);
+    uv_close((uv_handle_t *)&bus->timer, free_bus);
+}
+
+static int send_sub_command(struct bus *bus, const char *verb, const char *name, size_t len)
+{
+    if (bus->state != BUS_UP)
+        return -1;
+    char full[512];
+    int n = snprintf(full, sizeof full, "%s%.*s", bus->app->cfg->redis_prefix, (int)len, name);
+    if (n < 0 || (size_t)n >= sizeof full)
+        return -1;
+    return redisAsyncCommand(bus->sub, on_sub_reply, NULL, "%s %b", verb, full, (size_t)n) ==
+                   REDIS_OK
+               ? 0
+               : -1;
+}
+
+int bus_subscribe(struct bus *bus, const char *name, size_t len)
+{
+    return send_sub_command(bus, "SUBSCRIBE", name, len);
+}
+
+int bus_unsubscribe(struct bus *bus, const char *name, size_t len)
+{
+    return send_sub_command(bus, "UNSUBSCRIBE", name, len);
+}
+
+bool bus_ready(const struct bus *bus)
+{
+    uint64_t dead_after = (uint64_t)bus->app->cfg->heartbeat_ms * BEATS_BEFORE_DEAD;
+    return bus->state == BUS_UP && bus->last_beat_ms &&
+           herald_now_ms(bus->app) - bus->last_beat_ms <= dead_after;
+}
+
+uint64_t bus_heartbeat_age_ms(const struct bus *bus)
+{
+    uint64_t since = bus->last_beat_ms ? bus->last_beat_ms : bus->app->started_ms;
+    return herald_now_ms(bus->app) - since;
+}

@@ -1,0 +1,35 @@
+/* The Redis side of one process: a subscriber connection that carries every channel, a
+ * second connection for commands (a subscribed hiredis context may send nothing else),
+ * reconnect with exponential backoff and jitter, and a heartbeat the process publishes to
+ * itself so that liveness is proven, not assumed. */
+#ifndef HERALD_BUS_H
+#define HERALD_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct herald;
+struct bus;
+
+struct bus *bus_new(struct herald *app);
+
+/* Starts connecting; the bus keeps itself connected from then on. */
+void bus_start(struct bus *bus);
+
+/* Closes both connections (no more hub events); the loop must run afterwards so libuv can
+ * close their handles. */
+void bus_free(struct bus *bus);
+
+/* Sends SUBSCRIBE / UNSUBSCRIBE for a Herald channel name. -1: the bus is not up (the hub
+ * resubscribes everything on hub_on_bus_up). */
+int bus_subscribe(struct bus *bus, const char *name, size_t len);
+int bus_unsubscribe(struct bus *bus, const char *name, size_t len);
+
+/* True while the heartbeat came back within 3 intervals. */
+bool bus_ready(const struct bus *bus);
+
+/* Milliseconds since the last heartbeat came back (since start if none has). */
+uint64_t bus_heartbeat_age_ms(const struct bus *bus);
+
+#endif

@@ -1,0 +1,206 @@
+#include "client.h"
+#include "herald.h"
+#include "hub.h"
+#include "json_text.h"
+#include "log.h"
+#include "protocol.h"
+
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Seconds a closing client gets to take its close frame before the socket is dropped. */
+#define CLOSE_GRACE_SECONDS 5
+
+void client_init(struct client *c, struct lws *wsi, struct herald *app)
+{
+    memset(c, 0, sizeof *c);
+    c->wsi = wsi;
+    c->app = app;
+}
+
+void client_destroy(struct client *c)
+{
+    if (!c->app)
+        return;
+    hub_client_gone(c->app->hub, c);
+    outq_clear(&c->q);
+    free(c->subs);
+    free(c->rx);
+    c->subs = NULL;
+    c->rx = NULL;
+    c->app = NULL;
+}
+
+void client_close(struct client *c, uint16_t code, bool drop_queue)
+{
+    if (c->close_code)
+        return;
+    c->close_code = code;
+    if (drop_queue)
+        outq_clear(&c->q);
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, CLOSE_GRACE_SECONDS);
+    lws_callback_on_writable(c->wsi);
+}
+
+void client_send(struct client *c, struct frame *f)
+{
+    if (c->close_code)
+        return;
+    if (c->q.bytes + f->len > (size_t)c->app->cfg->client_queue_bytes) {
+        c->app->metrics.slow_consumer_closes++;
+        log_info("slow_consumer", "client queue over %ld bytes: closing with 4008",
+                 c->app->cfg->client_queue_bytes);
+        client_close(c, 4008, true);
+        return;
+    }
+    bool was_empty = outq_empty(&c->q);
+    if (outq_push(&c->q, f)) {
+        log_error("out_of_memory", "cannot queue a frame: closing the client");
+        client_close(c, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
+        return;
+    }
+    if (was_empty)
+        lws_callback_on_writable(c->wsi);
+}
+
+void client_send_text(struct client *c, const char *text, size_t len)
+{
+    struct frame *f = frame_from(text, len);
+    if (!f)
+        return;
+    client_send(c, f);
+    frame_unref(f);
+}
+
+void client_send_error(struct client *c, enum errcode code, const char *id_json,
+                       const char *message)
+{
+    char esc[512], buf[1024];
+    json_escape(message, strlen(message), esc, sizeof esc);
+    int n = snprintf(buf, sizeof buf, "{\"op\":\"error\",\"code\":\"%s\",\"message\":\"%s\"%s%s}",
+                     errcode_name(code), esc, id_json ? ",\"id\":" : "", id_json ? id_json : "");
+    c->app->metrics.client_errors[code]++;
+    if (n > 0 && (size_t)n < sizeof buf)
+        client_send_text(c, buf, (size_t)n);
+}
+
+/* Hands one frame larger than the batch buffer straight to lws, which keeps what the socket
+ * does not take and sends it before the next WRITEABLE callback. */
+static int write_large(struct client *c, struct frame *f)
+{
+    int r = lws_write(c->wsi, f->data, f->len, LWS_WRITE_RAW);
+    c->app->metrics.frames_out++;
+    c->app->metrics.bytes_out += f->len;
+    c->app->metrics.writes++;
+    outq_pop(&c->q);
+    return r < 0 ? -1 : 0;
+}
+
+/* Gathers as many whole queued frames as fit into the shared batch buffer and writes them
+ * with one lws_write: one syscall for many messages is what makes fan-out fast. */
+static int write_batch(struct client *c)
+{
+    struct frame *f = outq_peek(&c->q);
+    if (f->len > HERALD_WRITE_BATCH)
+        return write_large(c, f);
+
+    uint8_t *buf = c->app->write_buf;
+    size_t n = 0;
+    uint64_t frames = 0;
+    while ((f = outq_peek(&c->q)) && n + f->len <= HERALD_WRITE_BATCH) {
+        memcpy(buf + n, f->data, f->len);
+        n += f->len;
+        frames++;
+        outq_pop(&c->q);
+    }
+    c->app->metrics.frames_out += frames;
+    c->app->metrics.bytes_out += n;
+    c->app->metrics.writes++;
+    return lws_write(c->wsi, buf, n, LWS_WRITE_RAW) < 0 ? -1 : 0;
+}
+
+static const char *close_reason(uint16_t code)
+{
+    switch (code) {
+    case 1001:
+        return "server draining";
+    case 4008:
+        return "slow consumer";
+    default:
+        return "closing";
+    }
+}
+
+int client_on_writable(struct client *c)
+{
+    if (c->app->draining && !c->close_code)
+        client_close(c, LWS_CLOSE_STATUS_GOINGAWAY, false);
+    if (!outq_empty(&c->q) && write_batch(c) < 0)
+        return -1;
+    if (!outq_empty(&c->q)) {
+        lws_callback_on_writable(c->wsi);
+        return 0;
+    }
+    if (c->close_code) {
+        const char *why = close_reason(c->close_code);
+        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code, (unsigned char *)why,
+                         strlen(why));
+        return -1;
+    }
+    return 0;
+}
+
+/* Appends a fragment; past the frame limit the message is marked too large and dropped. */
+static void gather(struct client *c, const void *in, size_t len)
+{
+    if (c->rx_too_large)
+        return;
+    if (c->rx_len + len > (size_t)c->app->cfg->max_frame_bytes) {
+        c->rx_too_large = true;
+        free(c->rx);
+        c->rx = NULL;
+        c->rx_len = 0;
+        return;
+    }
+    char *p = realloc(c->rx, c->rx_len + len);
+    if (!p) {
+        c->rx_too_large = true;
+        return;
+    }
+    memcpy(p + c->rx_len, in, len);
+    c->rx = p;
+    c->rx_len += len;
+}
+
+void client_on_receive(struct client *c, const void *in, size_t len, bool first, bool final,
+                       bool binary)
+{
+    if (c->close_code)
+        return;
+    if (first) {
+        c->rx_too_large = false;
+        c->rx_binary = binary;
+    }
+    const char *msg = in;
+    size_t msglen = len;
+    if (!(first && final && c->rx_len == 0)) {
+        gather(c, in, len);
+        if (!final)
+            return;
+        msg = c->rx;
+        msglen = c->rx_len;
+    }
+    c->app->metrics.client_frames_in++;
+    if (c->rx_too_large || msglen > (size_t)c->app->cfg->max_frame_bytes)
+        client_send_error(c, ERR_TOO_LARGE, NULL, "message is larger than the frame limit");
+    else if (c->rx_binary)
+        client_send_error(c, ERR_BAD_REQUEST, NULL, "binary frames are not supported");
+    else
+        protocol_handle(c, msg, msglen);
+    free(c->rx);
+    c->rx = NULL;
+    c->rx_len = 0;
+    c->rx_too_large = false;
+}

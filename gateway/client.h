@@ -1,0 +1,64 @@
+/* One WebSocket connection: its subscriptions, its send queue and its receive buffer. lws
+ * allocates it (zeroed) as the per-session data of the "herald" protocol. */
+#ifndef HERALD_CLIENT_H
+#define HERALD_CLIENT_H
+
+#include "errcode.h"
+#include "outq.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct lws;
+struct herald;
+struct channel;
+
+/* A client's side of a subscription; `pos` is its index in the channel's member array, so
+ * either side can remove the pair in O(1). */
+struct sub_ref {
+    struct channel *ch;
+    uint32_t pos;
+};
+
+struct client {
+    struct lws *wsi;
+    struct herald *app;
+    struct outq q;
+    struct sub_ref *subs;
+    uint16_t nsubs, subcap;
+    uint16_t close_code; /* nonzero: close with it once the queue is flushed */
+    bool rx_too_large;   /* the message being received is over the limit: drop the rest */
+    bool rx_binary;
+    char *rx; /* fragments of a message that came in several pieces */
+    size_t rx_len;
+};
+
+void client_init(struct client *c, struct lws *wsi, struct herald *app);
+
+/* Leaves every channel and drops the queue; the connection is going away. */
+void client_destroy(struct client *c);
+
+/* Queues a shared frame. A client whose queue would pass HERALD_CLIENT_QUEUE_BYTES loses its
+ * queue and is closed with 4008 (it resumes by `since`). */
+void client_send(struct client *c, struct frame *f);
+
+/* Queues a frame built for this client only (replies, errors). */
+void client_send_text(struct client *c, const char *text, size_t len);
+
+/* Sends {"op":"error","code":..,"message":..[,"id":..]} and counts it. */
+void client_send_error(struct client *c, enum errcode code, const char *id_json,
+                       const char *message);
+
+/* Closes after what is queued has been written (1001 on drain) or at once, dropping the
+ * queue (4008); reason is sent in the close frame. */
+void client_close(struct client *c, uint16_t code, bool drop_queue);
+
+/* LWS_CALLBACK_SERVER_WRITEABLE: writes queued frames in one batch. -1: close now. */
+int client_on_writable(struct client *c);
+
+/* LWS_CALLBACK_RECEIVE: gathers fragments and hands whole messages to the protocol. */
+void client_on_receive(struct client *c, const void *in, size_t len, bool first, bool final,
+                       bool binary);
+
+#endif

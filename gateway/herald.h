@@ -1,0 +1,38 @@
+/* The state of one gateway process. main owns it; every module reaches it through the
+ * pointer it was given, so there is no global mutable state. */
+#ifndef HERALD_HERALD_H
+#define HERALD_HERALD_H
+
+#include "config.h"
+#include "metrics.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct lws_context;
+struct hub;
+struct bus;
+
+/* Bytes gathered from a client's queue into one write() per WRITEABLE callback. */
+#define HERALD_WRITE_BATCH (64 * 1024)
+
+struct herald {
+    const struct herald_config *cfg;
+    uv_loop_t *loop;
+    struct lws_context *lws;
+    struct hub *hub;
+    struct bus *bus;
+    struct metrics metrics;
+    uint8_t *write_buf; /* HERALD_WRITE_BATCH bytes, shared by all connections */
+    bool draining;
+    uint64_t started_ms;
+};
+
+/* Milliseconds on the loop's clock. */
+static inline uint64_t herald_now_ms(const struct herald *app)
+{
+    return uv_now(app->loop);
+}
+
+#endif

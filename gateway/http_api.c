@@ -1,0 +1,166 @@
+#include "http_api.h"
+#include "bus.h"
+#include "herald.h"
+#include "hub.h"
+#include "json_text.h"
+#include "log.h"
+
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int http_respond(struct lws *wsi, unsigned status, const char *content_type, const char *body,
+                 size_t len)
+{
+    uint8_t head[LWS_PRE + 512];
+    uint8_t *start = head + LWS_PRE, *p = start, *end = head + sizeof head - 1;
+    if (lws_add_http_common_headers(wsi, status, content_type, len, &p, end) ||
+        lws_add_http_header_by_name(
+            wsi, (const uint8_t *)"cache-control:", (const uint8_t *)"no-store", 8, &p, end))
+        return -1;
+    if (status == HTTP_STATUS_SERVICE_UNAVAILABLE &&
+        lws_add_http_header_by_name(wsi, (const uint8_t *)"retry-after:", (const uint8_t *)"1", 1,
+                                    &p, end))
+        return -1;
+    if (lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    /* lws wants LWS_PRE bytes of headroom in front of what it writes */
+    uint8_t *buf = malloc(LWS_PRE + len + 1);
+    if (!buf)
+        return -1;
+    memcpy(buf + LWS_PRE, body, len);
+    int r = lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_HTTP_FINAL);
+    free(buf);
+    return r < 0 ? -1 : 0;
+}
+
+int http_respond_error(struct lws *wsi, unsigned status, enum errcode code, const char *message)
+{
+    char esc[512], body[768];
+    json_escape(message, strlen(message), esc, sizeof esc);
+    int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
+                     errcode_name(code), esc);
+    return http_respond(wsi, status, "application/json", body, (size_t)n);
+}
+
+static void metric(FILE *f, const char *name, const char *type, const char *help, double v)
+{
+    /* %.15g prints counters as integers and keeps seconds readable */
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %.15g\n", name, help, name, type, name, v);
+}
+
+/* Prometheus text exposition of this process's counters. */
+static void render_metrics(struct herald *app, FILE *f)
+{
+    const struct metrics *m = &app->metrics;
+    fprintf(f,
+            "# HELP herald_info Build and instance.\n# TYPE herald_info gauge\n"
+            "herald_info{version=\"%s\",instance=\"%s\"} 1\n",
+            HERALD_VERSION, app->cfg->instance_id);
+    metric(f, "herald_uptime_seconds", "gauge", "Seconds since start.",
+           (double)(herald_now_ms(app) - app->started_ms) / 1000.0);
+    metric(f, "herald_connections", "gauge", "Open WebSocket connections.", (double)m->connections);
+    metric(f, "herald_connections_total", "counter", "WebSocket connections accepted.",
+           (double)m->connections_total);
+    metric(f, "herald_rejected_connections_total", "counter",
+           "WebSocket handshakes refused (limit or draining).", (double)m->rejected_connections);
+    metric(f, "herald_subscriptions", "gauge", "Client subscriptions.", (double)m->subscriptions);
+    metric(f, "herald_channels", "gauge", "Channels with local subscribers.",
+           (double)hub_channel_count(app->hub));
+    metric(f, "herald_redis_messages_total", "counter", "Messages received from Redis.",
+           (double)m->redis_messages);
+    metric(f, "herald_invalid_payloads_total", "counter",
+           "Redis payloads dropped: not JSON or a broken envelope.", (double)m->invalid_payloads);
+    metric(f, "herald_duplicates_dropped_total", "counter",
+           "Sequenced messages dropped as already delivered.", (double)m->duplicates_dropped);
+    metric(f, "herald_frames_out_total", "counter", "Frames delivered to clients.",
+           (double)m->frames_out);
+    metric(f, "herald_bytes_out_total", "counter", "Bytes delivered to clients.",
+           (double)m->bytes_out);
+    metric(f, "herald_writes_total", "counter", "Socket writes (each carries a batch).",
+           (double)m->writes);
+    metric(f, "herald_client_frames_in_total", "counter", "Messages received from clients.",
+           (double)m->client_frames_in);
+    metric(f, "herald_slow_consumer_closes_total", "counter",
+           "Clients closed with 4008 for a full send queue.", (double)m->slow_consumer_closes);
+    metric(f, "herald_redis_reconnects_total", "counter", "Redis reconnections.",
+           (double)m->redis_reconnects);
+    metric(f, "herald_redis_up", "gauge", "1 while the Redis heartbeat comes back.",
+           bus_ready(app->bus) ? 1 : 0);
+    metric(f, "herald_redis_heartbeat_age_seconds", "gauge",
+           "Seconds since the last heartbeat came back from Redis.",
+           (double)bus_heartbeat_age_ms(app->bus) / 1000.0);
+    fprintf(f, "# HELP herald_client_errors_total Error replies sent to clients, by code.\n"
+               "# TYPE herald_client_errors_total counter\n");
+    for (int i = 0; i < ERR_COUNT; i++)
+        fprintf(f, "herald_client_errors_total{code=\"%s\"} %llu\n", errcode_name((enum errcode)i),
+                (unsigned long long)m->client_errors[i]);
+}
+
+static int serve_metrics(struct herald *app, struct lws *wsi)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f)
+        return http_respond_error(wsi, 500, ERR_INTERNAL, "out of memory");
+    render_metrics(app, f);
+    fclose(f);
+    int r = http_respond(wsi, 200, "text/plain; version=0.0.4", text, len);
+    free(text);
+    return r;
+}
+
+static int serve_readyz(struct herald *app, struct lws *wsi)
+{
+    bool redis = bus_ready(app->bus);
+    char body[160];
+    int n = snprintf(body, sizeof body, "{\"ready\":%s,\"redis\":%s,\"draining\":%s}\n",
+                     redis && !app->draining ? "true" : "false", redis ? "true" : "false",
+                     app->draining ? "true" : "false");
+    return http_respond(wsi, redis && !app->draining ? 200 : 503, "application/json", body,
+                        (size_t)n);
+}
+
+int http_api_serve(struct herald *app, struct lws *wsi)
+{
+    char uri[256] = "";
+    lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+    int r;
+    if (!uri[0])
+        r = http_respond_error(wsi, 405, ERR_BAD_REQUEST, "only GET is served here");
+    else if (strcmp(uri, "/healthz") == 0)
+        r = http_respond(wsi, 200, "application/json", "{\"ok\":true}\n", 12);
+    else if (strcmp(uri, "/readyz") == 0)
+        r = serve_readyz(app, wsi);
+    else if (strcmp(uri, "/metrics") == 0)
+        r = serve_metrics(app, wsi);
+    else
+        r = http_respond_error(wsi, 404, ERR_NOT_FOUND, "no such route");
+    if (r < 0)
+        return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+int http_api_confirm_upgrade(struct herald *app, struct lws *wsi)
+{
+    char uri[256] = "";
+    lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+    const char *why = NULL;
+    unsigned status = 503;
+    if (strcmp(uri, "/ws") != 0) {
+        status = 404;
+        why = "the WebSocket endpoint is /ws";
+    } else if (app->draining) {
+        why = "this instance is draining: connect to another one";
+    } else if (app->metrics.connections >= app->cfg->max_connections) {
+        why = "connection limit reached";
+    }
+    if (!why)
+        return 0;
+    app->metrics.rejected_connections++;
+    log_debug("handshake_refused", "%s: %s", uri, why);
+    http_respond_error(wsi, status, status == 404 ? ERR_NOT_FOUND : ERR_UNAVAILABLE, why);
+    return 1;
+}

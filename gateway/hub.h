@@ -1,0 +1,43 @@
+/* The channel registry of one process: channel -> member clients and client -> channels,
+ * kept in step; the Redis subscription state of each channel; fan-out of Redis messages as
+ * one shared frame per message. */
+#ifndef HERALD_HUB_H
+#define HERALD_HUB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct herald;
+struct client;
+struct hub;
+
+struct hub *hub_new(struct herald *app);
+void hub_free(struct hub *hub);
+
+/* Number of channels with members or a Redis request in flight. */
+size_t hub_channel_count(const struct hub *hub);
+
+/* True when c is a member of the channel name[0..len). */
+bool hub_is_member(const struct client *c, const char *name, size_t len);
+
+/* Joins c to a channel. The `subscribed` reply (carrying id_json) goes out once Redis has
+ * confirmed the channel's subscription: at once when it already has. -1: out of memory. */
+int hub_subscribe(struct hub *hub, struct client *c, const char *name, size_t len,
+                  const char *id_json);
+
+/* Removes c from a channel (nothing happens when it is not a member). */
+void hub_unsubscribe(struct hub *hub, struct client *c, const char *name, size_t len);
+
+/* Removes c from every channel: the connection is closing. */
+void hub_client_gone(struct hub *hub, struct client *c);
+
+/* Events from the bus (the Redis subscriber). Names are Herald channel names (no prefix). */
+void hub_on_bus_up(struct hub *hub);
+void hub_on_bus_down(struct hub *hub);
+void hub_on_subscribed(struct hub *hub, const char *name, size_t len);
+void hub_on_unsubscribed(struct hub *hub, const char *name, size_t len);
+void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload,
+                    size_t plen);
+
+#endif

@@ -1,0 +1,118 @@
+/* herald: start-up, signals, drain and shutdown of one gateway process. */
+#include "bus.h"
+#include "config.h"
+#include "herald.h"
+#include "hub.h"
+#include "log.h"
+#include "server.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DRAIN_CHECK_MS 50
+
+/* What SIGTERM and SIGINT act on. */
+struct lifecycle {
+    struct herald *app;
+    struct server *srv;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain_timer;
+    uint64_t deadline_ms;
+};
+
+/* Stops the loop once every client has gone or the drain time is up. */
+static void on_drain_tick(uv_timer_t *t)
+{
+    struct lifecycle *lc = t->data;
+    struct herald *app = lc->app;
+    if (app->metrics.connections == 0 || herald_now_ms(app) >= lc->deadline_ms) {
+        log_info("drained", "%lld connection(s) left; stopping",
+                 (long long)app->metrics.connections);
+        uv_stop(app->loop);
+    }
+}
+
+/* First signal: /readyz turns 503, new handshakes are refused, every client gets what is
+ * queued for it and a 1001 close. A second signal stops at once. */
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct lifecycle *lc = s->data;
+    struct herald *app = lc->app;
+    if (app->draining) {
+        log_warn("stop", "signal %d during drain: stopping now", signum);
+        uv_stop(app->loop);
+        return;
+    }
+    app->draining = true;
+    lc->deadline_ms = herald_now_ms(app) + (uint64_t)app->cfg->drain_seconds * 1000;
+    log_info("draining", "signal %d: closing %lld connection(s) within %ld s", signum,
+             (long long)app->metrics.connections, app->cfg->drain_seconds);
+    server_wake_all(lc->srv);
+    uv_timer_start(&lc->drain_timer, on_drain_tick, 0, DRAIN_CHECK_MS);
+}
+
+static void watch_signals(struct lifecycle *lc, uv_loop_t *loop)
+{
+    uv_signal_init(loop, &lc->sigterm);
+    uv_signal_init(loop, &lc->sigint);
+    uv_timer_init(loop, &lc->drain_timer);
+    lc->sigterm.data = lc->sigint.data = lc->drain_timer.data = lc;
+    uv_signal_start(&lc->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&lc->sigint, on_signal, SIGINT);
+}
+
+static void close_signals(struct lifecycle *lc)
+{
+    uv_close((uv_handle_t *)&lc->sigterm, NULL);
+    uv_close((uv_handle_t *)&lc->sigint, NULL);
+    uv_close((uv_handle_t *)&lc->drain_timer, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    struct herald_config cfg;
+    char err[512];
+    switch (config_load(&cfg, argc, argv, stdout, err, sizeof err)) {
+    case CONFIG_EXIT:
+        return 0;
+    case CONFIG_ERROR:
+        fprintf(stderr, "herald: %s\n", err);
+        return 2;
+    case CONFIG_OK:
+        break;
+    }
+    log_set_level(cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct herald app = {.cfg = &cfg, .loop = &loop, .started_ms = uv_now(&loop)};
+    app.write_buf = malloc(HERALD_WRITE_BATCH);
+    app.hub = hub_new(&app);
+    app.bus = bus_new(&app);
+    struct lifecycle lc = {.app = &app};
+    lc.srv = app.write_buf && app.hub && app.bus ? server_start(&app) : NULL;
+    int status = 0;
+    if (lc.srv) {
+        bus_start(app.bus);
+        watch_signals(&lc, &loop);
+        log_info("started", "herald %s (%s) listening on %s, Redis %s:%d", HERALD_VERSION,
+                 cfg.instance_id, cfg.listen, cfg.redis.host, cfg.redis.port);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        server_stop(lc.srv);
+        close_signals(&lc);
+    } else {
+        status = 1;
+    }
+    bus_free(app.bus);
+    /* let libuv finish closing the handles of lws, hiredis and ours */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    hub_free(app.hub);
+    free(app.write_buf);
+    if (uv_loop_close(&loop) != 0)
+        log_warn("shutdown", "event loop closed with handles still open");
+    log_info("stopped", "herald stopped");
+    return status;
+}

@@ -1,0 +1,28 @@
+/* Counters of one gateway process, rendered by /metrics in Prometheus text format. */
+#ifndef HERALD_METRICS_H
+#define HERALD_METRICS_H
+
+#include "errcode.h"
+
+#include <stdint.h>
+
+struct metrics {
+    /* gauges */
+    int64_t connections;
+    int64_t subscriptions;
+    /* counters */
+    uint64_t connections_total;
+    uint64_t rejected_connections;
+    uint64_t redis_messages;
+    uint64_t invalid_payloads;
+    uint64_t duplicates_dropped;
+    uint64_t frames_out;
+    uint64_t bytes_out;
+    uint64_t writes;
+    uint64_t client_frames_in;
+    uint64_t slow_consumer_closes;
+    uint64_t redis_reconnects;
+    uint64_t client_errors[ERR_COUNT];
+};
+
+#endif

@@ -1,0 +1,159 @@
+#include "protocol.h"
+#include "channel.h"
+#include "client.h"
+#include "herald.h"
+#include "hub.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+struct request {
+    struct client *c;
+    json_t *root;
+    const char *id; /* the "id" as JSON text, or NULL */
+};
+
+/* Formats a reply, appending the id when there is one, and queues it. */
+static void reply(struct client *c, const char *id_json, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void reply(struct client *c, const char *id_json, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - PROTOCOL_ID_JSON_MAX - 8, fmt, ap);
+    va_end(ap);
+    if (n <= 0 || (size_t)n >= sizeof buf - PROTOCOL_ID_JSON_MAX - 8)
+        return;
+    if (id_json)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, ",\"id\":%s", id_json);
+    buf[n++] = '}';
+    client_send_text(c, buf, (size_t)n);
+}
+
+void reply_subscribed(struct client *c, const char *channel, uint64_t seq, const char *id_json)
+{
+    reply(c, id_json, "{\"op\":\"subscribed\",\"channel\":\"%s\",\"seq\":%llu,\"recovered\":false",
+          channel, (unsigned long long)seq);
+}
+
+void reply_unsubscribed(struct client *c, const char *channel, const char *id_json)
+{
+    reply(c, id_json, "{\"op\":\"unsubscribed\",\"channel\":\"%s\"", channel);
+}
+
+/* The "channel" member, validated; NULL after sending bad_request. */
+static const char *channel_arg(struct request *rq, size_t *len)
+{
+    json_t *ch = json_object_get(rq->root, "channel");
+    if (!json_is_string(ch)) {
+        client_send_error(rq->c, ERR_BAD_REQUEST, rq->id, "channel must be a string");
+        return NULL;
+    }
+    *len = json_string_length(ch);
+    if (!channel_name_valid(json_string_value(ch), *len)) {
+        client_send_error(rq->c, ERR_BAD_REQUEST, rq->id,
+                          "channel must be 1-200 bytes of A-Z a-z 0-9 _ - . : @ =");
+        return NULL;
+    }
+    return json_string_value(ch);
+}
+
+static void op_subscribe(struct request *rq)
+{
+    size_t len;
+    const char *name = channel_arg(rq, &len);
+    if (!name)
+        return;
+    struct client *c = rq->c;
+    if (c->nsubs >= c->app->cfg->max_subscriptions && !hub_is_member(c, name, len)) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "subscription limit of %ld channels reached",
+                 c->app->cfg->max_subscriptions);
+        client_send_error(c, ERR_BAD_REQUEST, rq->id, msg);
+        return;
+    }
+    if (hub_subscribe(c->app->hub, c, name, len, rq->id) < 0)
+        client_send_error(c, ERR_INTERNAL, rq->id, "out of memory");
+}
+
+static void op_unsubscribe(struct request *rq)
+{
+    size_t len;
+    const char *name = channel_arg(rq, &len);
+    if (!name)
+        return;
+    hub_unsubscribe(rq->c->app->hub, rq->c, name, len);
+    reply_unsubscribed(rq->c, name, rq->id);
+}
+
+static void op_ping(struct request *rq)
+{
+    reply(rq->c, rq->id, "{\"op\":\"pong\"");
+}
+
+static void op_publish(struct request *rq)
+{
+    client_send_error(rq->c, ERR_UNAVAILABLE, rq->id,
+                      "publish needs the durable history (HERALD_DATABASE_URL), "
+                      "which this build does not have yet");
+}
+
+static const struct {
+    const char *name;
+    void (*handle)(struct request *rq);
+} ops[] = {
+    {"subscribe", op_subscribe},
+    {"unsubscribe", op_unsubscribe},
+    {"ping", op_ping},
+    {"publish", op_publish},
+};
+
+/* Validates "id" (string of at most 64 bytes, or integer) and renders it as JSON text. */
+static int render_id(json_t *id, char *out, size_t cap)
+{
+    if (!id) {
+        out[0] = '\0';
+        return 0;
+    }
+    if (!(json_is_integer(id) || (json_is_string(id) && json_string_length(id) <= PROTOCOL_ID_MAX)))
+        return -1;
+    size_t n = json_dumpb(id, out, cap - 1, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (n == 0 || n >= cap)
+        return -1;
+    out[n] = '\0';
+    return 0;
+}
+
+void protocol_handle(struct client *c, const char *msg, size_t len)
+{
+    json_error_t err;
+    json_t *root = json_loadb(msg, len, JSON_REJECT_DUPLICATES, &err);
+    if (!json_is_object(root)) {
+        client_send_error(c, ERR_BAD_REQUEST, NULL, "frame must be a JSON object");
+        json_decref(root);
+        return;
+    }
+    char id[PROTOCOL_ID_JSON_MAX + 1];
+    if (render_id(json_object_get(root, "id"), id, sizeof id)) {
+        client_send_error(c, ERR_BAD_REQUEST, NULL,
+                          "id must be an integer or a string of at most 64 bytes");
+        json_decref(root);
+        return;
+    }
+    struct request rq = {c, root, id[0] ? id : NULL};
+    const char *op = json_string_value(json_object_get(root, "op"));
+    size_t i = 0;
+    while (op && i < sizeof ops / sizeof ops[0] && strcmp(ops[i].name, op) != 0)
+        i++;
+    if (!op)
+        client_send_error(c, ERR_BAD_REQUEST, rq.id, "op must be a string");
+    else if (i == sizeof ops / sizeof ops[0])
+        client_send_error(c, ERR_BAD_REQUEST, rq.id, "unknown op");
+    else
+        ops[i].handle(&rq);
+    json_decref(root);
+}

@@ -1,0 +1,161 @@
+#include "server.h"
+#include "client.h"
+#include "herald.h"
+#include "http_api.h"
+#include "log.h"
+
+#include <libwebsockets.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bytes lws reads per RECEIVE callback; a bigger message comes in several pieces. It is
+ * allocated per connection, so it is kept small (idle memory per connection matters). */
+#define RX_BUFFER_BYTES 1024
+
+struct server {
+    struct herald *app;
+    struct lws_context *ctx;
+    void *loops[1];
+    struct lws_http_mount mounts[4];
+};
+
+static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                       size_t len)
+{
+    struct client *c = user;
+    struct herald *app = lws_context_user(lws_get_context(wsi));
+    switch (reason) {
+    case LWS_CALLBACK_ESTABLISHED:
+        client_init(c, wsi, app);
+        app->metrics.connections++;
+        app->metrics.connections_total++;
+        break;
+    case LWS_CALLBACK_CLOSED:
+        if (c && c->app) {
+            client_destroy(c);
+            app->metrics.connections--;
+        }
+        break;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return c && c->app ? client_on_writable(c) : 0;
+    case LWS_CALLBACK_RECEIVE:
+        if (c && c->app)
+            client_on_receive(c, in, len, lws_is_first_fragment(wsi), lws_is_final_fragment(wsi),
+                              lws_frame_is_binary(wsi));
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                         size_t len)
+{
+    struct herald *app = lws_context_user(lws_get_context(wsi));
+    switch (reason) {
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return http_api_confirm_upgrade(app, wsi);
+    case LWS_CALLBACK_HTTP:
+        return http_api_serve(app, wsi);
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}
+
+static const struct lws_protocols protocols[] = {
+    {"http", http_callback, 0, 0, 0, NULL, 0},
+    {"herald", ws_callback, sizeof(struct client), RX_BUFFER_BYTES, 0, NULL, HERALD_WRITE_BATCH},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+/* Browsers send no Sec-WebSocket-Protocol: make "herald" the protocol they get. */
+static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
+static const struct lws_protocol_vhost_options pvo = {NULL, &pvo_default, "herald", ""};
+
+/* The API routes go to the "http" protocol's callback; with HERALD_STATIC_DIR set, every
+ * other path is a file under it. */
+static void build_mounts(struct server *srv)
+{
+    static const char *const api[] = {"/healthz", "/readyz", "/metrics"};
+    struct lws_http_mount *m = srv->mounts;
+    size_t n = 0;
+    for (; n < sizeof api / sizeof api[0]; n++) {
+        m[n].mountpoint = api[n];
+        m[n].mountpoint_len = (unsigned char)strlen(api[n]);
+        m[n].origin = "http";
+        m[n].origin_protocol = LWSMPRO_CALLBACK;
+        m[n].mount_next = &m[n + 1];
+    }
+    if (srv->app->cfg->static_dir[0]) {
+        m[n].mountpoint = "/";
+        m[n].mountpoint_len = 1;
+        m[n].origin = srv->app->cfg->static_dir;
+        m[n].def = "index.html";
+        m[n].origin_protocol = LWSMPRO_FILE;
+        n++;
+    }
+    m[n - 1].mount_next = NULL;
+}
+
+/* lws's own log lines become JSON lines like ours. */
+static void lws_log_to_json(int level, const char *line)
+{
+    char msg[512];
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        n--;
+    snprintf(msg, sizeof msg, "%.*s", (int)n, line);
+    log_emit(level == LLL_ERR ? LOG_ERROR : LOG_WARN, "lws", "%s", msg);
+}
+
+struct server *server_start(struct herald *app)
+{
+    struct server *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return NULL;
+    srv->app = app;
+    srv->loops[0] = app->loop;
+    build_mounts(srv);
+    lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_to_json);
+
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    const char *host = app->cfg->listen_host;
+    info.port = app->cfg->listen_port;
+    info.iface = host[0] && strcmp(host, "0.0.0.0") != 0 ? host : NULL;
+    info.protocols = protocols;
+    info.pvo = &pvo;
+    info.mounts = srv->mounts;
+    info.user = app;
+    info.foreign_loops = srv->loops;
+    /* No LWS_SERVER_OPTION_VALIDATE_UTF8: lws would close the connection, while Herald
+     * answers a bad frame with an error and keeps it open (the JSON parser checks UTF-8). */
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN;
+    if (strchr(host, '.') || strcmp(host, "0.0.0.0") == 0)
+        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.timeout_secs = 20;
+
+    srv->ctx = lws_create_context(&info);
+    if (!srv->ctx) {
+        log_error("listen_failed", "cannot start the server on %s", app->cfg->listen);
+        free(srv);
+        return NULL;
+    }
+    app->lws = srv->ctx;
+    return srv;
+}
+
+void server_wake_all(struct server *srv)
+{
+    lws_callback_on_writable_all_protocol(srv->ctx, &protocols[1]);
+}
+
+void server_stop(struct server *srv)
+{
+    if (!srv)
+        return;
+    lws_context_destroy(srv->ctx);
+    srv->app->lws = NULL;
+    free(srv);
+}

@@ -1,0 +1,18 @@
+/* The lws context on the process's libuv loop: the listening socket, the HTTP routes and
+ * static mount, and the "herald" WebSocket protocol. */
+#ifndef HERALD_SERVER_H
+#define HERALD_SERVER_H
+
+struct herald;
+struct server;
+
+/* Creates the context and starts listening. NULL on failure (logged). */
+struct server *server_start(struct herald *app);
+
+/* Asks every connection for a WRITEABLE callback, where draining clients are closed. */
+void server_wake_all(struct server *srv);
+
+/* Destroys the context; the loop must run afterwards so libuv can close lws's handles. */
+void server_stop(struct server *srv);
+
+#endif

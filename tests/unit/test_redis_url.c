@@ -1,0 +1,57 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <string.h>
+
+#include "redis_url.h"
+
+static void full_urls_parse(void **state)
+{
+    struct redis_url u;
+    char err[200];
+    assert_int_equal(redis_url_parse("redis://app:s%40cret@redis.svc:6380/3", &u, err, 200), 0);
+    assert_string_equal(u.user, "app");
+    assert_string_equal(u.password, "s@cret");
+    assert_string_equal(u.host, "redis.svc");
+    assert_int_equal(u.port, 6380);
+    assert_int_equal(u.db, 3);
+}
+
+static void parts_are_optional(void **state)
+{
+    struct redis_url u;
+    char err[200];
+    assert_int_equal(redis_url_parse("redis://localhost", &u, err, 200), 0);
+    assert_string_equal(u.host, "localhost");
+    assert_int_equal(u.port, 6379);
+    assert_int_equal(u.db, 0);
+    assert_string_equal(u.password, "");
+    assert_int_equal(redis_url_parse("redis://:pw@h/", &u, err, 200), 0);
+    assert_string_equal(u.user, "");
+    assert_string_equal(u.password, "pw");
+    assert_int_equal(u.db, 0);
+}
+
+static void bad_urls_are_refused(void **state)
+{
+    struct redis_url u;
+    char err[200];
+    const char *bad[] = {"http://h",       "redis://",    "redis://h:0",     "redis://h:99999",
+                         "redis://h:12ab", "redis://h/x", "redis://u:%zz@h", "rediss://h"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(redis_url_parse(bad[i], &u, err, 200), -1);
+        assert_true(err[0] != '\0');
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(full_urls_parse),
+        cmocka_unit_test(parts_are_optional),
+        cmocka_unit_test(bad_urls_are_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
