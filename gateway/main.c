@@ -6,6 +6,7 @@
 #include "log.h"
 #include "server.h"
 
+#include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +23,27 @@ struct lifecycle {
     uint64_t deadline_ms;
 };
 
-/* Stops the loop once every client has gone or the drain time is up. */
+static void close_signals(struct lifecycle *lc)
+{
+    uv_close((uv_handle_t *)&lc->sigterm, NULL);
+    uv_close((uv_handle_t *)&lc->sigint, NULL);
+    uv_close((uv_handle_t *)&lc->drain_timer, NULL);
+}
+
+/* Tears everything down from inside the loop, as lws wants with a foreign loop: uv_run
+ * returns once lws, hiredis and we have closed every handle. */
+static void shut_down(struct lifecycle *lc)
+{
+    if (!lc->srv)
+        return;
+    server_stop(lc->srv);
+    lc->srv = NULL;
+    bus_free(lc->app->bus);
+    lc->app->bus = NULL;
+    close_signals(lc);
+}
+
+/* Shuts down once every client has gone or the drain time is up. */
 static void on_drain_tick(uv_timer_t *t)
 {
     struct lifecycle *lc = t->data;
@@ -30,7 +51,7 @@ static void on_drain_tick(uv_timer_t *t)
     if (app->metrics.connections == 0 || herald_now_ms(app) >= lc->deadline_ms) {
         log_info("drained", "%lld connection(s) left; stopping",
                  (long long)app->metrics.connections);
-        uv_stop(app->loop);
+        shut_down(lc);
     }
 }
 
@@ -42,7 +63,7 @@ static void on_signal(uv_signal_t *s, int signum)
     struct herald *app = lc->app;
     if (app->draining) {
         log_warn("stop", "signal %d during drain: stopping now", signum);
-        uv_stop(app->loop);
+        shut_down(lc);
         return;
     }
     app->draining = true;
@@ -61,13 +82,6 @@ static void watch_signals(struct lifecycle *lc, uv_loop_t *loop)
     lc->sigterm.data = lc->sigint.data = lc->drain_timer.data = lc;
     uv_signal_start(&lc->sigterm, on_signal, SIGTERM);
     uv_signal_start(&lc->sigint, on_signal, SIGINT);
-}
-
-static void close_signals(struct lifecycle *lc)
-{
-    uv_close((uv_handle_t *)&lc->sigterm, NULL);
-    uv_close((uv_handle_t *)&lc->sigint, NULL);
-    uv_close((uv_handle_t *)&lc->drain_timer, NULL);
 }
 
 int main(int argc, char **argv)
@@ -100,15 +114,19 @@ int main(int argc, char **argv)
         watch_signals(&lc, &loop);
         log_info("started", "herald %s (%s) listening on %s, Redis %s:%d", HERALD_VERSION,
                  cfg.instance_id, cfg.listen, cfg.redis.host, cfg.redis.port);
-        uv_run(&loop, UV_RUN_DEFAULT);
-        server_stop(lc.srv);
-        close_signals(&lc);
     } else {
         status = 1;
+        bus_free(app.bus);
     }
-    bus_free(app.bus);
-    /* let libuv finish closing the handles of lws, hiredis and ours */
     uv_run(&loop, UV_RUN_DEFAULT);
+    /* lws 4.1 on a foreign loop finishes destroying its context only when called again
+     * after its handles have closed */
+    if (app.lws) {
+        lws_context_destroy(app.lws);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    if (app.lws)
+        log_warn("shutdown", "lws context not fully destroyed");
     hub_free(app.hub);
     free(app.write_buf);
     if (uv_loop_close(&loop) != 0)

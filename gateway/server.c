@@ -135,6 +135,7 @@ struct server *server_start(struct herald *app)
     if (strchr(host, '.') || strcmp(host, "0.0.0.0") == 0)
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     info.timeout_secs = 20;
+    info.pcontext = &app->lws; /* lws clears it when the context is wholly destroyed */
 
     srv->ctx = lws_create_context(&info);
     if (!srv->ctx) {
@@ -156,6 +157,5 @@ void server_stop(struct server *srv)
     if (!srv)
         return;
     lws_context_destroy(srv->ctx);
-    srv->app->lws = NULL;
     free(srv);
 }

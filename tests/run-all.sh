@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs, builds and runs the whole test suite: once in a normal build with -Werror and
+# once under AddressSanitizer + UndefinedBehaviorSanitizer (leaks fail the run).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+bash deploy/install-deps.sh
+ulimit -n "$(ulimit -Hn)" || true
+
+status=0
+run_suite() {
+  local name=$1 dir=$2
+  shift 2
+  echo "=== $name build ==="
+  bash deploy/build.sh "$dir" -DHERALD_WERROR=ON "$@"
+  echo "=== $name tests ==="
+  (cd "$dir" && ctest --output-on-failure --timeout 300) || status=1
+}
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp:print_suppressions=0
+
+run_suite release "$root/build"
+run_suite "asan+ubsan" "$root/build-asan" -DHERALD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+
+if [ $status -eq 0 ]; then echo "ALL SUITES PASSED"; else echo "SOME TESTS FAILED"; fi
+exit $status
