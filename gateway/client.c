@@ -20,10 +20,45 @@ void client_init(struct client *c, struct lws *wsi, struct herald *app)
     c->app = app;
 }
 
+/* The dirty list is doubly linked so that a closing client leaves it in O(1). */
+static void mark_dirty(struct client *c)
+{
+    if (c->dirty || c->await_writable)
+        return;
+    c->dirty = true;
+    c->dirty_prev = NULL;
+    c->dirty_next = c->app->dirty;
+    if (c->dirty_next)
+        c->dirty_next->dirty_prev = c;
+    c->app->dirty = c;
+}
+
+static void unmark_dirty(struct client *c)
+{
+    if (!c->dirty)
+        return;
+    if (c->dirty_prev)
+        c->dirty_prev->dirty_next = c->dirty_next;
+    else
+        c->app->dirty = c->dirty_next;
+    if (c->dirty_next)
+        c->dirty_next->dirty_prev = c->dirty_prev;
+    c->dirty = false;
+    c->dirty_prev = c->dirty_next = NULL;
+}
+
+/* From here on lws calls WRITEABLE when the socket can take more. */
+static void wait_writable(struct client *c)
+{
+    c->await_writable = true;
+    lws_callback_on_writable(c->wsi);
+}
+
 void client_destroy(struct client *c)
 {
     if (!c->app)
         return;
+    unmark_dirty(c);
     hub_client_gone(c->app->hub, c);
     outq_clear(&c->q);
     free(c->subs);
@@ -40,8 +75,10 @@ void client_close(struct client *c, uint16_t code, bool drop_queue)
     c->close_code = code;
     if (drop_queue)
         outq_clear(&c->q);
+    unmark_dirty(c);
     lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, CLOSE_GRACE_SECONDS);
-    lws_callback_on_writable(c->wsi);
+    /* only a WRITEABLE callback can close the connection cleanly */
+    wait_writable(c);
 }
 
 void client_send(struct client *c, struct frame *f)
@@ -55,14 +92,12 @@ void client_send(struct client *c, struct frame *f)
         client_close(c, 4008, true);
         return;
     }
-    bool was_empty = outq_empty(&c->q);
     if (outq_push(&c->q, f)) {
         log_error("out_of_memory", "cannot queue a frame: closing the client");
         client_close(c, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
         return;
     }
-    if (was_empty)
-        lws_callback_on_writable(c->wsi);
+    mark_dirty(c);
 }
 
 void client_send_text(struct client *c, const char *text, size_t len)
@@ -135,12 +170,13 @@ static const char *close_reason(uint16_t code)
 
 int client_on_writable(struct client *c)
 {
+    c->await_writable = false;
     if (c->app->draining && !c->close_code)
         client_close(c, LWS_CLOSE_STATUS_GOINGAWAY, false);
     if (!outq_empty(&c->q) && write_batch(c) < 0)
         return -1;
     if (!outq_empty(&c->q)) {
-        lws_callback_on_writable(c->wsi);
+        wait_writable(c);
         return 0;
     }
     if (c->close_code) {
@@ -150,6 +186,33 @@ int client_on_writable(struct client *c)
         return -1;
     }
     return 0;
+}
+
+/* One batch straight away; lws keeps any unsent tail (lws_partial_buffered), and then the
+ * rest waits for WRITEABLE so that nothing piles up outside the bounded queue. */
+static void flush_one(struct client *c)
+{
+    if (lws_partial_buffered(c->wsi)) {
+        wait_writable(c);
+        return;
+    }
+    if (write_batch(c) < 0) {
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+        outq_clear(&c->q);
+        return;
+    }
+    if (!outq_empty(&c->q) || lws_partial_buffered(c->wsi))
+        wait_writable(c);
+}
+
+void client_flush_dirty(struct herald *app)
+{
+    struct client *c;
+    while ((c = app->dirty)) {
+        unmark_dirty(c);
+        if (!c->close_code && !c->await_writable && !outq_empty(&c->q))
+            flush_one(c);
+    }
 }
 
 /* Appends a fragment; past the frame limit the message is marked too large and dropped. */

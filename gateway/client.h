@@ -25,9 +25,12 @@ struct client {
     struct lws *wsi;
     struct herald *app;
     struct outq q;
+    struct client *dirty_prev, *dirty_next; /* in herald.dirty while it has output to flush */
     struct sub_ref *subs;
     uint16_t nsubs, subcap;
     uint16_t close_code; /* nonzero: close with it once the queue is flushed */
+    bool dirty;          /* in the dirty list */
+    bool await_writable; /* the socket was full: lws calls WRITEABLE when it drains */
     bool rx_too_large;   /* the message being received is over the limit: drop the rest */
     bool rx_binary;
     char *rx; /* fragments of a message that came in several pieces */
@@ -56,6 +59,11 @@ void client_close(struct client *c, uint16_t code, bool drop_queue);
 
 /* LWS_CALLBACK_SERVER_WRITEABLE: writes queued frames in one batch. -1: close now. */
 int client_on_writable(struct client *c);
+
+/* Writes the queued frames of every client that got output during this loop turn, one
+ * write each, without waiting for a POLLOUT round trip; a client whose socket is full waits
+ * for its WRITEABLE callback instead. Runs from the loop's check and prepare phases. */
+void client_flush_dirty(struct herald *app);
 
 /* LWS_CALLBACK_RECEIVE: gathers fragments and hands whole messages to the protocol. */
 void client_on_receive(struct client *c, const void *in, size_t len, bool first, bool final,

@@ -13,6 +13,7 @@
 struct lws_context;
 struct hub;
 struct bus;
+struct client;
 
 /* Bytes gathered from a client's queue into one write() per WRITEABLE callback. */
 #define HERALD_WRITE_BATCH (64 * 1024)
@@ -24,7 +25,10 @@ struct herald {
     struct hub *hub;
     struct bus *bus;
     struct metrics metrics;
-    uint8_t *write_buf; /* HERALD_WRITE_BATCH bytes, shared by all connections */
+    uint8_t *write_buf;   /* HERALD_WRITE_BATCH bytes, shared by all connections */
+    struct client *dirty; /* clients with output queued during this loop turn */
+    uv_check_t flush_check;
+    uv_prepare_t flush_prepare;
     bool draining;
     uint64_t started_ms;
 };

@@ -143,7 +143,22 @@ int http_api_serve(struct herald *app, struct lws *wsi)
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-int http_api_confirm_upgrade(struct herald *app, struct lws *wsi)
+/* A whole HTTP response written as raw bytes: the connection is refused before it became
+ * a WebSocket, and lws hangs up right after. */
+static void refuse(struct lws *wsi, unsigned status, enum errcode code, const char *why)
+{
+    char body[256], buf[LWS_PRE + 768];
+    int blen = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
+                        errcode_name(code), why);
+    int n = snprintf(buf + LWS_PRE, sizeof buf - LWS_PRE,
+                     "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\n"
+                     "content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s",
+                     status, status == 404 ? "Not Found" : "Service Unavailable", blen, body);
+    if (n > 0 && (size_t)n < sizeof buf - LWS_PRE)
+        lws_write(wsi, (unsigned char *)buf + LWS_PRE, (size_t)n, LWS_WRITE_RAW);
+}
+
+int http_api_admit(struct herald *app, struct lws *wsi)
 {
     char uri[256] = "";
     lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
@@ -161,6 +176,6 @@ int http_api_confirm_upgrade(struct herald *app, struct lws *wsi)
         return 0;
     app->metrics.rejected_connections++;
     log_debug("handshake_refused", "%s: %s", uri, why);
-    http_respond_error(wsi, status, status == 404 ? ERR_NOT_FOUND : ERR_UNAVAILABLE, why);
-    return 1;
+    refuse(wsi, status, status == 404 ? ERR_NOT_FOUND : ERR_UNAVAILABLE, why);
+    return -1;
 }

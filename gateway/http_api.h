@@ -13,9 +13,10 @@ struct herald;
 /* LWS_CALLBACK_HTTP: answers the request; returns what the callback returns. */
 int http_api_serve(struct herald *app, struct lws *wsi);
 
-/* LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: 0 lets the WebSocket handshake go on; 1 means a refusal
- * (404 off /ws, 503 while draining or at HERALD_MAX_CONNECTIONS) was sent. */
-int http_api_confirm_upgrade(struct herald *app, struct lws *wsi);
+/* LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: 0 lets the WebSocket handshake go on; -1 means a
+ * refusal (404 off /ws, 503 while draining or at HERALD_MAX_CONNECTIONS) was written and the
+ * connection is to be dropped. */
+int http_api_admit(struct herald *app, struct lws *wsi);
 
 /* Writes a whole response. Returns 0, or -1 when the connection failed. */
 int http_respond(struct lws *wsi, unsigned status, const char *content_type, const char *body,

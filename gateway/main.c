@@ -1,5 +1,6 @@
 /* herald: start-up, signals, drain and shutdown of one gateway process. */
 #include "bus.h"
+#include "client.h"
 #include "config.h"
 #include "herald.h"
 #include "hub.h"
@@ -30,6 +31,33 @@ static void close_signals(struct lifecycle *lc)
     uv_close((uv_handle_t *)&lc->drain_timer, NULL);
 }
 
+static void on_check(uv_check_t *h)
+{
+    client_flush_dirty(h->data);
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    client_flush_dirty(h->data);
+}
+
+/* Output queued by I/O callbacks is flushed right after them (check); output queued by
+ * timers or deferred callbacks is flushed before the loop blocks again (prepare). */
+static void start_flushing(struct herald *app)
+{
+    uv_check_init(app->loop, &app->flush_check);
+    uv_prepare_init(app->loop, &app->flush_prepare);
+    app->flush_check.data = app->flush_prepare.data = app;
+    uv_check_start(&app->flush_check, on_check);
+    uv_prepare_start(&app->flush_prepare, on_prepare);
+}
+
+static void stop_flushing(struct herald *app)
+{
+    uv_close((uv_handle_t *)&app->flush_check, NULL);
+    uv_close((uv_handle_t *)&app->flush_prepare, NULL);
+}
+
 /* Tears everything down from inside the loop, as lws wants with a foreign loop: uv_run
  * returns once lws, hiredis and we have closed every handle. */
 static void shut_down(struct lifecycle *lc)
@@ -41,6 +69,7 @@ static void shut_down(struct lifecycle *lc)
     bus_free(lc->app->bus);
     lc->app->bus = NULL;
     close_signals(lc);
+    stop_flushing(lc->app);
 }
 
 /* Shuts down once every client has gone or the drain time is up. */
@@ -112,6 +141,7 @@ int main(int argc, char **argv)
     if (lc.srv) {
         bus_start(app.bus);
         watch_signals(&lc, &loop);
+        start_flushing(&app);
         log_info("started", "herald %s (%s) listening on %s, Redis %s:%d", HERALD_VERSION,
                  cfg.instance_id, cfg.listen, cfg.redis.host, cfg.redis.port);
     } else {

@@ -25,6 +25,10 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     struct client *c = user;
     struct herald *app = lws_context_user(lws_get_context(wsi));
     switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        /* not LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: lws 4.1 has a use-after-free on that path
+         * (CVE-2025-11677) */
+        return http_api_admit(app, wsi);
     case LWS_CALLBACK_ESTABLISHED:
         client_init(c, wsi, app);
         app->metrics.connections++;
@@ -35,6 +39,11 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             client_destroy(c);
             app->metrics.connections--;
         }
+        break;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        /* lws answers the close itself; nothing more may be written */
+        if (c && c->app)
+            client_close(c, LWS_CLOSE_STATUS_NORMAL, true);
         break;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return c && c->app ? client_on_writable(c) : 0;
@@ -54,8 +63,6 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
 {
     struct herald *app = lws_context_user(lws_get_context(wsi));
     switch (reason) {
-    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
-        return http_api_confirm_upgrade(app, wsi);
     case LWS_CALLBACK_HTTP:
         return http_api_serve(app, wsi);
     default:
@@ -98,10 +105,13 @@ static void build_mounts(struct server *srv)
     m[n - 1].mount_next = NULL;
 }
 
-/* lws's own log lines become JSON lines like ours. */
+/* lws's own log lines become JSON lines like ours. The line lws writes for every refused
+ * handshake is left out: refusals are counted and logged by http_api_admit. */
 static void lws_log_to_json(int level, const char *line)
 {
     char msg[512];
+    if (strstr(line, "User code denied connection"))
+        return;
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         n--;
