@@ -178,6 +178,18 @@ static void send_setup(struct bus *bus, redisAsyncContext *ac, bool select_db)
         redisAsyncCommand(ac, on_setup_reply, (void *)"SELECT", "SELECT %d", u->db);
 }
 
+/* A context hiredis is about to free (failed connect or disconnect): forget it, then take
+ * the whole bus down. */
+static void lost_context(struct bus *bus, redisAsyncContext *ac, const char *fallback)
+{
+    if (ac == bus->sub)
+        bus->sub = NULL;
+    else
+        bus->cmd = NULL;
+    ac->data = NULL;
+    go_down(bus, ac->errstr[0] ? ac->errstr : fallback);
+}
+
 static void on_connect(const redisAsyncContext *cac, int status)
 {
     redisAsyncContext *ac = (redisAsyncContext *)cac;
@@ -185,13 +197,7 @@ static void on_connect(const redisAsyncContext *cac, int status)
     if (!bus)
         return;
     if (status != REDIS_OK) {
-        /* hiredis frees the context after this callback */
-        if (ac == bus->sub)
-            bus->sub = NULL;
-        else
-            bus->cmd = NULL;
-        ac->data = NULL;
-        go_down(bus, ac->errstr[0] ? ac->errstr : "connect failed");
+        lost_context(bus, ac, "connect failed");
         return;
     }
     if (ac == bus->sub) {
@@ -208,15 +214,8 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
 {
     redisAsyncContext *ac = (redisAsyncContext *)cac;
     struct bus *bus = ac->data;
-    if (!bus)
-        return;
-    /* hiredis frees this context itself after the callback */
-    if (ac == bus->sub)
-        bus->sub = NULL;
-    else
-        bus->cmd = NULL;
-    ac->data = NULL;
-    go_down(bus, ac->errstr[0] ? ac->errstr : "connection closed");
+    if (bus)
+        lost_context(bus, ac, "connection closed");
 }
 
 static redisAsyncContext *open_context(struct bus *bus)
