@@ -5,9 +5,10 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
-enum setting_type { SET_STRING, SET_NUMBER, SET_SIZE };
+enum setting_type { SET_STRING, SET_NUMBER, SET_SIZE, SET_DURATION, SET_BOOL };
 
 struct setting {
     const char *env; /* HERALD_X; the flag is --x */
@@ -32,6 +33,14 @@ struct setting {
     {                                                                                              \
         env, SET_SIZE, def, offsetof(struct herald_config, field), 0, lo, hi, help                 \
     }
+#define DURATION(env, field, def, lo, hi, help)                                                    \
+    {                                                                                              \
+        env, SET_DURATION, def, offsetof(struct herald_config, field), 0, lo, hi, help             \
+    }
+#define BOOL(env, field, def, help)                                                                \
+    {                                                                                              \
+        env, SET_BOOL, def, offsetof(struct herald_config, field), 0, 0, 1, help                   \
+    }
 
 static const struct setting settings[] = {
     STR("HERALD_LISTEN", listen, "0.0.0.0:8080", "address:port to listen on"),
@@ -53,6 +62,17 @@ static const struct setting settings[] = {
     NUM("HERALD_HEARTBEAT_MS", heartbeat_ms, "1000", 50, 60000,
         "Redis self-heartbeat interval; 3 missed beats mean the link is dead"),
     STR("HERALD_LOG_LEVEL", log_level_text, "info", "debug, info, warn or error"),
+    STR("HERALD_DATABASE_URL", database_url, "",
+        "PostgreSQL conninfo or URI for the history; empty: no history"),
+    NUM("HERALD_DB_POOL", db_pool, "4", 1, 64, "PostgreSQL connections per process"),
+    DURATION("HERALD_HISTORY_TTL", history_ttl_ms, "24h", 1000, 365L * 86400 * 1000,
+             "messages older than this are pruned"),
+    NUM("HERALD_HISTORY_MAX", history_max, "10000", 1, 1000000000,
+        "messages kept per channel; older ones are pruned"),
+    NUM("HERALD_REPLAY_MAX", replay_max, "10000", 1, 1000000,
+        "most messages one resume replays; more means recovered:false"),
+    BOOL("HERALD_MIGRATE_ON_START", migrate_on_start, "0",
+         "apply the schema migrations before serving (as `herald migrate`)"),
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
@@ -106,6 +126,46 @@ int config_parse_size(const char *s, long *out)
     return 0;
 }
 
+int config_parse_duration(const char *s, long *out_ms)
+{
+    errno = 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || errno || v < 0)
+        return -1;
+    long long mult;
+    if (strcmp(end, "ms") == 0)
+        mult = 1;
+    else if (*end == '\0' || strcmp(end, "s") == 0)
+        mult = 1000;
+    else if (strcmp(end, "m") == 0)
+        mult = 60 * 1000;
+    else if (strcmp(end, "h") == 0)
+        mult = 3600 * 1000;
+    else if (strcmp(end, "d") == 0)
+        mult = 86400 * 1000;
+    else
+        return -1;
+    if (v > LONG_MAX / mult)
+        return -1;
+    *out_ms = (long)(v * mult);
+    return 0;
+}
+
+/* "1", "true", "yes", "on" and their opposites. */
+static int parse_bool(const char *s, long *out)
+{
+    static const char *const yes[] = {"1", "true", "yes", "on"};
+    static const char *const no[] = {"0", "false", "no", "off", ""};
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+        if (strcasecmp(s, yes[i]) == 0)
+            return *out = 1, 0;
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+        if (strcasecmp(s, no[i]) == 0)
+            return *out = 0, 0;
+    return -1;
+}
+
 int config_parse_listen(const char *s, char *host, size_t hostlen, int *port)
 {
     const char *colon = strrchr(s, ':');
@@ -151,6 +211,23 @@ static int apply(struct herald_config *cfg, const struct setting *st, const char
         if (config_parse_size(value, &v))
             v = st->min - 1;
         break;
+    case SET_DURATION:
+        if (config_parse_duration(value, &v))
+            v = st->min - 1;
+        break;
+    case SET_BOOL:
+        if (parse_bool(value, &v))
+            v = -1;
+        break;
+    }
+    if (st->type == SET_BOOL && v < 0) {
+        snprintf(err, errlen, "%s: '%s' is not true or false", st->env, value);
+        return -1;
+    }
+    if (st->type == SET_DURATION && (v < st->min || v > st->max)) {
+        snprintf(err, errlen, "%s: '%s' is not a duration from %lds to %ldd (like 90s, 30m, 24h)",
+                 st->env, value, st->min / 1000, st->max / 86400000);
+        return -1;
     }
     if (v < st->min || v > st->max) {
         snprintf(err, errlen, "%s: '%s' is not a number from %ld to %ld", st->env, value, st->min,
@@ -205,7 +282,13 @@ static int load_args(struct herald_config *cfg, int argc, char **argv, char *err
             snprintf(err, errlen, "unknown flag '%s' (see --help)", argv[i]);
             return -1;
         }
-        const char *value = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        const char *value;
+        if (eq)
+            value = eq + 1;
+        else if (st->type == SET_BOOL && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0))
+            value = "1"; /* a boolean flag alone means true */
+        else
+            value = i + 1 < argc ? argv[++i] : NULL;
         if (!value) {
             snprintf(err, errlen, "flag '%s' needs a value", argv[i]);
             return -1;

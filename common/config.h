@@ -25,6 +25,12 @@ struct herald_config {
     long heartbeat_ms;
     char log_level_text[16];
     enum log_level log_level;
+    char database_url[1024]; /* empty: no history */
+    long db_pool;
+    long history_ttl_ms;
+    long history_max;
+    long replay_max;
+    long migrate_on_start;
 };
 
 enum config_result { CONFIG_OK = 0, CONFIG_EXIT = 1, CONFIG_ERROR = -1 };
@@ -33,6 +39,10 @@ enum config_result { CONFIG_OK = 0, CONFIG_EXIT = 1, CONFIG_ERROR = -1 };
  * --version was printed to out; CONFIG_ERROR leaves a message in err. */
 enum config_result config_load(struct herald_config *cfg, int argc, char **argv, FILE *out,
                                char *err, size_t errlen);
+
+/* Parses "250ms", "90s", "30m", "24h", "7d" (a bare number is seconds) into milliseconds.
+ * Returns 0 or -1. */
+int config_parse_duration(const char *s, long *out_ms);
 
 /* Parses "123", "64k", "1M", "2G" (binary units). Returns 0 or -1. */
 int config_parse_size(const char *s, long *out);

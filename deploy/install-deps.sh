@@ -12,6 +12,9 @@ packages=(
   curl procps util-linux
 )
 
+# Node.js runs the browser client's unit tests; use the machine's node when there is one
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,7 @@
 /* herald: start-up, signals, drain and shutdown of one gateway process. */
 #include "bus.h"
+#include "cli.h"
+#include "migrate.h"
 #include "client.h"
 #include "config.h"
 #include "herald.h"
@@ -113,8 +115,54 @@ static void watch_signals(struct lifecycle *lc, uv_loop_t *loop)
     uv_signal_start(&lc->sigint, on_signal, SIGINT);
 }
 
+/* `herald [serve]`, `herald migrate`, `herald publish CHANNEL JSON [KEY]`: the command word
+ * and its operands come first, then the usual flags. */
+static int run_command(int argc, char **argv, int *handled)
+{
+    *handled = 0;
+    if (argc < 2 || argv[1][0] == '-' || strcmp(argv[1], "serve") == 0)
+        return 0;
+    *handled = 1;
+    const char *cmd = argv[1];
+    int operands = strcmp(cmd, "publish") == 0 ? 2 : 0;
+    if (strcmp(cmd, "publish") == 0 && argc > 4 && argv[4][0] != '-')
+        operands = 3;
+    if ((strcmp(cmd, "migrate") != 0 && strcmp(cmd, "publish") != 0) || argc < 2 + operands) {
+        fprintf(stderr, "usage: herald [serve] [flags] | herald migrate [flags] | "
+                        "herald publish CHANNEL JSON [IDEMPOTENCY_KEY] [flags]\n");
+        return 2;
+    }
+    const char *channel = argv[2], *data = argv[3], *key = operands == 3 ? argv[4] : NULL;
+    struct herald_config cfg;
+    char err[512];
+    char **rest = argv + 1 + operands; /* flags follow; rest[0] stands for the program */
+    rest[0] = argv[0];
+    switch (config_load(&cfg, argc - 1 - operands, rest, stdout, err, sizeof err)) {
+    case CONFIG_EXIT:
+        return 0;
+    case CONFIG_ERROR:
+        fprintf(stderr, "herald: %s\n", err);
+        return 2;
+    case CONFIG_OK:
+        break;
+    }
+    log_set_level(cfg.log_level);
+    if (operands == 0)
+        return cli_migrate(&cfg);
+    return cli_publish(&cfg, channel, data, key);
+}
+
 int main(int argc, char **argv)
 {
+    int handled;
+    int code = run_command(argc, argv, &handled);
+    if (handled || code)
+        return code;
+    if (argc > 1 && strcmp(argv[1], "serve") == 0) {
+        argv[1] = argv[0];
+        argv++;
+        argc--;
+    }
     struct herald_config cfg;
     char err[512];
     switch (config_load(&cfg, argc, argv, stdout, err, sizeof err)) {
@@ -125,6 +173,13 @@ int main(int argc, char **argv)
         return 2;
     case CONFIG_OK:
         break;
+    }
+    if (cfg.database_url[0] && cfg.migrate_on_start) {
+        int n = migrate_run(cfg.database_url, err, sizeof err);
+        if (n < 0) {
+            fprintf(stderr, "herald: migration failed: %s\n", err);
+            return 1;
+        }
     }
     log_set_level(cfg.log_level);
     signal(SIGPIPE, SIG_IGN);

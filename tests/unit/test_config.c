@@ -105,6 +105,44 @@ static void sizes_parse_binary_units(void **state)
     assert_int_equal(config_parse_size("99999999999999999999", &v), -1);
 }
 
+static void durations_parse_to_milliseconds(void **state)
+{
+    long v;
+    assert_int_equal(config_parse_duration("250ms", &v), 0);
+    assert_int_equal(v, 250);
+    assert_int_equal(config_parse_duration("90", &v), 0);
+    assert_int_equal(v, 90000);
+    assert_int_equal(config_parse_duration("30m", &v), 0);
+    assert_int_equal(v, 1800000);
+    assert_int_equal(config_parse_duration("24h", &v), 0);
+    assert_int_equal(v, 86400000);
+    assert_int_equal(config_parse_duration("7d", &v), 0);
+    assert_int_equal(v, 604800000);
+    assert_int_equal(config_parse_duration("5x", &v), -1);
+    assert_int_equal(config_parse_duration("h", &v), -1);
+    assert_int_equal(config_parse_duration("-1s", &v), -1);
+}
+
+static void boolean_flags_stand_alone_or_take_a_value(void **state)
+{
+    struct herald_config cfg;
+    char err[256];
+    char *a1[] = {"herald", "--migrate-on-start", "--listen", "127.0.0.1:1"};
+    assert_int_equal(load(&cfg, 4, a1, err), CONFIG_OK);
+    assert_int_equal(cfg.migrate_on_start, 1);
+    char *a2[] = {"herald", "--migrate-on-start", "false"};
+    assert_int_equal(load(&cfg, 3, a2, err), CONFIG_OK);
+    assert_int_equal(cfg.migrate_on_start, 0);
+    char *a3[] = {"herald", "--migrate-on-start=maybe"};
+    assert_int_equal(load(&cfg, 2, a3, err), CONFIG_ERROR);
+    char *a4[] = {"herald", "--history-ttl", "2h"};
+    assert_int_equal(load(&cfg, 3, a4, err), CONFIG_OK);
+    assert_int_equal(cfg.history_ttl_ms, 7200000);
+    char *a5[] = {"herald", "--history-ttl", "2x"};
+    assert_int_equal(load(&cfg, 3, a5, err), CONFIG_ERROR);
+    assert_non_null(strstr(err, "duration"));
+}
+
 static void listen_addresses_parse(void **state)
 {
     char host[64];
@@ -128,6 +166,8 @@ int main(void)
         cmocka_unit_test_setup(help_and_version_exit, clean_env),
         cmocka_unit_test(sizes_parse_binary_units),
         cmocka_unit_test(listen_addresses_parse),
+        cmocka_unit_test(durations_parse_to_milliseconds),
+        cmocka_unit_test_setup(boolean_flags_stand_alone_or_take_a_value, clean_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,441 @@
+/**
+ * herald.js: the client for the Herald WebSocket gateway (wire contract v1, docs/PROTOCOL.md).
+ * An ES module with no dependency and no build step, for browsers and Node >= 20.
+ *
+ * It reconnects with exponential backoff and full jitter, re-subscribes every channel on a new
+ * connection with the `since`/`epoch` it last saw (so the gateway replays what was missed), drops
+ * a sequenced message it has already delivered, and matches replies to requests by integer `id`.
+ *
+ *   import { Herald } from "./herald.js";
+ *   const herald = new Herald("wss://example.com/ws", { getToken: () => fetchJwt() });
+ *   herald.on("recovery_failed", ({ channel }) => reloadFromApi(channel));
+ *   const stop = herald.subscribe("bot:status:42", (data, msg) => render(data, msg.seq));
+ *   herald.connect();
+ */
+
+const DEFAULTS = {
+  backoffBase: 250, // ms: first reconnect delay ceiling
+  backoffCap: 15000, // ms: largest reconnect delay ceiling
+  resetAfter: 10000, // ms: a connection open this long resets the backoff
+  rateLimitDelay: 5000, // ms: added to the delay after close 4029
+  requestTimeout: 10000, // ms: publish/ping reject with `timeout` after this; 0 = never
+  storageKey: "herald",
+  persistDelay: 1000, // ms: positions are saved at most this often; 0 = after every change
+};
+
+// Subscribe errors after which retrying the same subscription cannot succeed.
+const PERMANENT = new Set(["bad_request", "unauthorized", "forbidden", "not_found", "too_large"]);
+
+const OPEN = 1; // WebSocket.OPEN
+
+export class Herald {
+  /**
+   * @param {string} url  address of the gateway's `/ws` endpoint (`ws://` or `wss://`).
+   * @param {object} [options]
+   * @param {string} [options.token]  JWT, sent as `?token=` (URL-encoded).
+   * @param {() => string|Promise<string>} [options.getToken]  called before every (re)connect;
+   *   its result replaces `token` (refresh an expired token here).
+   * @param {Function} [options.WebSocket]  WebSocket constructor (default: the global one).
+   * @param {Storage} [options.storage]  e.g. `sessionStorage`: positions survive a page reload.
+   * @param {string} [options.storageKey]  key in `storage` (default "herald").
+   * @param {() => number} [options.random]  [0,1) source for the jitter (default Math.random).
+   * @param {Function} [options.setTimeout]  timer functions (default: the global ones).
+   * @param {Function} [options.clearTimeout]
+   * @param {() => number} [options.now]  clock in ms (default Date.now).
+   * Also `backoffBase`, `backoffCap`, `resetAfter`, `rateLimitDelay`, `requestTimeout`,
+   * `persistDelay` (ms; defaults above).
+   */
+  constructor(url, options = {}) {
+    const o = { ...DEFAULTS, ...options };
+    this.url = url;
+    /** "connecting" | "open" | "reconnecting" | "closed" */
+    this.state = "closed";
+    this._o = o;
+    this._token = o.token;
+    this._WebSocket = o.WebSocket || globalThis.WebSocket;
+    this._random = o.random || Math.random;
+    this._now = o.now || Date.now;
+    const setT = o.setTimeout || globalThis.setTimeout, clearT = o.clearTimeout || globalThis.clearTimeout;
+    this._setTimeout = (fn, ms) => setT(fn, ms); // unbound calls: no "Illegal invocation"
+    this._clearTimeout = (t) => clearT(t);
+    this._listeners = new Map(); // event -> Set of functions
+    this._subs = new Map(); // channel -> Set of {fn} (one per subscribe() call)
+    this._pos = new Map(); // channel -> {seq, epoch}: the last position seen
+    this._pending = new Map(); // id -> request awaiting its reply
+    this._nextId = 1;
+    this._ws = null;
+    this._openedAt = null; // set while the current socket is open
+    this._timer = this._saveTimer = null; // reconnect and persistence timers
+    this._attempt = 0; // reconnect attempts since the last stable connection
+    this._stopped = true;
+    this._gen = 0; // bumped on every dial and close(): stale async work checks it
+    this._load();
+    if (o.storage && typeof globalThis.addEventListener === "function") {
+      globalThis.addEventListener("pagehide", () => this._save());
+    }
+  }
+
+  /**
+   * Open the connection (no-op unless closed). Keeps reconnecting until close().
+   * @returns {Herald} this
+   */
+  connect() {
+    if (!this._stopped) return this;
+    this._stopped = false;
+    this._attempt = 0;
+    this._setState("connecting");
+    this._dial();
+    return this;
+  }
+
+  /**
+   * Close with 1000 and stop reconnecting. Subscriptions and positions are kept, so a later
+   * connect() resumes. Requests without a reply are rejected with `unavailable`.
+   */
+  close() {
+    this._stopped = true;
+    this._gen++;
+    this._cancelReconnect();
+    const ws = this._ws;
+    this._ws = null;
+    this._openedAt = null;
+    if (ws) try { ws.close(1000); } catch { /* already closing */ }
+    this._failPending(() => true, { code: "unavailable", message: "client closed" });
+    this._save();
+    this._setState("closed", { code: 1000 });
+  }
+
+  /**
+   * Receive the messages of `channel`. On a new connection the channel is re-subscribed with
+   * the last seq/epoch seen, so messages published meanwhile are replayed, each exactly once.
+   * @param {string} channel
+   * @param {(data: any, msg: {channel: string, seq?: number, ts?: number, data: any}) => void} onMessage
+   * @param {{since?: number, epoch?: any}} [from]  resume from this position (instead of the
+   *   stored one); only used when the channel is not subscribed yet.
+   * @returns {() => void} removes this callback; the last one removed unsubscribes the channel.
+   */
+  subscribe(channel, onMessage, { since, epoch } = {}) {
+    if (typeof onMessage !== "function") throw new TypeError("onMessage must be a function");
+    let handlers = this._subs.get(channel);
+    const fresh = !handlers;
+    if (fresh) this._subs.set(channel, (handlers = new Set()));
+    if (fresh && Number.isInteger(since)) {
+      this._pos.set(channel, { seq: since, epoch });
+      this._dirty();
+    }
+    const handler = { fn: onMessage };
+    handlers.add(handler);
+    if (fresh && this._isOpen()) this._sendSubscribe(channel);
+    return () => {
+      if (this._subs.get(channel) === handlers && handlers.delete(handler) && !handlers.size) {
+        this.unsubscribe(channel);
+      }
+    };
+  }
+
+  /**
+   * Stop receiving `channel` (every callback) and forget its position: it is not
+   * re-subscribed after a reconnect.
+   * @param {string} channel
+   */
+  unsubscribe(channel) {
+    if (!this._subs.delete(channel)) return;
+    this._pos.delete(channel);
+    this._dirty();
+    if (!this._isOpen()) return;
+    const id = this._nextId++;
+    this._pending.set(id, { op: "unsubscribe", channel, sent: true });
+    this._send({ op: "unsubscribe", channel, id });
+  }
+
+  /**
+   * Publish `data` to `channel` through the gateway's durable path. Sent when the connection is
+   * open (queued until then).
+   * @param {string} channel
+   * @param {any} data  any JSON value
+   * @returns {Promise<{seq: number}>} rejects with `{code, message}`: the server's error,
+   *   `timeout`, or `unavailable` when the connection closed before the reply (the message may
+   *   or may not have been published).
+   */
+  publish(channel, data) {
+    return this._request({ op: "publish", channel, data }, (reply) => ({ seq: reply.seq }));
+  }
+
+  /**
+   * Round trip to the gateway.
+   * @returns {Promise<{rtt: number}>} round-trip time in ms; rejects like publish().
+   */
+  ping() {
+    const start = this._now();
+    return this._request({ op: "ping" }, () => ({ rtt: this._now() - start }));
+  }
+
+  /**
+   * Listen to an event: `state` (state, {code, reason, delay}?), `message` (msg),
+   * `recovered` ({channel, replayed}), `recovery_failed` ({channel, code}),
+   * `error` ({code, message, op?, channel?}).
+   * @returns {() => void} removes the listener.
+   */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  /** Remove a listener added with on(). */
+  off(event, fn) { this._listeners.get(event)?.delete(fn); }
+
+  /**
+   * The last position seen on `channel`, as sent in the next resume.
+   * @returns {{seq?: number, epoch?: any} | undefined}
+   */
+  position(channel) {
+    const p = this._pos.get(channel);
+    return p && { ...p };
+  }
+
+  // ---- connection ----
+
+  _isOpen() { return this._openedAt !== null; }
+
+  _address() {
+    if (this._token == null || this._token === "") return this.url;
+    const sep = this.url.includes("?") ? "&" : "?";
+    return `${this.url}${sep}token=${encodeURIComponent(this._token)}`;
+  }
+
+  // Fetch a token if asked to, then open a socket (unless close() came in between).
+  _dial() {
+    this._timer = null;
+    const gen = ++this._gen;
+    if (!this._o.getToken) return this._open();
+    const fresh = (fn) => (arg) => gen === this._gen && fn(arg); // close() came in between?
+    Promise.resolve()
+      .then(() => this._o.getToken())
+      .then(
+        fresh((token) => {
+          this._token = token;
+          this._open();
+        }),
+        fresh((err) => {
+          this._emit("error", { code: "unauthorized", message: `getToken failed: ${err?.message ?? err}` });
+          this._retry(0);
+        }),
+      );
+  }
+
+  _open() {
+    let ws;
+    try { ws = new this._WebSocket(this._address()); } catch (err) {
+      return this._halt({ code: "bad_request", message: `cannot open WebSocket: ${err?.message ?? err}` });
+    }
+    this._ws = ws;
+    ws.onopen = () => ws === this._ws && this._onOpen();
+    ws.onmessage = (ev) => ws === this._ws && this._onFrame(ev.data);
+    ws.onclose = (ev) => ws === this._ws && this._onClose(ev.code, ev.reason);
+    ws.onerror = () => {}; // a close event follows
+  }
+
+  _onOpen() {
+    this._openedAt = this._now();
+    for (const channel of this._subs.keys()) this._sendSubscribe(channel);
+    for (const req of this._pending.values()) if (!req.sent) this._transmit(req);
+    this._setState("open");
+  }
+
+  _onClose(code, reason) {
+    this._ws = null;
+    if (this._isOpen() && this._now() - this._openedAt >= this._o.resetAfter) this._attempt = 0;
+    this._openedAt = null;
+    this._failPending((req) => req.sent, { code: "unavailable", message: `connection closed (${code})` });
+    if (code === 1008) return this._halt({ code: "forbidden", message: "connection refused by policy (1008)" });
+    if (code === 4001 && !this._o.getToken) {
+      return this._halt({ code: "unauthorized", message: "token missing, invalid or expired (4001)" });
+    }
+    this._retry(code === 4029 ? this._o.rateLimitDelay : 0, code, reason);
+  }
+
+  // Schedule the next dial: full jitter over an exponentially growing, capped ceiling.
+  _retry(extra, code, reason) {
+    const ceiling = Math.min(this._o.backoffCap, this._o.backoffBase * 2 ** Math.min(this._attempt, 30));
+    const delay = extra + Math.floor(this._random() * ceiling);
+    this._attempt++;
+    this._setState("reconnecting", { code, reason, delay });
+    this._timer = this._setTimeout(() => this._dial(), delay);
+  }
+
+  _cancelReconnect() {
+    if (this._timer !== null) this._clearTimeout(this._timer);
+    this._timer = null;
+  }
+
+  // Stop for good (until connect()): retrying cannot help.
+  _halt(error) {
+    this._stopped = true;
+    this._gen++;
+    this._cancelReconnect();
+    this._failPending(() => true, error);
+    this._emit("error", error);
+    this._setState("closed");
+  }
+
+  _setState(state, info) {
+    if (state === this.state) return;
+    this.state = state;
+    this._emit("state", state, info);
+  }
+
+  // ---- requests ----
+
+  _send(frame) { this._ws.send(JSON.stringify(frame)); }
+
+  _transmit(req) {
+    req.sent = true;
+    this._send(req.frame);
+  }
+
+  _sendSubscribe(channel) {
+    const id = this._nextId++;
+    const p = this._pos.get(channel);
+    const resumed = Number.isInteger(p?.seq);
+    const frame = { op: "subscribe", channel, id };
+    if (resumed) {
+      frame.since = p.seq;
+      if (p.epoch != null) frame.epoch = p.epoch;
+    }
+    this._pending.set(id, { op: "subscribe", channel, resumed, sent: true });
+    this._send(frame);
+  }
+
+  // A request whose reply settles a promise (publish, ping); queued until the socket is open.
+  _request(frame, toValue) {
+    return new Promise((resolve, reject) => {
+      const id = this._nextId++;
+      const req = { op: frame.op, frame: { ...frame, id }, toValue, resolve, reject, sent: false, timer: null };
+      const ms = this._o.requestTimeout;
+      const timeout = { code: "timeout", message: `no reply to ${frame.op} in ${ms} ms` };
+      if (ms > 0) req.timer = this._setTimeout(() => this._settle(id, null, timeout), ms);
+      this._pending.set(id, req);
+      if (this._isOpen()) this._transmit(req);
+    });
+  }
+
+  _settle(id, reply, error) {
+    const req = this._pending.get(id);
+    if (!req) return;
+    this._pending.delete(id);
+    if (req.timer != null) this._clearTimeout(req.timer);
+    if (req.resolve) error ? req.reject(error) : req.resolve(req.toValue(reply));
+  }
+
+  _failPending(which, error) {
+    for (const [id, req] of [...this._pending]) if (which(req)) this._settle(id, null, error);
+  }
+
+  // ---- server frames ----
+
+  _onFrame(raw) {
+    let m;
+    try { m = JSON.parse(typeof raw === "string" ? raw : String(raw)); } catch { return; }
+    if (!m || typeof m !== "object") return;
+    const req = m.id != null ? this._pending.get(m.id) : undefined;
+    switch (m.op) {
+      case "message":
+        return this._onMessage(m);
+      case "subscribed":
+      case "unsubscribed":
+        if (req) this._pending.delete(m.id);
+        return m.op === "subscribed" && this._onSubscribed(m, req);
+      case "published":
+      case "pong":
+        return req && this._settle(m.id, m);
+      case "error":
+        return this._onError(m, req);
+    }
+  }
+
+  _onMessage(m) {
+    const handlers = this._subs.get(m.channel);
+    if (!handlers) return; // not (or no longer) subscribed
+    if (Number.isInteger(m.seq)) {
+      const p = this._pos.get(m.channel);
+      if (Number.isInteger(p?.seq) && m.seq <= p.seq) return; // already delivered
+      this._pos.set(m.channel, { seq: m.seq, epoch: p?.epoch });
+      this._dirty();
+    }
+    for (const h of [...handlers]) this._call(h.fn, m.data, m);
+    this._emit("message", m);
+  }
+
+  _onSubscribed(m, req) {
+    const channel = m.channel;
+    if (!this._subs.has(channel)) return;
+    const p = this._pos.get(channel);
+    const head = Number.isInteger(m.seq) ? m.seq : undefined;
+    // A new life of the channel's history (new epoch): its seqs start again, take the server's.
+    // Otherwise seqs are never reused: never move the position backwards.
+    const newEpoch = m.epoch != null && p?.epoch != null && m.epoch !== p.epoch;
+    const reset = !m.recovered && (m.code === "history_reset" || newEpoch);
+    const seq = reset || !Number.isInteger(p?.seq) ? head : Math.max(p.seq, head ?? 0);
+    this._pos.set(channel, { seq, epoch: m.epoch ?? (reset ? undefined : p?.epoch) });
+    this._dirty();
+    if (m.recovered) this._emit("recovered", { channel, replayed: m.replayed ?? 0 });
+    else if (req?.resumed) this._emit("recovery_failed", { channel, code: m.code || "history_unavailable" });
+  }
+
+  _onError(m, req) {
+    const error = { code: m.code, message: m.message };
+    if (req?.resolve) return this._settle(m.id, null, error);
+    if (!req) return this._emit("error", error);
+    this._pending.delete(m.id);
+    if (req.op === "subscribe" && PERMANENT.has(m.code) && this._subs.delete(req.channel)) {
+      this._pos.delete(req.channel);
+      this._dirty();
+    }
+    this._emit("error", { ...error, op: req.op, channel: req.channel });
+  }
+
+  // ---- events ----
+
+  _emit(event, ...args) {
+    for (const fn of [...(this._listeners.get(event) ?? [])]) this._call(fn, ...args);
+  }
+
+  // An application callback that throws must not break the client.
+  _call(fn, ...args) {
+    try { fn(...args); } catch (err) { (globalThis.reportError ?? console.error)(err); }
+  }
+
+  // ---- persistence ----
+
+  _load() {
+    const storage = this._o.storage;
+    if (!storage) return;
+    try {
+      const saved = JSON.parse(storage.getItem(this._o.storageKey) || "{}");
+      for (const [channel, p] of Object.entries(saved)) {
+        if (Number.isInteger(p?.seq)) this._pos.set(channel, { seq: p.seq, epoch: p.epoch });
+      }
+    } catch { /* unreadable: start without positions */ }
+  }
+
+  _dirty() {
+    if (!this._o.storage) return;
+    if (!(this._o.persistDelay > 0)) return this._save();
+    if (this._saveTimer === null) this._saveTimer = this._setTimeout(() => this._save(), this._o.persistDelay);
+  }
+
+  _save() {
+    if (this._saveTimer !== null) this._clearTimeout(this._saveTimer);
+    this._saveTimer = null;
+    const storage = this._o.storage;
+    if (!storage) return;
+    const out = {};
+    for (const [channel, { seq, epoch }] of this._pos) {
+      if (Number.isInteger(seq)) out[channel] = epoch == null ? { seq } : { seq, epoch };
+    }
+    try { storage.setItem(this._o.storageKey, JSON.stringify(out)); } catch { /* quota: page only */ }
+  }
+}
+
+export default Herald;

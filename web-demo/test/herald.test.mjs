@@ -1,0 +1,598 @@
+// Unit tests for web-demo/herald.js: a fake WebSocket and fake timers, no network.
+// Run: node --test web-demo/test/
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Herald } from "../herald.js";
+
+// A WebSocket stand-in: records what the client sends, lets the test open it, deliver server
+// frames and close it with a code.
+class FakeSocket {
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    this.closedWith = null;
+  }
+  send(text) {
+    if (this.readyState !== 1) throw new Error("send on a socket that is not open");
+    this.sent.push(JSON.parse(text));
+  }
+  close(code) {
+    this.closedWith = code;
+    this.readyState = 3;
+    this.onclose?.({ code, reason: "" }); // a real socket reports its own close too
+  }
+  // test side
+  open() {
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+  receive(frame) {
+    this.onmessage?.({ data: typeof frame === "string" ? frame : JSON.stringify(frame) });
+  }
+  drop(code = 1006, reason = "") {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+  ops(op) {
+    return this.sent.filter((f) => f.op === op);
+  }
+}
+
+// Timers that run only when the test advances the clock.
+function fakeClock() {
+  let now = 0;
+  let nextId = 1;
+  const timers = new Map();
+  return {
+    now: () => now,
+    setTimeout: (fn, ms) => {
+      const id = nextId++;
+      timers.set(id, { at: now + ms, ms, fn });
+      return id;
+    },
+    clearTimeout: (id) => timers.delete(id),
+    pending: () => [...timers.values()],
+    advance(ms) {
+      const end = now + ms;
+      for (;;) {
+        let due = null;
+        for (const [id, t] of timers) if (t.at <= end && (!due || t.at < due[1].at)) due = [id, t];
+        if (!due) break;
+        timers.delete(due[0]);
+        now = due[1].at;
+        due[1].fn();
+      }
+      now = end;
+    },
+  };
+}
+
+class MemoryStorage {
+  constructor() {
+    this.items = new Map();
+  }
+  getItem(k) {
+    return this.items.has(k) ? this.items.get(k) : null;
+  }
+  setItem(k, v) {
+    this.items.set(k, String(v));
+  }
+}
+
+const EVENTS = ["state", "message", "recovered", "recovery_failed", "error"];
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+function setup(options = {}) {
+  const clock = fakeClock();
+  const sockets = [];
+  class Socket extends FakeSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  }
+  const herald = new Herald("ws://gw.test/ws", {
+    WebSocket: Socket,
+    setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout,
+    now: clock.now,
+    random: () => 0.5,
+    ...options,
+  });
+  const events = [];
+  for (const name of EVENTS) herald.on(name, (a, b) => events.push([name, a, b]));
+  const of = (name) => events.filter((e) => e[0] === name).map((e) => e[1]);
+  return { herald, clock, sockets, events, of, last: () => sockets[sockets.length - 1] };
+}
+
+// Subscribe `channel`, open, and answer the subscribe with `reply` fields.
+function subscribedAfterOpen(t, channel, reply = {}) {
+  const ws = t.last();
+  const sub = ws.ops("subscribe").find((f) => f.channel === channel);
+  ws.receive({ op: "subscribed", channel, id: sub.id, seq: 0, recovered: false, ...reply });
+  return sub;
+}
+
+test("subscribe sends the frame on open and routes messages by channel", () => {
+  const t = setup();
+  const a = [];
+  const b = [];
+  t.herald.subscribe("bot:status:1", (data, msg) => a.push([data, msg.seq]));
+  t.herald.connect();
+  assert.equal(t.sockets.length, 1);
+  assert.equal(t.last().url, "ws://gw.test/ws");
+  assert.equal(t.last().sent.length, 0, "nothing is sent before open");
+  t.last().open();
+  t.herald.subscribe("task_updates", (data) => b.push(data));
+  const subs = t.last().ops("subscribe");
+  assert.deepEqual(subs.map((f) => f.channel), ["bot:status:1", "task_updates"]);
+  assert.ok(subs.every((f) => Number.isInteger(f.id) && !("since" in f)), "fresh subscribe: id, no since");
+  subscribedAfterOpen(t, "bot:status:1", { seq: 7 });
+  subscribedAfterOpen(t, "task_updates");
+  t.last().receive({ op: "message", channel: "bot:status:1", seq: 8, ts: 1, data: { up: true } });
+  t.last().receive({ op: "message", channel: "task_updates", data: { pct: 50 } });
+  t.last().receive({ op: "message", channel: "other", seq: 1, data: "not mine" });
+  assert.deepEqual(a, [[{ up: true }, 8]]);
+  assert.deepEqual(b, [{ pct: 50 }]);
+  assert.deepEqual(t.of("message").map((m) => m.channel), ["bot:status:1", "task_updates"]);
+  assert.deepEqual(t.herald.position("bot:status:1"), { seq: 8, epoch: undefined });
+});
+
+test("request ids are unique integers; publish resolves by id with {seq}", async () => {
+  const t = setup();
+  t.herald.subscribe("c1", () => {});
+  t.herald.connect();
+  const early = t.herald.publish("c1", { n: 0 }); // queued until open
+  t.last().open();
+  const p1 = t.herald.publish("c1", { n: 1 });
+  const p2 = t.herald.publish("c2", { n: 2 });
+  const ids = t.last().sent.map((f) => f.id);
+  assert.equal(ids.length, 4);
+  assert.ok(ids.every(Number.isInteger));
+  assert.equal(new Set(ids).size, ids.length, "ids are unique");
+  const pubs = t.last().ops("publish");
+  assert.deepEqual(pubs.map((f) => [f.channel, f.data.n]), [["c1", 0], ["c1", 1], ["c2", 2]]);
+  // Replies out of order: matched by id, not by arrival.
+  t.last().receive({ op: "published", channel: "c2", id: pubs[2].id, seq: 30 });
+  t.last().receive({ op: "published", channel: "c1", id: pubs[1].id, seq: 11 });
+  t.last().receive({ op: "published", channel: "c1", id: pubs[0].id, seq: 10 });
+  assert.deepEqual(await Promise.all([early, p1, p2]), [{ seq: 10 }, { seq: 11 }, { seq: 30 }]);
+});
+
+test("publish rejects with the server error, on timeout, and when the connection drops", async () => {
+  const t = setup({ requestTimeout: 1000 });
+  t.herald.connect();
+  t.last().open();
+  const denied = t.herald.publish("c", 1);
+  const [frame] = t.last().ops("publish");
+  t.last().receive({ op: "error", id: frame.id, code: "forbidden", message: "no publish right" });
+  await assert.rejects(denied, { code: "forbidden", message: "no publish right" });
+
+  const slow = t.herald.publish("c", 2);
+  t.clock.advance(1000);
+  await assert.rejects(slow, { code: "timeout" });
+
+  const lost = t.herald.publish("c", 3);
+  t.last().drop(1006);
+  await assert.rejects(lost, { code: "unavailable" });
+  assert.equal(t.of("error").length, 0, "errors tied to a request are not emitted as events");
+});
+
+test("ping resolves on the pong with the same id; error frames without id are emitted", async () => {
+  const t = setup();
+  t.herald.connect();
+  t.last().open();
+  const ping = t.herald.ping();
+  const [frame] = t.last().ops("ping");
+  t.clock.advance(40);
+  t.last().receive({ op: "pong", id: frame.id + 1000 }); // not ours: ignored
+  t.last().receive({ op: "pong", id: frame.id });
+  assert.deepEqual(await ping, { rtt: 40 });
+  t.last().receive({ op: "error", code: "bad_request", message: "bad json" });
+  assert.deepEqual(t.of("error"), [{ code: "bad_request", message: "bad json" }]);
+});
+
+test("reconnect delays use exponential backoff with full jitter, capped", () => {
+  const t = setup({ random: () => 0.999999, backoffBase: 250, backoffCap: 15000 });
+  t.herald.connect();
+  const delays = [];
+  for (let i = 0; i < 9; i++) {
+    t.last().drop(1006);
+    const [timer] = t.clock.pending();
+    delays.push(timer.ms);
+    t.clock.advance(timer.ms);
+  }
+  assert.deepEqual(delays, [249, 499, 999, 1999, 3999, 7999, 14999, 14999, 14999]);
+  assert.equal(t.sockets.length, 10, "one new socket per delay");
+
+  const r = setup({ random: () => 0 });
+  r.herald.connect();
+  r.last().drop(1006);
+  assert.equal(r.clock.pending()[0].ms, 0, "full jitter: the lower bound is 0");
+
+  const values = [0.1, 0.9, 0.5, 0.3];
+  const j = setup({ random: () => values.shift() });
+  j.herald.connect();
+  const seen = [];
+  for (let i = 0; i < 4; i++) {
+    j.last().drop(1006);
+    seen.push(j.clock.pending()[0].ms);
+    j.clock.advance(20000);
+  }
+  assert.deepEqual(seen, [25, 450, 500, 600]); // random * 250 * 2^attempt
+});
+
+test("backoff resets after a connection stayed open, not after a short one", () => {
+  const t = setup({ random: () => 0.999999, resetAfter: 10000 });
+  t.herald.connect();
+  const nextDelay = () => t.clock.pending().find((x) => x.ms < 20000).ms;
+  for (let i = 0; i < 3; i++) {
+    t.last().drop(1006);
+    t.clock.advance(nextDelay());
+  }
+  t.last().open();
+  t.clock.advance(2000); // short-lived connection: keeps growing
+  t.last().drop(1006);
+  assert.equal(nextDelay(), 1999);
+  t.clock.advance(1999);
+  t.last().open();
+  t.clock.advance(10000); // stable: reset
+  t.last().drop(1001);
+  assert.equal(nextDelay(), 249);
+});
+
+test("close 4029 waits longer; 1001 and 4008 reconnect", () => {
+  const t = setup({ random: () => 0, rateLimitDelay: 5000 });
+  t.herald.connect();
+  t.last().open();
+  t.last().drop(4029);
+  assert.equal(t.clock.pending()[0].ms, 5000);
+  t.clock.advance(4999);
+  assert.equal(t.sockets.length, 1, "no reconnect before the rate-limit delay");
+  t.clock.advance(1);
+  assert.equal(t.sockets.length, 2);
+  for (const code of [1001, 4008]) {
+    t.last().open();
+    t.last().drop(code);
+    assert.equal(t.herald.state, "reconnecting");
+    t.clock.advance(15000);
+  }
+  assert.equal(t.sockets.length, 4);
+});
+
+test("state events follow the connection", () => {
+  const t = setup();
+  t.herald.connect();
+  t.last().open();
+  t.last().drop(1006);
+  t.clock.advance(1000);
+  t.last().drop(1006); // still reconnecting: no new event
+  t.clock.advance(1000);
+  t.last().open();
+  t.herald.close();
+  assert.deepEqual(t.of("state"), ["connecting", "open", "reconnecting", "open", "closed"]);
+  const info = t.events.find((e) => e[0] === "state" && e[1] === "reconnecting")[2];
+  assert.equal(info.code, 1006);
+  assert.equal(typeof info.delay, "number");
+});
+
+test("after a reconnect every channel is re-subscribed with since and epoch", () => {
+  const t = setup();
+  t.herald.subscribe("a", () => {});
+  t.herald.subscribe("b", () => {});
+  t.herald.subscribe("c", () => {});
+  t.herald.connect();
+  t.last().open();
+  subscribedAfterOpen(t, "a", { seq: 3, epoch: "e1" });
+  subscribedAfterOpen(t, "b", { seq: 0, epoch: "e9" }); // empty history: position 0 is known
+  // "c" never got its reply: no position
+  t.last().receive({ op: "message", channel: "a", seq: 4, ts: 1, data: {} });
+  t.last().receive({ op: "message", channel: "a", seq: 5, ts: 1, data: {} });
+  t.last().drop(1006);
+  t.clock.advance(15000);
+  assert.equal(t.sockets.length, 2);
+  t.last().open();
+  const subs = Object.fromEntries(t.last().ops("subscribe").map((f) => [f.channel, f]));
+  assert.equal(subs.a.since, 5);
+  assert.equal(subs.a.epoch, "e1");
+  assert.equal(subs.b.since, 0);
+  assert.equal(subs.b.epoch, "e9");
+  assert.ok(!("since" in subs.c) && !("epoch" in subs.c));
+});
+
+test("duplicates by seq are dropped across replay and live; raw messages are always delivered", () => {
+  const t = setup();
+  const got = [];
+  t.herald.subscribe("ch", (data, msg) => got.push(msg.seq ?? `raw:${data}`), { since: 3, epoch: "e" });
+  t.herald.connect();
+  t.last().open();
+  const [sub] = t.last().ops("subscribe");
+  assert.equal(sub.since, 3, "explicit since is sent on the first connection");
+  for (const seq of [2, 3, 4, 5, 4]) t.last().receive({ op: "message", channel: "ch", seq, ts: 0, data: seq });
+  t.last().receive({ op: "subscribed", channel: "ch", id: sub.id, seq: 5, epoch: "e", recovered: true, replayed: 2 });
+  t.last().receive({ op: "message", channel: "ch", seq: 5, ts: 0, data: 5 }); // live copy of replayed
+  t.last().receive({ op: "message", channel: "ch", data: "x" });
+  t.last().receive({ op: "message", channel: "ch", data: "x" });
+  t.last().receive({ op: "message", channel: "ch", seq: 6, ts: 0, data: 6 });
+  assert.deepEqual(got, [4, 5, "raw:x", "raw:x", 6]);
+});
+
+test("recovered event after a successful resume", () => {
+  const t = setup();
+  const got = [];
+  t.herald.subscribe("ch", (d) => got.push(d));
+  t.herald.connect();
+  t.last().open();
+  subscribedAfterOpen(t, "ch", { seq: 10, epoch: "e1" });
+  t.last().drop(4008);
+  t.clock.advance(15000);
+  t.last().open();
+  const [sub] = t.last().ops("subscribe");
+  t.last().receive({ op: "message", channel: "ch", seq: 11, ts: 0, data: "m11" });
+  t.last().receive({ op: "subscribed", channel: "ch", id: sub.id, seq: 11, epoch: "e1", recovered: true, replayed: 1 });
+  assert.deepEqual(got, ["m11"]);
+  assert.deepEqual(t.of("recovered"), [{ channel: "ch", replayed: 1 }]);
+  assert.deepEqual(t.of("recovery_failed"), []);
+});
+
+test("recovery_failed after a failed resume, then live from the new position", () => {
+  const t = setup();
+  const got = [];
+  t.herald.subscribe("ch", (d) => got.push(d));
+  t.herald.subscribe("fresh", () => {});
+  t.herald.connect();
+  t.last().open();
+  subscribedAfterOpen(t, "ch", { seq: 0, epoch: "e1" });
+  t.last().receive({ op: "message", channel: "ch", seq: 40, ts: 0, data: "m40" });
+  t.last().drop(1001);
+  t.clock.advance(15000);
+  t.last().open();
+  const sub = t.last().ops("subscribe").find((f) => f.channel === "ch");
+  assert.equal(sub.since, 40);
+  // The database was restored: new epoch, head below our position.
+  t.last().receive({ op: "subscribed", channel: "ch", id: sub.id, seq: 2, epoch: "e2", recovered: false, code: "history_reset" });
+  // A first subscribe answering recovered:false is not a failed recovery.
+  subscribedAfterOpen(t, "fresh", { seq: 9 });
+  t.last().receive({ op: "message", channel: "ch", seq: 3, ts: 0, data: "m3" });
+  assert.deepEqual(t.of("recovery_failed"), [{ channel: "ch", code: "history_reset" }]);
+  assert.deepEqual(got, ["m40", "m3"], "live messages from the new position are accepted");
+  assert.deepEqual(t.herald.position("ch"), { seq: 3, epoch: "e2" });
+  t.last().drop(1006);
+  t.clock.advance(15000);
+  t.last().open();
+  const again = t.last().ops("subscribe").find((f) => f.channel === "ch");
+  assert.deepEqual([again.since, again.epoch], [3, "e2"]);
+});
+
+test("history_expired keeps the position: a later copy of an old seq is still dropped", () => {
+  const t = setup();
+  const got = [];
+  t.herald.subscribe("ch", (d) => got.push(d), { since: 50, epoch: "e1" });
+  t.herald.connect();
+  t.last().open();
+  const [sub] = t.last().ops("subscribe");
+  // Same epoch, history pruned past 51; this instance reports a lower head than we have seen.
+  t.last().receive({ op: "subscribed", channel: "ch", id: sub.id, seq: 0, epoch: "e1", recovered: false, code: "history_expired" });
+  t.last().receive({ op: "message", channel: "ch", seq: 49, ts: 0, data: "old" });
+  t.last().receive({ op: "message", channel: "ch", seq: 60, ts: 0, data: "new" });
+  assert.deepEqual(t.of("recovery_failed"), [{ channel: "ch", code: "history_expired" }]);
+  assert.deepEqual(got, ["new"]);
+  // An epoch change without a code is a reset too.
+  t.herald.subscribe("other", () => {}, { since: 9, epoch: "x1" });
+  const other = t.last().ops("subscribe").find((f) => f.channel === "other");
+  t.last().receive({ op: "subscribed", channel: "other", id: other.id, seq: 1, epoch: "x2", recovered: false });
+  assert.deepEqual(t.herald.position("other"), { seq: 1, epoch: "x2" });
+  assert.deepEqual(t.of("recovery_failed")[1], { channel: "other", code: "history_unavailable" });
+});
+
+test("history_reset with the same epoch (since ahead of head) restarts from the server's seq", () => {
+  const t = setup();
+  const got = [];
+  t.herald.subscribe("ch", (d) => got.push(d), { since: 100, epoch: "e1" });
+  t.herald.subscribe("noepoch", () => {}, { since: 7, epoch: "k" });
+  t.herald.connect();
+  t.last().open();
+  const [sub, sub2] = t.last().ops("subscribe");
+  t.last().receive({ op: "subscribed", channel: "ch", id: sub.id, seq: 5, epoch: "e1", recovered: false, code: "history_reset" });
+  t.last().receive({ op: "message", channel: "ch", seq: 6, ts: 0, data: "m6" });
+  assert.deepEqual(got, ["m6"]);
+  // A reply without epoch (older gateway) keeps the epoch we had.
+  t.last().receive({ op: "subscribed", channel: "noepoch", id: sub2.id, seq: 3, recovered: false });
+  assert.deepEqual(t.herald.position("noepoch"), { seq: 7, epoch: "k" });
+});
+
+test("4001 calls getToken before reconnecting with the new, URL-encoded token", async () => {
+  const tokens = ["first token", "a+b/c=d&e"];
+  let calls = 0;
+  const t = setup({ getToken: async () => tokens[calls++] });
+  t.herald.connect();
+  await tick();
+  assert.equal(calls, 1, "getToken runs before the first connect too");
+  assert.equal(t.last().url, "ws://gw.test/ws?token=first%20token");
+  t.last().open();
+  t.last().drop(4001);
+  assert.equal(t.sockets.length, 1);
+  t.clock.advance(15000);
+  await tick();
+  assert.equal(calls, 2);
+  assert.equal(t.sockets.length, 2);
+  assert.equal(t.last().url, `ws://gw.test/ws?token=${encodeURIComponent("a+b/c=d&e")}`);
+});
+
+test("a static token is appended; 4001 without getToken stops", () => {
+  const t = setup({ token: "abc.def" });
+  t.herald.connect();
+  assert.equal(t.last().url, "ws://gw.test/ws?token=abc.def");
+  t.last().open();
+  t.last().drop(4001);
+  assert.equal(t.herald.state, "closed");
+  assert.equal(t.clock.pending().length, 0, "no reconnect scheduled");
+  assert.equal(t.of("error")[0].code, "unauthorized");
+});
+
+test("a failing getToken is retried with backoff", async () => {
+  let calls = 0;
+  const t = setup({
+    getToken: async () => {
+      if (++calls === 1) throw new Error("auth server down");
+      return "tok";
+    },
+  });
+  t.herald.connect();
+  await tick();
+  assert.equal(t.sockets.length, 0);
+  assert.equal(t.herald.state, "reconnecting");
+  assert.match(t.of("error")[0].message, /auth server down/);
+  t.clock.advance(15000);
+  await tick();
+  assert.equal(t.sockets.length, 1);
+  assert.equal(t.last().url, "ws://gw.test/ws?token=tok");
+});
+
+test("close() closes with 1000 and stops reconnecting", async () => {
+  const t = setup();
+  t.herald.connect();
+  t.last().open();
+  const pending = t.herald.publish("c", 1);
+  const ws = t.last();
+  t.herald.close();
+  assert.equal(ws.closedWith, 1000);
+  assert.equal(t.herald.state, "closed");
+  await assert.rejects(pending, { code: "unavailable" });
+  t.clock.advance(60000);
+  assert.equal(t.sockets.length, 1, "no reconnect after close()");
+  assert.equal(t.clock.pending().length, 0);
+
+  // close() during the backoff cancels the scheduled dial.
+  t.herald.connect();
+  t.last().drop(1006);
+  assert.equal(t.herald.state, "reconnecting");
+  t.herald.close();
+  t.clock.advance(60000);
+  assert.equal(t.sockets.length, 2);
+});
+
+test("close() while getToken is pending opens nothing", async () => {
+  let release;
+  const t = setup({ getToken: () => new Promise((resolve) => (release = resolve)) });
+  t.herald.connect();
+  await tick();
+  t.herald.close();
+  release("tok");
+  await tick();
+  assert.equal(t.sockets.length, 0);
+});
+
+test("positions are persisted to storage and restored by a new client", async () => {
+  const storage = new MemoryStorage();
+  const t = setup({ storage, storageKey: "hk", persistDelay: 500 });
+  t.herald.subscribe("a", () => {});
+  t.herald.subscribe("b", () => {});
+  t.herald.connect();
+  t.last().open();
+  subscribedAfterOpen(t, "a", { seq: 1, epoch: "ea" });
+  subscribedAfterOpen(t, "b", { seq: 7 });
+  t.last().receive({ op: "message", channel: "a", seq: 2, ts: 0, data: {} });
+  assert.equal(storage.getItem("hk"), null, "throttled: not saved yet");
+  t.clock.advance(500);
+  assert.deepEqual(JSON.parse(storage.getItem("hk")), { a: { seq: 2, epoch: "ea" }, b: { seq: 7 } });
+  t.last().receive({ op: "message", channel: "a", seq: 3, ts: 0, data: {} });
+  t.herald.close(); // flushes
+  assert.deepEqual(JSON.parse(storage.getItem("hk")).a, { seq: 3, epoch: "ea" });
+
+  // A reload: a new client on the same storage resumes on its first connection.
+  const r = setup({ storage, storageKey: "hk" });
+  const got = [];
+  r.herald.subscribe("a", (d, m) => got.push(m.seq));
+  r.herald.connect();
+  r.last().open();
+  const [sub] = r.last().ops("subscribe");
+  assert.deepEqual([sub.since, sub.epoch], [3, "ea"]);
+  r.last().receive({ op: "message", channel: "a", seq: 3, ts: 0, data: {} });
+  r.last().receive({ op: "message", channel: "a", seq: 4, ts: 0, data: {} });
+  assert.deepEqual(got, [4]);
+
+  const broken = new MemoryStorage();
+  broken.setItem("herald", "{not json");
+  assert.doesNotThrow(() => setup({ storage: broken }));
+});
+
+test("unsubscribe stops delivery and the channel is not re-subscribed after a reconnect", () => {
+  const storage = new MemoryStorage();
+  const t = setup({ storage, persistDelay: 0 });
+  const a = [];
+  const b1 = [];
+  const b2 = [];
+  t.herald.subscribe("a", (d) => a.push(d));
+  const offB1 = t.herald.subscribe("b", (d) => b1.push(d));
+  t.herald.subscribe("b", (d) => b2.push(d));
+  t.herald.connect();
+  t.last().open();
+  assert.equal(t.last().ops("subscribe").length, 2, "one subscribe per channel");
+  subscribedAfterOpen(t, "a", { seq: 1 });
+  subscribedAfterOpen(t, "b", { seq: 1 });
+  const offB3 = t.herald.subscribe("b", () => {}, { since: 0 }); // already subscribed: no frame
+  assert.equal(t.last().ops("subscribe").length, 2, "no second subscribe while open");
+  assert.equal(t.herald.position("b").seq, 1, "since ignored for a subscribed channel");
+  offB3();
+  offB1(); // one of two callbacks: still subscribed
+  t.last().receive({ op: "message", channel: "b", seq: 2, ts: 0, data: "b2" });
+  assert.deepEqual([b1, b2], [[], ["b2"]]);
+  assert.equal(t.last().ops("unsubscribe").length, 0);
+
+  t.herald.unsubscribe("a");
+  const [unsub] = t.last().ops("unsubscribe");
+  assert.equal(unsub.channel, "a");
+  assert.ok(Number.isInteger(unsub.id));
+  t.last().receive({ op: "message", channel: "a", seq: 2, ts: 0, data: "late" });
+  t.last().receive({ op: "unsubscribed", channel: "a", id: unsub.id });
+  assert.deepEqual(a, []);
+  assert.equal(t.herald.position("a"), undefined);
+  assert.ok(!("a" in JSON.parse(storage.getItem("herald"))), "forgotten in storage");
+
+  t.last().drop(1006);
+  t.clock.advance(15000);
+  t.last().open();
+  assert.deepEqual(t.last().ops("subscribe").map((f) => f.channel), ["b"]);
+});
+
+test("a permanent subscribe error drops the subscription and is reported with its channel", () => {
+  const t = setup();
+  t.herald.subscribe("secret", () => {});
+  t.herald.subscribe("busy", () => {});
+  t.herald.connect();
+  t.last().open();
+  const subs = t.last().ops("subscribe");
+  t.last().receive({ op: "error", id: subs[0].id, code: "forbidden", message: "not allowed" });
+  t.last().receive({ op: "error", id: subs[1].id, code: "unavailable", message: "try later" });
+  assert.deepEqual(t.of("error"), [
+    { code: "forbidden", message: "not allowed", op: "subscribe", channel: "secret" },
+    { code: "unavailable", message: "try later", op: "subscribe", channel: "busy" },
+  ]);
+  t.last().drop(1006);
+  t.clock.advance(15000);
+  t.last().open();
+  assert.deepEqual(t.last().ops("subscribe").map((f) => f.channel), ["busy"], "transient error: retried");
+});
+
+test("a throwing callback does not stop delivery to the others", () => {
+  const t = setup();
+  const got = [];
+  const originalError = console.error;
+  const reported = [];
+  console.error = (e) => reported.push(e);
+  try {
+    t.herald.subscribe("ch", () => {
+      throw new Error("app bug");
+    });
+    t.herald.subscribe("ch", (d) => got.push(d));
+    t.herald.connect();
+    t.last().open();
+    t.last().receive({ op: "message", channel: "ch", data: 1 });
+  } finally {
+    console.error = originalError;
+  }
+  assert.deepEqual(got, [1]);
+  assert.equal(reported.length, 1);
+});
