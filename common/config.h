@@ -30,6 +30,7 @@ struct herald_config {
     long history_ttl_ms;
     long history_max;
     long replay_max;
+    long recent_bytes;
     long migrate_on_start;
 };
 

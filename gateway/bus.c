@@ -330,6 +330,16 @@ static int send_sub_command(struct bus *bus, const char *verb, const char *name,
                : -1;
 }
 
+int bus_publish(struct bus *bus, const char *name, const char *payload, size_t len)
+{
+    if (!bus->cmd_ready)
+        return -1;
+    return redisAsyncCommand(bus->cmd, NULL, NULL, "PUBLISH %s%s %b", bus->app->cfg->redis_prefix,
+                             name, payload, len) == REDIS_OK
+               ? 0
+               : -1;
+}
+
 int bus_subscribe(struct bus *bus, const char *name, size_t len)
 {
     return send_sub_command(bus, "SUBSCRIBE", name, len);

@@ -26,6 +26,11 @@ void bus_free(struct bus *bus);
 int bus_subscribe(struct bus *bus, const char *name, size_t len);
 int bus_unsubscribe(struct bus *bus, const char *name, size_t len);
 
+/* PUBLISHes payload on the Redis channel of a Herald channel (step 2 of a durable publish).
+ * -1 when Redis is down: the message is in PostgreSQL, and every instance's head check
+ * delivers it within seconds. */
+int bus_publish(struct bus *bus, const char *name, const char *payload, size_t len);
+
 /* True while the heartbeat came back within 3 intervals. */
 bool bus_ready(const struct bus *bus);
 

@@ -59,6 +59,7 @@ void client_destroy(struct client *c)
     if (!c->app)
         return;
     unmark_dirty(c);
+    protocol_client_gone(c);
     hub_client_gone(c->app->hub, c);
     outq_clear(&c->q);
     free(c->subs);

@@ -33,7 +33,8 @@ struct client {
     bool await_writable; /* the socket was full: lws calls WRITEABLE when it drains */
     bool rx_too_large;   /* the message being received is over the limit: drop the rest */
     bool rx_binary;
-    char *rx; /* fragments of a message that came in several pieces */
+    char *rx;        /* fragments of a message that came in several pieces */
+    void *publishes; /* publishes waiting for PostgreSQL (protocol.c) */
     size_t rx_len;
 };
 

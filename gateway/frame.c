@@ -41,6 +41,7 @@ struct frame *frame_new(size_t payload_len)
     struct frame *f = malloc(sizeof *f + hdr + payload_len);
     if (!f)
         return NULL;
+    f->seq = 0;
     f->refs = 1;
     f->hdr = (uint8_t)frame_write_header(f->data, payload_len);
     f->len = (uint32_t)(hdr + payload_len);

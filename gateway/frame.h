@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 struct frame {
+    uint64_t seq; /* the message's sequence number; 0 for raw messages and replies */
     uint32_t refs;
     uint32_t len; /* header + payload */
     uint8_t hdr;  /* header bytes: 2, 4 or 10 */

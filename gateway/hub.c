@@ -1,5 +1,6 @@
 #include "hub.h"
 #include "bus.h"
+#include "channel_state.h"
 #include "client.h"
 #include "envelope.h"
 #include "frame.h"
@@ -9,42 +10,18 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
-/* Where the channel's Redis subscription stands. A new SUBSCRIBE or UNSUBSCRIBE is sent only
- * from IDLE or ACTIVE: hiredis 0.14 keys its callbacks by channel name, so overlapping
- * requests for one channel would lose the callback. */
-enum redis_state { R_IDLE, R_SUBSCRIBING, R_ACTIVE, R_UNSUBSCRIBING };
-
-/* A channel's side of a subscription; `slot` is the index in the client's subs array. */
-struct member {
-    struct client *c;
-    uint32_t slot;
-};
-
-/* A client waiting for its `subscribed` reply until Redis confirms. */
-struct waiter {
-    struct client *c;
-    char *id_json;
-};
-
-struct channel {
-    struct channel *next; /* hash bucket chain */
-    uint32_t hash;
-    uint32_t nmembers, cap;
-    struct member *members;
-    struct waiter *waiters;
-    uint32_t nwaiters;
-    uint8_t redis;
-    uint64_t last_seq; /* highest seq delivered live */
-    size_t len;
-    char name[];
-};
+#define HUB_TICK_MS       50
+#define HUB_HEAD_CHECK_MS 2000
 
 struct hub {
     struct herald *app;
     struct channel **buckets;
     uint32_t nbuckets; /* a power of two */
     size_t count;
+    uv_timer_t timer;
+    uint64_t last_head_check_ms;
     uint64_t last_invalid_log_ms;
     uint64_t invalid_unlogged;
 };
@@ -69,13 +46,37 @@ struct hub *hub_new(struct herald *app)
         free(hub);
         return NULL;
     }
+    uv_timer_init(app->loop, &hub->timer);
+    hub->timer.data = hub;
     return hub;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct hub *hub = t->data;
+    uint64_t now = herald_now_ms(hub->app);
+    bool heads = now - hub->last_head_check_ms >= HUB_HEAD_CHECK_MS;
+    if (heads)
+        hub->last_head_check_ms = now;
+    seq_tick(hub, now, heads);
+}
+
+void hub_start(struct hub *hub)
+{
+    uv_timer_start(&hub->timer, on_tick, HUB_TICK_MS, HUB_TICK_MS);
+}
+
+void hub_stop(struct hub *hub)
+{
+    uv_timer_stop(&hub->timer);
+    uv_close((uv_handle_t *)&hub->timer, NULL);
 }
 
 static void channel_free(struct channel *ch)
 {
     for (uint32_t i = 0; i < ch->nwaiters; i++)
         free(ch->waiters[i].id_json);
+    seq_release(ch);
     free(ch->waiters);
     free(ch->members);
     free(ch);
@@ -97,18 +98,36 @@ void hub_free(struct hub *hub)
     free(hub);
 }
 
+struct herald *hub_app(const struct hub *hub)
+{
+    return hub->app;
+}
+
 size_t hub_channel_count(const struct hub *hub)
 {
     return hub->count;
 }
 
-static struct channel *lookup(const struct hub *hub, const char *name, size_t len)
+struct channel *hub_find(const struct hub *hub, const char *name, size_t len)
 {
     uint32_t h = hash_name(name, len);
     for (struct channel *ch = hub->buckets[h & (hub->nbuckets - 1)]; ch; ch = ch->next)
         if (ch->hash == h && ch->len == len && memcmp(ch->name, name, len) == 0)
             return ch;
     return NULL;
+}
+
+void hub_each(struct hub *hub, void (*fn)(struct hub *hub, struct channel *ch, void *arg),
+              void *arg)
+{
+    for (uint32_t b = 0; b < hub->nbuckets; b++) {
+        struct channel *ch = hub->buckets[b];
+        while (ch) {
+            struct channel *next = ch->next; /* fn may forget ch */
+            fn(hub, ch, arg);
+            ch = next;
+        }
+    }
 }
 
 /* Doubles the bucket array when the table is more than 75% full. */
@@ -150,8 +169,10 @@ static struct channel *channel_create(struct hub *hub, const char *name, size_t 
     return ch;
 }
 
-static void channel_remove(struct hub *hub, struct channel *ch)
+void hub_maybe_forget(struct hub *hub, struct channel *ch)
 {
+    if (ch->nmembers > 0 || ch->redis != R_IDLE || ch->queries > 0)
+        return;
     struct channel **p = &hub->buckets[ch->hash & (hub->nbuckets - 1)];
     while (*p != ch)
         p = &(*p)->next;
@@ -177,14 +198,14 @@ static void channel_release(struct hub *hub, struct channel *ch)
         if (bus_unsubscribe(hub->app->bus, ch->name, ch->len) == 0)
             ch->redis = R_UNSUBSCRIBING;
         else
-            channel_remove(hub, ch); /* bus is down: nothing to undo */
-    } else if (ch->redis == R_IDLE) {
-        channel_remove(hub, ch);
+            ch->redis = R_IDLE; /* the bus is down: nothing to undo */
     }
+    hub_maybe_forget(hub, ch);
     /* SUBSCRIBING / UNSUBSCRIBING: decided when Redis answers */
 }
 
-static int add_waiter(struct channel *ch, struct client *c, const char *id_json)
+static int add_waiter(struct channel *ch, struct client *c, const char *id_json,
+                      const struct resume *resume)
 {
     struct waiter *w = realloc(ch->waiters, (ch->nwaiters + 1) * sizeof *w);
     if (!w)
@@ -193,7 +214,12 @@ static int add_waiter(struct channel *ch, struct client *c, const char *id_json)
     char *id = id_json ? strdup(id_json) : NULL;
     if (id_json && !id)
         return -1;
-    w[ch->nwaiters++] = (struct waiter){c, id};
+    struct waiter *nw = &w[ch->nwaiters++];
+    *nw = (struct waiter){.c = c, .id_json = id, .resume = resume != NULL};
+    if (resume) {
+        nw->since = resume->since;
+        snprintf(nw->epoch, sizeof nw->epoch, "%s", resume->epoch ? resume->epoch : "");
+    }
     return 0;
 }
 
@@ -215,6 +241,12 @@ static int find_slot(const struct client *c, const struct channel *ch)
         if (c->subs[i].ch == ch)
             return i;
     return -1;
+}
+
+struct member *hub_member(struct channel *ch, const struct client *c)
+{
+    int slot = find_slot(c, ch);
+    return slot < 0 ? NULL : &ch->members[c->subs[slot].pos];
 }
 
 bool hub_is_member(const struct client *c, const char *name, size_t len)
@@ -244,7 +276,7 @@ static int link_member(struct channel *ch, struct client *c)
         c->subs = s;
         c->subcap = cap;
     }
-    ch->members[ch->nmembers] = (struct member){c, c->nsubs};
+    ch->members[ch->nmembers] = (struct member){.c = c, .slot = c->nsubs};
     c->subs[c->nsubs++] = (struct sub_ref){ch, ch->nmembers++};
     c->app->metrics.subscriptions++;
     return 0;
@@ -271,29 +303,30 @@ static void unlink_member(struct client *c, int slot)
 }
 
 int hub_subscribe(struct hub *hub, struct client *c, const char *name, size_t len,
-                  const char *id_json)
+                  const char *id_json, const struct resume *resume)
 {
-    struct channel *ch = lookup(hub, name, len);
+    struct channel *ch = hub_find(hub, name, len);
     if (!ch && !(ch = channel_create(hub, name, len)))
         return -1;
-    if (find_slot(c, ch) < 0 && link_member(ch, c) < 0) {
+    struct member *m = hub_member(ch, c);
+    if (!m && link_member(ch, c) < 0) {
         channel_release(hub, ch);
         return -1;
     }
-    if (ch->redis == R_ACTIVE) {
-        reply_subscribed(c, ch->name, ch->last_seq, id_json);
-        return 0;
-    }
-    if (add_waiter(ch, c, id_json) < 0)
+    if (m)
+        m->ready = false; /* a second subscribe is answered like the first */
+    if (add_waiter(ch, c, id_json, resume) < 0)
         return -1;
     if (ch->redis == R_IDLE)
         request_subscribe(hub, ch);
+    else if (ch->redis == R_ACTIVE)
+        seq_progress(hub, ch);
     return 0;
 }
 
 void hub_unsubscribe(struct hub *hub, struct client *c, const char *name, size_t len)
 {
-    struct channel *ch = lookup(hub, name, len);
+    struct channel *ch = hub_find(hub, name, len);
     int slot = ch ? find_slot(c, ch) : -1;
     if (slot < 0)
         return;
@@ -312,54 +345,64 @@ void hub_client_gone(struct hub *hub, struct client *c)
     }
 }
 
+static void resubscribe(struct hub *hub, struct channel *ch, void *arg)
+{
+    if (ch->redis == R_IDLE && ch->nmembers > 0)
+        request_subscribe(hub, ch);
+}
+
 /* Every channel that has members gets its subscription back after a (re)connect. */
 void hub_on_bus_up(struct hub *hub)
 {
-    for (uint32_t b = 0; b < hub->nbuckets; b++)
-        for (struct channel *ch = hub->buckets[b]; ch; ch = ch->next)
-            if (ch->redis == R_IDLE && ch->nmembers > 0)
-                request_subscribe(hub, ch);
+    hub_each(hub, resubscribe, NULL);
+}
+
+static void unsubscribed(struct hub *hub, struct channel *ch, void *arg)
+{
+    ch->redis = R_IDLE;
+    hub_maybe_forget(hub, ch);
 }
 
 /* The connection is gone and every subscription with it; channels without members go. */
 void hub_on_bus_down(struct hub *hub)
 {
-    for (uint32_t b = 0; b < hub->nbuckets; b++) {
-        struct channel *ch = hub->buckets[b];
-        while (ch) {
-            struct channel *next = ch->next;
-            ch->redis = R_IDLE;
-            if (ch->nmembers == 0)
-                channel_remove(hub, ch);
-            ch = next;
-        }
-    }
+    hub_each(hub, unsubscribed, NULL);
 }
 
 void hub_on_subscribed(struct hub *hub, const char *name, size_t len)
 {
-    struct channel *ch = lookup(hub, name, len);
+    struct channel *ch = hub_find(hub, name, len);
     if (!ch || ch->redis != R_SUBSCRIBING)
         return;
     ch->redis = R_ACTIVE;
-    for (uint32_t i = 0; i < ch->nwaiters; i++) {
-        reply_subscribed(ch->waiters[i].c, ch->name, ch->last_seq, ch->waiters[i].id_json);
-        free(ch->waiters[i].id_json);
-    }
-    ch->nwaiters = 0;
-    channel_release(hub, ch);
+    if (ch->nmembers == 0)
+        channel_release(hub, ch);
+    else
+        seq_on_active(hub, ch);
 }
 
 void hub_on_unsubscribed(struct hub *hub, const char *name, size_t len)
 {
-    struct channel *ch = lookup(hub, name, len);
+    struct channel *ch = hub_find(hub, name, len);
     if (!ch || ch->redis != R_UNSUBSCRIBING)
         return;
     ch->redis = R_IDLE;
     if (ch->nmembers > 0)
         request_subscribe(hub, ch);
     else
-        channel_remove(hub, ch);
+        hub_maybe_forget(hub, ch);
+}
+
+void hub_deliver(struct hub *hub, struct channel *ch, struct frame *f)
+{
+    for (uint32_t i = 0; i < ch->nmembers; i++) {
+        struct member *m = &ch->members[i];
+        if (!m->ready || (f->seq && f->seq <= m->last_seq))
+            continue;
+        client_send(m->c, f);
+        if (f->seq)
+            m->last_seq = f->seq;
+    }
 }
 
 /* Logs a dropped payload at most once a second, with how many went unlogged. */
@@ -377,44 +420,33 @@ static void note_invalid(struct hub *hub, const struct channel *ch, const char *
     hub->invalid_unlogged = 0;
 }
 
-/* Builds the frame a payload becomes: sequenced envelopes byte for byte, raw payloads
- * wrapped. NULL when the payload is dropped. */
-static struct frame *build_frame(struct hub *hub, struct channel *ch, const char *payload,
-                                 size_t plen)
-{
-    struct payload_info info;
-    envelope_classify(ch->name, ch->len, payload, plen, &info);
-    switch (info.kind) {
-    case PAYLOAD_INVALID:
-        note_invalid(hub, ch, info.error);
-        return NULL;
-    case PAYLOAD_SEQUENCED:
-        if (info.seq <= ch->last_seq) {
-            hub->app->metrics.duplicates_dropped++;
-            return NULL;
-        }
-        ch->last_seq = info.seq;
-        return frame_from(payload, plen);
-    case PAYLOAD_RAW:
-    default: {
-        struct frame *f = frame_new(envelope_raw_size(ch->len, plen));
-        if (f)
-            envelope_write_raw((char *)frame_payload(f), ch->name, ch->len, payload, plen);
-        return f;
-    }
-    }
-}
-
+/* One parse per message per process: sequenced envelopes become a frame of their bytes
+ * and go through the sequencer; raw payloads are wrapped and delivered at once. */
 void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload, size_t plen)
 {
-    struct channel *ch = lookup(hub, name, len);
+    struct channel *ch = hub_find(hub, name, len);
     if (!ch || ch->nmembers == 0)
         return;
     hub->app->metrics.redis_messages++;
-    struct frame *f = build_frame(hub, ch, payload, plen);
-    if (!f)
+    struct payload_info info;
+    envelope_classify(ch->name, ch->len, payload, plen, &info);
+    if (info.kind == PAYLOAD_INVALID) {
+        note_invalid(hub, ch, info.error);
         return;
-    for (uint32_t i = 0; i < ch->nmembers; i++)
-        client_send(ch->members[i].c, f);
+    }
+    struct frame *f;
+    if (info.kind == PAYLOAD_SEQUENCED) {
+        f = frame_from(payload, plen);
+        if (f) {
+            f->seq = info.seq;
+            seq_on_live(hub, ch, f);
+        }
+    } else {
+        f = frame_new(envelope_raw_size(ch->len, plen));
+        if (f) {
+            envelope_write_raw((char *)frame_payload(f), ch->name, ch->len, payload, plen);
+            hub_deliver(hub, ch, f);
+        }
+    }
     frame_unref(f);
 }

@@ -21,10 +21,21 @@ size_t hub_channel_count(const struct hub *hub);
 /* True when c is a member of the channel name[0..len). */
 bool hub_is_member(const struct client *c, const char *name, size_t len);
 
+/* A resume request: replay every message with seq > since (of this epoch, when given). */
+struct resume {
+    uint64_t since;
+    const char *epoch; /* NULL or "" when the client did not say */
+};
+
 /* Joins c to a channel. The `subscribed` reply (carrying id_json) goes out once Redis has
- * confirmed the channel's subscription: at once when it already has. -1: out of memory. */
+ * confirmed the channel's subscription and, with history, once the channel's head is known
+ * (and, for a resume, after the replay). -1: out of memory. */
 int hub_subscribe(struct hub *hub, struct client *c, const char *name, size_t len,
-                  const char *id_json);
+                  const char *id_json, const struct resume *resume);
+
+/* Starts the periodic work (gap repair, head checks); stops it before shutdown. */
+void hub_start(struct hub *hub);
+void hub_stop(struct hub *hub);
 
 /* Removes c from a channel (nothing happens when it is not a member). */
 void hub_unsubscribe(struct hub *hub, struct client *c, const char *name, size_t len);

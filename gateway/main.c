@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "migrate.h"
 #include "client.h"
+#include "db.h"
 #include "config.h"
 #include "herald.h"
 #include "hub.h"
@@ -68,6 +69,9 @@ static void shut_down(struct lifecycle *lc)
         return;
     server_stop(lc->srv);
     lc->srv = NULL;
+    db_free(lc->app->db); /* fails queries in flight: their callbacks still find the hub */
+    lc->app->db = NULL;
+    hub_stop(lc->app->hub);
     bus_free(lc->app->bus);
     lc->app->bus = NULL;
     close_signals(lc);
@@ -190,17 +194,28 @@ int main(int argc, char **argv)
     app.write_buf = malloc(HERALD_WRITE_BATCH);
     app.hub = hub_new(&app);
     app.bus = bus_new(&app);
+    if (cfg.database_url[0])
+        app.db = db_new(&app);
     struct lifecycle lc = {.app = &app};
-    lc.srv = app.write_buf && app.hub && app.bus ? server_start(&app) : NULL;
+    bool ok = app.write_buf && app.hub && app.bus && (app.db || !cfg.database_url[0]);
+    lc.srv = ok ? server_start(&app) : NULL;
     int status = 0;
     if (lc.srv) {
         bus_start(app.bus);
+        if (app.db)
+            db_start(app.db);
+        else
+            log_warn("no_history", "HERALD_DATABASE_URL is not set: no sequence numbers, "
+                                   "no resume, no durable publish");
+        hub_start(app.hub);
         watch_signals(&lc, &loop);
         start_flushing(&app);
         log_info("started", "herald %s (%s) listening on %s, Redis %s:%d", HERALD_VERSION,
                  cfg.instance_id, cfg.listen, cfg.redis.host, cfg.redis.port);
     } else {
         status = 1;
+        db_free(app.db);
+        hub_stop(app.hub);
         bus_free(app.bus);
     }
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -22,6 +22,7 @@ struct metrics {
     uint64_t client_frames_in;
     uint64_t slow_consumer_closes;
     uint64_t redis_reconnects;
+    uint64_t gaps_skipped;
     uint64_t client_errors[ERR_COUNT];
 };
 

@@ -31,6 +31,17 @@ int outq_push(struct outq *q, struct frame *f)
     return 0;
 }
 
+int outq_push_front(struct outq *q, struct frame *f)
+{
+    if (q->count == q->cap && grow(q))
+        return -1;
+    q->head = (q->head - 1) & (q->cap - 1);
+    q->ring[q->head] = frame_ref(f);
+    q->count++;
+    q->bytes += f->len;
+    return 0;
+}
+
 void outq_pop(struct outq *q)
 {
     if (!q->count)

@@ -1,5 +1,6 @@
-/* A client's send queue: a ring of shared frames with the byte count that bounds it
- * (DESIGN invariant 3). It holds one reference to each frame it contains. */
+/* A ring of shared frames with their byte count: a client's send queue, bounded by it
+ * (DESIGN invariant 3), and a channel's recent-message cache. It holds one reference to
+ * each frame it contains. */
 #ifndef HERALD_OUTQ_H
 #define HERALD_OUTQ_H
 
@@ -26,6 +27,16 @@ static inline struct frame *outq_peek(const struct outq *q)
 {
     return q->count ? q->ring[q->head] : NULL;
 }
+
+/* The i-th frame from the head (i < count). */
+static inline struct frame *outq_at(const struct outq *q, uint32_t i)
+{
+    return q->ring[(q->head + i) & (q->cap - 1)];
+}
+
+/* Puts f in front of the head, taking a new reference. Returns 0, or -1 when out of
+ * memory. (The recent-message cache grows at both ends.) */
+int outq_push_front(struct outq *q, struct frame *f);
 
 /* Removes the head frame and drops the queue's reference to it. */
 void outq_pop(struct outq *q);

@@ -1,0 +1,384 @@
+#include "db.h"
+#include "herald.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#define DB_MAX_POOL      64
+#define DB_MAX_QUEUED    20000
+#define DB_QUERY_TIMEOUT 10000 /* ms */
+#define DB_BACKOFF_MIN   200
+#define DB_BACKOFF_MAX   5000
+
+struct request {
+    struct request *next;
+    const char *sql;
+    int nparams;
+    char **params; /* copies, in the same allocation as the request */
+    db_done done;
+    void *arg;
+};
+
+enum conn_state { C_DOWN, C_CONNECTING, C_IDLE, C_BUSY };
+
+/* A poll handle belongs to one socket; libpq may switch sockets while connecting, so each
+ * socket gets its own handle, closed (and freed) when the socket is done with. */
+struct watch {
+    uv_poll_t poll;
+    struct conn *conn;
+};
+
+struct conn {
+    struct db *db;
+    PGconn *pg;
+    struct watch *watch;
+    int fd;
+    enum conn_state state;
+    struct request *req; /* in flight */
+    PGresult *result;    /* last result of the request in flight */
+    uint64_t since_ms;   /* when the current state began */
+    uint64_t retry_at_ms;
+    unsigned attempts;
+};
+
+struct db {
+    struct herald *app;
+    struct conn conns[DB_MAX_POOL];
+    int nconns;
+    struct request *head, *tail;
+    size_t queued;
+    uv_timer_t timer;
+    uint64_t sent;
+    bool was_up;
+};
+
+static uint64_t now_ms(const struct db *db)
+{
+    return herald_now_ms(db->app);
+}
+
+static void watch_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void unwatch(struct conn *c)
+{
+    if (c->watch) {
+        c->watch->poll.data = c->watch;
+        c->watch->conn = NULL;
+        uv_poll_stop(&c->watch->poll);
+        uv_close((uv_handle_t *)&c->watch->poll, watch_closed);
+        c->watch = NULL;
+    }
+    c->fd = -1;
+}
+
+static void on_poll(uv_poll_t *h, int status, int events);
+
+/* Watches the connection's current socket for the given events. */
+static void watch(struct conn *c, int events)
+{
+    int fd = PQsocket(c->pg);
+    if (c->watch && fd != c->fd)
+        unwatch(c);
+    if (!c->watch) {
+        struct watch *w = calloc(1, sizeof *w);
+        if (!w || uv_poll_init_socket(c->db->app->loop, &w->poll, fd) != 0) {
+            free(w);
+            return;
+        }
+        w->conn = c;
+        w->poll.data = w;
+        c->watch = w;
+        c->fd = fd;
+    }
+    uv_poll_start(&c->watch->poll, events, on_poll);
+}
+
+static void finish_request(struct conn *c, const PGresult *res, const char *err)
+{
+    struct request *r = c->req;
+    c->req = NULL;
+    if (r) {
+        r->done(r->arg, res, err);
+        free(r);
+    }
+    PQclear(c->result);
+    c->result = NULL;
+}
+
+static void fail_queue(struct db *db, const char *err)
+{
+    struct request *r;
+    while ((r = db->head)) {
+        db->head = r->next;
+        db->queued--;
+        r->done(r->arg, NULL, err);
+        free(r);
+    }
+    db->tail = NULL;
+}
+
+static void dispatch(struct db *db);
+
+/* The connection failed: its request fails, it retries later with backoff. */
+static void conn_down(struct conn *c, const char *why)
+{
+    struct db *db = c->db;
+    bool was_ready = c->state == C_IDLE || c->state == C_BUSY;
+    finish_request(c, NULL, why);
+    unwatch(c);
+    PQfinish(c->pg);
+    c->pg = NULL;
+    c->state = C_DOWN;
+    unsigned shift = c->attempts < 5 ? c->attempts : 5;
+    uint64_t delay = (uint64_t)DB_BACKOFF_MIN << shift;
+    c->retry_at_ms = now_ms(db) + (delay > DB_BACKOFF_MAX ? DB_BACKOFF_MAX : delay);
+    c->attempts++;
+    if (was_ready || c->attempts == 1)
+        log_warn("db_down", "PostgreSQL connection lost: %s", why);
+    if (!db_up(db)) {
+        if (db->was_up)
+            log_error("db_unavailable", "no PostgreSQL connection is up: history unavailable");
+        db->was_up = false;
+        fail_queue(db, "history unavailable");
+    }
+}
+
+static void conn_ready(struct conn *c)
+{
+    PQsetnonblocking(c->pg, 1);
+    c->state = C_IDLE;
+    c->attempts = 0;
+    c->since_ms = now_ms(c->db);
+    watch(c, UV_READABLE);
+    if (!c->db->was_up)
+        log_info("db_up", "connected to PostgreSQL");
+    c->db->was_up = true;
+}
+
+/* Drives PQconnectPoll until the connection is made or fails. */
+static void step_connect(struct conn *c)
+{
+    switch (PQconnectPoll(c->pg)) {
+    case PGRES_POLLING_READING:
+        watch(c, UV_READABLE);
+        break;
+    case PGRES_POLLING_WRITING:
+        watch(c, UV_WRITABLE);
+        break;
+    case PGRES_POLLING_OK:
+        conn_ready(c);
+        dispatch(c->db);
+        break;
+    default:
+        conn_down(c, PQerrorMessage(c->pg));
+        break;
+    }
+}
+
+static void start_connect(struct conn *c)
+{
+    c->pg = PQconnectStart(c->db->app->cfg->database_url);
+    c->state = C_CONNECTING;
+    c->since_ms = now_ms(c->db);
+    if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
+        conn_down(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
+        return;
+    }
+    step_connect(c);
+}
+
+/* Reads what arrived; when the whole result is in, hands it to the requester. */
+static void step_query(struct conn *c)
+{
+    if (!PQconsumeInput(c->pg)) {
+        conn_down(c, PQerrorMessage(c->pg));
+        return;
+    }
+    while (!PQisBusy(c->pg)) {
+        PGresult *r = PQgetResult(c->pg);
+        if (!r) {
+            ExecStatusType st = PQresultStatus(c->result);
+            bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
+            finish_request(c, ok ? c->result : NULL, ok ? NULL : PQresultErrorMessage(c->result));
+            c->state = C_IDLE;
+            c->since_ms = now_ms(c->db);
+            watch(c, UV_READABLE);
+            dispatch(c->db);
+            return;
+        }
+        PQclear(c->result);
+        c->result = r;
+    }
+}
+
+/* Sends what libpq still holds; waits for writability when the socket is full. */
+static void flush_out(struct conn *c)
+{
+    int f = PQflush(c->pg);
+    if (f < 0)
+        conn_down(c, PQerrorMessage(c->pg));
+    else
+        watch(c, f ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    struct watch *w = h->data;
+    struct conn *c = w->conn;
+    if (!c)
+        return;
+    if (c->state == C_CONNECTING) {
+        step_connect(c);
+    } else if (c->state == C_BUSY) {
+        if (events & UV_WRITABLE)
+            flush_out(c);
+        if (c->state == C_BUSY && (events & UV_READABLE || status < 0))
+            step_query(c);
+    } else if (c->state == C_IDLE) {
+        /* an idle connection only becomes readable when the server closes it */
+        if (!PQconsumeInput(c->pg) || PQstatus(c->pg) == CONNECTION_BAD)
+            conn_down(c, "server closed the connection");
+    }
+}
+
+static void send_request(struct conn *c, struct request *r)
+{
+    c->req = r;
+    c->state = C_BUSY;
+    c->since_ms = now_ms(c->db);
+    c->db->sent++;
+    if (!PQsendQueryParams(c->pg, r->sql, r->nparams, NULL, (const char *const *)r->params, NULL,
+                           NULL, 0)) {
+        conn_down(c, PQerrorMessage(c->pg));
+        return;
+    }
+    flush_out(c);
+}
+
+/* Hands queued requests to idle connections, oldest first. */
+static void dispatch(struct db *db)
+{
+    for (int i = 0; i < db->nconns && db->head; i++) {
+        struct conn *c = &db->conns[i];
+        if (c->state != C_IDLE)
+            continue;
+        struct request *r = db->head;
+        db->head = r->next;
+        if (!db->head)
+            db->tail = NULL;
+        db->queued--;
+        send_request(c, r);
+    }
+}
+
+/* Reconnects connections whose backoff is over; drops those stuck past the deadline. */
+static void on_tick(uv_timer_t *t)
+{
+    struct db *db = t->data;
+    uint64_t now = now_ms(db);
+    for (int i = 0; i < db->nconns; i++) {
+        struct conn *c = &db->conns[i];
+        if (c->state == C_DOWN && now >= c->retry_at_ms)
+            start_connect(c);
+        else if ((c->state == C_BUSY || c->state == C_CONNECTING) &&
+                 now - c->since_ms > DB_QUERY_TIMEOUT)
+            conn_down(c, c->state == C_BUSY ? "query timed out" : "connect timed out");
+    }
+}
+
+struct db *db_new(struct herald *app)
+{
+    struct db *db = calloc(1, sizeof *db);
+    if (!db)
+        return NULL;
+    db->app = app;
+    db->nconns = (int)(app->cfg->db_pool < DB_MAX_POOL ? app->cfg->db_pool : DB_MAX_POOL);
+    for (int i = 0; i < db->nconns; i++) {
+        db->conns[i].db = db;
+        db->conns[i].fd = -1;
+    }
+    uv_timer_init(app->loop, &db->timer);
+    db->timer.data = db;
+    return db;
+}
+
+void db_start(struct db *db)
+{
+    for (int i = 0; i < db->nconns; i++)
+        start_connect(&db->conns[i]);
+    uv_timer_start(&db->timer, on_tick, 100, 100);
+}
+
+static void free_db(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void db_free(struct db *db)
+{
+    if (!db)
+        return;
+    for (int i = 0; i < db->nconns; i++) {
+        struct conn *c = &db->conns[i];
+        finish_request(c, NULL, "shutting down");
+        unwatch(c);
+        PQfinish(c->pg);
+        c->pg = NULL;
+        c->state = C_DOWN;
+    }
+    fail_queue(db, "shutting down");
+    uv_timer_stop(&db->timer);
+    uv_close((uv_handle_t *)&db->timer, free_db);
+}
+
+bool db_up(const struct db *db)
+{
+    for (int i = 0; i < db->nconns; i++)
+        if (db->conns[i].state == C_IDLE || db->conns[i].state == C_BUSY)
+            return true;
+    return false;
+}
+
+uint64_t db_queries_sent(const struct db *db)
+{
+    return db->sent;
+}
+
+int db_query(struct db *db, const char *sql, int nparams, const char *const *params, db_done done,
+             void *arg)
+{
+    if (!db_up(db) || db->queued >= DB_MAX_QUEUED)
+        return -1;
+    size_t size = sizeof(struct request) + (size_t)nparams * sizeof(char *);
+    for (int i = 0; i < nparams; i++)
+        size += params[i] ? strlen(params[i]) + 1 : 0;
+    struct request *r = malloc(size);
+    if (!r)
+        return -1;
+    *r = (struct request){.sql = sql, .nparams = nparams, .done = done, .arg = arg};
+    r->params = (char **)(r + 1);
+    char *p = (char *)(r->params + nparams);
+    for (int i = 0; i < nparams; i++) {
+        if (!params[i]) {
+            r->params[i] = NULL;
+            continue;
+        }
+        size_t n = strlen(params[i]) + 1;
+        memcpy(p, params[i], n);
+        r->params[i] = p;
+        p += n;
+    }
+    if (db->tail)
+        db->tail->next = r;
+    else
+        db->head = r;
+    db->tail = r;
+    db->queued++;
+    dispatch(db);
+    return 0;
+}
