@@ -71,6 +71,8 @@ static const struct setting settings[] = {
         "messages kept per channel; older ones are pruned"),
     NUM("HERALD_REPLAY_MAX", replay_max, "10000", 1, 1000000,
         "most messages one resume replays; more means recovered:false"),
+    SIZE("HERALD_MAX_PUBLISH_BYTES", max_publish_bytes, "1M", 16, 64L << 20,
+         "largest message data accepted by POST /v1/channels/{C}/messages (413 beyond)"),
     SIZE("HERALD_RECENT_BYTES", recent_bytes, "256k", 0, 1L << 30,
          "recent messages kept per channel in memory, so most resumes need no query"),
     BOOL("HERALD_MIGRATE_ON_START", migrate_on_start, "0",

@@ -3,6 +3,7 @@
 #include "herald.h"
 #include "http_api.h"
 #include "log.h"
+#include "rest.h"
 
 #include <libwebsockets.h>
 #include <stdlib.h>
@@ -16,7 +17,7 @@ struct server {
     struct herald *app;
     struct lws_context *ctx;
     void *loops[1];
-    struct lws_http_mount mounts[4];
+    struct lws_http_mount mounts[5];
 };
 
 static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -62,16 +63,35 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
                          size_t len)
 {
     struct herald *app = lws_context_user(lws_get_context(wsi));
+    struct http_session *s = user;
+    char uri[256] = "";
     switch (reason) {
     case LWS_CALLBACK_HTTP:
+        if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_POST_URI) <= 0)
+            lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+        if (strncmp(uri, "/v1/", 4) == 0 && s)
+            return rest_begin(app, wsi, s, uri);
         return http_api_serve(app, wsi);
+    case LWS_CALLBACK_HTTP_BODY:
+        return s ? rest_body(app, wsi, s, in, len) : 0;
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        return s ? rest_body_done(app, wsi, s) : 0;
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (s && s->response)
+            return rest_writable(wsi, s);
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    case LWS_CALLBACK_CLOSED_HTTP:
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+        if (s)
+            rest_session_end(s);
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
     default:
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
 }
 
 static const struct lws_protocols protocols[] = {
-    {"http", http_callback, 0, 0, 0, NULL, 0},
+    {"http", http_callback, sizeof(struct http_session), 0, 0, NULL, 0},
     {"herald", ws_callback, sizeof(struct client), RX_BUFFER_BYTES, 0, NULL, HERALD_WRITE_BATCH},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
@@ -84,7 +104,7 @@ static const struct lws_protocol_vhost_options pvo = {NULL, &pvo_default, "heral
  * other path is a file under it. */
 static void build_mounts(struct server *srv)
 {
-    static const char *const api[] = {"/healthz", "/readyz", "/metrics"};
+    static const char *const api[] = {"/healthz", "/readyz", "/metrics", "/v1"};
     struct lws_http_mount *m = srv->mounts;
     size_t n = 0;
     for (; n < sizeof api / sizeof api[0]; n++) {
