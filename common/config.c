@@ -73,6 +73,8 @@ static const struct setting settings[] = {
         "most messages one resume replays; more means recovered:false"),
     SIZE("HERALD_MAX_PUBLISH_BYTES", max_publish_bytes, "1M", 16, 64L << 20,
          "largest message data accepted by POST /v1/channels/{C}/messages (413 beyond)"),
+    DURATION("HERALD_PRUNE_INTERVAL", prune_interval_ms, "60s", 1000, 86400L * 1000,
+             "how often one instance prunes the history (TTL and MAX)"),
     SIZE("HERALD_RECENT_BYTES", recent_bytes, "256k", 0, 1L << 30,
          "recent messages kept per channel in memory, so most resumes need no query"),
     BOOL("HERALD_MIGRATE_ON_START", migrate_on_start, "0",

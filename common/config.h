@@ -31,6 +31,7 @@ struct herald_config {
     long history_max;
     long replay_max;
     long recent_bytes;
+    long prune_interval_ms;
     long max_publish_bytes;
     long migrate_on_start;
 };

@@ -14,6 +14,7 @@ struct lws_context;
 struct hub;
 struct bus;
 struct db;
+struct retention;
 struct client;
 
 /* Bytes gathered from a client's queue into one write() per WRITEABLE callback. */
@@ -26,6 +27,7 @@ struct herald {
     struct hub *hub;
     struct bus *bus;
     struct db *db; /* NULL without HERALD_DATABASE_URL */
+    struct retention *retention;
     struct metrics metrics;
     uint8_t *write_buf;   /* HERALD_WRITE_BATCH bytes, shared by all connections */
     struct client *dirty; /* clients with output queued during this loop turn */

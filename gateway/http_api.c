@@ -1,5 +1,7 @@
 #include "http_api.h"
 #include "bus.h"
+#include "db.h"
+#include "retention.h"
 #include "herald.h"
 #include "hub.h"
 #include "json_text.h"
@@ -91,6 +93,20 @@ static void render_metrics(struct herald *app, FILE *f)
     metric(f, "herald_redis_heartbeat_age_seconds", "gauge",
            "Seconds since the last heartbeat came back from Redis.",
            (double)bus_heartbeat_age_ms(app->bus) / 1000.0);
+    metric(f, "herald_gaps_skipped_total", "counter",
+           "Sequenced messages that could not be recovered (pruned or PostgreSQL down).",
+           (double)m->gaps_skipped);
+    metric(f, "herald_resumes_recovered_total", "counter", "Resumes answered recovered:true.",
+           (double)m->resumes_recovered);
+    metric(f, "herald_resumes_failed_total", "counter", "Resumes answered recovered:false.",
+           (double)m->resumes_failed);
+    metric(f, "herald_db_up", "gauge", "1 while a PostgreSQL connection is up.",
+           app->db && db_up(app->db) ? 1 : 0);
+    metric(f, "herald_history_pruned_total", "counter",
+           "Messages this instance pruned from the history.",
+           (double)retention_pruned(app->retention));
+    metric(f, "herald_db_queries_total", "counter", "Queries sent to PostgreSQL.",
+           app->db ? (double)db_queries_sent(app->db) : 0);
     fprintf(f, "# HELP herald_client_errors_total Error replies sent to clients, by code.\n"
                "# TYPE herald_client_errors_total counter\n");
     for (int i = 0; i < ERR_COUNT; i++)

@@ -4,6 +4,7 @@
 #include "migrate.h"
 #include "client.h"
 #include "db.h"
+#include "retention.h"
 #include "config.h"
 #include "herald.h"
 #include "hub.h"
@@ -69,6 +70,8 @@ static void shut_down(struct lifecycle *lc)
         return;
     server_stop(lc->srv);
     lc->srv = NULL;
+    retention_free(lc->app->retention);
+    lc->app->retention = NULL;
     db_free(lc->app->db); /* fails queries in flight: their callbacks still find the hub */
     lc->app->db = NULL;
     hub_stop(lc->app->hub);
@@ -194,17 +197,21 @@ int main(int argc, char **argv)
     app.write_buf = malloc(HERALD_WRITE_BATCH);
     app.hub = hub_new(&app);
     app.bus = bus_new(&app);
-    if (cfg.database_url[0])
+    if (cfg.database_url[0]) {
         app.db = db_new(&app);
+        app.retention = retention_new(&app);
+    }
     struct lifecycle lc = {.app = &app};
-    bool ok = app.write_buf && app.hub && app.bus && (app.db || !cfg.database_url[0]);
+    bool ok =
+        app.write_buf && app.hub && app.bus && ((app.db && app.retention) || !cfg.database_url[0]);
     lc.srv = ok ? server_start(&app) : NULL;
     int status = 0;
     if (lc.srv) {
         bus_start(app.bus);
-        if (app.db)
+        if (app.db) {
             db_start(app.db);
-        else
+            retention_start(app.retention);
+        } else
             log_warn("no_history", "HERALD_DATABASE_URL is not set: no sequence numbers, "
                                    "no resume, no durable publish");
         hub_start(app.hub);
@@ -214,6 +221,7 @@ int main(int argc, char **argv)
                  cfg.instance_id, cfg.listen, cfg.redis.host, cfg.redis.port);
     } else {
         status = 1;
+        retention_free(app.retention);
         db_free(app.db);
         hub_stop(app.hub);
         bus_free(app.bus);

@@ -23,6 +23,8 @@ struct metrics {
     uint64_t slow_consumer_closes;
     uint64_t redis_reconnects;
     uint64_t gaps_skipped;
+    uint64_t resumes_recovered;
+    uint64_t resumes_failed;
     uint64_t client_errors[ERR_COUNT];
 };
 

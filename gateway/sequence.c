@@ -165,6 +165,10 @@ static void answer(struct channel *ch, struct waiter *w, bool resumed, bool reco
                    uint64_t replayed, const char *code)
 {
     struct member *m = hub_member(ch, w->c);
+    if (resumed && recovered)
+        w->c->app->metrics.resumes_recovered++;
+    else if (resumed)
+        w->c->app->metrics.resumes_failed++;
     if (m) {
         m->ready = true;
         if (m->last_seq < ch->last_seq)
@@ -378,6 +382,11 @@ static void check_heads(struct hub *hub, struct tick *t)
 static void tick_channel(struct hub *hub, struct channel *ch, void *arg)
 {
     struct tick *t = arg;
+    if (ch->head_failed && t->check_heads && ch->redis == R_ACTIVE && !ch->fetching) {
+        ch->head_failed = false; /* PostgreSQL is back: learn the head again */
+        start_fetch(hub, ch, HEAD_ONLY, 0);
+        return;
+    }
     if (ch->nheld && !ch->fetching && t->now - ch->held_since_ms >= HOLD_MS) {
         if (history_on(hub) && ch->baseline)
             fill_gap(hub, ch);
