@@ -77,7 +77,7 @@ void client_close(struct client *c, uint16_t code, bool drop_queue)
     if (drop_queue)
         outq_clear(&c->q);
     unmark_dirty(c);
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, CLOSE_GRACE_SECONDS);
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_SECONDS);
     /* only a WRITEABLE callback can close the connection cleanly */
     wait_writable(c);
 }
@@ -181,9 +181,11 @@ int client_on_writable(struct client *c)
         return 0;
     }
     if (c->close_code) {
-        const char *why = close_reason(c->close_code);
-        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code, (unsigned char *)why,
-                         strlen(why));
+        /* lws 4.1 hangs up without a close frame when WRITEABLE returns -1 (even after
+         * lws_close_reason), so the close frame is written like every other frame */
+        uint8_t frame[FRAME_CLOSE_MAX];
+        size_t n = frame_write_close(frame, c->close_code, close_reason(c->close_code));
+        lws_write(c->wsi, frame, n, LWS_WRITE_RAW);
         return -1;
     }
     return 0;
@@ -198,7 +200,7 @@ static void flush_one(struct client *c)
         return;
     }
     if (write_batch(c) < 0) {
-        lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
         outq_clear(&c->q);
         return;
     }

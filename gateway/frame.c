@@ -33,6 +33,19 @@ size_t frame_write_header(uint8_t *out, size_t payload_len)
     return 10;
 }
 
+size_t frame_write_close(uint8_t *out, uint16_t code, const char *reason)
+{
+    size_t n = strlen(reason);
+    if (n > FRAME_CLOSE_MAX - 4)
+        n = FRAME_CLOSE_MAX - 4;
+    out[0] = 0x88; /* FIN + close */
+    out[1] = (uint8_t)(2 + n);
+    out[2] = (uint8_t)(code >> 8);
+    out[3] = (uint8_t)code;
+    memcpy(out + 4, reason, n);
+    return 4 + n;
+}
+
 struct frame *frame_new(size_t payload_len)
 {
     size_t hdr = frame_header_len(payload_len);

@@ -21,6 +21,13 @@ size_t frame_header_len(size_t payload_len);
 /* Writes that header into out (frame_header_len bytes); returns its length. */
 size_t frame_write_header(uint8_t *out, size_t payload_len);
 
+/* Largest close frame: 2 header bytes, the code and at most 123 bytes of reason. */
+#define FRAME_CLOSE_MAX 127
+
+/* Writes a close frame with code and reason (cut to 123 bytes) into out, which holds
+ * FRAME_CLOSE_MAX bytes; returns its length. */
+size_t frame_write_close(uint8_t *out, uint16_t code, const char *reason);
+
 /* A frame with one reference, its header written and room for payload_len bytes that the
  * caller fills through frame_payload(). NULL when out of memory or too large. */
 struct frame *frame_new(size_t payload_len);

@@ -6,6 +6,7 @@
 #include "hub.h"
 #include "json_text.h"
 #include "log.h"
+#include "static_files.h"
 
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -152,6 +153,8 @@ int http_api_serve(struct herald *app, struct lws *wsi)
         r = serve_readyz(app, wsi);
     else if (strcmp(uri, "/metrics") == 0)
         r = serve_metrics(app, wsi);
+    else if (app->cfg->static_dir[0])
+        return static_serve(app, wsi, uri);
     else
         r = http_respond_error(wsi, 404, ERR_NOT_FOUND, "no such route");
     if (r < 0)

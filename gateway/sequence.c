@@ -92,6 +92,8 @@ static void drain_held(struct hub *hub, struct channel *ch, bool skip_gap)
         advance(hub, ch, f);
         frame_unref(f);
     }
+    if (i == 0)
+        return;
     memmove(ch->held, ch->held + i, (ch->nheld - i) * sizeof *ch->held);
     ch->nheld -= i;
     if (ch->nheld)

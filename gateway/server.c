@@ -115,11 +115,11 @@ static void build_mounts(struct server *srv)
         m[n].mount_next = &m[n + 1];
     }
     if (srv->app->cfg->static_dir[0]) {
+        /* a callback mount, not LWSMPRO_FILE: see static_files.c */
         m[n].mountpoint = "/";
         m[n].mountpoint_len = 1;
-        m[n].origin = srv->app->cfg->static_dir;
-        m[n].def = "index.html";
-        m[n].origin_protocol = LWSMPRO_FILE;
+        m[n].origin = "http";
+        m[n].origin_protocol = LWSMPRO_CALLBACK;
         n++;
     }
     m[n - 1].mount_next = NULL;

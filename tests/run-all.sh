@@ -18,7 +18,8 @@ run_suite() {
   (cd "$dir" && ctest --output-on-failure --timeout 300) || status=1
 }
 
-export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+# a small quarantine keeps RSS meaningful for the memory-bound tests under ASan
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1:quarantine_size_mb=16
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp:print_suppressions=0
 

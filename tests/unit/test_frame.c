@@ -45,6 +45,23 @@ static void a_frame_holds_header_and_payload(void **state)
     frame_unref(f);
 }
 
+static void close_frames_carry_code_and_reason(void **state)
+{
+    uint8_t out[FRAME_CLOSE_MAX];
+    size_t n = frame_write_close(out, 4008, "slow consumer");
+    assert_int_equal(n, 4 + 13);
+    assert_int_equal(out[0], 0x88);
+    assert_int_equal(out[1], 2 + 13);
+    assert_int_equal((out[2] << 8) | out[3], 4008);
+    assert_memory_equal(out + 4, "slow consumer", 13);
+    char long_reason[300];
+    memset(long_reason, 'r', sizeof long_reason - 1);
+    long_reason[sizeof long_reason - 1] = '\0';
+    n = frame_write_close(out, 1001, long_reason);
+    assert_int_equal(n, FRAME_CLOSE_MAX); /* a control frame payload is at most 125 bytes */
+    assert_int_equal(out[1], 125);
+}
+
 static void references_are_counted(void **state)
 {
     struct frame *f = frame_new(200);
@@ -62,6 +79,7 @@ int main(void)
         cmocka_unit_test(header_lengths_follow_rfc6455),
         cmocka_unit_test(headers_encode_fin_text_and_length),
         cmocka_unit_test(a_frame_holds_header_and_payload),
+        cmocka_unit_test(close_frames_carry_code_and_reason),
         cmocka_unit_test(references_are_counted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
