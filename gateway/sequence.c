@@ -47,9 +47,11 @@ static void recent_trim(struct hub *hub, struct channel *ch)
 /* Delivers the next frame in order and remembers it. */
 static void advance(struct hub *hub, struct channel *ch, struct frame *f)
 {
-    if (ch->recent.count && outq_at(&ch->recent, ch->recent.count - 1)->seq + 1 != f->seq)
-        outq_clear(&ch->recent); /* the cache only ever holds a contiguous run */
-    outq_push(&ch->recent, f);
+    if (history_on(hub)) { /* without history nothing can be resumed from the cache */
+        if (ch->recent.count && outq_at(&ch->recent, ch->recent.count - 1)->seq + 1 != f->seq)
+            outq_clear(&ch->recent); /* the cache only ever holds a contiguous run */
+        outq_push(&ch->recent, f);
+    }
     ch->last_seq = f->seq;
     hub_deliver(hub, ch, f);
 }

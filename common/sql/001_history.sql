@@ -66,22 +66,32 @@ END;
 $$;
 
 -- Retention: deletes at most p_batch messages older than p_ttl_ms or beyond the newest
--- p_max of their channel; returns how many went. last_seq is never lowered.
+-- p_max of their channel; returns how many went. Both searches use an index (ts, and the
+-- primary key probed once per channel), so a batch costs little on a large table.
+-- last_seq is never lowered.
 CREATE FUNCTION herald_prune(p_ttl_ms bigint, p_max bigint, p_batch integer)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
-    v_cut    bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint - p_ttl_ms;
-    v_count  integer;
+    v_cut   bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint - p_ttl_ms;
+    v_count integer;
+    v_n     integer;
+    r       record;
 BEGIN
-    WITH doomed AS (
-        SELECT m.channel, m.seq FROM herald_messages m
-        JOIN herald_channels c ON c.name = m.channel
-        WHERE m.ts < v_cut OR m.seq <= c.last_seq - p_max
-        LIMIT p_batch
-    )
-    DELETE FROM herald_messages m USING doomed d
-        WHERE m.channel = d.channel AND m.seq = d.seq;
+    DELETE FROM herald_messages WHERE ctid IN (
+        SELECT ctid FROM herald_messages WHERE ts < v_cut LIMIT p_batch);
     GET DIAGNOSTICS v_count = ROW_COUNT;
+    FOR r IN
+        SELECT c.name, c.last_seq - p_max AS upto FROM herald_channels c
+        WHERE EXISTS (SELECT 1 FROM herald_messages m
+                      WHERE m.channel = c.name AND m.seq <= c.last_seq - p_max)
+    LOOP
+        EXIT WHEN v_count >= p_batch;
+        DELETE FROM herald_messages WHERE ctid IN (
+            SELECT ctid FROM herald_messages
+            WHERE channel = r.name AND seq <= r.upto ORDER BY seq LIMIT p_batch - v_count);
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_count := v_count + v_n;
+    END LOOP;
     RETURN v_count;
 END;
 $$;
