@@ -33,6 +33,16 @@ struct herald_config {
     long recent_bytes;
     long prune_interval_ms;
     long max_publish_bytes;
+    char jwt_secret[4097];
+    long jwt_leeway;
+    char api_key[512];
+    char allowed_origins[2048];
+    long max_connections_per_ip;
+    long rate_limit;
+    long rate_burst;
+    long max_json_depth;
+    char tls_cert[512];
+    char tls_key[512];
     long migrate_on_start;
 };
 

@@ -2,6 +2,29 @@
 
 #include <stdio.h>
 
+bool json_too_deep(const char *s, size_t n, int max)
+{
+    int depth = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > max)
+                return true;
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    return false;
+}
+
 size_t json_escape(const char *s, size_t n, char *out, size_t cap)
 {
     size_t o = 0;

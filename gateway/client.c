@@ -1,6 +1,8 @@
 #include "client.h"
 #include "herald.h"
+#include "auth.h"
 #include "hub.h"
+#include "iplimit.h"
 #include "json_text.h"
 #include "log.h"
 #include "protocol.h"
@@ -9,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Seconds a closing client gets to take its close frame before the socket is dropped. */
 #define CLOSE_GRACE_SECONDS 5
@@ -61,6 +64,13 @@ void client_destroy(struct client *c)
     unmark_dirty(c);
     protocol_client_gone(c);
     hub_client_gone(c->app->hub, c);
+    iplimit_release(c->app->ips, c->ip);
+    if (c->auth) {
+        auth_release(c->auth);
+        free(c->auth);
+    }
+    c->auth = NULL;
+    c->ip = NULL;
     outq_clear(&c->q);
     free(c->subs);
     free(c->rx);
@@ -162,11 +172,76 @@ static const char *close_reason(uint16_t code)
     switch (code) {
     case 1001:
         return "server draining";
+    case 1008:
+        return "origin not allowed";
+    case 4001:
+        return "unauthorized";
     case 4008:
         return "slow consumer";
+    case 4029:
+        return "rate limit";
     default:
         return "closing";
     }
+}
+
+void client_on_established(struct client *c, struct lws *wsi, struct herald *app)
+{
+    client_init(c, wsi, app);
+    char ip[64] = "";
+    lws_get_peer_simple(wsi, ip, sizeof ip);
+    c->ip = iplimit_acquire(app->ips, ip);
+    c->rl_tokens = (double)app->cfg->rate_burst;
+    c->rl_at_ms = herald_now_ms(app);
+    if (!auth_origin_allowed(app, wsi)) {
+        app->metrics.auth_failures++;
+        client_close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, true);
+        return;
+    }
+    if (!auth_ws_required(app))
+        return;
+    char why[160];
+    struct principal p;
+    if (auth_identify(app, wsi, false, &p, why, sizeof why) != AUTH_OK) {
+        app->metrics.auth_failures++;
+        log_debug("auth_refused", "WebSocket from %s: %s", ip, why);
+        client_close(c, 4001, true);
+        return;
+    }
+    c->auth = malloc(sizeof *c->auth);
+    if (!c->auth) {
+        auth_release(&p);
+        client_close(c, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
+        return;
+    }
+    *c->auth = p;
+    /* the connection ends when the token does; the client reconnects with a fresh one */
+    int64_t left = p.claims.exp + app->cfg->jwt_leeway - (int64_t)time(NULL);
+    lws_set_timer_usecs(wsi, (left > 0 ? left : 0) * LWS_US_PER_SEC + 1);
+}
+
+/* Token bucket over inbound messages: a message without a token is refused with
+ * rate_limited; a client that keeps sending past a whole burst of refusals is closed. */
+static bool rate_allows(struct client *c)
+{
+    const struct herald_config *cfg = c->app->cfg;
+    uint64_t now = herald_now_ms(c->app);
+    c->rl_tokens += (double)(now - c->rl_at_ms) * (double)cfg->rate_limit / 1000.0;
+    if (c->rl_tokens > (double)cfg->rate_burst)
+        c->rl_tokens = (double)cfg->rate_burst;
+    c->rl_at_ms = now;
+    if (c->rl_tokens >= 1.0) {
+        c->rl_tokens -= 1.0;
+        c->rl_strikes = 0;
+        return true;
+    }
+    if (++c->rl_strikes > (uint32_t)cfg->rate_burst) {
+        c->app->metrics.rate_limit_closes++;
+        client_close(c, 4029, true);
+    } else {
+        client_send_error(c, ERR_RATE_LIMITED, NULL, "too many messages: slow down");
+    }
+    return false;
 }
 
 int client_on_writable(struct client *c)
@@ -180,13 +255,17 @@ int client_on_writable(struct client *c)
         wait_writable(c);
         return 0;
     }
-    if (c->close_code) {
+    if (c->close_code && !c->close_sent) {
         /* lws 4.1 hangs up without a close frame when WRITEABLE returns -1 (even after
-         * lws_close_reason), so the close frame is written like every other frame */
+         * lws_close_reason), so the close frame is written like every other frame. Then the
+         * connection stays open until the peer answers it (lws completes the handshake) or
+         * the grace timeout of client_close: hanging up at once would turn input still in
+         * flight into a TCP reset, and the client would never read the code. */
         uint8_t frame[FRAME_CLOSE_MAX];
         size_t n = frame_write_close(frame, c->close_code, close_reason(c->close_code));
-        lws_write(c->wsi, frame, n, LWS_WRITE_RAW);
-        return -1;
+        c->close_sent = true;
+        if (lws_write(c->wsi, frame, n, LWS_WRITE_RAW) < 0)
+            return -1;
     }
     return 0;
 }
@@ -259,7 +338,9 @@ void client_on_receive(struct client *c, const void *in, size_t len, bool first,
         msglen = c->rx_len;
     }
     c->app->metrics.client_frames_in++;
-    if (c->rx_too_large || msglen > (size_t)c->app->cfg->max_frame_bytes)
+    if (!rate_allows(c))
+        ; /* refused: answered (or closed) by rate_allows */
+    else if (c->rx_too_large || msglen > (size_t)c->app->cfg->max_frame_bytes)
         client_send_error(c, ERR_TOO_LARGE, NULL, "message is larger than the frame limit");
     else if (c->rx_binary)
         client_send_error(c, ERR_BAD_REQUEST, NULL, "binary frames are not supported");

@@ -13,6 +13,8 @@
 struct lws;
 struct herald;
 struct channel;
+struct principal;
+struct ipcount;
 
 /* A client's side of a subscription; `pos` is its index in the channel's member array, so
  * either side can remove the pair in O(1). */
@@ -30,11 +32,17 @@ struct client {
     uint16_t nsubs, subcap;
     uint16_t close_code; /* nonzero: close with it once the queue is flushed */
     bool dirty;          /* in the dirty list */
+    bool close_sent;     /* our close frame is out: waiting for the peer's answer */
     bool await_writable; /* the socket was full: lws calls WRITEABLE when it drains */
     bool rx_too_large;   /* the message being received is over the limit: drop the rest */
     bool rx_binary;
-    char *rx;        /* fragments of a message that came in several pieces */
-    void *publishes; /* publishes waiting for PostgreSQL (protocol.c) */
+    char *rx;               /* fragments of a message that came in several pieces */
+    void *publishes;        /* publishes waiting for PostgreSQL (protocol.c) */
+    struct principal *auth; /* the token's claims; NULL with auth off */
+    struct ipcount *ip;     /* this connection's share of its address's count */
+    double rl_tokens;       /* inbound token bucket (HERALD_RATE_LIMIT / _BURST) */
+    uint64_t rl_at_ms;
+    uint32_t rl_strikes; /* messages refused in a row */
     size_t rx_len;
 };
 
@@ -65,6 +73,10 @@ int client_on_writable(struct client *c);
  * write each, without waiting for a POLLOUT round trip; a client whose socket is full waits
  * for its WRITEABLE callback instead. Runs from the loop's check and prepare phases. */
 void client_flush_dirty(struct herald *app);
+
+/* LWS_CALLBACK_ESTABLISHED: counts the address, checks the Origin and the token (a refusal
+ * closes with 1008 or 4001) and arms the close at the token's exp. */
+void client_on_established(struct client *c, struct lws *wsi, struct herald *app);
 
 /* LWS_CALLBACK_RECEIVE: gathers fragments and hands whole messages to the protocol. */
 void client_on_receive(struct client *c, const void *in, size_t len, bool first, bool final,

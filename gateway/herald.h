@@ -15,6 +15,7 @@ struct hub;
 struct bus;
 struct db;
 struct retention;
+struct iplimit;
 struct client;
 
 /* Bytes gathered from a client's queue into one write() per WRITEABLE callback. */
@@ -28,6 +29,7 @@ struct herald {
     struct bus *bus;
     struct db *db; /* NULL without HERALD_DATABASE_URL */
     struct retention *retention;
+    struct iplimit *ips; /* connections per client address */
     struct metrics metrics;
     uint8_t *write_buf;   /* HERALD_WRITE_BATCH bytes, shared by all connections */
     struct client *dirty; /* clients with output queued during this loop turn */

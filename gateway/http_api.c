@@ -4,6 +4,7 @@
 #include "retention.h"
 #include "herald.h"
 #include "hub.h"
+#include "iplimit.h"
 #include "json_text.h"
 #include "log.h"
 #include "static_files.h"
@@ -101,6 +102,11 @@ static void render_metrics(struct herald *app, FILE *f)
            (double)m->resumes_recovered);
     metric(f, "herald_resumes_failed_total", "counter", "Resumes answered recovered:false.",
            (double)m->resumes_failed);
+    metric(f, "herald_auth_failures_total", "counter",
+           "Connections and requests refused for their credentials or Origin.",
+           (double)m->auth_failures);
+    metric(f, "herald_rate_limit_closes_total", "counter",
+           "Connections closed with 4029 for ignoring rate_limited.", (double)m->rate_limit_closes);
     metric(f, "herald_db_up", "gauge", "1 while a PostgreSQL connection is up.",
            app->db && db_up(app->db) ? 1 : 0);
     metric(f, "herald_history_pruned_total", "counter",
@@ -172,14 +178,19 @@ static void refuse(struct lws *wsi, unsigned status, enum errcode code, const ch
     int n = snprintf(buf + LWS_PRE, sizeof buf - LWS_PRE,
                      "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\n"
                      "content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s",
-                     status, status == 404 ? "Not Found" : "Service Unavailable", blen, body);
+                     status,
+                     status == 404   ? "Not Found"
+                     : status == 429 ? "Too Many Requests"
+                                     : "Service Unavailable",
+                     blen, body);
     if (n > 0 && (size_t)n < sizeof buf - LWS_PRE)
         lws_write(wsi, (unsigned char *)buf + LWS_PRE, (size_t)n, LWS_WRITE_RAW);
 }
 
 int http_api_admit(struct herald *app, struct lws *wsi)
 {
-    char uri[256] = "";
+    char uri[256] = "", ip[64] = "";
+    lws_get_peer_simple(wsi, ip, sizeof ip);
     lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
     const char *why = NULL;
     unsigned status = 503;
@@ -190,11 +201,17 @@ int http_api_admit(struct herald *app, struct lws *wsi)
         why = "this instance is draining: connect to another one";
     } else if (app->metrics.connections >= app->cfg->max_connections) {
         why = "connection limit reached";
+    } else if (iplimit_full(app->ips, ip, app->cfg->max_connections_per_ip)) {
+        status = 429;
+        why = "too many connections from this address";
     }
     if (!why)
         return 0;
     app->metrics.rejected_connections++;
     log_debug("handshake_refused", "%s: %s", uri, why);
-    refuse(wsi, status, status == 404 ? ERR_NOT_FOUND : ERR_UNAVAILABLE, why);
+    enum errcode code = status == 404   ? ERR_NOT_FOUND
+                        : status == 429 ? ERR_RATE_LIMITED
+                                        : ERR_UNAVAILABLE;
+    refuse(wsi, status, code, why);
     return -1;
 }

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "herald.h"
 #include "hub.h"
+#include "iplimit.h"
 #include "log.h"
 #include "server.h"
 
@@ -159,6 +160,19 @@ static int run_command(int argc, char **argv, int *handled)
     return cli_publish(&cfg, channel, data, key);
 }
 
+/* Says loudly what an operator left open. */
+static void warn_about_security(const struct herald_config *cfg)
+{
+    if (!cfg->jwt_secret[0])
+        log_warn("auth_off",
+                 "HERALD_JWT_SECRET is not set: AUTHENTICATION IS OFF, any client "
+                 "may subscribe to any channel%s",
+                 cfg->api_key[0] ? "" : " and use every /v1 route");
+    if (cfg->jwt_secret[0] && !cfg->allowed_origins[0])
+        log_warn("origins_open", "HERALD_ALLOWED_ORIGINS is not set: any web page may open a "
+                                 "WebSocket with a user's token");
+}
+
 int main(int argc, char **argv)
 {
     int handled;
@@ -197,13 +211,14 @@ int main(int argc, char **argv)
     app.write_buf = malloc(HERALD_WRITE_BATCH);
     app.hub = hub_new(&app);
     app.bus = bus_new(&app);
+    app.ips = iplimit_new();
     if (cfg.database_url[0]) {
         app.db = db_new(&app);
         app.retention = retention_new(&app);
     }
     struct lifecycle lc = {.app = &app};
-    bool ok =
-        app.write_buf && app.hub && app.bus && ((app.db && app.retention) || !cfg.database_url[0]);
+    bool ok = app.write_buf && app.hub && app.bus && app.ips &&
+              ((app.db && app.retention) || !cfg.database_url[0]);
     lc.srv = ok ? server_start(&app) : NULL;
     int status = 0;
     if (lc.srv) {
@@ -215,6 +230,7 @@ int main(int argc, char **argv)
             log_warn("no_history", "HERALD_DATABASE_URL is not set: no sequence numbers, "
                                    "no resume, no durable publish");
         hub_start(app.hub);
+        warn_about_security(&cfg);
         watch_signals(&lc, &loop);
         start_flushing(&app);
         log_info("started", "herald %s (%s) listening on %s, Redis %s:%d", HERALD_VERSION,
@@ -236,6 +252,7 @@ int main(int argc, char **argv)
     if (app.lws)
         log_warn("shutdown", "lws context not fully destroyed");
     hub_free(app.hub);
+    iplimit_free(app.ips);
     free(app.write_buf);
     if (uv_loop_close(&loop) != 0)
         log_warn("shutdown", "event loop closed with handles still open");

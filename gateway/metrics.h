@@ -25,6 +25,8 @@ struct metrics {
     uint64_t gaps_skipped;
     uint64_t resumes_recovered;
     uint64_t resumes_failed;
+    uint64_t auth_failures;
+    uint64_t rate_limit_closes;
     uint64_t client_errors[ERR_COUNT];
 };
 

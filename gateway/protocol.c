@@ -1,5 +1,7 @@
 #include "protocol.h"
+#include "auth.h"
 #include "channel.h"
+#include "json_text.h"
 #include "client.h"
 #include "herald.h"
 #include "history.h"
@@ -106,6 +108,10 @@ static void op_subscribe(struct request *rq)
     if (resuming < 0)
         return;
     struct client *c = rq->c;
+    if (!auth_may_read(c->auth, name, len)) {
+        client_send_error(c, ERR_FORBIDDEN, rq->id, "the token does not allow this channel");
+        return;
+    }
     if (c->nsubs >= c->app->cfg->max_subscriptions && !hub_is_member(c, name, len)) {
         char msg[96];
         snprintf(msg, sizeof msg, "subscription limit of %ld channels reached",
@@ -184,6 +190,10 @@ static void op_publish(struct request *rq)
     if (!name)
         return;
     struct client *c = rq->c;
+    if (!auth_may_publish(c->auth, name, len)) {
+        client_send_error(c, ERR_FORBIDDEN, rq->id, "the token does not allow publishing here");
+        return;
+    }
     json_t *data = json_object_get(rq->root, "data");
     if (!data) {
         client_send_error(c, ERR_BAD_REQUEST, rq->id, "publish needs data");
@@ -244,6 +254,10 @@ static int render_id(json_t *id, char *out, size_t cap)
 void protocol_handle(struct client *c, const char *msg, size_t len)
 {
     json_error_t err;
+    if (json_too_deep(msg, len, (int)c->app->cfg->max_json_depth)) {
+        client_send_error(c, ERR_BAD_REQUEST, NULL, "message nests deeper than allowed");
+        return;
+    }
     json_t *root = json_loadb(msg, len, JSON_REJECT_DUPLICATES, &err);
     if (!json_is_object(root)) {
         client_send_error(c, ERR_BAD_REQUEST, NULL, "frame must be a JSON object");

@@ -1,4 +1,5 @@
 #include "rest.h"
+#include "auth.h"
 #include "channel.h"
 #include "herald.h"
 #include "history.h"
@@ -32,6 +33,8 @@ static void prepare(struct lws *wsi, struct http_session *s, unsigned status, co
     static const char *const reasons[] = {[200] = "OK",
                                           [201] = "Created",
                                           [400] = "Bad Request",
+                                          [401] = "Unauthorized",
+                                          [403] = "Forbidden",
                                           [404] = "Not Found",
                                           [405] = "Method Not Allowed",
                                           [413] = "Payload Too Large",
@@ -212,6 +215,30 @@ static bool route_channel(const char *uri, char *out)
     return true;
 }
 
+/* Credentials (a JWT or the API key) when auth is on: 401 without valid ones, 403 outside
+ * the token's channels (GET) or publish (POST) patterns. */
+static bool authorized(struct herald *app, struct lws *wsi, struct http_session *s,
+                       const char *channel, bool post)
+{
+    if (!auth_api_required(app))
+        return true;
+    char why[160];
+    struct principal p;
+    if (auth_identify(app, wsi, true, &p, why, sizeof why) != AUTH_OK) {
+        app->metrics.auth_failures++;
+        prepare_error(wsi, s, 401, ERR_UNAUTHORIZED, why);
+        return false;
+    }
+    size_t len = strlen(channel);
+    bool ok = post ? auth_may_publish(&p, channel, len) : auth_may_read(&p, channel, len);
+    auth_release(&p);
+    if (!ok)
+        prepare_error(wsi, s, 403, ERR_FORBIDDEN,
+                      post ? "the token does not allow publishing here"
+                           : "the token does not allow this channel");
+    return ok;
+}
+
 int rest_begin(struct herald *app, struct lws *wsi, struct http_session *s, const char *uri)
 {
     char channel[CHANNEL_NAME_MAX + 1], err[160];
@@ -224,6 +251,8 @@ int rest_begin(struct herald *app, struct lws *wsi, struct http_session *s, cons
                       "A-Z a-z 0-9 _ - . : @ =)");
         return 0;
     }
+    if (!authorized(app, wsi, s, channel, post))
+        return 0;
     if (!app->db) {
         prepare_error(wsi, s, 503, ERR_HISTORY_UNAVAILABLE,
                       "HERALD_DATABASE_URL is not set: no history");

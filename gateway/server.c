@@ -31,7 +31,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
          * (CVE-2025-11677) */
         return http_api_admit(app, wsi);
     case LWS_CALLBACK_ESTABLISHED:
-        client_init(c, wsi, app);
+        client_on_established(c, wsi, app);
         app->metrics.connections++;
         app->metrics.connections_total++;
         break;
@@ -45,6 +45,12 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         /* lws answers the close itself; nothing more may be written */
         if (c && c->app)
             client_close(c, LWS_CLOSE_STATUS_NORMAL, true);
+        break;
+    case LWS_CALLBACK_TIMER:
+        if (c && c->app && c->auth) {
+            log_debug("token_expired", "closing a connection whose token expired");
+            client_close(c, 4001, true);
+        }
         break;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return c && c->app ? client_on_writable(c) : 0;
@@ -165,6 +171,12 @@ struct server *server_start(struct herald *app)
     if (strchr(host, '.') || strcmp(host, "0.0.0.0") == 0)
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     info.timeout_secs = 20;
+    if (app->cfg->tls_cert[0]) {
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = app->cfg->tls_cert;
+        info.ssl_private_key_filepath = app->cfg->tls_key[0] ? app->cfg->tls_key : NULL;
+        info.alpn = "http/1.1"; /* no HTTP/2: frames are written raw on HTTP/1.1 */
+    }
     info.pcontext = &app->lws; /* lws clears it when the context is wholly destroyed */
 
     srv->ctx = lws_create_context(&info);

@@ -24,11 +24,25 @@ static void truncates_without_splitting_an_escape(void **state)
     assert_string_equal(out, "");
 }
 
+static void nesting_depth_is_measured_outside_strings(void **state)
+{
+    const char ok[] = "{\"a\":[1,{\"b\":[]}],\"s\":\"[[[[[[\"}";
+    assert_false(json_too_deep(ok, sizeof ok - 1, 4)); /* { [ { [ */
+    assert_true(json_too_deep(ok, sizeof ok - 1, 3));
+    const char esc[] = "[\"\\\"[[[[\"]"; /* an escaped quote does not end the string */
+    assert_false(json_too_deep(esc, sizeof esc - 1, 1));
+    char deep[200];
+    memset(deep, '[', sizeof deep);
+    assert_true(json_too_deep(deep, sizeof deep, 16));
+    assert_false(json_too_deep(deep, 16, 16));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(escapes_quotes_backslashes_and_controls),
         cmocka_unit_test(truncates_without_splitting_an_escape),
+        cmocka_unit_test(nesting_depth_is_measured_outside_strings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

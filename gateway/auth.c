@@ -1,0 +1,114 @@
+#include "auth.h"
+#include "herald.h"
+
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+bool auth_ws_required(const struct herald *app)
+{
+    return app->cfg->jwt_secret[0] != '\0';
+}
+
+bool auth_api_required(const struct herald *app)
+{
+    return app->cfg->jwt_secret[0] || app->cfg->api_key[0];
+}
+
+/* The token: ?token= first, then Authorization: Bearer. Returns its length, 0 if none. */
+static int read_token(struct lws *wsi, char *out, int cap)
+{
+    /* lws returns a pointer past "token=" inside out, not the value at its start */
+    const char *arg = lws_get_urlarg_by_name(wsi, "token=", out, cap);
+    if (arg && *arg) {
+        memmove(out, arg, strlen(arg) + 1);
+        return (int)strlen(out);
+    }
+    char header[JWT_AUTH_TOKEN_MAX + 16];
+    if (lws_hdr_copy(wsi, header, sizeof header, WSI_TOKEN_HTTP_AUTHORIZATION) <= 0)
+        return 0;
+    if (strncasecmp(header, "Bearer ", 7) != 0)
+        return 0;
+    int n = snprintf(out, (size_t)cap, "%s", header + 7);
+    return n > 0 && n < cap ? n : 0;
+}
+
+enum auth_result auth_identify(struct herald *app, struct lws *wsi, bool allow_key,
+                               struct principal *out, char *why, size_t whylen)
+{
+    const struct herald_config *cfg = app->cfg;
+    char token[JWT_AUTH_TOKEN_MAX + 1];
+    memset(out, 0, sizeof *out);
+    int n = read_token(wsi, token, sizeof token);
+    if (n <= 0) {
+        snprintf(why, whylen, "a token is required (?token= or Authorization: Bearer)");
+        return AUTH_MISSING;
+    }
+    if (allow_key && cfg->api_key[0] &&
+        secret_equal(cfg->api_key, strlen(cfg->api_key), token, (size_t)n)) {
+        out->service = true;
+        return AUTH_OK;
+    }
+    if (!cfg->jwt_secret[0]) {
+        snprintf(why, whylen, "invalid API key");
+        return AUTH_INVALID;
+    }
+    char err[128] = "";
+    int rc =
+        jwt_auth_verify(token, (const unsigned char *)cfg->jwt_secret, strlen(cfg->jwt_secret),
+                        (int64_t)time(NULL), (int)cfg->jwt_leeway, &out->claims, err, sizeof err);
+    if (rc != 0) {
+        snprintf(why, whylen, "invalid token: %s", jwt_auth_strerror(rc));
+        return AUTH_INVALID;
+    }
+    out->has_claims = true;
+    return AUTH_OK;
+}
+
+void auth_release(struct principal *p)
+{
+    if (p->has_claims)
+        jwt_claims_free(&p->claims);
+    p->has_claims = false;
+}
+
+bool auth_may_read(const struct principal *p, const char *channel, size_t len)
+{
+    if (!p || p->service)
+        return true;
+    return p->has_claims && jwt_auth_can_subscribe(&p->claims, channel, len);
+}
+
+bool auth_may_publish(const struct principal *p, const char *channel, size_t len)
+{
+    if (!p || p->service)
+        return true;
+    return p->has_claims && jwt_auth_can_publish(&p->claims, channel, len);
+}
+
+bool auth_origin_allowed(const struct herald *app, struct lws *wsi)
+{
+    const char *list = app->cfg->allowed_origins;
+    char origin[512];
+    if (!list[0] || strcmp(list, "*") == 0)
+        return true;
+    if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) <= 0)
+        return true;
+    size_t olen = strlen(origin);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        size_t n = (size_t)(end - p);
+        while (n && p[n - 1] == ' ')
+            n--;
+        if (n == olen && strncasecmp(p, origin, n) == 0)
+            return true;
+        p = end;
+    }
+    return false;
+}
