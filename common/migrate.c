@@ -34,13 +34,25 @@ static int applied(PGconn *pg, int version, char *err, size_t errlen)
     return result;
 }
 
+/* Records an applied version (parameters, like every query of Herald's). */
+static int record(PGconn *pg, const struct migration *m, char *err, size_t errlen)
+{
+    char v[16];
+    snprintf(v, sizeof v, "%d", m->version);
+    const char *params[] = {v, m->name};
+    PGresult *r = PQexecParams(pg, "INSERT INTO herald_schema (version, name) VALUES ($1, $2)", 2,
+                               NULL, params, NULL, NULL, 0);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
 static int apply_one(PGconn *pg, const struct migration *m, char *err, size_t errlen)
 {
-    char record[160];
-    snprintf(record, sizeof record, "INSERT INTO herald_schema (version, name) VALUES (%d, '%s')",
-             m->version, m->name);
     if (exec(pg, "BEGIN", err, errlen) || exec(pg, m->sql, err, errlen) ||
-        exec(pg, record, err, errlen) || exec(pg, "COMMIT", err, errlen)) {
+        record(pg, m, err, errlen) || exec(pg, "COMMIT", err, errlen)) {
         char ignored[8];
         exec(pg, "ROLLBACK", ignored, sizeof ignored);
         return -1;

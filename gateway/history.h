@@ -3,13 +3,15 @@
 #ifndef HERALD_HISTORY_H
 #define HERALD_HISTORY_H
 
+#include "request.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 struct herald;
 
-#define HISTORY_EPOCH_MAX 40
+#define HISTORY_EPOCH_MAX REQUEST_EPOCH_MAX
 
 struct history_row {
     uint64_t seq;

@@ -9,11 +9,6 @@
 
 struct client;
 
-/* Longest accepted "id" string, in bytes. */
-#define PROTOCOL_ID_MAX 64
-/* Room for an id as JSON text: a 64-byte string escaped, or an integer. */
-#define PROTOCOL_ID_JSON_MAX (PROTOCOL_ID_MAX * 6 + 3)
-
 /* Handles one whole text message from a client; every invalid one gets an error reply. */
 void protocol_handle(struct client *c, const char *msg, size_t len);
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs, builds and runs the whole test suite: once in a normal build with -Werror and
-# once under AddressSanitizer + UndefinedBehaviorSanitizer (leaks fail the run).
+# Installs, builds and runs the whole test suite: the fuzz targets for a bounded time, then
+# every test once in a normal build with -Werror and once under AddressSanitizer +
+# UndefinedBehaviorSanitizer (leaks fail the run).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,6 +23,9 @@ run_suite() {
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1:quarantine_size_mb=16
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp:print_suppressions=0
+
+echo "=== fuzz: libFuzzer targets under ASan/UBSan, ${FUZZ_SECONDS:-30} s each ==="
+bash tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" || status=1
 
 run_suite release "$root/build"
 run_suite "asan+ubsan" "$root/build-asan" -DHERALD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug

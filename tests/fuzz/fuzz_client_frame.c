@@ -1,0 +1,30 @@
+/* request_parse() on any client message, with properties every accepted request must have:
+ * a known op, a valid channel for the ops that take one, data for publish, and an id that
+ * is JSON text of bounded size. */
+#include <assert.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "channel.h"
+#include "request.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct request r;
+    const char *why = NULL;
+    int rc = request_parse((const char *)data, size, 16, &r, &why);
+    if (rc == 0) {
+        assert(r.op <= REQ_PING);
+        if (r.op != REQ_PING)
+            assert(channel_name_valid(r.channel, r.channel_len));
+        if (r.op == REQ_PUBLISH)
+            assert(r.data != NULL);
+        if (r.resume)
+            assert(r.op == REQ_SUBSCRIBE);
+    } else {
+        assert(why && why[0]);
+    }
+    assert(strlen(r.id) <= REQUEST_ID_JSON_MAX);
+    request_free(&r);
+    return 0;
+}

@@ -1,0 +1,92 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <string.h>
+
+#include "request.h"
+
+static int parse(const char *msg, struct request *r, const char **why)
+{
+    *why = NULL;
+    return request_parse(msg, strlen(msg), 16, r, why);
+}
+
+static void subscribe_with_resume(void **state)
+{
+    struct request r;
+    const char *why;
+    assert_int_equal(parse("{\"op\":\"subscribe\",\"channel\":\"room:1\",\"since\":17,\"epoch\":"
+                           "\"e1\",\"id\":\"a\"}",
+                           &r, &why),
+                     0);
+    assert_int_equal(r.op, REQ_SUBSCRIBE);
+    assert_int_equal(r.channel_len, 6);
+    assert_memory_equal(r.channel, "room:1", 6);
+    assert_true(r.resume);
+    assert_int_equal(r.since, 17);
+    assert_string_equal(r.epoch, "e1");
+    assert_string_equal(r.id, "\"a\"");
+    request_free(&r);
+}
+
+static void plain_ops(void **state)
+{
+    struct request r;
+    const char *why;
+    assert_int_equal(parse("{\"op\":\"ping\",\"id\":42}", &r, &why), 0);
+    assert_int_equal(r.op, REQ_PING);
+    assert_string_equal(r.id, "42");
+    request_free(&r);
+    assert_int_equal(parse("{\"op\":\"publish\",\"channel\":\"c\",\"data\":[1]}", &r, &why), 0);
+    assert_int_equal(r.op, REQ_PUBLISH);
+    assert_true(json_is_array(r.data));
+    assert_string_equal(r.id, "");
+    request_free(&r);
+    assert_int_equal(parse("{\"op\":\"subscribe\",\"channel\":\"c\"}", &r, &why), 0);
+    assert_false(r.resume);
+    request_free(&r);
+}
+
+static void refusals_say_why_and_keep_the_id(void **state)
+{
+    const char *bad[] = {
+        "nope",
+        "[1]",
+        "{\"op\":1}",
+        "{\"op\":\"dance\"}",
+        "{\"op\":\"ping\",\"id\":{}}",
+        "{\"op\":\"ping\",\"id\":"
+        "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+        "{\"op\":\"subscribe\"}",
+        "{\"op\":\"subscribe\",\"channel\":\"a b\"}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"since\":-1}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"since\":\"3\"}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"since\":3,\"epoch\":7}",
+        "{\"op\":\"publish\",\"channel\":\"c\"}",
+        "{\"op\":\"ping\",\"op\":\"ping\"}",
+        "[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct request r;
+        const char *why;
+        assert_int_equal(parse(bad[i], &r, &why), -1);
+        assert_non_null(why);
+        request_free(&r);
+    }
+    struct request r;
+    const char *why;
+    assert_int_equal(parse("{\"op\":\"subscribe\",\"channel\":\"a b\",\"id\":7}", &r, &why), -1);
+    assert_string_equal(r.id, "7"); /* the error reply can echo it */
+    request_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(subscribe_with_resume),
+        cmocka_unit_test(plain_ops),
+        cmocka_unit_test(refusals_say_why_and_keep_the_id),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
