@@ -9,7 +9,7 @@ packages=(
   libpq-dev libcmocka-dev libjwt-dev clang postgresql
   redis-server
   python3 python3-websockets
-  curl procps util-linux
+  curl procps util-linux openssl
 )
 
 # Node.js runs the browser client's unit tests; use the machine's node when there is one
