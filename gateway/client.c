@@ -237,7 +237,7 @@ static bool rate_allows(struct client *c)
     }
     if (++c->rl_strikes > (uint32_t)cfg->rate_burst) {
         c->app->metrics.rate_limit_closes++;
-        client_close(c, 4029, true);
+        client_close(c, 4029, false); /* the rate_limited replies already queued go first */
     } else {
         client_send_error(c, ERR_RATE_LIMITED, NULL, "too many messages: slow down");
     }
