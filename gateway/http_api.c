@@ -114,7 +114,7 @@ static void render_metrics(struct herald *app, FILE *f)
            (double)retention_pruned(app->retention));
     metric(f, "herald_db_queries_total", "counter", "Queries sent to PostgreSQL.",
            app->db ? (double)db_queries_sent(app->db) : 0);
-    fprintf(f, "# HELP herald_client_errors_total Error replies sent to clients, by code.\n"
+    fprintf(f, "# HELP herald_client_errors_total Error replies (WebSocket and /v1), by code.\n"
                "# TYPE herald_client_errors_total counter\n");
     for (int i = 0; i < ERR_COUNT; i++)
         fprintf(f, "herald_client_errors_total{code=\"%s\"} %llu\n", errcode_name((enum errcode)i),

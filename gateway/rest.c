@@ -60,6 +60,8 @@ static void prepare(struct lws *wsi, struct http_session *s, unsigned status, co
 static void prepare_error(struct lws *wsi, struct http_session *s, unsigned status,
                           enum errcode code, const char *message)
 {
+    struct herald *app = lws_context_user(lws_get_context(wsi));
+    app->metrics.client_errors[code]++;
     char esc[256], body[400];
     json_escape(message, strlen(message), esc, sizeof esc);
     int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
