@@ -123,6 +123,24 @@ static void watch_signals(struct lifecycle *lc, uv_loop_t *loop)
     uv_signal_start(&lc->sigint, on_signal, SIGINT);
 }
 
+/* Loads the settings and the log level: -1 to go on, else the exit code (0 after --help or
+ * --version, 2 for a bad setting). */
+static int load_settings(struct herald_config *cfg, int argc, char **argv)
+{
+    char err[512];
+    switch (config_load(cfg, argc, argv, stdout, err, sizeof err)) {
+    case CONFIG_EXIT:
+        return 0;
+    case CONFIG_ERROR:
+        fprintf(stderr, "herald: %s\n", err);
+        return 2;
+    case CONFIG_OK:
+        break;
+    }
+    log_set_level(cfg->log_level);
+    return -1;
+}
+
 /* `herald [serve]`, `herald migrate`, `herald publish CHANNEL JSON [KEY]`: the command word
  * and its operands come first, then the usual flags. */
 static int run_command(int argc, char **argv, int *handled)
@@ -142,19 +160,11 @@ static int run_command(int argc, char **argv, int *handled)
     }
     const char *channel = argv[2], *data = argv[3], *key = operands == 3 ? argv[4] : NULL;
     struct herald_config cfg;
-    char err[512];
     char **rest = argv + 1 + operands; /* flags follow; rest[0] stands for the program */
     rest[0] = argv[0];
-    switch (config_load(&cfg, argc - 1 - operands, rest, stdout, err, sizeof err)) {
-    case CONFIG_EXIT:
-        return 0;
-    case CONFIG_ERROR:
-        fprintf(stderr, "herald: %s\n", err);
-        return 2;
-    case CONFIG_OK:
-        break;
-    }
-    log_set_level(cfg.log_level);
+    int code = load_settings(&cfg, argc - 1 - operands, rest);
+    if (code >= 0)
+        return code;
     if (operands == 0)
         return cli_migrate(&cfg);
     return cli_publish(&cfg, channel, data, key);
@@ -186,15 +196,9 @@ int main(int argc, char **argv)
     }
     struct herald_config cfg;
     char err[512];
-    switch (config_load(&cfg, argc, argv, stdout, err, sizeof err)) {
-    case CONFIG_EXIT:
-        return 0;
-    case CONFIG_ERROR:
-        fprintf(stderr, "herald: %s\n", err);
-        return 2;
-    case CONFIG_OK:
-        break;
-    }
+    code = load_settings(&cfg, argc, argv);
+    if (code >= 0)
+        return code;
     if (cfg.database_url[0] && cfg.migrate_on_start) {
         int n = migrate_run(cfg.database_url, err, sizeof err);
         if (n < 0) {
@@ -202,7 +206,6 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    log_set_level(cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
 
     uv_loop_t loop;
