@@ -28,6 +28,7 @@ enum conn_state { C_DOWN, C_CONNECTING, C_IDLE, C_BUSY };
 struct watch {
     uv_poll_t poll;
     struct conn *conn;
+    int events; /* what the poll handle watches now */
 };
 
 struct conn {
@@ -95,7 +96,11 @@ static void watch(struct conn *c, int events)
         c->watch = w;
         c->fd = fd;
     }
-    uv_poll_start(&c->watch->poll, events, on_poll);
+    /* libuv 1.44 re-registers the socket with epoll on every uv_poll_start */
+    if (c->watch->events != events) {
+        c->watch->events = events;
+        uv_poll_start(&c->watch->poll, events, on_poll);
+    }
 }
 
 static void finish_request(struct conn *c, const PGresult *res, const char *err)
@@ -230,6 +235,8 @@ static void on_poll(uv_poll_t *h, int status, int events)
 {
     struct watch *w = h->data;
     struct conn *c = w->conn;
+    if (status < 0)
+        w->events = 0; /* libuv stopped the handle: the next watch() must start it again */
     if (!c)
         return;
     if (c->state == C_CONNECTING) {

@@ -13,17 +13,24 @@ static void on_poll(uv_poll_t *handle, int status, int events)
     struct redis_uv *ru = handle->data;
     /* On error libuv stops the handle; hiredis finds the socket error itself (getsockopt on
      * connect, read() afterwards) and calls the connect or disconnect callback. */
-    if (status < 0)
+    if (status < 0) {
         events = UV_READABLE | UV_WRITABLE;
+        ru->events = 0; /* libuv stopped the handle: the next update must start it again */
+    }
     if (ru->ac && (events & UV_READABLE))
         redisAsyncHandleRead(ru->ac);
     if (ru->ac && (events & UV_WRITABLE))
         redisAsyncHandleWrite(ru->ac);
 }
 
+/* libuv 1.44 takes the socket out of epoll and back on every uv_poll_start, so it is called
+ * only when the events change. */
 static void update(struct redis_uv *ru, int add, int del)
 {
-    ru->events = (ru->events | add) & ~del;
+    int events = (ru->events | add) & ~del;
+    if (events == ru->events)
+        return;
+    ru->events = events;
     if (ru->events)
         uv_poll_start(&ru->poll, ru->events, on_poll);
     else

@@ -370,7 +370,8 @@ static void on_heads(void *arg, const struct history_head *heads, size_t n, cons
     for (size_t i = 0; i < n; i++) {
         struct channel *ch = hub_find(hub, heads[i].name, strlen(heads[i].name));
         if (ch && ch->baseline && !ch->fetching && ch->redis == R_ACTIVE &&
-            (heads[i].head > ch->last_seq || strcmp(heads[i].epoch, ch->epoch) != 0))
+            (heads[i].head > ch->last_seq ||
+             (ch->epoch[0] && strcmp(heads[i].epoch, ch->epoch) != 0)))
             fill_gap(hub, ch); /* a PUBLISH that never came: deliver from PostgreSQL */
     }
     (void)err; /* PostgreSQL down: the next check tries again */
