@@ -183,7 +183,8 @@ scenario_b() {
 # (c) Idle memory: IDLE_CONNS subscribed connections on a fresh gateway.
 scenario_c() {
     echo "== (c) idle memory: $IDLE_CONNS subscribed idle connections"
-    start_herald --max-connections $((IDLE_CONNS + 100))
+    # all clients come from a few loopback addresses: lift the per-address limit too
+    start_herald --max-connections $((IDLE_CONNS + 100)) --max-connections-per-ip $((IDLE_CONNS + 100))
     local f="$OUT/idle.json"
     run_bench "$f" --idle --connections "$IDLE_CONNS" --channels "$IDLE_CHANNELS" --source-addrs 4 \
         --duration "$IDLE_SECONDS" || { stop_herald; return 0; }
