@@ -2,6 +2,7 @@
 #include "herald.h"
 #include "log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -130,9 +131,11 @@ static void fail_queue(struct db *db, const char *err)
 static void dispatch(struct db *db);
 
 /* The connection failed: its request fails, it retries later with backoff. */
-static void conn_down(struct conn *c, const char *why)
+static void conn_down(struct conn *c, const char *reason)
 {
     struct db *db = c->db;
+    char why[256]; /* reason often lives inside the PGconn that PQfinish frees below */
+    snprintf(why, sizeof why, "%s", reason);
     bool was_ready = c->state == C_IDLE || c->state == C_BUSY;
     finish_request(c, NULL, why);
     unwatch(c);
