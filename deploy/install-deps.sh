@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config clang-format
   libwebsockets-dev libwebsockets-evlib-uv libuv1-dev libhiredis-dev libjansson-dev
-  libpq-dev libcmocka-dev libjwt-dev clang postgresql
+  libpq-dev libcmocka-dev libjwt-dev clang libclang-rt-14-dev postgresql
   redis-server
   python3 python3-websockets
   curl procps util-linux openssl
