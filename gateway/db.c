@@ -12,6 +12,7 @@
 #define DB_QUERY_TIMEOUT 10000 /* ms */
 #define DB_BACKOFF_MIN   200
 #define DB_BACKOFF_MAX   5000
+#define DB_MAX_PREPARED  8 /* distinct statements prepared per connection */
 
 struct request {
     struct request *next;
@@ -40,6 +41,8 @@ struct conn {
     enum conn_state state;
     struct request *req; /* in flight */
     PGresult *result;    /* last result of the request in flight */
+    bool preparing;      /* the request's statement is being prepared first */
+    unsigned prepared;   /* bit i: statement i of db->statements is prepared here */
     uint64_t since_ms;   /* when the current state began */
     uint64_t retry_at_ms;
     unsigned attempts;
@@ -51,6 +54,11 @@ struct db {
     int nconns;
     struct request *head, *tail;
     size_t queued;
+    /* Callers pass their SQL as static text; each distinct text is prepared once per
+     * connection (as herald_<i>) and executed by name from then on: no parse and plan per
+     * query. */
+    const char *statements[DB_MAX_PREPARED];
+    int nstatements;
     uv_timer_t timer;
     uint64_t sent;
     bool was_up;
@@ -142,6 +150,8 @@ static void conn_down(struct conn *c, const char *reason)
     PQfinish(c->pg);
     c->pg = NULL;
     c->state = C_DOWN;
+    c->preparing = false;
+    c->prepared = 0; /* a new session prepares again */
     unsigned shift = c->attempts < 5 ? c->attempts : 5;
     uint64_t delay = (uint64_t)DB_BACKOFF_MIN << shift;
     c->retry_at_ms = now_ms(db) + (delay > DB_BACKOFF_MAX ? DB_BACKOFF_MAX : delay);
@@ -200,6 +210,30 @@ static void start_connect(struct conn *c)
     step_connect(c);
 }
 
+static void send_request(struct conn *c, struct request *r);
+
+/* The Prepare of the request's statement is answered: run the request, or fail it. */
+static void prepared(struct conn *c, const PGresult *res)
+{
+    c->preparing = false;
+    if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+        struct request *r = c->req;
+        c->req = NULL;
+        for (int i = 0; i < c->db->nstatements; i++)
+            if (c->db->statements[i] == r->sql)
+                c->prepared |= 1u << i;
+        PQclear(c->result);
+        c->result = NULL;
+        send_request(c, r);
+        return;
+    }
+    finish_request(c, NULL, PQresultErrorMessage(res));
+    c->state = C_IDLE;
+    c->since_ms = now_ms(c->db);
+    watch(c, UV_READABLE);
+    dispatch(c->db);
+}
+
 /* Reads what arrived; when the whole result is in, hands it to the requester. */
 static void step_query(struct conn *c)
 {
@@ -209,6 +243,10 @@ static void step_query(struct conn *c)
     }
     while (!PQisBusy(c->pg)) {
         PGresult *r = PQgetResult(c->pg);
+        if (!r && c->preparing) {
+            prepared(c, c->result);
+            return;
+        }
         if (!r) {
             ExecStatusType st = PQresultStatus(c->result);
             bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
@@ -256,14 +294,38 @@ static void on_poll(uv_poll_t *h, int status, int events)
     }
 }
 
+/* The statement's index, registering it the first time; -1 when the table is full (the
+ * query then goes unprepared). */
+static int statement_index(struct db *db, const char *sql)
+{
+    for (int i = 0; i < db->nstatements; i++)
+        if (db->statements[i] == sql)
+            return i;
+    if (db->nstatements == DB_MAX_PREPARED)
+        return -1;
+    db->statements[db->nstatements] = sql;
+    return db->nstatements++;
+}
+
 static void send_request(struct conn *c, struct request *r)
 {
     c->req = r;
     c->state = C_BUSY;
     c->since_ms = now_ms(c->db);
-    c->db->sent++;
-    if (!PQsendQueryParams(c->pg, r->sql, r->nparams, NULL, (const char *const *)r->params, NULL,
-                           NULL, 0)) {
+    int i = statement_index(c->db, r->sql);
+    char name[24];
+    snprintf(name, sizeof name, "herald_%d", i);
+    const char *const *params = (const char *const *)r->params;
+    int ok;
+    if (i >= 0 && !(c->prepared & (1u << i))) {
+        c->preparing = true; /* the query itself follows when PostgreSQL accepted it */
+        ok = PQsendPrepare(c->pg, name, r->sql, r->nparams, NULL);
+    } else {
+        c->db->sent++;
+        ok = i >= 0 ? PQsendQueryPrepared(c->pg, name, r->nparams, params, NULL, NULL, 0)
+                    : PQsendQueryParams(c->pg, r->sql, r->nparams, NULL, params, NULL, NULL, 0);
+    }
+    if (!ok) {
         conn_down(c, PQerrorMessage(c->pg));
         return;
     }

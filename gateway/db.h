@@ -23,8 +23,10 @@ void db_free(struct db *db);
 /* True while at least one connection is up. */
 bool db_up(const struct db *db);
 
-/* Queues a parameterised query (params are copied). done is always called, later, exactly
- * once. Returns -1 (and does not call done) when PostgreSQL is down or the queue is full. */
+/* Queues a parameterised query (params are copied). sql must be static text: it is
+ * prepared once per connection and run by name afterwards. done is always called, later,
+ * exactly once. Returns -1 (and does not call done) when PostgreSQL is down or the queue is
+ * full. */
 int db_query(struct db *db, const char *sql, int nparams, const char *const *params, db_done done,
              void *arg);
 
