@@ -15,11 +15,6 @@ void log_set_level(enum log_level level)
     current_level = level;
 }
 
-enum log_level log_get_level(void)
-{
-    return current_level;
-}
-
 int log_level_parse(const char *s, enum log_level *out)
 {
     for (int i = LOG_DEBUG; i <= LOG_ERROR; i++) {

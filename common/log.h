@@ -9,7 +9,6 @@ enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 /* The level is set once at start-up, before the loop runs; it is the only process-wide
  * setting outside main, because every module logs. */
 void log_set_level(enum log_level level);
-enum log_level log_get_level(void);
 /* Parses "debug", "info", "warn" or "error"; returns 0 or -1. */
 int log_level_parse(const char *s, enum log_level *out);
 

@@ -39,13 +39,59 @@ int http_respond(struct lws *wsi, unsigned status, const char *content_type, con
     return r < 0 ? -1 : 0;
 }
 
+size_t http_error_body(char *out, size_t cap, enum errcode code, const char *message)
+{
+    char esc[512];
+    json_escape(message, strlen(message), esc, sizeof esc);
+    int n = snprintf(out, cap, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
+                     errcode_name(code), esc);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static const char *reason_phrase(unsigned status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Error";
+    }
+}
+
+size_t http_json_head(char *out, size_t cap, unsigned status, size_t body_len, bool close)
+{
+    bool retry = status == 503 || status == 429;
+    int n = snprintf(out, cap,
+                     "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n"
+                     "cache-control: no-store\r\n%s%s\r\n",
+                     status, reason_phrase(status), body_len, retry ? "retry-after: 1\r\n" : "",
+                     close ? "connection: close\r\n" : "");
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
 int http_respond_error(struct lws *wsi, unsigned status, enum errcode code, const char *message)
 {
-    char esc[512], body[768];
-    json_escape(message, strlen(message), esc, sizeof esc);
-    int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
-                     errcode_name(code), esc);
-    return http_respond(wsi, status, "application/json", body, (size_t)n);
+    char body[768];
+    size_t n = http_error_body(body, sizeof body, code, message);
+    return http_respond(wsi, status, "application/json", body, n);
 }
 
 static void metric(FILE *f, const char *name, const char *type, const char *help, double v)
@@ -172,19 +218,14 @@ int http_api_serve(struct herald *app, struct lws *wsi)
  * a WebSocket, and lws hangs up right after. */
 static void refuse(struct lws *wsi, unsigned status, enum errcode code, const char *why)
 {
-    char body[256], buf[LWS_PRE + 768];
-    int blen = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
-                        errcode_name(code), why);
-    int n = snprintf(buf + LWS_PRE, sizeof buf - LWS_PRE,
-                     "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\n"
-                     "content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s",
-                     status,
-                     status == 404   ? "Not Found"
-                     : status == 429 ? "Too Many Requests"
-                                     : "Service Unavailable",
-                     blen, body);
-    if (n > 0 && (size_t)n < sizeof buf - LWS_PRE)
-        lws_write(wsi, (unsigned char *)buf + LWS_PRE, (size_t)n, LWS_WRITE_RAW);
+    char body[512], buf[LWS_PRE + 1024];
+    size_t blen = http_error_body(body, sizeof body, code, why);
+    char *p = buf + LWS_PRE;
+    size_t h = http_json_head(p, sizeof buf - LWS_PRE - blen, status, blen, true);
+    if (h == 0 || blen == 0)
+        return;
+    memcpy(p + h, body, blen);
+    lws_write(wsi, (unsigned char *)p, h + blen, LWS_WRITE_RAW);
 }
 
 int http_api_admit(struct herald *app, struct lws *wsi)

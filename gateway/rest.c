@@ -4,7 +4,6 @@
 #include "herald.h"
 #include "history.h"
 #include "http_api.h"
-#include "json_text.h"
 #include "log.h"
 #include "query.h"
 
@@ -30,29 +29,15 @@ struct rest_call {
 static void prepare(struct lws *wsi, struct http_session *s, unsigned status, const char *body,
                     size_t len)
 {
-    static const char *const reasons[] = {[200] = "OK",
-                                          [201] = "Created",
-                                          [400] = "Bad Request",
-                                          [401] = "Unauthorized",
-                                          [403] = "Forbidden",
-                                          [404] = "Not Found",
-                                          [405] = "Method Not Allowed",
-                                          [413] = "Payload Too Large",
-                                          [503] = "Service Unavailable"};
-    const char *reason =
-        status < sizeof reasons / sizeof reasons[0] && reasons[status] ? reasons[status] : "Error";
     char head[256];
-    int h = snprintf(head, sizeof head,
-                     "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\n"
-                     "content-length: %zu\r\ncache-control: no-store\r\n%s\r\n",
-                     status, reason, len, status == 503 ? "retry-after: 1\r\n" : "");
+    size_t h = http_json_head(head, sizeof head, status, len, false);
     free(s->response);
-    s->response = malloc(LWS_PRE + (size_t)h + len);
+    s->response = malloc(LWS_PRE + h + len);
     if (!s->response)
         return;
-    memcpy(s->response + LWS_PRE, head, (size_t)h);
+    memcpy(s->response + LWS_PRE, head, h);
     memcpy(s->response + LWS_PRE + h, body, len);
-    s->response_len = (size_t)h + len;
+    s->response_len = h + len;
     if (!s->wait_body)
         lws_callback_on_writable(wsi);
 }
@@ -62,11 +47,8 @@ static void prepare_error(struct lws *wsi, struct http_session *s, unsigned stat
 {
     struct herald *app = lws_context_user(lws_get_context(wsi));
     app->metrics.client_errors[code]++;
-    char esc[256], body[400];
-    json_escape(message, strlen(message), esc, sizeof esc);
-    int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
-                     errcode_name(code), esc);
-    prepare(wsi, s, status, body, (size_t)n);
+    char body[768];
+    prepare(wsi, s, status, body, http_error_body(body, sizeof body, code, message));
 }
 
 int rest_writable(struct lws *wsi, struct http_session *s)
