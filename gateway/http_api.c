@@ -181,6 +181,15 @@ static int serve_metrics(struct herald *app, struct lws *wsi)
     return r;
 }
 
+/* The instance name lets a page or an operator behind a load balancer see who answered. */
+static int serve_healthz(struct herald *app, struct lws *wsi)
+{
+    char name[6 * sizeof app->cfg->instance_id + 1], body[sizeof name + 40];
+    json_escape(app->cfg->instance_id, strlen(app->cfg->instance_id), name, sizeof name);
+    int n = snprintf(body, sizeof body, "{\"ok\":true,\"instance\":\"%s\"}\n", name);
+    return http_respond(wsi, 200, "application/json", body, (size_t)n);
+}
+
 static int serve_readyz(struct herald *app, struct lws *wsi)
 {
     bool redis = bus_ready(app->bus);
@@ -200,7 +209,7 @@ int http_api_serve(struct herald *app, struct lws *wsi)
     if (!uri[0])
         r = http_respond_error(wsi, 405, ERR_BAD_REQUEST, "only GET is served here");
     else if (strcmp(uri, "/healthz") == 0)
-        r = http_respond(wsi, 200, "application/json", "{\"ok\":true}\n", 12);
+        r = serve_healthz(app, wsi);
     else if (strcmp(uri, "/readyz") == 0)
         r = serve_readyz(app, wsi);
     else if (strcmp(uri, "/metrics") == 0)

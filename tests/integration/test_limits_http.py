@@ -99,6 +99,16 @@ class TestHttp(harness.HeraldTestCase):
     async def test_healthz_readyz(self):
         self.assertEqual(self.herald.healthz(), 200)
         self.assertEqual(self.herald.readyz(), 200)
+        # the default instance name is host-pid: it tells who answered behind a balancer
+        _, _, body = self.herald.get("/healthz")
+        health = json.loads(body)
+        self.assertIs(health["ok"], True)
+        self.assertTrue(health["instance"].endswith("-%d" % self.herald.proc.pid), health)
+
+    async def test_healthz_names_a_given_instance(self):
+        h = self.start_herald(self.redis, "--instance-id", 'gw "2"\\')
+        _, _, body = h.get("/healthz")
+        self.assertEqual(json.loads(body)["instance"], 'gw "2"\\')
 
     async def test_metrics_format_and_names(self):
         status, headers, body = self.herald.get("/metrics")
