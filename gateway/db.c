@@ -227,7 +227,7 @@ static void prepared(struct conn *c, const PGresult *res)
         send_request(c, r);
         return;
     }
-    finish_request(c, NULL, PQresultErrorMessage(res));
+    finish_request(c, res, PQresultErrorMessage(res));
     c->state = C_IDLE;
     c->since_ms = now_ms(c->db);
     watch(c, UV_READABLE);
@@ -250,7 +250,8 @@ static void step_query(struct conn *c)
         if (!r) {
             ExecStatusType st = PQresultStatus(c->result);
             bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
-            finish_request(c, ok ? c->result : NULL, ok ? NULL : PQresultErrorMessage(c->result));
+            const char *err = ok ? NULL : c->result ? PQresultErrorMessage(c->result) : "no result";
+            finish_request(c, c->result, err);
             c->state = C_IDLE;
             c->since_ms = now_ms(c->db);
             watch(c, UV_READABLE);

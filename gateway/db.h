@@ -11,8 +11,10 @@
 struct herald;
 struct db;
 
-/* res is the query's result (owned by the db: valid during the call) or NULL with err set
- * when PostgreSQL is unreachable, the query timed out or it failed. */
+/* err is NULL when the query succeeded, and res is its result (owned by the db: valid
+ * during the call). On failure err says why; res is then PostgreSQL's error result when
+ * the server refused the statement (nothing of it happened), or NULL when PostgreSQL is
+ * unreachable or the query timed out (its outcome is unknown). */
 typedef void (*db_done)(void *arg, const PGresult *res, const char *err);
 
 struct db *db_new(struct herald *app);

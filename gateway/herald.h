@@ -15,6 +15,7 @@ struct hub;
 struct bus;
 struct db;
 struct retention;
+struct publisher;
 struct iplimit;
 struct client;
 
@@ -27,7 +28,8 @@ struct herald {
     struct lws_context *lws;
     struct hub *hub;
     struct bus *bus;
-    struct db *db; /* NULL without HERALD_DATABASE_URL */
+    struct db *db;               /* NULL without HERALD_DATABASE_URL */
+    struct publisher *publisher; /* durable publish; NULL without the db */
     struct retention *retention;
     struct iplimit *ips; /* connections per client address */
     struct metrics metrics;

@@ -1,5 +1,4 @@
 #include "history.h"
-#include "bus.h"
 #include "db.h"
 #include "herald.h"
 
@@ -15,9 +14,6 @@ static const char fetch_sql[] =
     " ORDER BY seq LIMIT $3::int) m ON true "
     "WHERE c.name = $1 ORDER BY m.seq";
 
-static const char publish_sql[] =
-    "SELECT seq, envelope, epoch, duplicate FROM herald_publish($1, $2::json, $3)";
-
 static const char heads_sql[] =
     "SELECT name, last_seq, epoch FROM herald_channels WHERE name = ANY($1::text[])";
 
@@ -26,20 +22,17 @@ static uint64_t u64(const PGresult *r, int row, int col)
     return PQgetisnull(r, row, col) ? 0 : strtoull(PQgetvalue(r, row, col), NULL, 10);
 }
 
+/* A query in flight: whom to tell. */
 struct call {
-    struct herald *app;
     void *cb;
     void *arg;
-    char channel[208];
 };
 
-static struct call *call_new(struct herald *app, void *cb, void *arg, const char *channel)
+static struct call *call_new(void *cb, void *arg)
 {
-    struct call *c = calloc(1, sizeof *c);
-    if (c) {
-        *c = (struct call){.app = app, .cb = cb, .arg = arg};
-        snprintf(c->channel, sizeof c->channel, "%s", channel ? channel : "");
-    }
+    struct call *c = malloc(sizeof *c);
+    if (c)
+        *c = (struct call){.cb = cb, .arg = arg};
     return c;
 }
 
@@ -47,7 +40,7 @@ static void fetch_done(void *p, const PGresult *r, const char *err)
 {
     struct call *c = p;
     history_page_cb cb = (history_page_cb)c->cb;
-    if (!r) {
+    if (err) {
         cb(c->arg, NULL, err);
         free(c);
         return;
@@ -84,37 +77,8 @@ int history_fetch(struct herald *app, const char *channel, uint64_t since, long 
     snprintf(s, sizeof s, "%llu", (unsigned long long)since);
     snprintf(l, sizeof l, "%ld", limit);
     const char *params[] = {channel, s, l};
-    struct call *c = call_new(app, (void *)cb, arg, channel);
+    struct call *c = call_new((void *)cb, arg);
     if (!c || db_query(app->db, fetch_sql, 3, params, fetch_done, c) < 0) {
-        free(c);
-        return -1;
-    }
-    return 0;
-}
-
-static void publish_done(void *p, const PGresult *r, const char *err)
-{
-    struct call *c = p;
-    history_publish_cb cb = (history_publish_cb)c->cb;
-    if (!r || PQntuples(r) != 1) {
-        cb(c->arg, 0, NULL, false, r ? "publish returned no row" : err);
-        free(c);
-        return;
-    }
-    bool duplicate = PQgetvalue(r, 0, 3)[0] == 't';
-    /* step 2, now that step 1 is committed; a retry publishes nothing new */
-    if (!duplicate)
-        bus_publish(c->app->bus, c->channel, PQgetvalue(r, 0, 1), (size_t)PQgetlength(r, 0, 1));
-    cb(c->arg, u64(r, 0, 0), PQgetvalue(r, 0, 2), duplicate, NULL);
-    free(c);
-}
-
-int history_publish(struct herald *app, const char *channel, const char *data, const char *key,
-                    history_publish_cb cb, void *arg)
-{
-    const char *params[] = {channel, data, key};
-    struct call *c = call_new(app, (void *)cb, arg, channel);
-    if (!c || db_query(app->db, publish_sql, 3, params, publish_done, c) < 0) {
         free(c);
         return -1;
     }
@@ -125,15 +89,13 @@ static void heads_done(void *p, const PGresult *r, const char *err)
 {
     struct call *c = p;
     history_heads_cb cb = (history_heads_cb)c->cb;
-    int rows = r ? PQntuples(r) : 0;
+    int rows = err ? 0 : PQntuples(r);
     struct history_head *heads = rows ? calloc((size_t)rows, sizeof *heads) : NULL;
-    if (r && rows && !heads) {
-        r = NULL;
+    if (rows && !heads)
         err = "out of memory";
-    }
-    for (int i = 0; r && i < rows; i++)
+    for (int i = 0; !err && i < rows; i++)
         heads[i] = (struct history_head){PQgetvalue(r, i, 0), u64(r, i, 1), PQgetvalue(r, i, 2)};
-    cb(c->arg, r ? heads : NULL, r ? (size_t)rows : 0, r ? NULL : err);
+    cb(c->arg, err ? NULL : heads, err ? 0 : (size_t)rows, err);
     free(heads);
     free(c);
 }
@@ -146,7 +108,7 @@ int history_heads(struct herald *app, const char *const *names, size_t n, histor
     for (size_t i = 0; i < n; i++)
         size += strlen(names[i]) + 3;
     char *list = malloc(size);
-    struct call *c = call_new(app, (void *)cb, arg, NULL);
+    struct call *c = call_new((void *)cb, arg);
     int rc = -1;
     if (list && c) {
         char *p = list;

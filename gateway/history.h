@@ -1,5 +1,5 @@
-/* The history queries of the gateway, all through the async pool (db.c): durable publish
- * via the herald_publish SQL function, catch-up pages, and channel heads. */
+/* The history reads of the gateway, all through the async pool (db.c): catch-up pages and
+ * channel heads. Durable publish is publish.c. */
 #ifndef HERALD_HISTORY_H
 #define HERALD_HISTORY_H
 
@@ -35,14 +35,6 @@ typedef void (*history_page_cb)(void *arg, const struct history_page *page, cons
  * -1: PostgreSQL is down (cb is not called). */
 int history_fetch(struct herald *app, const char *channel, uint64_t since, long limit,
                   history_page_cb cb, void *arg);
-
-typedef void (*history_publish_cb)(void *arg, uint64_t seq, const char *epoch, bool duplicate,
-                                   const char *err);
-
-/* Step 1 (SQL function, committed) then step 2 (PUBLISH of the envelope) of a durable
- * publish; key may be NULL. cb runs after the COMMIT. -1: PostgreSQL is down. */
-int history_publish(struct herald *app, const char *channel, const char *data, const char *key,
-                    history_publish_cb cb, void *arg);
 
 struct history_head {
     const char *name;

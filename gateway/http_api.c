@@ -7,6 +7,7 @@
 #include "iplimit.h"
 #include "json_text.h"
 #include "log.h"
+#include "publish.h"
 #include "static_files.h"
 
 #include <libwebsockets.h>
@@ -160,6 +161,15 @@ static void render_metrics(struct herald *app, FILE *f)
            (double)retention_pruned(app->retention));
     metric(f, "herald_db_queries_total", "counter", "Queries sent to PostgreSQL.",
            app->db ? (double)db_queries_sent(app->db) : 0);
+    metric(f, "herald_durable_publishes_total", "counter",
+           "Messages stored by durable publishes (REST and WebSocket), retries included.",
+           (double)publisher_messages(app->publisher));
+    metric(f, "herald_publish_batches_total", "counter",
+           "herald_publish_batch statements committed or tried (group commit).",
+           (double)publisher_batches(app->publisher));
+    metric(f, "herald_publish_queued", "gauge",
+           "Durable publishes waiting for the batches in flight to commit.",
+           (double)publisher_queued(app->publisher));
     fprintf(f, "# HELP herald_client_errors_total Error replies (WebSocket and /v1), by code.\n"
                "# TYPE herald_client_errors_total counter\n");
     for (int i = 0; i < ERR_COUNT; i++)

@@ -4,6 +4,7 @@
 #include "migrate.h"
 #include "client.h"
 #include "db.h"
+#include "publish.h"
 #include "retention.h"
 #include "config.h"
 #include "herald.h"
@@ -73,6 +74,8 @@ static void shut_down(struct lifecycle *lc)
     lc->srv = NULL;
     retention_free(lc->app->retention);
     lc->app->retention = NULL;
+    publisher_free(lc->app->publisher);
+    lc->app->publisher = NULL;
     db_free(lc->app->db); /* fails queries in flight: their callbacks still find the hub */
     lc->app->db = NULL;
     hub_stop(lc->app->hub);
@@ -218,10 +221,11 @@ int main(int argc, char **argv)
     if (cfg.database_url[0]) {
         app.db = db_new(&app);
         app.retention = retention_new(&app);
+        app.publisher = publisher_new(&app);
     }
     struct lifecycle lc = {.app = &app};
     bool ok = app.write_buf && app.hub && app.bus && app.ips &&
-              ((app.db && app.retention) || !cfg.database_url[0]);
+              ((app.db && app.retention && app.publisher) || !cfg.database_url[0]);
     lc.srv = ok ? server_start(&app) : NULL;
     int status = 0;
     if (lc.srv) {
@@ -241,6 +245,7 @@ int main(int argc, char **argv)
     } else {
         status = 1;
         retention_free(app.retention);
+        publisher_free(app.publisher);
         db_free(app.db);
         hub_stop(app.hub);
         bus_free(app.bus);

@@ -5,6 +5,7 @@
 #include "client.h"
 #include "herald.h"
 #include "history.h"
+#include "publish.h"
 #include "hub.h"
 
 #include <jansson.h>
@@ -146,7 +147,7 @@ static void op_publish(struct client *c, const struct request *rq)
     p->c = c;
     snprintf(p->id, sizeof p->id, "%s", rq->id);
     snprintf(p->channel, sizeof p->channel, "%s", rq->channel);
-    if (history_publish(c->app, rq->channel, text, NULL, on_published, p) < 0) {
+    if (publish_durable(c->app, rq->channel, text, NULL, on_published, p) < 0) {
         free(p);
         client_send_error(c, ERR_UNAVAILABLE, id, "the history is unavailable");
     } else {

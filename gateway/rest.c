@@ -3,6 +3,7 @@
 #include "channel.h"
 #include "herald.h"
 #include "history.h"
+#include "publish.h"
 #include "http_api.h"
 #include "log.h"
 #include "query.h"
@@ -312,7 +313,7 @@ int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s)
                       s->body_too_large ? ERR_TOO_LARGE : ERR_BAD_REQUEST, why);
         return 0;
     }
-    if (history_publish(app, c->channel, s->body, c->key[0] ? c->key : NULL, on_published, c) < 0) {
+    if (publish_durable(app, c->channel, s->body, c->key[0] ? c->key : NULL, on_published, c) < 0) {
         call_end(c);
         free(c);
         prepare_error(wsi, s, 503, ERR_HISTORY_UNAVAILABLE, "the history is unavailable");

@@ -33,7 +33,7 @@ static void on_pruned(void *arg, const PGresult *res, const char *err)
         free(r);
         return;
     }
-    if (!res) {
+    if (err) {
         log_warn("prune_failed", "history pruning failed: %s", err);
         return;
     }

@@ -4,6 +4,8 @@
  *   --mode sql      N threads, each with its own libpq connection and hiredis connection:
  *                   SELECT seq, envelope FROM herald_publish($1,$2,$3) (prepared), then
  *                   PUBLISH <prefix+channel> <envelope>; as fast as possible for D seconds.
+ *                   With --batch B, each call is herald_publish_batch over B messages (one
+ *                   statement, one COMMIT), then B pipelined PUBLISHes.
  *   --mode rest     N threads, each with one keep-alive HTTP/1.1 connection to the gateway:
  *                   POST /v1/channels/{C}/messages (201 expected); as fast as possible.
  *   --mode latency  N REST publishers sharing one fixed total rate; one WebSocket subscriber
@@ -31,6 +33,8 @@ enum mode { M_SQL, M_REST, M_LATENCY };
 
 static const char publish_sql[] =
     "SELECT seq, envelope FROM herald_publish($1::text, $2::json, $3::text)";
+static const char batch_sql[] =
+    "SELECT seq, envelope FROM herald_publish_batch($1::text[], $2::json[], $3::text[])";
 
 struct opts {
     enum mode mode;
@@ -47,6 +51,7 @@ struct opts {
     int payload_bytes;
     int json;
     int no_prepare; /* sql: PQexecParams each time, like the gateway (no prepared statement) */
+    int batch;      /* sql: messages per herald_publish_batch call (1: herald_publish) */
 };
 
 static struct opts O = {.mode = M_SQL,
@@ -59,6 +64,7 @@ static struct opts O = {.mode = M_SQL,
                         .redis_port = 6379,
                         .rate = 1000,
                         .payload_bytes = 64,
+                        .batch = 1,
                         .json = 0};
 
 static uint64_t t_start, t_warm, t_end;
@@ -115,6 +121,90 @@ static void account(struct worker *w, uint64_t t0, uint64_t t1, int ok)
     }
 }
 
+/* Appends s to a PostgreSQL array literal being built at *out: quoted, " and \ escaped. */
+static void put_element(char **out, const char *s)
+{
+    char *o = *out;
+    *o++ = '"';
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            *o++ = '\\';
+        *o++ = *s;
+    }
+    *o++ = '"';
+    *out = o;
+}
+
+/* One herald_publish_batch of O.batch messages starting at message n, then their PUBLISHes,
+ * pipelined. Returns how many were published, or -1 when a connection broke. */
+static int sql_batch_round(struct worker *w, PGconn *pg, redisContext *rc, uint64_t n, uint64_t t0)
+{
+    char data[4096];
+    char names[512][64];
+    char *chans = malloc((size_t)O.batch * 2 * sizeof names[0] + 3);
+    char *datas = malloc((size_t)O.batch * (2 * sizeof data + 3) + 3);
+    char *klit = malloc((size_t)O.batch * 5 + 3), *k = klit;
+    if (!chans || !datas || !klit) {
+        free(chans);
+        free(datas);
+        free(klit);
+        note(w, "%s", "out of memory");
+        return -1;
+    }
+    char *co = chans, *dout = datas;
+    *co++ = '{';
+    *dout++ = '{';
+    for (int i = 0; i < O.batch; i++) {
+        uint64_t m = n + (uint64_t)i;
+        channel_name(names[i], sizeof names[i],
+                     ((uint64_t)w->id + m * (uint64_t)O.publishers) % (uint64_t)O.channels);
+        make_data(data, sizeof data, t0, w->id, m);
+        if (i) {
+            *co++ = ',';
+            *dout++ = ',';
+        }
+        put_element(&co, names[i]);
+        put_element(&dout, data);
+    }
+    memcpy(co, "}", 2);
+    memcpy(dout, "}", 2);
+    /* the keys array: B NULLs */
+    *k++ = '{';
+    for (int i = 0; i < O.batch; i++)
+        k += sprintf(k, i ? ",NULL" : "NULL");
+    memcpy(k, "}", 2);
+    const char *params[3] = {chans, datas, klit};
+    PGresult *r = O.no_prepare ? PQexecParams(pg, batch_sql, 3, NULL, params, NULL, NULL, 0)
+                               : PQexecPrepared(pg, "pub", 3, params, NULL, NULL, 0);
+    free(chans);
+    free(datas);
+    free(klit);
+    int ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == O.batch;
+    int published = 0;
+    if (!ok) {
+        note(w, "herald_publish_batch: %s", PQresultErrorMessage(r));
+    } else {
+        for (int i = 0; i < O.batch; i++)
+            redisAppendCommand(rc, "PUBLISH %s %b", names[i], PQgetvalue(r, i, 1),
+                               (size_t)PQgetlength(r, i, 1));
+        for (int i = 0; i < O.batch; i++) {
+            redisReply *rep = NULL;
+            if (redisGetReply(rc, (void **)&rep) != REDIS_OK || !rep) {
+                note(w, "PUBLISH: %s", rc->errstr);
+                PQclear(r);
+                return -1;
+            }
+            if (rep->type == REDIS_REPLY_INTEGER)
+                published++;
+            else
+                w->publish_errors++;
+            freeReplyObject(rep);
+        }
+    }
+    PQclear(r);
+    return PQstatus(pg) == CONNECTION_OK ? published : -1;
+}
+
 static void *sql_worker(void *arg)
 {
     struct worker *w = arg;
@@ -125,8 +215,9 @@ static void *sql_worker(void *arg)
         w->errors++;
         goto out;
     }
-    PGresult *r =
-        O.no_prepare ? PQexec(pg, "SELECT 1") : PQprepare(pg, "pub", publish_sql, 3, NULL);
+    PGresult *r = O.no_prepare
+                      ? PQexec(pg, "SELECT 1")
+                      : PQprepare(pg, "pub", O.batch > 1 ? batch_sql : publish_sql, 3, NULL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
         note(w, "prepare: %s", PQresultErrorMessage(r));
         w->errors++;
@@ -135,7 +226,18 @@ static void *sql_worker(void *arg)
     }
     PQclear(r);
     char data[4096], chan[256];
-    for (uint64_t n = 0; !atomic_load(&stop_flag); n++) {
+    for (uint64_t n = 0; O.batch > 1 && !atomic_load(&stop_flag); n += (uint64_t)O.batch) {
+        uint64_t t0 = now_ns();
+        if (t0 >= t_end)
+            break;
+        int published = sql_batch_round(w, pg, rc, n, t0);
+        uint64_t t1 = now_ns();
+        for (int i = 0; i < O.batch; i++)
+            account(w, t0, t1, i < published);
+        if (published < 0)
+            break;
+    }
+    for (uint64_t n = 0; O.batch == 1 && !atomic_load(&stop_flag); n++) {
         uint64_t t0 = now_ns();
         if (t0 >= t_end)
             break;
@@ -330,6 +432,7 @@ static void usage(void)
             "  --rate R              latency mode: total publishes/s (default 1000)\n"
             "  --drain S             latency mode: seconds to wait for the last deliveries (3)\n"
             "  --payload-bytes B     size of the data JSON (default 64)\n"
+            "  --batch B             sql: B messages per herald_publish_batch call (1)\n"
             "  --no-prepare          sql: no prepared statement (parse+plan each time, as herald "
             "does)\n"
             "  --json                one JSON object on stdout\n");
@@ -343,14 +446,23 @@ static void on_signal(int sig)
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {{"mode", 1, 0, 'm'},       {"publishers", 1, 0, 'n'},
-                                       {"duration", 1, 0, 'd'},   {"warmup", 1, 0, 'w'},
-                                       {"channels", 1, 0, 'k'},   {"prefix", 1, 0, 'p'},
-                                       {"gateway", 1, 0, 'g'},    {"database-url", 1, 0, 'D'},
-                                       {"redis", 1, 0, 'r'},      {"rate", 1, 0, 'R'},
-                                       {"drain", 1, 0, 'x'},      {"payload-bytes", 1, 0, 'b'},
-                                       {"json", 0, 0, 'j'},       {"help", 0, 0, 'h'},
-                                       {"no-prepare", 0, 0, 'P'}, {0, 0, 0, 0}};
+    static const struct option lo[] = {{"mode", 1, 0, 'm'},
+                                       {"publishers", 1, 0, 'n'},
+                                       {"duration", 1, 0, 'd'},
+                                       {"warmup", 1, 0, 'w'},
+                                       {"channels", 1, 0, 'k'},
+                                       {"prefix", 1, 0, 'p'},
+                                       {"gateway", 1, 0, 'g'},
+                                       {"database-url", 1, 0, 'D'},
+                                       {"redis", 1, 0, 'r'},
+                                       {"rate", 1, 0, 'R'},
+                                       {"drain", 1, 0, 'x'},
+                                       {"payload-bytes", 1, 0, 'b'},
+                                       {"json", 0, 0, 'j'},
+                                       {"help", 0, 0, 'h'},
+                                       {"no-prepare", 0, 0, 'P'},
+                                       {"batch", 1, 0, 'B'},
+                                       {0, 0, 0, 0}};
     snprintf(O.redis_host, sizeof O.redis_host, "127.0.0.1");
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -403,14 +515,17 @@ int main(int argc, char **argv)
         case 'P':
             O.no_prepare = 1;
             break;
+        case 'B':
+            O.batch = atoi(optarg);
+            break;
         default:
             usage();
             return c == 'h' ? 0 : 1;
         }
     }
     if (O.publishers < 1 || O.publishers > 1024 || O.channels < 1 || O.duration <= 0 ||
-        O.rate <= 0 || O.payload_bytes < 16 || O.payload_bytes > 3000 ||
-        (O.mode == M_SQL && !O.db_url) || (O.mode != M_SQL && !O.gw_port)) {
+        O.rate <= 0 || O.payload_bytes < 16 || O.payload_bytes > 3000 || O.batch < 1 ||
+        O.batch > 512 || (O.mode == M_SQL && !O.db_url) || (O.mode != M_SQL && !O.gw_port)) {
         usage();
         return 1;
     }

@@ -21,7 +21,8 @@
 # RESUME_VARIANTS ["cold warm plain"], RESUME_PAUSE [3] (seconds idle between connecting and the
 # storm, so the gateway's periodic 2 s head check is not what the query count measures),
 # PG_CPUS [unset: floating; e.g. 1 pins postgres with taskset -c], SQL_ARGS [extra hist-publish
-# flags in sql mode, e.g. --no-prepare to parse and plan every call as the gateway does],
+# flags in sql mode, e.g. --no-prepare to parse and plan every call, or --batch 100 to publish
+# 100 messages per herald_publish_batch call],
 # SOURCE_ADDRS [16: 625 clients per address at 10,000, under herald's default
 # HERALD_MAX_CONNECTIONS_PER_IP of 1000], DB_POOL [herald's default], HERALD_ARGS [extra herald flags],
 # PG_ARGS [extra postgres -c flags, e.g. "-c synchronous_commit=off"],
@@ -262,6 +263,7 @@ publish_rows() { # publish_rows MODE
         echo "   $mode x$n: $rate publishes/s, p50 $p50 ms, p99 $p99 ms, errors $err, db check $dbc, herald CPU $hcpu%, machine $mcpu%"
         local label=$mode
         [[ $mode == sql && $SQL_ARGS == *no-prepare* ]] && label="sql (unprepared)"
+        [[ $mode == sql && $SQL_ARGS =~ --batch\ ([0-9]+) ]] && label="sql (batches of ${BASH_REMATCH[1]})"
         [[ $mode == rest && -n $DB_POOL ]] && label="rest (db-pool $DB_POOL)"
         ROWS_PUB+=("| $label | $n | $rate | $p50 | $p99 | $mx | $err | $dbc | $hcpu | $mcpu ($fcpu) |")
     done

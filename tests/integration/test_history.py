@@ -4,11 +4,13 @@ epoch change after a wipe, expired history and retention."""
 
 import asyncio
 import json
+import subprocess
 import threading
+import urllib.error
 import urllib.request
 
 from harness import main, recv_json, subscribe
-from pg import HistoryTestCase
+from pg import PG_USER, HistoryTestCase
 
 
 def post(h, channel, data, key=None):
@@ -160,6 +162,106 @@ class HistoryTest(HistoryTestCase):
         self.assertEqual((body["recovered"], body["code"]), (False, "history_expired"))
         self.assertEqual(self.pg.sql("SELECT last_seq FROM herald_channels WHERE name='feed'"),
                          "6")  # last_seq is never lowered
+
+
+class GroupCommitTest(HistoryTestCase):
+    """Publishes that arrive while a batch commits wait and leave together, as one statement;
+    a message PostgreSQL refuses fails alone."""
+
+    async def asyncSetUp(self):
+        self.redis = self.start_redis()
+        self.pg = self.start_postgres()
+        # one connection, so one batch in flight at a time
+        self.h = self.start_herald_with_history(self.redis, self.pg, "--db-pool", "1")
+        await asyncio.to_thread(self.h.wait_ready)
+        self.assertEqual(post(self.h, "g", {"first": True})[1]["seq"], 1)  # creates the row
+
+    def hold_lock(self, channel):
+        """A psql session holding the channel row's lock: publishes to it block in
+        PostgreSQL until the returned function ends the transaction."""
+        p = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(self.pg.port), "-U", PG_USER,
+                              "-d", "herald", "-Atq"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        self.addCleanup(p.stdout.close)
+        self.addCleanup(p.kill)
+        p.stdin.write(f"BEGIN;\nSELECT 'locked' FROM herald_channels WHERE name = '{channel}'"
+                      " FOR UPDATE;\n")
+        p.stdin.flush()
+        self.assertEqual(p.stdout.readline().strip(), "locked")
+
+        def release():
+            p.stdin.write("COMMIT;\n")
+            p.stdin.close()
+            p.wait(30)
+        return release
+
+    def post_all(self, bodies):
+        """POSTs each body to channel g from its own thread; returns (threads, results)."""
+        results = [None] * len(bodies)
+
+        def one(i):
+            try:
+                results[i] = post(self.h, "g", bodies[i])
+            except urllib.error.HTTPError as e:
+                results[i] = (e.code, json.loads(e.read()))
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        return threads, results
+
+    def counters(self):
+        return (self.h.metric("herald_publish_batches_total"),
+                self.h.metric("herald_durable_publishes_total"))
+
+    async def test_publishes_waiting_for_a_commit_leave_in_one_batch(self):
+        ws = await self.connect(self.h)
+        await subscribe(ws, "g")
+        batches0, stored0 = self.counters()
+        release = self.hold_lock("g")
+        first, r1 = self.post_all([{"n": 0}])
+        # the first publish is in flight (blocked on the lock); the next ones must queue
+        await asyncio.to_thread(self.h.wait_metric, "herald_publish_batches_total",
+                                lambda v: v == batches0 + 1)
+        rest, r2 = self.post_all([{"n": i} for i in range(1, 10)])
+        await asyncio.to_thread(self.h.wait_metric, "herald_publish_queued", lambda v: v == 9)
+        release()
+        for t in first + rest:
+            t.join(30)
+        results = r1 + r2
+        self.assertEqual([s for s, _ in results], [201] * 10, results)
+        self.assertEqual(r1[0][1]["seq"], 2)
+        self.assertEqual(sorted(b["seq"] for _, b in r2), list(range(3, 12)))
+        self.assertEqual(self.counters(), (batches0 + 2, stored0 + 10))  # 1, then 9 together
+        self.assertEqual([m["seq"] for m in await collect(ws, "g", 10)], list(range(2, 12)))
+        self.assertEqual(self.pg.sql("SELECT last_seq FROM herald_channels WHERE name='g'"), "11")
+
+    async def test_a_refused_message_fails_alone_and_the_rest_of_its_batch_is_stored(self):
+        self.pg.sql("""CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                       BEGIN IF NEW.envelope LIKE '%"poison"%' THEN
+                       RAISE EXCEPTION 'poisoned message'; END IF; RETURN NEW; END $$;
+                       CREATE TRIGGER poison BEFORE INSERT ON herald_messages
+                       FOR EACH ROW EXECUTE FUNCTION poison();""")
+        ws = await self.connect(self.h)
+        await subscribe(ws, "g")
+        batches0, stored0 = self.counters()
+        release = self.hold_lock("g")
+        first, r1 = self.post_all([{"n": 0}])
+        await asyncio.to_thread(self.h.wait_metric, "herald_publish_batches_total",
+                                lambda v: v == batches0 + 1)
+        rest, r2 = self.post_all([{"n": 1}, {"n": 2}, {"poison": 1}, {"n": 3}])
+        await asyncio.to_thread(self.h.wait_metric, "herald_publish_queued", lambda v: v == 4)
+        release()
+        for t in first + rest:
+            t.join(30)
+        self.assertEqual(r1[0], (201, {"channel": "g", "seq": 2, "epoch": r1[0][1]["epoch"]}))
+        self.assertEqual(r2[2][0], 503, r2)  # the poisoned one, and only it
+        self.assertEqual([r2[i][0] for i in (0, 1, 3)], [201] * 3, r2)
+        self.assertEqual(sorted(r2[i][1]["seq"] for i in (0, 1, 3)), [3, 4, 5])
+        # the batch of four was refused, then each went alone: 1 + 1 + 4 statements
+        self.assertEqual(self.counters(), (batches0 + 6, stored0 + 4))
+        self.assertEqual([m["seq"] for m in await collect(ws, "g", 4)], [2, 3, 4, 5])
+        self.assertEqual(self.pg.sql("SELECT string_agg(seq::text, ',' ORDER BY seq) "
+                                     "FROM herald_messages WHERE channel='g'"), "1,2,3,4,5")
 
 
 class RetentionTest(HistoryTestCase):

@@ -1,0 +1,84 @@
+-- Herald history, version 2: publishing many messages in one statement and one COMMIT.
+-- The gateway gathers the publishes that arrive while its connections are busy into one
+-- herald_publish_batch call (group commit), and herald_publish becomes the batch of one, so
+-- both paths share one definition of what a publish does.
+
+-- Step 1 of a durable publish for p_channels[i], p_data[i], p_keys[i] (key may be NULL), in
+-- the caller's transaction. Returns one row per input, ord being its 1-based position.
+-- Per channel, seqs follow array order. The channel rows are locked in name order before
+-- anything else, so two batches naming the same channels in different orders cannot
+-- deadlock, and the locks are held until COMMIT: commit order equals seq order per channel.
+-- A key already stored on the channel, or repeated earlier in the same batch, makes the row a
+-- duplicate: it returns the first message's seq and envelope and stores nothing.
+CREATE FUNCTION herald_publish_batch(p_channels text[], p_data json[], p_keys text[])
+RETURNS TABLE (ord bigint, seq bigint, envelope text, epoch text, duplicate boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ts bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+BEGIN
+    IF cardinality(p_channels) IS DISTINCT FROM cardinality(p_data)
+       OR cardinality(p_channels) IS DISTINCT FROM cardinality(p_keys) THEN
+        RAISE EXCEPTION 'herald: channels, data and keys differ in length' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_channels) AS t(ch)
+               WHERE ch IS NULL OR ch !~ '^[A-Za-z0-9_.:@=-]{1,200}$') THEN
+        RAISE EXCEPTION 'herald: invalid channel name' USING ERRCODE = '22023';
+    END IF;
+    IF array_position(p_data, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'herald: data is required' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO herald_channels AS c (name)
+        SELECT DISTINCT ch FROM unnest(p_channels) AS t(ch) ORDER BY 1
+        ON CONFLICT (name) DO NOTHING;
+    -- ORDER BY is applied before the rows are locked: every batch locks in name order
+    PERFORM 1 FROM herald_channels c WHERE c.name = ANY (p_channels) ORDER BY c.name FOR UPDATE;
+    -- a new statement, so a new snapshot: it sees what the lock holders before us committed
+    RETURN QUERY
+    WITH input AS (  -- nth > 1: the key was already used earlier in this batch
+        SELECT t.ord, t.ch, t.data, t.key,
+               CASE WHEN t.key IS NULL THEN 1
+                    ELSE row_number() OVER (PARTITION BY t.ch, t.key ORDER BY t.ord) END AS nth
+        FROM unnest(p_channels, p_data, p_keys) WITH ORDINALITY AS t(ch, data, key, ord)
+    ), stored AS (   -- retries of messages already kept
+        SELECT i.ord, m.seq, m.envelope
+        FROM input i JOIN herald_messages m ON m.channel = i.ch AND m.idempotency_key = i.key
+        WHERE i.key IS NOT NULL
+    ), fresh AS (
+        SELECT i.* FROM input i
+        WHERE i.nth = 1 AND NOT EXISTS (SELECT 1 FROM stored s WHERE s.ord = i.ord)
+    ), numbered AS (
+        SELECT f.ord, f.ch, f.key, c.epoch,
+               c.last_seq + row_number() OVER (PARTITION BY f.ch ORDER BY f.ord) AS seq, f.data
+        FROM fresh f JOIN herald_channels c ON c.name = f.ch
+    ), built AS (
+        SELECT n.ord, n.ch, n.key, n.epoch, n.seq,
+               '{"op":"message","channel":' || to_json(n.ch)::text || ',"seq":' || n.seq
+               || ',"ts":' || v_ts || ',"data":' || n.data::text || '}' AS envelope
+        FROM numbered n
+    ), counted AS (
+        UPDATE herald_channels c SET last_seq = c.last_seq + k.n
+        FROM (SELECT ch, count(*) AS n FROM fresh GROUP BY ch) k
+        WHERE c.name = k.ch
+    ), kept AS (
+        INSERT INTO herald_messages (channel, seq, ts, envelope, idempotency_key)
+        SELECT b.ch, b.seq, v_ts, b.envelope, b.key FROM built b
+    )
+    SELECT b.ord, b.seq, b.envelope, b.epoch, false FROM built b
+    UNION ALL
+    SELECT s.ord, s.seq, s.envelope, c.epoch, true
+    FROM stored s JOIN input i ON i.ord = s.ord JOIN herald_channels c ON c.name = i.ch
+    UNION ALL            -- repeats of a key first seen in this batch
+    SELECT i.ord, b.seq, b.envelope, b.epoch, true
+    FROM input i JOIN built b ON b.ch = i.ch AND b.key = i.key AND i.nth > 1
+    ORDER BY 1;
+END;
+$$;
+
+-- The single publish of version 1, now a batch of one (same signature and result).
+CREATE OR REPLACE FUNCTION herald_publish(p_channel text, p_data json,
+                                          p_idempotency_key text DEFAULT NULL)
+RETURNS TABLE (seq bigint, envelope text, epoch text, duplicate boolean)
+LANGUAGE sql AS $$
+    SELECT b.seq, b.envelope, b.epoch, b.duplicate
+    FROM herald_publish_batch(ARRAY[p_channel], ARRAY[p_data], ARRAY[p_idempotency_key]) b
+$$;
