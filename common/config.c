@@ -45,7 +45,8 @@ struct setting {
 static const struct setting settings[] = {
     STR("HERALD_LISTEN", listen, "0.0.0.0:8080", "address:port to listen on"),
     STR("HERALD_REDIS_URL", redis_url_text, "redis://127.0.0.1:6379/0",
-        "redis://[user[:password]@]host[:port][/db]"),
+        "redis://[user[:password]@]host[:port][/db], or several separated by commas "
+        "(channels are spread over them by a consistent hash; append new servers last)"),
     STR("HERALD_REDIS_PREFIX", redis_prefix, "", "prefix of every Redis channel name"),
     STR("HERALD_STATIC_DIR", static_dir, "", "serve the web demo from this folder at /"),
     STR("HERALD_INSTANCE_ID", instance_id, "", "name of this instance (default host-pid)"),
@@ -329,7 +330,9 @@ static int finish(struct herald_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "HERALD_LISTEN: '%s' is not host:port", cfg->listen);
         return -1;
     }
-    if (redis_url_parse(cfg->redis_url_text, &cfg->redis, err, (int)errlen))
+    cfg->nredis =
+        redis_url_parse_list(cfg->redis_url_text, cfg->redis, REDIS_URL_MAX, err, (int)errlen);
+    if (cfg->nredis < 0)
         return -1;
     if (log_level_parse(cfg->log_level_text, &cfg->log_level)) {
         snprintf(err, errlen, "HERALD_LOG_LEVEL: '%s' is not debug, info, warn or error",

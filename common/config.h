@@ -12,8 +12,9 @@ struct herald_config {
     char listen[128];
     char listen_host[64];
     int listen_port;
-    char redis_url_text[1024];
-    struct redis_url redis;
+    char redis_url_text[4096];
+    struct redis_url redis[REDIS_URL_MAX]; /* channels spread over them: shard.h */
+    int nredis;
     char redis_prefix[64];
     char static_dir[512];
     char instance_id[128];

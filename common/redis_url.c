@@ -91,3 +91,38 @@ int redis_url_parse(const char *url, struct redis_url *out, char *err, int errle
     }
     return 0;
 }
+
+int redis_url_parse_list(const char *text, struct redis_url *out, int max, char *err, int errlen)
+{
+    int n = 0;
+    const char *p = text;
+    for (;;) {
+        while (*p == ' ')
+            p++;
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        while (len && p[len - 1] == ' ')
+            len--;
+        char one[1024];
+        if (len == 0 || len >= sizeof one) {
+            snprintf(err, (size_t)errlen, "Redis URL %d of the list is %s", n + 1,
+                     len ? "too long" : "empty");
+            return -1;
+        }
+        if (n == max) {
+            snprintf(err, (size_t)errlen, "more than %d Redis URLs", max);
+            return -1;
+        }
+        memcpy(one, p, len);
+        one[len] = '\0';
+        char why[200];
+        if (redis_url_parse(one, &out[n], why, (int)sizeof why)) {
+            snprintf(err, (size_t)errlen, "Redis URL %d of the list: %s", n + 1, why);
+            return -1;
+        }
+        n++;
+        if (!end)
+            return n;
+        p = end + 1;
+    }
+}

@@ -3,6 +3,7 @@
 #include "hub.h"
 #include "log.h"
 #include "redis_uv.h"
+#include "shard.h"
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -17,19 +18,29 @@
 
 enum bus_state { BUS_DOWN, BUS_CONNECTING, BUS_UP };
 
-struct bus {
-    struct herald *app;
+/* One Redis server of HERALD_REDIS_URL and the channels shard_of() gives it. Each one
+ * connects, proves itself with its own heartbeat and fails on its own. */
+struct shard {
+    struct bus *bus;
+    int index;
+    const struct redis_url *url;
     redisAsyncContext *sub; /* SUBSCRIBE only */
     redisAsyncContext *cmd; /* PUBLISH and everything else */
     enum bus_state state;
     bool sub_ready, cmd_ready;
-    uv_timer_t timer; /* heartbeat, liveness check, reconnect */
     uint64_t state_since_ms;
     uint64_t last_beat_ms; /* 0: none since the last connect */
     uint64_t retry_at_ms;
     unsigned attempts;
-    uint64_t rng;
     bool ever_up;
+};
+
+struct bus {
+    struct herald *app;
+    struct shard shards[REDIS_URL_MAX];
+    int nshards;
+    uv_timer_t timer; /* heartbeats, liveness checks, reconnects */
+    uint64_t rng;
     /* Full Redis name of this instance's heartbeat channel. '#' cannot occur in a Herald
      * channel name, so no client can subscribe to it or unsubscribe it. */
     char beat_channel[256];
@@ -50,10 +61,10 @@ static uint64_t now_ms(const struct bus *bus)
     return herald_now_ms(bus->app);
 }
 
-static void set_state(struct bus *bus, enum bus_state s)
+static void set_state(struct shard *sh, enum bus_state s)
 {
-    bus->state = s;
-    bus->state_since_ms = now_ms(bus);
+    sh->state = s;
+    sh->state_since_ms = now_ms(sh->bus);
 }
 
 /* Frees a context without letting its callbacks reach us again. */
@@ -66,52 +77,53 @@ static void drop_context(redisAsyncContext **ac)
     }
 }
 
-/* Both connections go; the hub forgets its subscriptions; a retry is scheduled with
- * exponential backoff and full jitter over its upper half. */
-static void go_down(struct bus *bus, const char *why)
+/* Both connections go; the hub forgets the subscriptions this server carried; a retry is
+ * scheduled with exponential backoff and full jitter over its upper half. */
+static void go_down(struct shard *sh, const char *why)
 {
-    bool was_up = bus->state == BUS_UP;
-    drop_context(&bus->sub);
-    drop_context(&bus->cmd);
-    bus->sub_ready = bus->cmd_ready = false;
-    bus->last_beat_ms = 0;
-    set_state(bus, BUS_DOWN);
-    unsigned shift = bus->attempts < 6 ? bus->attempts : 6;
+    struct bus *bus = sh->bus;
+    bool was_up = sh->state == BUS_UP;
+    drop_context(&sh->sub);
+    drop_context(&sh->cmd);
+    sh->sub_ready = sh->cmd_ready = false;
+    sh->last_beat_ms = 0;
+    set_state(sh, BUS_DOWN);
+    unsigned shift = sh->attempts < 6 ? sh->attempts : 6;
     uint64_t cap = (uint64_t)BACKOFF_MIN_MS << shift;
     if (cap > BACKOFF_MAX_MS)
         cap = BACKOFF_MAX_MS;
     uint64_t delay = cap / 2 + next_random(bus) % (cap / 2 + 1);
-    bus->retry_at_ms = now_ms(bus) + delay;
-    bus->attempts++;
+    sh->retry_at_ms = now_ms(bus) + delay;
+    sh->attempts++;
     if (was_up)
-        log_warn("redis_down", "Redis connection lost (%s); reconnecting in %llu ms", why,
-                 (unsigned long long)delay);
+        log_warn("redis_down", "Redis %s:%d connection lost (%s); reconnecting in %llu ms",
+                 sh->url->host, sh->url->port, why, (unsigned long long)delay);
     else
-        log_warn("redis_retry", "Redis unavailable (%s); retrying in %llu ms", why,
-                 (unsigned long long)delay);
-    hub_on_bus_down(bus->app->hub);
+        log_warn("redis_retry", "Redis %s:%d unavailable (%s); retrying in %llu ms", sh->url->host,
+                 sh->url->port, why, (unsigned long long)delay);
+    hub_on_bus_down(bus->app->hub, sh->index);
 }
 
-static void publish_beat(struct bus *bus)
+static void publish_beat(struct shard *sh)
 {
-    if (bus->cmd_ready)
-        redisAsyncCommand(bus->cmd, NULL, NULL, "PUBLISH %s %llu", bus->beat_channel,
-                          (unsigned long long)now_ms(bus));
+    if (sh->cmd_ready)
+        redisAsyncCommand(sh->cmd, NULL, NULL, "PUBLISH %s %llu", sh->bus->beat_channel,
+                          (unsigned long long)now_ms(sh->bus));
 }
 
 /* Both connections are usable and the heartbeat channel is subscribed. */
-static void maybe_up(struct bus *bus)
+static void maybe_up(struct shard *sh)
 {
-    if (bus->state != BUS_CONNECTING || !bus->sub_ready || !bus->cmd_ready)
+    struct bus *bus = sh->bus;
+    if (sh->state != BUS_CONNECTING || !sh->sub_ready || !sh->cmd_ready)
         return;
-    set_state(bus, BUS_UP);
-    bus->attempts = 0;
-    if (bus->ever_up)
+    set_state(sh, BUS_UP);
+    sh->attempts = 0;
+    if (sh->ever_up)
         bus->app->metrics.redis_reconnects++;
-    bus->ever_up = true;
-    log_info("redis_up", "connected to Redis at %s:%d", bus->app->cfg->redis.host,
-             bus->app->cfg->redis.port);
-    publish_beat(bus);
+    sh->ever_up = true;
+    log_info("redis_up", "connected to Redis at %s:%d", sh->url->host, sh->url->port);
+    publish_beat(sh);
     hub_on_bus_up(bus->app->hub);
 }
 
@@ -119,22 +131,23 @@ static void maybe_up(struct bus *bus)
  * confirmations and messages, keyed by the Redis channel name. */
 static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
-    struct bus *bus = ac->data;
+    struct shard *sh = ac->data;
     redisReply *reply = r;
-    if (!bus || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+    if (!sh || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
         reply->element[0]->type != REDIS_REPLY_STRING ||
         reply->element[1]->type != REDIS_REPLY_STRING)
         return;
     const char *kind = reply->element[0]->str;
     const char *full = reply->element[1]->str;
     size_t full_len = reply->element[1]->len;
+    struct bus *bus = sh->bus;
 
     if (strcmp(full, bus->beat_channel) == 0) {
         if (strcmp(kind, "subscribe") == 0) {
-            bus->sub_ready = true;
-            maybe_up(bus);
+            sh->sub_ready = true;
+            maybe_up(sh);
         } else if (strcmp(kind, "message") == 0) {
-            bus->last_beat_ms = now_ms(bus);
+            sh->last_beat_ms = now_ms(bus);
         }
         return;
     }
@@ -153,23 +166,23 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
 /* The reply to AUTH or SELECT while a connection is being set up. */
 static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
-    struct bus *bus = ac->data;
+    struct shard *sh = ac->data;
     redisReply *reply = r;
-    if (!bus)
+    if (!sh)
         return;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         char why[160];
         snprintf(why, sizeof why, "%s refused: %s", (const char *)privdata,
                  reply ? reply->str : "no reply");
-        log_error("redis_setup", "%s", why);
-        go_down(bus, why);
+        log_error("redis_setup", "%s:%d: %s", sh->url->host, sh->url->port, why);
+        go_down(sh, why);
     }
 }
 
 /* AUTH (with the ACL user when there is one) and SELECT, pipelined before anything else. */
-static void send_setup(struct bus *bus, redisAsyncContext *ac, bool select_db)
+static void send_setup(struct shard *sh, redisAsyncContext *ac, bool select_db)
 {
-    const struct redis_url *u = &bus->app->cfg->redis;
+    const struct redis_url *u = sh->url;
     if (u->password[0] && u->user[0])
         redisAsyncCommand(ac, on_setup_reply, (void *)"AUTH", "AUTH %s %s", u->user, u->password);
     else if (u->password[0])
@@ -179,48 +192,48 @@ static void send_setup(struct bus *bus, redisAsyncContext *ac, bool select_db)
 }
 
 /* A context hiredis is about to free (failed connect or disconnect): forget it, then take
- * the whole bus down. */
-static void lost_context(struct bus *bus, redisAsyncContext *ac, const char *fallback)
+ * the whole shard down. */
+static void lost_context(struct shard *sh, redisAsyncContext *ac, const char *fallback)
 {
-    if (ac == bus->sub)
-        bus->sub = NULL;
+    if (ac == sh->sub)
+        sh->sub = NULL;
     else
-        bus->cmd = NULL;
+        sh->cmd = NULL;
     ac->data = NULL;
-    go_down(bus, ac->errstr[0] ? ac->errstr : fallback);
+    go_down(sh, ac->errstr[0] ? ac->errstr : fallback);
 }
 
 static void on_connect(const redisAsyncContext *cac, int status)
 {
     redisAsyncContext *ac = (redisAsyncContext *)cac;
-    struct bus *bus = ac->data;
-    if (!bus)
+    struct shard *sh = ac->data;
+    if (!sh)
         return;
     if (status != REDIS_OK) {
-        lost_context(bus, ac, "connect failed");
+        lost_context(sh, ac, "connect failed");
         return;
     }
-    if (ac == bus->sub) {
-        send_setup(bus, ac, false);
-        redisAsyncCommand(ac, on_sub_reply, NULL, "SUBSCRIBE %s", bus->beat_channel);
+    if (ac == sh->sub) {
+        send_setup(sh, ac, false);
+        redisAsyncCommand(ac, on_sub_reply, NULL, "SUBSCRIBE %s", sh->bus->beat_channel);
     } else {
-        send_setup(bus, ac, true);
-        bus->cmd_ready = true;
-        maybe_up(bus);
+        send_setup(sh, ac, true);
+        sh->cmd_ready = true;
+        maybe_up(sh);
     }
 }
 
 static void on_disconnect(const redisAsyncContext *cac, int status)
 {
     redisAsyncContext *ac = (redisAsyncContext *)cac;
-    struct bus *bus = ac->data;
-    if (bus)
-        lost_context(bus, ac, "connection closed");
+    struct shard *sh = ac->data;
+    if (sh)
+        lost_context(sh, ac, "connection closed");
 }
 
-static redisAsyncContext *open_context(struct bus *bus)
+static redisAsyncContext *open_context(struct shard *sh)
 {
-    const struct redis_url *u = &bus->app->cfg->redis;
+    const struct redis_url *u = sh->url;
     redisAsyncContext *ac = redisAsyncConnect(u->host, u->port);
     if (!ac)
         return NULL;
@@ -229,51 +242,57 @@ static redisAsyncContext *open_context(struct bus *bus)
         redisAsyncFree(ac);
         return NULL;
     }
-    if (redis_uv_attach(ac, bus->app->loop) < 0) {
+    if (redis_uv_attach(ac, sh->bus->app->loop) < 0) {
         redisAsyncFree(ac);
         return NULL;
     }
-    ac->data = bus;
+    ac->data = sh;
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     return ac;
 }
 
-static void connect_now(struct bus *bus)
+static void connect_now(struct shard *sh)
 {
-    set_state(bus, BUS_CONNECTING);
-    bus->sub = open_context(bus);
-    bus->cmd = open_context(bus);
-    if (!bus->sub || !bus->cmd)
-        go_down(bus, "connect failed");
+    set_state(sh, BUS_CONNECTING);
+    sh->sub = open_context(sh);
+    sh->cmd = open_context(sh);
+    if (!sh->sub || !sh->cmd)
+        go_down(sh, "connect failed");
 }
 
-/* Runs every heartbeat interval: reconnects when it is time, publishes the heartbeat and
- * declares the link dead when beats stop coming back (a dead socket can look alive). */
+/* Reconnects when it is time, publishes the heartbeat and declares the link dead when
+ * beats stop coming back (a dead socket can look alive). */
+static void tick_shard(struct shard *sh, uint64_t now)
+{
+    uint64_t dead_after = (uint64_t)sh->bus->app->cfg->heartbeat_ms * BEATS_BEFORE_DEAD;
+    switch (sh->state) {
+    case BUS_DOWN:
+        if (now >= sh->retry_at_ms)
+            connect_now(sh);
+        break;
+    case BUS_CONNECTING:
+        if (now - sh->state_since_ms > CONNECT_TIMEOUT_MS)
+            go_down(sh, "connect timed out");
+        break;
+    case BUS_UP: {
+        uint64_t since = sh->last_beat_ms ? sh->last_beat_ms : sh->state_since_ms;
+        if (now - since > dead_after) {
+            go_down(sh, "heartbeat did not come back");
+            break;
+        }
+        publish_beat(sh);
+        break;
+    }
+    }
+}
+
 static void on_tick(uv_timer_t *t)
 {
     struct bus *bus = t->data;
     uint64_t now = now_ms(bus);
-    uint64_t dead_after = (uint64_t)bus->app->cfg->heartbeat_ms * BEATS_BEFORE_DEAD;
-    switch (bus->state) {
-    case BUS_DOWN:
-        if (now >= bus->retry_at_ms)
-            connect_now(bus);
-        break;
-    case BUS_CONNECTING:
-        if (now - bus->state_since_ms > CONNECT_TIMEOUT_MS)
-            go_down(bus, "connect timed out");
-        break;
-    case BUS_UP: {
-        uint64_t since = bus->last_beat_ms ? bus->last_beat_ms : bus->state_since_ms;
-        if (now - since > dead_after) {
-            go_down(bus, "heartbeat did not come back");
-            break;
-        }
-        publish_beat(bus);
-        break;
-    }
-    }
+    for (int i = 0; i < bus->nshards; i++)
+        tick_shard(&bus->shards[i], now);
 }
 
 struct bus *bus_new(struct herald *app)
@@ -286,6 +305,9 @@ struct bus *bus_new(struct herald *app)
     snprintf(bus->beat_channel, sizeof bus->beat_channel, "%sherald#heartbeat#%s",
              app->cfg->redis_prefix, app->cfg->instance_id);
     bus->rng = (uint64_t)uv_hrtime() ^ ((uint64_t)uv_os_getpid() << 32) ^ 0x9e3779b97f4a7c15ULL;
+    bus->nshards = app->cfg->nredis;
+    for (int i = 0; i < bus->nshards; i++)
+        bus->shards[i] = (struct shard){.bus = bus, .index = i, .url = &app->cfg->redis[i]};
     uv_timer_init(app->loop, &bus->timer);
     bus->timer.data = bus;
     return bus;
@@ -297,7 +319,8 @@ void bus_start(struct bus *bus)
     /* the tick also paces reconnects: keep it fine enough for the shortest backoff */
     if (tick > BACKOFF_MIN_MS)
         tick = BACKOFF_MIN_MS;
-    connect_now(bus);
+    for (int i = 0; i < bus->nshards; i++)
+        connect_now(&bus->shards[i]);
     uv_timer_start(&bus->timer, on_tick, tick, tick);
 }
 
@@ -310,21 +333,34 @@ void bus_free(struct bus *bus)
 {
     if (!bus)
         return;
-    drop_context(&bus->sub);
-    drop_context(&bus->cmd);
+    for (int i = 0; i < bus->nshards; i++) {
+        drop_context(&bus->shards[i].sub);
+        drop_context(&bus->shards[i].cmd);
+    }
     uv_timer_stop(&bus->timer);
     uv_close((uv_handle_t *)&bus->timer, free_bus);
 }
 
+int bus_shard_of(const struct bus *bus, const char *name, size_t len)
+{
+    return shard_of(name, len, bus->nshards);
+}
+
+static struct shard *shard_for(struct bus *bus, const char *name, size_t len)
+{
+    return &bus->shards[bus_shard_of(bus, name, len)];
+}
+
 static int send_sub_command(struct bus *bus, const char *verb, const char *name, size_t len)
 {
-    if (bus->state != BUS_UP)
+    struct shard *sh = shard_for(bus, name, len);
+    if (sh->state != BUS_UP)
         return -1;
     char full[512];
     int n = snprintf(full, sizeof full, "%s%.*s", bus->app->cfg->redis_prefix, (int)len, name);
     if (n < 0 || (size_t)n >= sizeof full)
         return -1;
-    return redisAsyncCommand(bus->sub, on_sub_reply, NULL, "%s %b", verb, full, (size_t)n) ==
+    return redisAsyncCommand(sh->sub, on_sub_reply, NULL, "%s %b", verb, full, (size_t)n) ==
                    REDIS_OK
                ? 0
                : -1;
@@ -332,9 +368,10 @@ static int send_sub_command(struct bus *bus, const char *verb, const char *name,
 
 int bus_publish(struct bus *bus, const char *name, const char *payload, size_t len)
 {
-    if (!bus->cmd_ready)
+    struct shard *sh = shard_for(bus, name, strlen(name));
+    if (!sh->cmd_ready)
         return -1;
-    return redisAsyncCommand(bus->cmd, NULL, NULL, "PUBLISH %s%s %b", bus->app->cfg->redis_prefix,
+    return redisAsyncCommand(sh->cmd, NULL, NULL, "PUBLISH %s%s %b", bus->app->cfg->redis_prefix,
                              name, payload, len) == REDIS_OK
                ? 0
                : -1;
@@ -350,15 +387,44 @@ int bus_unsubscribe(struct bus *bus, const char *name, size_t len)
     return send_sub_command(bus, "UNSUBSCRIBE", name, len);
 }
 
+static bool shard_ready(const struct shard *sh)
+{
+    uint64_t dead_after = (uint64_t)sh->bus->app->cfg->heartbeat_ms * BEATS_BEFORE_DEAD;
+    return sh->state == BUS_UP && sh->last_beat_ms &&
+           herald_now_ms(sh->bus->app) - sh->last_beat_ms <= dead_after;
+}
+
 bool bus_ready(const struct bus *bus)
 {
-    uint64_t dead_after = (uint64_t)bus->app->cfg->heartbeat_ms * BEATS_BEFORE_DEAD;
-    return bus->state == BUS_UP && bus->last_beat_ms &&
-           herald_now_ms(bus->app) - bus->last_beat_ms <= dead_after;
+    for (int i = 0; i < bus->nshards; i++)
+        if (!shard_ready(&bus->shards[i]))
+            return false;
+    return true;
+}
+
+int bus_shards(const struct bus *bus)
+{
+    return bus->nshards;
+}
+
+bool bus_shard_ready(const struct bus *bus, int i)
+{
+    return shard_ready(&bus->shards[i]);
+}
+
+const struct redis_url *bus_shard_url(const struct bus *bus, int i)
+{
+    return bus->shards[i].url;
 }
 
 uint64_t bus_heartbeat_age_ms(const struct bus *bus)
 {
-    uint64_t since = bus->last_beat_ms ? bus->last_beat_ms : bus->app->started_ms;
-    return herald_now_ms(bus->app) - since;
+    uint64_t oldest = herald_now_ms(bus->app);
+    for (int i = 0; i < bus->nshards; i++) {
+        const struct shard *sh = &bus->shards[i];
+        uint64_t since = sh->last_beat_ms ? sh->last_beat_ms : bus->app->started_ms;
+        if (since < oldest)
+            oldest = since;
+    }
+    return herald_now_ms(bus->app) - oldest;
 }

@@ -1,13 +1,16 @@
-/* The Redis side of one process: a subscriber connection that carries every channel, a
- * second connection for commands (a subscribed hiredis context may send nothing else),
- * reconnect with exponential backoff and jitter, and a heartbeat the process publishes to
- * itself so that liveness is proven, not assumed. */
+/* The Redis side of one process. For each Redis server of HERALD_REDIS_URL (a shard): a
+ * subscriber connection that carries every channel of that server, a second connection for
+ * commands (a subscribed hiredis context may send nothing else), reconnect with exponential
+ * backoff and jitter, and a heartbeat the process publishes to itself so that liveness is
+ * proven, not assumed. A channel lives on the server shard_of() names (shard.h). */
 #ifndef HERALD_BUS_H
 #define HERALD_BUS_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "redis_url.h"
 
 struct herald;
 struct bus;
@@ -31,10 +34,19 @@ int bus_unsubscribe(struct bus *bus, const char *name, size_t len);
  * delivers it within seconds. */
 int bus_publish(struct bus *bus, const char *name, const char *payload, size_t len);
 
-/* True while the heartbeat came back within 3 intervals. */
+/* The shard (index into HERALD_REDIS_URL's list) that carries a channel. */
+int bus_shard_of(const struct bus *bus, const char *name, size_t len);
+
+/* True while every server's heartbeat came back within 3 intervals. */
 bool bus_ready(const struct bus *bus);
 
-/* Milliseconds since the last heartbeat came back (since start if none has). */
+/* Per server, for /metrics: how many, whether one is ready, and its address. */
+int bus_shards(const struct bus *bus);
+bool bus_shard_ready(const struct bus *bus, int i);
+const struct redis_url *bus_shard_url(const struct bus *bus, int i);
+
+/* Milliseconds since the last heartbeat came back from the server that is furthest behind
+ * (since start if none has). */
 uint64_t bus_heartbeat_age_ms(const struct bus *bus);
 
 #endif

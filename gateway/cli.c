@@ -1,6 +1,7 @@
 #include "cli.h"
 #include "channel.h"
 #include "migrate.h"
+#include "shard.h"
 
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
@@ -23,10 +24,11 @@ int cli_migrate(const struct herald_config *cfg)
     return 0;
 }
 
-/* PUBLISH over a short-lived synchronous connection, with AUTH and the channel prefix. */
+/* PUBLISH over a short-lived synchronous connection to the channel's Redis server, with
+ * AUTH and the channel prefix. */
 static int redis_publish(const struct herald_config *cfg, const char *channel, const char *envelope)
 {
-    const struct redis_url *u = &cfg->redis;
+    const struct redis_url *u = &cfg->redis[shard_of(channel, strlen(channel), cfg->nredis)];
     struct timeval tv = {5, 0};
     redisContext *rc = redisConnectWithTimeout(u->host, u->port, tv);
     if (!rc || rc->err) {

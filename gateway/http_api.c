@@ -137,11 +137,19 @@ static void render_metrics(struct herald *app, FILE *f)
            "Clients closed with 4008 for a full send queue.", (double)m->slow_consumer_closes);
     metric(f, "herald_redis_reconnects_total", "counter", "Redis reconnections.",
            (double)m->redis_reconnects);
-    metric(f, "herald_redis_up", "gauge", "1 while the Redis heartbeat comes back.",
+    metric(f, "herald_redis_up", "gauge",
+           "1 while the heartbeat comes back from every Redis server.",
            bus_ready(app->bus) ? 1 : 0);
     metric(f, "herald_redis_heartbeat_age_seconds", "gauge",
-           "Seconds since the last heartbeat came back from Redis.",
+           "Seconds since the last heartbeat came back from the Redis server furthest behind.",
            (double)bus_heartbeat_age_ms(app->bus) / 1000.0);
+    fprintf(f, "# HELP herald_redis_shard_up 1 while this Redis server's heartbeat comes back.\n"
+               "# TYPE herald_redis_shard_up gauge\n");
+    for (int i = 0; i < bus_shards(app->bus); i++) {
+        const struct redis_url *u = bus_shard_url(app->bus, i);
+        fprintf(f, "herald_redis_shard_up{shard=\"%d\",server=\"%s:%d\"} %d\n", i, u->host, u->port,
+                bus_shard_ready(app->bus, i) ? 1 : 0);
+    }
     metric(f, "herald_gaps_skipped_total", "counter",
            "Sequenced messages that could not be recovered (pruned or PostgreSQL down).",
            (double)m->gaps_skipped);

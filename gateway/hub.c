@@ -359,14 +359,17 @@ void hub_on_bus_up(struct hub *hub)
 
 static void unsubscribed(struct hub *hub, struct channel *ch, void *arg)
 {
+    if (bus_shard_of(hub->app->bus, ch->name, ch->len) != *(const int *)arg)
+        return;
     ch->redis = R_IDLE;
     hub_maybe_forget(hub, ch);
 }
 
-/* The connection is gone and every subscription with it; channels without members go. */
-void hub_on_bus_down(struct hub *hub)
+/* A Redis server's connection is gone and every subscription it carried; those channels
+ * without members go. The others are untouched. */
+void hub_on_bus_down(struct hub *hub, int shard)
 {
-    hub_each(hub, unsubscribed, NULL);
+    hub_each(hub, unsubscribed, &shard);
 }
 
 void hub_on_subscribed(struct hub *hub, const char *name, size_t len)

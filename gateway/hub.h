@@ -45,7 +45,7 @@ void hub_client_gone(struct hub *hub, struct client *c);
 
 /* Events from the bus (the Redis subscriber). Names are Herald channel names (no prefix). */
 void hub_on_bus_up(struct hub *hub);
-void hub_on_bus_down(struct hub *hub);
+void hub_on_bus_down(struct hub *hub, int shard);
 void hub_on_subscribed(struct hub *hub, const char *name, size_t len);
 void hub_on_unsubscribed(struct hub *hub, const char *name, size_t len);
 void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload,

@@ -240,8 +240,9 @@ int main(int argc, char **argv)
         warn_about_security(&cfg);
         watch_signals(&lc, &loop);
         start_flushing(&app);
-        log_info("started", "herald %s (%s) listening on %s, Redis %s:%d", HERALD_VERSION,
-                 cfg.instance_id, cfg.listen, cfg.redis.host, cfg.redis.port);
+        log_info("started", "herald %s (%s) listening on %s, Redis %s:%d%s", HERALD_VERSION,
+                 cfg.instance_id, cfg.listen, cfg.redis[0].host, cfg.redis[0].port,
+                 cfg.nredis > 1 ? " and more (channels sharded)" : "");
     } else {
         status = 1;
         retention_free(app.retention);

@@ -133,7 +133,7 @@ class HistoryTestCase(HeraldTestCase):
         if pg:
             argv += ["--database-url", pg.url]
         if redis:
-            argv += ["--redis-url", redis.url]
+            argv += ["--redis-url", redis if isinstance(redis, str) else redis.url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
         if check and r.returncode != 0:

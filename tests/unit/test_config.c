@@ -33,8 +33,8 @@ static void defaults_match_the_contract(void **state)
     assert_int_equal(load(&cfg, 1, argv, err), CONFIG_OK);
     assert_string_equal(cfg.listen, "0.0.0.0:8080");
     assert_int_equal(cfg.listen_port, 8080);
-    assert_string_equal(cfg.redis.host, "127.0.0.1");
-    assert_int_equal(cfg.redis.port, 6379);
+    assert_string_equal(cfg.redis[0].host, "127.0.0.1");
+    assert_int_equal(cfg.redis[0].port, 6379);
     assert_int_equal(cfg.client_queue_bytes, 1 << 20);
     assert_int_equal(cfg.max_frame_bytes, 64 * 1024);
     assert_int_equal(cfg.max_subscriptions, 256);

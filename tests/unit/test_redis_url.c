@@ -46,12 +46,50 @@ static void bad_urls_are_refused(void **state)
     }
 }
 
+static void lists_parse_in_order(void **state)
+{
+    (void)state;
+    struct redis_url u[REDIS_URL_MAX];
+    char err[200];
+    assert_int_equal(redis_url_parse_list("redis://a:7001, redis://:pw@b:7002/2 ,redis://c", u,
+                                          REDIS_URL_MAX, err, 200),
+                     3);
+    assert_string_equal(u[0].host, "a");
+    assert_int_equal(u[0].port, 7001);
+    assert_string_equal(u[1].host, "b");
+    assert_string_equal(u[1].password, "pw");
+    assert_int_equal(u[1].db, 2);
+    assert_string_equal(u[2].host, "c");
+    assert_int_equal(u[2].port, 6379);
+    assert_int_equal(redis_url_parse_list("redis://only", u, REDIS_URL_MAX, err, 200), 1);
+}
+
+static void bad_lists_are_refused(void **state)
+{
+    (void)state;
+    struct redis_url u[2];
+    char err[200];
+    const char *bad[] = {"",
+                         "redis://a,",
+                         ",redis://a",
+                         "redis://a,,redis://b",
+                         "redis://a, http://b",
+                         "redis://a,redis://b,redis://c"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(redis_url_parse_list(bad[i], u, 2, err, 200), -1);
+        assert_true(err[0] != '\0');
+    }
+    redis_url_parse_list("redis://a, http://b", u, 2, err, 200);
+    assert_non_null(strstr(err, "URL 2"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(full_urls_parse),
-        cmocka_unit_test(parts_are_optional),
-        cmocka_unit_test(bad_urls_are_refused),
+        cmocka_unit_test(full_urls_parse),       cmocka_unit_test(parts_are_optional),
+        cmocka_unit_test(bad_urls_are_refused),  cmocka_unit_test(lists_parse_in_order),
+        cmocka_unit_test(bad_lists_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
