@@ -6,8 +6,8 @@
  * (Lamping and Veach, 2014) needs no table and moves only 1/(n+1) of the channels when an
  * (n+1)th server is appended to the list; servers must therefore keep their order in the
  * list, and new ones go at the end. Every publish path of Herald (the gateway, `herald
- * publish`, the benchmark tools) uses this function, and docs/OPERATIONS.md gives it for
- * producers in other languages. */
+ * publish`) uses this function, and docs/OPERATIONS.md gives it for producers in other
+ * languages. */
 #ifndef HERALD_SHARD_H
 #define HERALD_SHARD_H
 
