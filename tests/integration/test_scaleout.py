@@ -304,6 +304,8 @@ class ScaleOutTest(HistoryTestCase):
             self.assertEqual(status, 200)
             seen.add(json.loads(body)["instance"])
         self.assertEqual(seen, {f"herald-{i}" for i in range(INSTANCES)})
+        # /metrics is for the scraper, straight from each instance, not for the public side
+        self.assertEqual((await asyncio.to_thread(n.get, "/metrics"))[0], 403)
 
         # the channel has a history (and so an epoch) before the clients come
         self.publisher = Publisher(
@@ -472,6 +474,37 @@ class ScaleOutTest(HistoryTestCase):
         await self.until(lambda: "upstream_status=503, 101" in n.log_text(),
                          "nginx's access log line of a handshake retried after a 503")
         self.assertEqual(await asyncio.to_thread(h0.wait_exit, DRAIN_SECONDS + 15), 0)
+
+    async def test_a_postgresql_outage_does_not_take_the_instances_out_of_service(self):
+        n = self.nginx
+        self.assertIsNotNone(await asyncio.to_thread(self.pg.stop_fast))
+        # every instance answers /v1 with 503 now (the history is shared: retrying elsewhere
+        # cannot help), and nginx passes the 503 on...
+        answers = []
+
+        def unavailable_six_times():
+            status, _, _ = n.get(f"/v1/channels/{CHANNEL}/messages", timeout=5)
+            answers.append(status)
+            return answers[-2 * INSTANCES:] == [503] * (2 * INSTANCES)
+
+        try:
+            await self.until(unavailable_six_times, "/v1 answering 503 through nginx")
+        except AssertionError as exc:  # 502: nginx counted the 503s as instance failures
+            raise AssertionError(f"{exc}; answers {answers[-12:]}") from None
+        # ...without counting it as an instance failure: all three still get requests and
+        # WebSocket clients (live delivery does not need PostgreSQL)
+        seen = set()
+        for _ in range(3 * INSTANCES):
+            status, _, body = await asyncio.to_thread(n.get, "/healthz")
+            self.assertEqual(status, 200, f"after {answers}")
+            seen.add(json.loads(body)["instance"])
+        self.assertEqual(seen, {f"herald-{i}" for i in range(INSTANCES)})
+        for _ in range(INSTANCES):
+            ws = await self.connect(n.ws_url)
+            await ws.send(json.dumps({"op": "subscribe", "channel": CHANNEL}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+            self.assertEqual(reply.get("op"), "subscribed", reply)
+        self.assertNotIn("no live upstreams", n.log_text())
 
 
 if __name__ == "__main__":
