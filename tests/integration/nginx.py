@@ -53,6 +53,8 @@ class Nginx(_Proc):
         hits = [i for i, line in enumerate(lines) if line.strip() == LISTEN_LINE]
         if len(hits) != 1:
             raise AssertionError(f"{CONFIG} must have exactly one `{LISTEN_LINE}` line")
+        # The only change to the project's file: its port 8080 may be taken (other test runs,
+        # a system nginx), so this copy listens on a free port of 127.0.0.1.
         i = hits[0]
         indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
         lines[i] = f"{indent}listen 127.0.0.1:{self.port};\n"
