@@ -8,6 +8,7 @@ packages=(
   libwebsockets-dev libwebsockets-evlib-uv libuv1-dev libhiredis-dev libjansson-dev
   libpq-dev libcmocka-dev libjwt-dev clang libclang-rt-14-dev postgresql
   redis-server
+  nginx
   python3 python3-websockets
   curl procps util-linux openssl
 )
