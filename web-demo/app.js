@@ -448,9 +448,19 @@ function chatItem(data, cls) {
   return li;
 }
 
+// The chat stays scrolled to the newest message unless the reader scrolled up.
+let chatPinned = true;
+$("chat-log").addEventListener("scroll", () => {
+  const log = $("chat-log");
+  chatPinned = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+}, { passive: true });
+new ResizeObserver(() => {
+  if (chatPinned) $("chat-log").scrollTop = $("chat-log").scrollHeight;
+}).observe($("chat-log"));
+
 function renderChat() {
   const log = $("chat-log");
-  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  const atBottom = chatPinned;
   const items = model.chat.map((m) => {
     const li = chatItem(m.data, m.data.sid === me.sid ? "mine" : "");
     if (m.seq !== null) li.dataset.seq = m.seq;
@@ -464,7 +474,10 @@ function renderChat() {
   }
   if (!items.length) items.push(el("li", "chat-empty", "No messages yet. Open this page in another tab (or on the other gateway) and say hello."));
   log.replaceChildren(...items);
-  if (atBottom || dirty.scroll) log.scrollTop = log.scrollHeight;
+  if (atBottom || dirty.scroll) {
+    log.scrollTop = log.scrollHeight;
+    chatPinned = true;
+  }
   dirty.scroll = false;
 }
 
