@@ -24,7 +24,7 @@ stamp=$dir/node_modules/.herald-lock
 if ! cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null; then
   echo "browser tests: npm ci (playwright-core)"
   # a lock so that two runs at once (plain and ASan suites) do not install over each other
-  exec 9>"$dir/.npm-install.lock"
+  exec 9>/tmp/herald-browser-npm.lock
   flock 9
   if ! cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null; then
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
