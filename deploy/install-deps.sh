@@ -11,6 +11,7 @@ packages=(
   nginx
   python3 python3-websockets
   curl procps util-linux openssl
+  chromium
 )
 
 # Node.js runs the browser client's unit tests; use the machine's node when there is one
