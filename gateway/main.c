@@ -12,12 +12,14 @@
 #include "iplimit.h"
 #include "log.h"
 #include "server.h"
+#include "supervisor.h"
 
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DRAIN_CHECK_MS 50
 
@@ -112,6 +114,8 @@ static void on_signal(uv_signal_t *s, int signum)
     lc->deadline_ms = herald_now_ms(app) + (uint64_t)app->cfg->drain_seconds * 1000;
     log_info("draining", "signal %d: closing %lld connection(s) within %ld s", signum,
              (long long)app->metrics.connections, app->cfg->drain_seconds);
+    if (app->cfg->worker)
+        server_stop_listening(lc->srv); /* the kernel sends new connections to the others */
     server_wake_all(lc->srv);
     uv_timer_start(&lc->drain_timer, on_drain_tick, 0, DRAIN_CHECK_MS);
 }
@@ -186,6 +190,66 @@ static void warn_about_security(const struct herald_config *cfg)
                                  "WebSocket with a user's token");
 }
 
+/* One gateway process: runs until drained or stopped; returns its exit status. */
+static int serve(struct herald_config *cfg)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct herald app = {.cfg = cfg, .loop = &loop, .started_ms = uv_now(&loop)};
+    app.write_buf = malloc(HERALD_WRITE_BATCH);
+    app.hub = hub_new(&app);
+    app.bus = bus_new(&app);
+    app.ips = iplimit_new();
+    if (cfg->database_url[0]) {
+        app.db = db_new(&app);
+        app.retention = retention_new(&app);
+        app.publisher = publisher_new(&app);
+    }
+    struct lifecycle lc = {.app = &app};
+    bool ok = app.write_buf && app.hub && app.bus && app.ips &&
+              ((app.db && app.retention && app.publisher) || !cfg->database_url[0]);
+    lc.srv = ok ? server_start(&app) : NULL;
+    int status = 0;
+    if (lc.srv) {
+        bus_start(app.bus);
+        if (app.db) {
+            db_start(app.db);
+            retention_start(app.retention);
+        } else
+            log_warn("no_history", "HERALD_DATABASE_URL is not set: no sequence numbers, "
+                                   "no resume, no durable publish");
+        hub_start(app.hub);
+        warn_about_security(cfg);
+        watch_signals(&lc, &loop);
+        start_flushing(&app);
+        log_info("started", "herald %s (%s) listening on %s, Redis %s:%d%s", HERALD_VERSION,
+                 cfg->instance_id, cfg->listen, cfg->redis[0].host, cfg->redis[0].port,
+                 cfg->nredis > 1 ? " and more (channels sharded)" : "");
+    } else {
+        /* Nothing has been served yet. An lws context that failed half-way on a foreign
+         * loop (port in use, bad certificate) leaves handles that nobody closes, so the
+         * loop would never end: exit at once (the error is logged). */
+        fflush(NULL);
+        _exit(1);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    /* lws 4.1 on a foreign loop finishes destroying its context only when called again
+     * after its handles have closed */
+    if (app.lws) {
+        lws_context_destroy(app.lws);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    if (app.lws)
+        log_warn("shutdown", "lws context not fully destroyed");
+    hub_free(app.hub);
+    iplimit_free(app.ips);
+    free(app.write_buf);
+    if (uv_loop_close(&loop) != 0)
+        log_warn("shutdown", "event loop closed with handles still open");
+    log_info("stopped", "herald stopped");
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     int handled;
@@ -210,61 +274,5 @@ int main(int argc, char **argv)
         }
     }
     signal(SIGPIPE, SIG_IGN);
-
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct herald app = {.cfg = &cfg, .loop = &loop, .started_ms = uv_now(&loop)};
-    app.write_buf = malloc(HERALD_WRITE_BATCH);
-    app.hub = hub_new(&app);
-    app.bus = bus_new(&app);
-    app.ips = iplimit_new();
-    if (cfg.database_url[0]) {
-        app.db = db_new(&app);
-        app.retention = retention_new(&app);
-        app.publisher = publisher_new(&app);
-    }
-    struct lifecycle lc = {.app = &app};
-    bool ok = app.write_buf && app.hub && app.bus && app.ips &&
-              ((app.db && app.retention && app.publisher) || !cfg.database_url[0]);
-    lc.srv = ok ? server_start(&app) : NULL;
-    int status = 0;
-    if (lc.srv) {
-        bus_start(app.bus);
-        if (app.db) {
-            db_start(app.db);
-            retention_start(app.retention);
-        } else
-            log_warn("no_history", "HERALD_DATABASE_URL is not set: no sequence numbers, "
-                                   "no resume, no durable publish");
-        hub_start(app.hub);
-        warn_about_security(&cfg);
-        watch_signals(&lc, &loop);
-        start_flushing(&app);
-        log_info("started", "herald %s (%s) listening on %s, Redis %s:%d%s", HERALD_VERSION,
-                 cfg.instance_id, cfg.listen, cfg.redis[0].host, cfg.redis[0].port,
-                 cfg.nredis > 1 ? " and more (channels sharded)" : "");
-    } else {
-        status = 1;
-        retention_free(app.retention);
-        publisher_free(app.publisher);
-        db_free(app.db);
-        hub_stop(app.hub);
-        bus_free(app.bus);
-    }
-    uv_run(&loop, UV_RUN_DEFAULT);
-    /* lws 4.1 on a foreign loop finishes destroying its context only when called again
-     * after its handles have closed */
-    if (app.lws) {
-        lws_context_destroy(app.lws);
-        uv_run(&loop, UV_RUN_DEFAULT);
-    }
-    if (app.lws)
-        log_warn("shutdown", "lws context not fully destroyed");
-    hub_free(app.hub);
-    iplimit_free(app.ips);
-    free(app.write_buf);
-    if (uv_loop_close(&loop) != 0)
-        log_warn("shutdown", "event loop closed with handles still open");
-    log_info("stopped", "herald stopped");
-    return status;
+    return cfg.workers > 1 ? supervisor_run(&cfg, serve) : serve(&cfg);
 }

@@ -2,6 +2,7 @@
 #include "client.h"
 #include "herald.h"
 #include "http_api.h"
+#include "listener.h"
 #include "log.h"
 #include "rest.h"
 
@@ -18,6 +19,7 @@ struct server {
     struct lws_context *ctx;
     void *loops[1];
     struct lws_http_mount mounts[5];
+    struct listener *listener; /* workers only: their own SO_REUSEPORT socket */
 };
 
 static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -168,6 +170,13 @@ struct server *server_start(struct herald *app)
     /* No LWS_SERVER_OPTION_VALIDATE_UTF8: lws would close the connection, while Herald
      * answers a bad frame with an error and keeps it open (the JSON parser checks UTF-8). */
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN;
+    /* workers of one supervisor share the port through their own sockets (listener.c); a
+     * lone process lets lws listen, exclusively, so a second instance started on the same
+     * port by mistake fails instead of sharing */
+    if (app->cfg->worker)
+        info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+    /* lws 4.1 otherwise retries a failed bind in the background and looks started */
+    info.options |= LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
     if (strchr(host, '.') || strcmp(host, "0.0.0.0") == 0)
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     info.timeout_secs = 20;
@@ -186,7 +195,23 @@ struct server *server_start(struct herald *app)
         return NULL;
     }
     app->lws = srv->ctx;
+    /* lws 4.1 returns a context even when its vhost failed (the bind, say) */
+    struct lws_vhost *vh = lws_get_vhost_by_name(srv->ctx, "default");
+    if (!vh)
+        log_error("listen_failed", "cannot start the server on %s", app->cfg->listen);
+    if (app->cfg->worker && vh)
+        srv->listener = listener_start(app, vh);
+    if (!vh || (app->cfg->worker && !srv->listener)) {
+        free(srv); /* the caller exits: the half-made context cannot be torn down cleanly */
+        return NULL;
+    }
     return srv;
+}
+
+void server_stop_listening(struct server *srv)
+{
+    listener_stop(srv->listener);
+    srv->listener = NULL;
 }
 
 void server_wake_all(struct server *srv)
@@ -198,6 +223,7 @@ void server_stop(struct server *srv)
 {
     if (!srv)
         return;
+    server_stop_listening(srv);
     lws_context_destroy(srv->ctx);
     free(srv);
 }

@@ -9,6 +9,9 @@ struct server;
 /* Creates the context and starts listening. NULL on failure (logged). */
 struct server *server_start(struct herald *app);
 
+/* Stops accepting connections (a worker that drains lets the others take them). */
+void server_stop_listening(struct server *srv);
+
 /* Asks every connection for a WRITEABLE callback, where draining clients are closed. */
 void server_wake_all(struct server *srv);
 
