@@ -394,12 +394,12 @@ def dockerignore_patterns():
         return [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
 
 
-def dockerignored(rel):
+def dockerignored(rel, patterns=None):
     """Whether .dockerignore leaves `rel` (or a folder above it) out of the build context."""
     rel = rel.strip("/")
     parts = rel.split("/")
     ignored = False
-    for pat in dockerignore_patterns():
+    for pat in dockerignore_patterns() if patterns is None else patterns:
         neg = pat.startswith("!")
         pat = pat.lstrip("!").strip("/")
         for i in range(1, len(parts) + 1):
@@ -693,6 +693,8 @@ def compose_problems(data, base_dir=os.path.dirname(COMPOSE), dockerfile_text=No
                 p.append(f"nginx: {os.path.basename(conf)} includes {inc}, which is not mounted "
                          f"at {dst}")
                 continue
+            if not os.path.exists(mounts[dst]):
+                continue  # reported with the volumes
             with open(mounts[dst]) as f:
                 servers = re.findall(r"^\s*server\s+([^\s;]+)", f.read(), re.M)
             named = set()
