@@ -12,6 +12,7 @@ packages=(
   python3 python3-websockets
   curl procps util-linux openssl
   chromium
+  python3-yaml docker-compose
 )
 
 # Node.js runs the browser client's unit tests; use the machine's node when there is one

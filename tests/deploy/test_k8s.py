@@ -1,0 +1,196 @@
+#!/usr/bin/python3
+"""The Kubernetes manifests under k8s/: every file parses, base and overlays render with
+`kubectl kustomize`, every rendered object checks against the Kubernetes schemas, and the
+objects agree with the gateway (settings, routes, port, drain) and with issue 5's list. The
+self-checks break one thing at a time and require the checker to name it."""
+
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+import urllib.parse
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import deploycheck as dc  # noqa: E402
+
+
+class Manifests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.docs = {o: dc.render(o) for o in ("base",) + dc.OVERLAYS}
+
+    def test_every_file_parses(self):
+        files = list(dc.yaml_files(dc.K8S))
+        self.assertGreaterEqual(len(files), 15)
+        for path in files:
+            with self.subTest(file=os.path.relpath(path, dc.REPO)):
+                docs = dc.load_yaml_all(path)
+                self.assertTrue(docs)
+                for d in docs:
+                    self.assertIsInstance(d, dict)
+                    self.assertIn("kind", d)
+
+    def test_base_renders_everything_the_issue_lists(self):
+        kinds = {d["kind"] for d in self.docs["base"]}
+        for k in ("Deployment", "Service", "Ingress", "HorizontalPodAutoscaler",
+                  "PodDisruptionBudget", "ConfigMap", "NetworkPolicy", "Job"):
+            self.assertIn(k, kinds)
+
+    def test_overlays(self):
+        for overlay in dc.OVERLAYS:
+            with self.subTest(overlay=overlay):
+                self.assertEqual(dc.k8s_problems(self.docs[overlay], overlay), [])
+
+    def test_dev_runs_redis_and_postgres_in_cluster(self):
+        sts = {d["metadata"]["name"] for d in dc.find(self.docs["dev"], "StatefulSet")}
+        self.assertEqual(sts, {"redis", "postgres"})
+
+    def test_secret_example(self):
+        self.assertEqual(dc.secret_example_problems(dc.secret_example(), self.docs["prod"]), [])
+
+    def test_dev_secret_values_are_not_secrets(self):
+        """The dev overlay's generated Secret holds only marked development values."""
+        for s in dc.find(self.docs["dev"], "Secret"):
+            vals = dc.secret_values(self.docs["dev"], s["metadata"]["name"], "dev")
+            for k, v in vals.items():
+                with self.subTest(key=k):
+                    u = urllib.parse.urlparse(v)
+                    secret = u.password if u.scheme else v
+                    self.assertTrue(not secret or "dev-only-not-secret" in secret, v)
+
+    # ---- self-checks: each break must be reported --------------------------------------------
+
+    def expect(self, overlay, kind, name, fn, needle):
+        docs = dc.mutate(self.docs[overlay], kind, name, fn)
+        problems = dc.k8s_problems(docs, overlay)
+        self.assertTrue(any(needle in p for p in problems),
+                        f"expected a problem containing {needle!r}, got {problems}")
+
+    @staticmethod
+    def container(d):
+        return d["spec"]["template"]["spec"]["containers"][0]
+
+    def test_rejects_broken_deployments(self):
+        c = self.container
+        cases = [
+            ("readiness path", lambda d: c(d)["readinessProbe"]["httpGet"].update(path="/ready"),
+             "readinessProbe asks /ready"),
+            ("liveness path", lambda d: c(d)["livenessProbe"]["httpGet"].update(path="/livez"),
+             "path /livez is not a gateway route"),
+            ("probe port", lambda d: c(d)["readinessProbe"]["httpGet"].update(port=9090),
+             "readinessProbe port 9090"),
+            ("no startup probe", lambda d: c(d).pop("startupProbe"), "startupProbe: missing"),
+            ("container port", lambda d: c(d)["ports"][0].update(containerPort=8081),
+             "container ports [8081] differ"),
+            ("unknown field", lambda d: c(d).update(readinessProbes={}),
+             "readinessProbes: unknown field"),
+            ("misplaced field", lambda d: d["spec"].update(terminationGracePeriodSeconds=40),
+             "spec.terminationGracePeriodSeconds: unknown field"),
+            ("wrong type", lambda d: d["spec"].update(replicas="3"), "must be integer"),
+            ("missing required", lambda d: c(d).pop("name"), "required property"),
+            ("two replicas", lambda d: d["spec"].update(replicas=2), "replicas 2 < 3"),
+            ("maxUnavailable", lambda d: d["spec"]["strategy"]["rollingUpdate"].update(
+                maxUnavailable=1), "maxUnavailable: 0"),
+            ("unknown variable", lambda d: c(d)["env"].append({"name": "HERALD_LISTN",
+                                                               "value": "x"}),
+             "HERALD_LISTN is not a herald setting"),
+            ("short grace", lambda d: d["spec"]["template"]["spec"].update(
+                terminationGracePeriodSeconds=20), "terminationGracePeriodSeconds 20"),
+            ("no preStop", lambda d: c(d).pop("lifecycle"), "no preStop pause"),
+            ("root", lambda d: d["spec"]["template"]["spec"]["securityContext"].pop(
+                "runAsNonRoot"), "runAsNonRoot is not set"),
+            ("writable root", lambda d: c(d)["securityContext"].update(
+                readOnlyRootFilesystem=False), "readOnlyRootFilesystem"),
+            ("no limits", lambda d: c(d)["resources"].pop("limits"), "resources.limits.cpu"),
+            ("no spread", lambda d: d["spec"]["template"]["spec"].pop(
+                "topologySpreadConstraints"), "topologySpreadConstraints"),
+            ("missing secret key", lambda d: c(d)["env"][1]["valueFrom"]["secretKeyRef"].update(
+                key="NOPE"), "has no key NOPE"),
+            ("apiVersion", lambda d: d.update(apiVersion="apps/v2"), "unknown apiVersion/kind"),
+        ]
+        for what, fn, needle in cases:
+            with self.subTest(what):
+                self.expect("prod", "Deployment", "herald", fn, needle)
+
+    def test_rejects_broken_neighbours(self):
+        cm = "herald-config"
+        cases = [
+            ("ConfigMap", cm, lambda d: d["data"].update(HERALD_WORKER="2"),
+             "HERALD_WORKER is not a herald setting"),
+            ("ConfigMap", cm, lambda d: d["data"].update(HERALD_LISTEN="0.0.0.0:9090"),
+             "differ from the HERALD_LISTEN port 9090"),
+            ("ConfigMap", cm, lambda d: d["data"].update(HERALD_DRAIN_SECONDS="45"),
+             "HERALD_DRAIN_SECONDS 45"),
+            ("Service", "herald", lambda d: d["spec"]["ports"][0].update(targetPort=9999),
+             "targetPort 9999"),
+            ("Service", "herald", lambda d: d["spec"].update(selector={"app": "other"}),
+             "no Service selects"),
+            ("Ingress", "herald", lambda d: d["metadata"]["annotations"].update(
+                {"nginx.ingress.kubernetes.io/proxy-read-timeout": "60"}),
+             "proxy-read-timeout is 60"),
+            ("Ingress", "herald", lambda d: d["spec"]["rules"][0]["http"]["paths"][0][
+                "backend"]["service"].update(name="nobody"), "backend nobody is not a Service"),
+            ("HorizontalPodAutoscaler", "herald", lambda d: d["spec"].update(minReplicas=1),
+             "HPA minReplicas < 3"),
+            ("HorizontalPodAutoscaler", "herald", lambda d: d["spec"]["scaleTargetRef"].update(
+                name="other"), "not the gateway Deployment"),
+            ("PodDisruptionBudget", "herald", lambda d: d["spec"]["selector"].update(
+                matchLabels={"app": "other"}), "no PodDisruptionBudget"),
+            ("NetworkPolicy", "herald", lambda d: d["spec"]["egress"].pop(1),
+             "egress does not allow port 6379"),
+            ("NetworkPolicy", "herald", lambda d: d["spec"]["ingress"][0]["ports"][0].update(
+                port=9090), "does not admit port 8080"),
+            ("Job", "herald-migrate", lambda d: self.container(d).update(args=["serve"]),
+             "does not run `herald migrate`"),
+            ("Job", "herald-migrate", lambda d: self.container(d).update(image="other:1"),
+             "differs from the gateway's"),
+        ]
+        for kind, name, fn, needle in cases:
+            with self.subTest(f"{kind} {needle}"):
+                self.expect("prod", kind, name, fn, needle)
+
+    def test_rejects_in_cluster_data_in_prod_and_missing_data_in_dev(self):
+        sts = dc.find(self.docs["dev"], "StatefulSet", "redis")[0]
+        problems = dc.k8s_problems(self.docs["prod"] + [sts], "prod")
+        self.assertTrue(any(p.startswith("prod: runs StatefulSets ['redis']") for p in problems),
+                        problems)
+        dev = [d for d in self.docs["dev"]
+               if not (d["kind"] == "StatefulSet" and d["metadata"]["name"] == "postgres")]
+        self.assertTrue(any("HERALD_DATABASE_URL host postgres is not an in-cluster" in p
+                            for p in dc.k8s_problems(dev, "dev")))
+
+    def test_rejects_a_real_looking_secret_example(self):
+        ex = dc.secret_example()
+        ex["stringData"]["HERALD_JWT_SECRET"] = "s3cr3t-from-prod"
+        del ex["stringData"]["HERALD_API_KEY"]
+        problems = dc.secret_example_problems(ex, self.docs["prod"])
+        self.assertIn("secret.example.yaml: HERALD_JWT_SECRET is not a CHANGE-ME placeholder",
+                      problems)
+        self.assertTrue(any("lacks HERALD_API_KEY" in p for p in problems), problems)
+
+    def test_rejects_a_kustomization_that_does_not_render(self):
+        tmp = tempfile.mkdtemp(prefix="herald-k8s-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        shutil.copytree(dc.K8S, os.path.join(tmp, "k8s"))
+        path = os.path.join(tmp, "k8s", "base", "kustomization.yaml")
+        with open(path) as f:
+            k = yaml.safe_load(f)
+        k["resources"].append("missing.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(k, f)
+        with self.assertRaisesRegex(dc.CheckError, "missing.yaml"):
+            dc.kustomize(os.path.join(tmp, "k8s", "overlays", "prod"))
+
+    def test_rejects_yaml_that_does_not_parse(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write("apiVersion: v1\nkind: ConfigMap\n data:\n  a: b\n")
+            f.flush()
+            with self.assertRaises(yaml.YAMLError):
+                dc.load_yaml_all(f.name)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
