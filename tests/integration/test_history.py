@@ -213,20 +213,29 @@ class GroupCommitTest(HistoryTestCase):
         return (self.h.metric("herald_publish_batches_total"),
                 self.h.metric("herald_durable_publishes_total"))
 
-    async def test_publishes_waiting_for_a_commit_leave_in_one_batch(self):
-        ws = await self.connect(self.h)
-        await subscribe(ws, "g")
-        batches0, stored0 = self.counters()
+    async def publish_behind_a_lock(self, queued):
+        """Publishes {"n":0} while the channel row is locked, so that it waits in
+        PostgreSQL; then the bodies in `queued`, which must wait in the gateway's queue;
+        then releases the lock. Returns the counters before, and the two lists of
+        (status, body) answers."""
+        before = self.counters()
         release = self.hold_lock("g")
         first, r1 = self.post_all([{"n": 0}])
-        # the first publish is in flight (blocked on the lock); the next ones must queue
         await asyncio.to_thread(self.h.wait_metric, "herald_publish_batches_total",
-                                lambda v: v == batches0 + 1)
-        rest, r2 = self.post_all([{"n": i} for i in range(1, 10)])
-        await asyncio.to_thread(self.h.wait_metric, "herald_publish_queued", lambda v: v == 9)
+                                lambda v: v == before[0] + 1)
+        rest, r2 = self.post_all(queued)
+        await asyncio.to_thread(self.h.wait_metric, "herald_publish_queued",
+                                lambda v: v == len(queued))
         release()
         for t in first + rest:
             t.join(30)
+        return before, r1, r2
+
+    async def test_publishes_waiting_for_a_commit_leave_in_one_batch(self):
+        ws = await self.connect(self.h)
+        await subscribe(ws, "g")
+        (batches0, stored0), r1, r2 = await self.publish_behind_a_lock(
+            [{"n": i} for i in range(1, 10)])
         results = r1 + r2
         self.assertEqual([s for s, _ in results], [201] * 10, results)
         self.assertEqual(r1[0][1]["seq"], 2)
@@ -243,16 +252,8 @@ class GroupCommitTest(HistoryTestCase):
                        FOR EACH ROW EXECUTE FUNCTION poison();""")
         ws = await self.connect(self.h)
         await subscribe(ws, "g")
-        batches0, stored0 = self.counters()
-        release = self.hold_lock("g")
-        first, r1 = self.post_all([{"n": 0}])
-        await asyncio.to_thread(self.h.wait_metric, "herald_publish_batches_total",
-                                lambda v: v == batches0 + 1)
-        rest, r2 = self.post_all([{"n": 1}, {"n": 2}, {"poison": 1}, {"n": 3}])
-        await asyncio.to_thread(self.h.wait_metric, "herald_publish_queued", lambda v: v == 4)
-        release()
-        for t in first + rest:
-            t.join(30)
+        (batches0, stored0), r1, r2 = await self.publish_behind_a_lock(
+            [{"n": 1}, {"n": 2}, {"poison": 1}, {"n": 3}])
         self.assertEqual(r1[0], (201, {"channel": "g", "seq": 2, "epoch": r1[0][1]["epoch"]}))
         self.assertEqual(r2[2][0], 503, r2)  # the poisoned one, and only it
         self.assertEqual([r2[i][0] for i in (0, 1, 3)], [201] * 3, r2)
