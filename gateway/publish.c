@@ -37,6 +37,7 @@ struct publisher {
     size_t queued;
     unsigned inflight;
     unsigned max_inflight;
+    bool closing; /* freed when the last batch in flight ends */
     uint64_t batches, messages;
 };
 
@@ -65,8 +66,13 @@ void publisher_free(struct publisher *p)
 {
     if (!p)
         return;
-    fail_items(p->head, "shutting down");
-    free(p);
+    struct item *queued = p->head;
+    p->head = p->tail = NULL;
+    p->queued = 0;
+    fail_items(queued, "shutting down");
+    p->closing = true;
+    if (p->inflight == 0)
+        free(p);
 }
 
 uint64_t publisher_batches(const struct publisher *p)
@@ -149,6 +155,13 @@ static void batch_done(void *arg, const PGresult *r, const char *err)
     struct batch *b = arg;
     struct publisher *p = b->p;
     p->inflight--;
+    if (p->closing) {
+        fail_items(b->items, err ? err : "shutting down");
+        free(b);
+        if (p->inflight == 0)
+            free(p);
+        return;
+    }
     if (!err && (size_t)PQntuples(r) != b->n)
         err = "publish returned an unexpected number of rows";
     if (err && r && b->n > 1 && PQresultStatus(r) == PGRES_FATAL_ERROR) {

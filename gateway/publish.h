@@ -21,7 +21,8 @@ typedef void (*publish_cb)(void *arg, uint64_t seq, const char *epoch, bool dupl
                            const char *err);
 
 struct publisher *publisher_new(struct herald *app);
-/* Fails what is still queued ("shutting down"); batches in flight end with the db. */
+/* Fails what is still queued ("shutting down"); the batches in flight fail when the db
+ * ends them (db_free), and the publisher is freed after the last one. */
 void publisher_free(struct publisher *p);
 
 /* Queues a publish of data (JSON text) on channel; key may be NULL. cb is called exactly
