@@ -17,6 +17,8 @@ packages=(
 
 # Node.js runs the browser client's unit tests; use the machine's node when there is one
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
+# npm installs the browser and manifest test tools (Debian packages it apart from nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
