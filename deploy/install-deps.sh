@@ -10,6 +10,7 @@ packages=(
   redis-server
   python3 python3-websockets
   curl procps util-linux openssl
+  nginx libnginx-mod-nchan
 )
 
 # Node.js runs the browser client's unit tests; use the machine's node when there is one
