@@ -5,6 +5,7 @@
  * replies in one go (pipelining), so one thread sustains far more than the gateway can fan out.
  * In Nchan mode the same pacing POSTs each message over a few keep-alive HTTP connections
  * (pipelined the same way: every tick writes the due requests, then reads their responses).
+ * A channel always uses the same connection, so its messages reach the server in order.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -296,7 +297,8 @@ static void publish_loop_http(struct publisher *p, struct http_conn *hc, char **
         uint64_t limit = sent + (uint64_t)HTTP_MAX_BATCH * p->http_conns;
         due = due < limit ? due : limit;
         for (; sent < due; sent++)
-            if (http_append(p, &hc[sent % p->http_conns], names, body, cap, sent) != 0)
+            if (http_append(p, &hc[sent % p->channels % p->http_conns], names, body, cap, sent) !=
+                0)
                 goto out;
         for (uint32_t i = 0; i < p->http_conns; i++)
             if (hc[i].out_len && http_write_all(&hc[i]) != 0) {

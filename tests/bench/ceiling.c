@@ -234,7 +234,7 @@ static int conn_queue(uint32_t id, const void *data, size_t len)
 {
     struct conn *c = &S.conns[id];
     if (c->out_len + len > c->out_cap) {
-        size_t cap = c->out_cap ? c->out_cap : 4096;
+        size_t cap = c->out_cap ? c->out_cap : 2048;
         while (cap < c->out_len + len)
             cap *= 2;
         if (cap > S.max_pending)
@@ -319,13 +319,10 @@ static void conn_flush(uint32_t id)
     if ((uint32_t)n < c->out_len) {
         memmove(c->out, c->out + n, c->out_len - (size_t)n);
         c->out_len -= (uint32_t)n;
-    } else {
-        c->out_len = 0;
-        if (c->out_cap > 65536) { /* a burst grew it: give the memory back */
-            free(c->out);
-            c->out = NULL;
-            c->out_cap = 0;
-        }
+    } else { /* all sent: an idle connection keeps no buffer */
+        free(c->out);
+        c->out = NULL;
+        c->out_len = c->out_cap = 0;
     }
     int want = c->out_len > 0;
     if (want != c->want_out) {
