@@ -54,8 +54,8 @@ SERVERS=${SERVERS:-"herald nchan ceiling"}
 SCENARIOS=${SCENARIOS:-"s1 s2 s3 s4 s5 s6"}
 S1_CONNS=${S1_CONNS:-1000}
 S2_CONNS=${S2_CONNS:-5000}
-S1_RATES=${S1_RATES:-"200 500 1000 1500 2000 3000 4000 5000 6000 8000 10000"}
-S2_RATES=${S2_RATES:-"100 200 300 400 600 800 1000 1300 1600 2000"}
+S1_RATES=${S1_RATES:-"50 100 200 500 1000 1500 2000 3000 4000 5000 6000 8000"}
+S2_RATES=${S2_RATES:-"20 50 100 200 300 400 600 800 1000 1300 1600"}
 STEP_SECONDS=${STEP_SECONDS:-6}
 WARMUP=${WARMUP:-2}
 S3_CONNS=${S3_CONNS:-10000}
@@ -194,8 +194,8 @@ jiffies() { # jiffies PID...: user+system CPU ticks of those processes (0 for go
         [[ -n $p ]] && cat "/proc/$p/stat" 2>/dev/null
     done | awk '{ split($0, a, ") "); split(a[2], f, " "); s += f[12] + f[13] } END { print s + 0 }'
 }
-cpu_busy() { # busy and total jiffies of the whole machine
-    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+cpu_busy() { # jiffies of the whole machine: in tasks (user+nice+system), total, irq+softirq, steal
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $2 + $3 + $4, t, $7 + $8, $9 }' /proc/stat
 }
 
 # run_case SCENARIO SERVER NAME CONNS BENCH-ARGS...: a fresh SERVER, one herald-bench run on
@@ -212,15 +212,15 @@ run_case() {
         FAILED=1
         return 1
     fi
-    local s0 r0 b0 t0 w0 s1 r1 b1 t1 w1
+    local s0 r0 b0 t0 i0 x0 w0 s1 r1 b1 t1 i1 x1 w1
     s0=$(jiffies "$MEASURE_PID") r0=$(jiffies "$REDIS_PID")
-    read -r b0 t0 < <(cpu_busy)
+    read -r b0 t0 i0 x0 < <(cpu_busy)
     w0=$(date +%s.%N)
     timeout --kill-after=5 300 taskset -c 1 "$BENCH" "${BENCH_TARGET[@]}" --gateway-pid "$MEASURE_PID" \
         --connections "$conns" --json "$@" >"$f.tmp" 2>"$OUT/runs/$name.err" || rc=$?
     w1=$(date +%s.%N)
     s1=$(jiffies "$MEASURE_PID") r1=$(jiffies "$REDIS_PID")
-    read -r b1 t1 < <(cpu_busy)
+    read -r b1 t1 i1 x1 < <(cpu_busy)
     stop_server
     if [[ ! -s $f.tmp ]]; then
         echo "   $name: no report (exit $rc): $(head -c 300 "$OUT/runs/$name.err")" >&2
@@ -230,9 +230,10 @@ run_case() {
         return 1
     fi
     /usr/bin/python3 - "$f.tmp" "$f" "$scen" "$kind" "$name" "$rc" "$load" "$w0" "$w1" "$s0" "$s1" \
-        "$r0" "$r1" "$b0" "$t0" "$b1" "$t1" "$(getconf CLK_TCK)" <<'PY'
+        "$r0" "$r1" "$b0" "$t0" "$b1" "$t1" "$(getconf CLK_TCK)" "$i0" "$i1" "$x0" "$x1" <<'PY'
 import json, sys
-src, dst, scen, kind, name, rc, load, w0, w1, s0, s1, r0, r1, b0, t0, b1, t1, hz = sys.argv[1:]
+(src, dst, scen, kind, name, rc, load, w0, w1, s0, s1, r0, r1, b0, t0, b1, t1, hz, i0, i1, x0,
+ x1) = sys.argv[1:]
 r = json.load(open(src))
 wall = float(w1) - float(w0)
 hz = float(hz)
@@ -244,8 +245,11 @@ r = {"scenario": scen, "server": kind, "name": name, "exit": int(rc),
      "wall_s": round(wall, 2),
      "server_cpu_s": round((float(s1) - float(s0)) / hz, 2),
      "redis_cpu_s": round((float(r1) - float(r0)) / hz, 2),
+     # both cores: time in processes, in interrupts (loopback TCP is mostly softirq), stolen
      "machine_busy_pct": round(100 * busy / total, 1),
-     # busy time of processes this suite did not start (other work on the machine)
+     "machine_softirq_pct": round(100 * (int(i1) - int(i0)) / total, 1),
+     "machine_steal_pct": round(100 * (int(x1) - int(x0)) / total, 1),
+     # process time of what this suite did not start (other work on the machine), % of both cores
      "foreign_busy_pct": round(max(0.0, 100 * (busy - ours) / total), 1)}
 json.dump(r, open(dst, "w"))
 PY
