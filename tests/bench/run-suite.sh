@@ -176,7 +176,7 @@ start_server() {
         local user="" # as root, the worker drops to nobody (it only needs the sockets)
         ((EUID == 0)) && user="user nobody nogroup;"
         sed -e "s#@NCHAN_MODULE@#$NCHAN_MODULE#; s#@USER_LINE@#$user#; s#@PREFIX@#$NGINX_DIR#g" \
-            -e "s#@NOFILE@#$(ulimit -n)#; s#@WORKER_CONNECTIONS@#$(($(ulimit -n) - 100))#" \
+            -e "s#@NOFILE@#$(ulimit -n)#; s#@WORKER_CONNECTIONS@#$((2 * $(ulimit -n)))#" \
             -e "s#@SHM@#256m#; s#@PORT@#$SPORT#" "$NCHAN_CONF" >"$NGINX_DIR/nginx.conf"
         taskset -c 0 nginx -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf" >>"$OUT/nginx.log" 2>&1 &
         SERVER_PID=$!

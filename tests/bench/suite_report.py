@@ -45,6 +45,13 @@ def get(r, *path, default=None):
     return r
 
 
+def per_cpu_s(r):
+    """Deliveries per second of server CPU: what one full core would do at this batching."""
+    cpu = get(r, "gateway", "cpu_pct")
+    dps = r.get("delivered_per_s")
+    return dps / (cpu / 100.0) if cpu and cpu > 0 and dps else None
+
+
 def held(r, p99_limit, min_delivered):
     try:
         return (r.get("ok") is True and r["latency_ms"]["p99"] <= p99_limit and
@@ -63,19 +70,20 @@ def stepped(runs, scen, p99_limit, min_delivered, md, summary):
     md.append(f"\n### {scen.upper()}: {conns:,} connections on one channel, 100-byte payloads, "
               "publish rate stepped\n")
     md.append("| publish msg/s | server | expected deliveries/s | delivered/s | p50 ms | p99 ms | "
-              "p99.9 ms | server CPU % | bench receiver CPU % | publisher CPU % | msgs/read | "
-              "load 1/5/15 before | other work % of machine | verified | held |")
-    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "p99.9 ms | server CPU % | deliveries per server CPU-second | bench receiver CPU % | "
+              "publisher CPU % | msgs/read | load 1/5/15 before | other work % of machine | verified | held |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     best = {}
     p99_at = {}
     for r in rows:
         h = held(r, p99_limit, min_delivered)
         s = r.get("server")
         rate = r.get("target_rate")
-        md.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        md.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             num(rate), s, num(r.get("expected_delivered_per_s")), num(r.get("delivered_per_s")),
             num(get(r, "latency_ms", "p50"), "{:.2f}"), num(get(r, "latency_ms", "p99"), "{:.2f}"),
             num(get(r, "latency_ms", "p999"), "{:.2f}"), num(get(r, "gateway", "cpu_pct"), "{:.0f}"),
+            num(per_cpu_s(r)),
             num(get(r, "bench_cpu", "receiver_pct"), "{:.0f}"),
             num(get(r, "bench_cpu", "publisher_pct"), "{:.0f}"),
             num(r.get("messages_per_read"), "{:.1f}"),
@@ -93,8 +101,8 @@ def stepped(runs, scen, p99_limit, min_delivered, md, summary):
         last[r.get("server")] = r
     md.append("")
     md.append("| server | highest sustained deliveries/s | at msg/s | p99 ms there | bench receiver CPU % "
-              "there | stopped by |")
-    md.append("|---|---|---|---|---|---|")
+              "there | stopped by | most deliveries per server CPU-second (steps that held) |")
+    md.append("|---|---|---|---|---|---|---|")
     res = {}
     for s in SERVERS:
         if s not in last:
@@ -109,23 +117,32 @@ def stepped(runs, scen, p99_limit, min_delivered, md, summary):
                        "" if stop.get("ok") is True else ", delivery errors"))
         rx = get(b, "bench_cpu", "receiver_pct") if b else None
         note = " (load generator near its limit)" if rx and rx >= BENCH_BOUND_PCT else ""
-        md.append("| {} | {} | {} | {} | {}{} | {} |".format(
+        eff = max((per_cpu_s(r) or 0 for r in rows
+                   if r.get("server") == s and held(r, p99_limit, min_delivered)), default=None)
+        md.append("| {} | {} | {} | {} | {}{} | {} | {} |".format(
             s, num(b and b["delivered_per_s"]), num(b and b.get("target_rate")),
-            num(b and get(b, "latency_ms", "p99"), "{:.2f}"), num(rx, "{:.0f}"), note, stopped))
-        res[s] = {"max_sustained_per_s": b and b["delivered_per_s"],
+            num(b and get(b, "latency_ms", "p99"), "{:.2f}"), num(rx, "{:.0f}"), note, stopped,
+            num(eff or None)))
+        res[s] = {"max_sustained_per_s": b and b["delivered_per_s"], "max_per_cpu_s": eff or None,
                   "at_rate": b and b.get("target_rate"), "p99_ms": b and get(b, "latency_ms", "p99"),
                   "bench_receiver_pct": rx, "stopped_by": stopped}
     hb = get(res, "herald", "max_sustained_per_s")
+    he = get(res, "herald", "max_per_cpu_s")
     ratios = {"herald_over_nchan": ratio(hb, get(res, "nchan", "max_sustained_per_s")),
-              "herald_over_ceiling": ratio(hb, get(res, "ceiling", "max_sustained_per_s"))}
+              "herald_over_ceiling": ratio(hb, get(res, "ceiling", "max_sustained_per_s")),
+              "per_cpu_s_herald_over_nchan": ratio(he, get(res, "nchan", "max_per_cpu_s")),
+              "per_cpu_s_herald_over_ceiling": ratio(he, get(res, "ceiling", "max_per_cpu_s"))}
     p99r = {str(rate): ratio(v.get("herald"), v.get("ceiling")) for rate, v in sorted(p99_at.items())
             if v.get("herald") and v.get("ceiling")}
     worst = max((x for x in p99r.values() if x is not None), default=None)
     md.append("")
-    md.append("Herald/Nchan {}x, Herald/ceiling {}x (highest sustained deliveries/s). "
+    md.append("Herald/Nchan {}x, Herald/ceiling {}x (highest sustained deliveries/s); per server "
+              "CPU-second: Herald/Nchan {}x, Herald/ceiling {}x. "
               "Herald's p99 over the ceiling's at the same rate (both held): {}.".format(
                   num(ratios["herald_over_nchan"], "{:.2f}"),
                   num(ratios["herald_over_ceiling"], "{:.2f}"),
+                  num(ratios["per_cpu_s_herald_over_nchan"], "{:.2f}"),
+                  num(ratios["per_cpu_s_herald_over_ceiling"], "{:.2f}"),
                   ", ".join(f"{int(float(k)):,}: {num(v, '{:.2f}')}x" for k, v in p99r.items()) or "-"))
     summary[scen] = {"servers": res, "ratios": ratios, "p99_herald_over_ceiling": p99r,
                      "p99_herald_over_ceiling_worst": worst}
