@@ -10,7 +10,8 @@
  *     SUBSCRIBE per channel with subscribers;
  *   - each Redis message is wrapped once, {"op":"message","channel":C,"data":<payload>}, as one
  *     prebuilt WebSocket frame, appended to the pending buffer of each subscriber;
- *   - after every loop turn, all pending bytes of a socket leave in one write().
+ *   - after every loop turn, all pending bytes of a socket leave in one write(); a connection
+ *     keeps its output buffer while it is busy, idle ones give it back once a second.
  * No JSON validation, no auth, no limits, no history: whatever Herald does beyond this is its
  * own cost. A socket whose pending output passes --max-pending is dropped (a slow consumer).
  *
@@ -34,6 +35,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_EVENTS     1024
@@ -124,6 +126,7 @@ struct conn {
     uint8_t dirty;    /* on the dirty list: flush after this loop turn */
     uint8_t want_out; /* EPOLLOUT registered: the socket was full */
     uint8_t waiting;  /* subscribed, waiting for Redis to confirm */
+    uint8_t busy;     /* queued output since the last sweep_idle */
     int32_t chan;     /* channel index, -1 if none */
     uint32_t slot;    /* index in that channel's subscriber array */
     uint8_t *in;
@@ -247,6 +250,7 @@ static int conn_queue(uint32_t id, const void *data, size_t len)
     }
     memcpy(c->out + c->out_len, data, len);
     c->out_len += (uint32_t)len;
+    c->busy = 1;
     if (!c->dirty) {
         c->dirty = 1;
         S.dirty[S.ndirty++] = id;
@@ -319,16 +323,29 @@ static void conn_flush(uint32_t id)
     if ((uint32_t)n < c->out_len) {
         memmove(c->out, c->out + n, c->out_len - (size_t)n);
         c->out_len -= (uint32_t)n;
-    } else { /* all sent: an idle connection keeps no buffer */
-        free(c->out);
-        c->out = NULL;
-        c->out_len = c->out_cap = 0;
+    } else {
+        c->out_len = 0; /* the buffer stays while the connection is busy: see sweep_idle */
     }
     int want = c->out_len > 0;
     if (want != c->want_out) {
         struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0), .data.u32 = id};
         epoll_ctl(S.epfd, EPOLL_CTL_MOD, c->fd, &ev);
         c->want_out = (uint8_t)want;
+    }
+}
+
+/* Once a second: free the output buffer of every connection that queued nothing since the
+ * last sweep, so idle connections hold no buffer and busy ones do not malloc per write. */
+static void sweep_idle(void)
+{
+    for (uint32_t id = 0; id < S.nconns; id++) {
+        struct conn *c = &S.conns[id];
+        if (c->out && c->out_len == 0 && !c->busy) {
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+        c->busy = 0;
     }
 }
 
@@ -656,18 +673,26 @@ static int on_redis(uint32_t events)
         redis_send("", 0);
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
         return 0;
-    static char buf[256 * 1024];
-    ssize_t n = read(S.rfd, buf, sizeof(buf));
-    if (n == 0 || (n < 0 && errno != EAGAIN)) {
-        fprintf(stderr, "bench-ceiling: lost the Redis connection\n");
-        return -1;
-    }
-    if (n < 0 || redisReaderFeed(S.reader, buf, (size_t)n) != REDIS_OK)
-        return n < 0 ? 0 : -1;
-    void *reply;
-    while (redisReaderGetReply(S.reader, &reply) == REDIS_OK && reply) {
-        on_redis_reply(reply);
-        freeReplyObject(reply);
+    /* 16 KiB at a time, parsed before the next read: hiredis' reader moves its unparsed rest
+     * to the front of its buffer as it goes, so one huge feed would cost quadratic copying */
+    static char buf[16 * 1024];
+    for (int round = 0; round < 16; round++) {
+        ssize_t n = read(S.rfd, buf, sizeof(buf));
+        if (n < 0 && errno == EAGAIN)
+            return 0;
+        if (n <= 0) {
+            fprintf(stderr, "bench-ceiling: lost the Redis connection\n");
+            return -1;
+        }
+        if (redisReaderFeed(S.reader, buf, (size_t)n) != REDIS_OK)
+            return -1;
+        void *reply;
+        while (redisReaderGetReply(S.reader, &reply) == REDIS_OK && reply) {
+            on_redis_reply(reply);
+            freeReplyObject(reply);
+        }
+        if ((size_t)n < sizeof(buf))
+            return 0;
     }
     return 0;
 }
@@ -760,6 +785,7 @@ int main(int argc, char **argv)
     if (setup(listen_at, redis_at) != 0)
         return 1;
     struct epoll_event ev[MAX_EVENTS];
+    uint64_t last_sweep = (uint64_t)time(NULL);
     while (!g_stop) {
         int n = epoll_wait(S.epfd, ev, MAX_EVENTS, 1000);
         if (n < 0 && errno != EINTR)
@@ -776,6 +802,11 @@ int main(int argc, char **argv)
             }
         }
         flush_dirty();
+        uint64_t now = (uint64_t)time(NULL);
+        if (now != last_sweep) {
+            sweep_idle();
+            last_sweep = now;
+        }
     }
     fprintf(stderr, "bench-ceiling: %llu messages, %llu deliveries, %llu writes, %llu dropped\n",
             (unsigned long long)S.messages, (unsigned long long)S.deliveries,
