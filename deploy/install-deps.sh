@@ -13,6 +13,7 @@ packages=(
   curl procps util-linux openssl
   chromium
   python3-yaml docker-compose
+  libnginx-mod-nchan
 )
 
 # Node.js runs the browser client's unit tests; use the machine's node when there is one

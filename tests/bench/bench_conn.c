@@ -205,7 +205,32 @@ static void on_connected(struct bench *b, struct conn *c)
     }
     c->state = CS_HANDSHAKE;
     watch_out(b, c, 0);
+    if (b->opt.nchan_pub) { /* Nchan: the channel is the end of the subscriber URL */
+        struct ws_url u = b->opt.url;
+        char req[sizeof(b->handshake)];
+        int n =
+            snprintf(u.path, sizeof(u.path), "%s%s%u", b->opt.url.path, b->opt.prefix, c->channel);
+        n = n > 0 && (size_t)n < sizeof(u.path)
+                ? ws_handshake_request(&u, b->opt.protocol, req, sizeof(req))
+                : -1;
+        if (n <= 0) {
+            note_error(b, "subscriber URL too long");
+            conn_end(b, c, CLOSE_ERROR);
+            return;
+        }
+        send_bytes(b, c, req, (size_t)n);
+        return;
+    }
     send_bytes(b, c, b->handshake, b->handshake_len);
+}
+
+/* The connection is subscribed: count it. */
+static void mark_ready(struct bench *b, struct conn *c)
+{
+    c->state = CS_READY;
+    c->was_ready = 1;
+    b->in_progress--;
+    b->subscribed++;
 }
 
 /* Send {"op":"subscribe","channel":"<prefix><k>"}. */
@@ -304,7 +329,10 @@ static void consume(struct bench *b, struct conn *c, const uint8_t *buf, size_t 
         }
         off = (size_t)h;
         c->state = CS_SUBSCRIBING;
-        send_subscribe(b, c);
+        if (b->opt.nchan_pub)
+            mark_ready(b, c); /* Nchan subscribes by the upgrade itself */
+        else
+            send_subscribe(b, c);
     }
     while (off < len && c->state != CS_CLOSED) {
         struct ws_frame f;
@@ -453,6 +481,17 @@ static void on_message(struct bench *b, struct conn *c, const uint8_t *msg, size
                        uint64_t now)
 {
     const char *s = (const char *)msg, *end = s + len;
+    if (b->opt.nchan_pub) { /* Nchan delivers the published body as it is */
+        uint64_t t, n;
+        if (parse_u64(find_value(s, end, "\"t\""), end, &t) != 0 ||
+            parse_u64(find_value(s, end, "\"n\""), end, &n) != 0) {
+            b->unparsable++;
+            note_error(b, "unexpected frame: %.*s", (int)(len < 100 ? len : 100), s);
+            return;
+        }
+        verify(b, c, n, t, now);
+        return;
+    }
     const char *op = find_value(s, end, "\"op\"");
     if (value_is(op, end, "\"message\"")) {
         const char *data = find_value(s, end, "\"data\"");
@@ -464,10 +503,7 @@ static void on_message(struct bench *b, struct conn *c, const uint8_t *msg, size
         }
         verify(b, c, n, t, now);
     } else if (value_is(op, end, "\"subscribed\"") && c->state == CS_SUBSCRIBING) {
-        c->state = CS_READY;
-        c->was_ready = 1;
-        b->in_progress--;
-        b->subscribed++;
+        mark_ready(b, c);
     } else if (value_is(op, end, "\"error\"")) {
         b->error_replies++;
         note_error(b, "server error reply: %.*s", (int)(len < 200 ? len : 200), s);

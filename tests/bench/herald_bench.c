@@ -5,7 +5,10 @@
  * <prefix><i % K>, waits for every "subscribed" reply, then a publisher thread PUBLISHes stamped
  * payloads to Redis at a fixed total rate. Every delivery is checked (channel, no gap, no
  * duplicate) and its latency recorded. --idle only connects, subscribes and holds, to measure
- * the gateway's memory per connection. Exit status: 0 clean, 2 delivery or connection errors,
+ * the gateway's memory per connection. With --nchan-publish the same run measures Nchan instead:
+ * connection i opens <url><prefix><i % K> (the channel is in the URL, no subscribe op; the
+ * upgrade means subscribed), messages arrive as the raw payload, and the publisher thread POSTs
+ * them to <nchan-publish URL><channel>. Exit status: 0 clean, 2 delivery or connection errors,
  * 1 bad usage or setup failure.
  */
 #define _GNU_SOURCE
@@ -68,6 +71,9 @@ static void usage(FILE *f)
                "  --connect-timeout S       give up on the connect phase after S seconds (60)\n"
                "  --protocol NAME           send Sec-WebSocket-Protocol: NAME\n"
                "  --json                    print one JSON object instead of text\n"
+               "  --nchan-publish URL       Nchan mode: POST to URL<channel> (http://h:p/pub/);\n"
+               "                            --url is then the subscriber prefix (ws://h:p/sub/)\n"
+               "  --pub-connections N       keep-alive connections of the HTTP publisher (2)\n"
                "exit status: 0 clean, 2 delivery/connection errors, 1 usage or setup error\n");
 }
 
@@ -89,6 +95,7 @@ static void options_default(struct options *o)
     o->gateway_pid = 0;
     o->connect_concurrency = 256;
     o->connect_timeout = 60;
+    o->pub_conns = 2;
 }
 
 /* Split HOST:PORT into o->redis_host and o->redis_port. */
@@ -157,6 +164,12 @@ static int apply_option(struct options *o, int opt, const char *arg)
     case 'P':
         o->protocol = arg;
         return strlen(arg) < 200 ? 0 : -1;
+    case 'N':
+        o->nchan_pub = arg;
+        return strncmp(arg, "http://", 7) == 0 ? 0 : -1;
+    case 'M':
+        o->pub_conns = (uint32_t)strtoul(arg, NULL, 10);
+        return o->pub_conns > 0 && o->pub_conns <= 64 ? 0 : -1;
     default:
         return -1;
     }
@@ -182,6 +195,8 @@ static int parse_options(int argc, char **argv, struct options *o)
                                              {"connect-concurrency", required_argument, 0, 'C'},
                                              {"connect-timeout", required_argument, 0, 'T'},
                                              {"protocol", required_argument, 0, 'P'},
+                                             {"nchan-publish", required_argument, 0, 'N'},
+                                             {"pub-connections", required_argument, 0, 'M'},
                                              {"help", no_argument, 0, 'h'},
                                              {0, 0, 0, 0}};
     options_default(o);
@@ -359,7 +374,8 @@ static void report_json(const struct bench *b, const struct results *r, const st
     const struct options *o = &b->opt;
     const struct hist *h = &b->hist;
     char nb[16];
-    printf("{\"mode\":\"%s\",\"url\":", o->idle ? "idle" : "fanout");
+    printf("{\"mode\":\"%s\",\"server_kind\":\"%s\",\"url\":", o->idle ? "idle" : "fanout",
+           o->nchan_pub ? "nchan" : "herald-protocol");
     json_string(o->url_str);
     printf(",\"connections\":%u,\"subscribed\":%u,\"failed\":%u,\"channels\":%u,"
            "\"payload_bytes\":%u,\"target_rate\":%.1f,\"warmup_s\":%.1f,\"duration_s\":%.1f,"
@@ -483,7 +499,7 @@ int main(int argc, char **argv)
         usage(rc > 0 ? stdout : stderr);
         return rc > 0 ? 0 : 1;
     }
-    if (raise_nofile((rlim_t)b.opt.connections + 64) != 0)
+    if (raise_nofile((rlim_t)b.opt.connections + b.opt.pub_conns + 64) != 0)
         return 1;
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);
@@ -495,6 +511,10 @@ int main(int argc, char **argv)
     p.channels = b.opt.channels;
     p.rate = b.opt.rate;
     p.payload_bytes = b.opt.payload_bytes;
+    if (b.opt.nchan_pub && publisher_http_target(&p, b.opt.nchan_pub, b.opt.pub_conns) != 0) {
+        fprintf(stderr, "herald-bench: bad --nchan-publish URL: %s\n", b.opt.nchan_pub);
+        return 1;
+    }
     rc = run(&b, &p);
     bench_free(&b);
     return rc;

@@ -78,6 +78,13 @@ struct publisher {
     uint64_t start_ns;
     uint64_t warm_end_ns;
     uint64_t end_ns;
+    /* --nchan-publish: HTTP POST to http://<http_host>:<http_port><http_path><channel> over
+     * http_conns pipelined keep-alive connections instead of Redis PUBLISH */
+    int http;
+    char http_host[256];
+    int http_port;
+    char http_path[256];
+    uint32_t http_conns;
     atomic_int stop; /* set by main to end early */
     /* written by the thread */
     atomic_uint_fast64_t published;
@@ -90,6 +97,7 @@ struct publisher {
 };
 
 void *publisher_main(void *arg);
+int publisher_http_target(struct publisher *p, const char *url, uint32_t conns);
 size_t publisher_payload(char *buf, size_t cap, uint64_t t, uint64_t n, uint32_t bytes);
 
 /* ---- client connections and the receive loop (bench_conn.c) ---- */
@@ -115,6 +123,8 @@ struct options {
     int json;
     uint32_t connect_concurrency;
     double connect_timeout;
+    const char *nchan_pub; /* Nchan mode: publish by HTTP POST to this URL + channel */
+    uint32_t pub_conns;    /* keep-alive connections of the HTTP publisher */
 };
 
 enum conn_state { CS_NEW, CS_CONNECTING, CS_HANDSHAKE, CS_SUBSCRIBING, CS_READY, CS_CLOSED };
