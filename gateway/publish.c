@@ -47,8 +47,12 @@ struct publisher *publisher_new(struct herald *app)
     if (!p)
         return NULL;
     p->app = app;
-    /* leave a connection of the pool for catch-up queries while publishes stream in */
-    p->max_inflight = app->cfg->db_pool > 1 ? (unsigned)app->cfg->db_pool - 1 : 1;
+    /* One batch at a time. Batches that share a channel commit one after the other anyway
+     * (the channel row stays locked until COMMIT), so a second batch in flight only takes
+     * messages away from the next one: with 64 REST publishers over 10 channels, 1 batch
+     * in flight measured 15,700/s, 3 in flight 11,000-13,700/s. The other connections of
+     * the pool serve catch-up and head queries. */
+    p->max_inflight = 1;
     return p;
 }
 
