@@ -15,7 +15,8 @@
 # 2500 3000"], SUBS [1000], STEP_SECONDS [10], WARMUP [2], LATENCY_RATE [500],
 # LATENCY_SECONDS [20], IDLE_CONNS [19000], IDLE_CHANNELS [100], IDLE_SECONDS [10],
 # SCENARIOS ["a b c"],
-# HERALD_ARGS [extra herald flags], OUT [tests/artifacts/bench-<time>].
+# HERALD_ARGS [extra herald flags], HERALD_CPUS [0: the cores herald may use, e.g. "0,1" with
+# HERALD_ARGS="--workers 2"], OUT [tests/artifacts/bench-<time>].
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -32,6 +33,7 @@ IDLE_SECONDS=${IDLE_SECONDS:-10}
 IDLE_CHANNELS=${IDLE_CHANNELS:-100}
 SCENARIOS=${SCENARIOS:-"a b c"}
 HERALD_ARGS=${HERALD_ARGS:-}
+HERALD_CPUS=${HERALD_CPUS:-0}
 OUT=${OUT:-$ROOT/tests/artifacts/bench-$(date +%Y%m%d-%H%M%S)}
 P99_LIMIT_MS=100
 
@@ -106,12 +108,12 @@ start_redis() {
     wait_for 50 redis-cli -p "$RPORT" ping || { echo "redis-server did not start" >&2; exit 1; }
 }
 
-# Start a fresh herald on core 0 with extra flags "$@"; waits for /healthz and /readyz.
+# Start a fresh herald on HERALD_CPUS with extra flags "$@"; waits for /healthz and /readyz.
 start_herald() {
     stop_herald
     HPORT=$(free_port)
     # shellcheck disable=SC2086 # HERALD_ARGS is a list of flags
-    taskset -c 0 "$HERALD" --listen "127.0.0.1:$HPORT" --redis-url "redis://127.0.0.1:$RPORT/0" \
+    taskset -c "$HERALD_CPUS" "$HERALD" --listen "127.0.0.1:$HPORT" --redis-url "redis://127.0.0.1:$RPORT/0" \
         --log-level warn "$@" $HERALD_ARGS >>"$OUT/herald.log" 2>&1 &
     HERALD_PID=$!
     wait_for 100 curl -fs "http://127.0.0.1:$HPORT/healthz" ||
