@@ -225,6 +225,8 @@ static int http_write_all(struct http_conn *c)
  */
 static int http_take_response(struct publisher *p, struct http_conn *c)
 {
+    if (!c->in || c->in_len == 0) /* nothing read yet (memmem wants a buffer) */
+        return 0;
     char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
     if (!end)
         return 0;
