@@ -246,6 +246,18 @@ class GroupCommitTest(HistoryTestCase):
         self.assertEqual([m["seq"] for m in await collect(ws, "g", 10)], list(range(2, 12)))
         self.assertEqual(self.pg.sql("SELECT last_seq FROM herald_channels WHERE name='g'"), "11")
 
+    async def test_after_a_large_batch_the_next_waits_briefly_then_goes(self):
+        """A batch of 16 or more makes the next one gather for a millisecond (so that the
+        answered publishers' next messages share its commit); a lone publish after it must
+        still go, in a batch of its own."""
+        (batches0, stored0), r1, r2 = await self.publish_behind_a_lock(
+            [{"n": i} for i in range(1, 21)])
+        self.assertEqual([s for s, _ in r1 + r2], [201] * 21)
+        self.assertEqual(self.counters(), (batches0 + 2, stored0 + 21))  # 1, then 20
+        status, body = await asyncio.to_thread(post, self.h, "g", {"after": True})
+        self.assertEqual((status, body["seq"]), (201, 23))
+        self.assertEqual(self.counters(), (batches0 + 3, stored0 + 22))
+
     async def test_a_refused_message_fails_alone_and_the_rest_of_its_batch_is_stored(self):
         self.pg.sql("""CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
                        BEGIN IF NEW.envelope LIKE '%"poison"%' THEN
