@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
-# Installs everything Herald needs to build, run and test, from Debian's packages only.
-# Used by the README's two commands and by .ci/run. Safe to run again.
+# Installs what Herald needs from Debian's packages only. Safe to run again.
+#   install-deps.sh          build and run (the README's first command, deploy/run-local.sh)
+#   install-deps.sh --test   the same plus every tool the test suite uses (tests/run-all.sh, CI)
 set -euo pipefail
 
+# build (the tree builds its unit tests and benchmark tools too, hence cmocka) and run:
+# Redis, PostgreSQL and the demo publisher (python3-websockets)
 packages=(
-  build-essential cmake pkg-config clang-format
+  build-essential cmake pkg-config
   libwebsockets-dev libwebsockets-evlib-uv libuv1-dev libhiredis-dev libjansson-dev
-  libpq-dev libcmocka-dev libjwt-dev clang libclang-rt-14-dev postgresql
-  redis-server
-  nginx
+  libpq-dev libcmocka-dev libjwt-dev
+  postgresql redis-server
   python3 python3-websockets
   curl procps util-linux openssl
-  chromium
-  python3-yaml docker-compose
-  libnginx-mod-nchan
 )
 
-# Node.js runs the browser client's unit tests; use the machine's node when there is one
-command -v node >/dev/null 2>&1 || packages+=(nodejs)
-# npm installs the browser and manifest test tools (Debian packages it apart from nodejs)
-command -v npm >/dev/null 2>&1 || packages+=(npm)
+if [ "${1:-}" = "--test" ]; then
+  packages+=(
+    clang-format
+    clang libclang-rt-14-dev     # the libFuzzer targets
+    nginx libnginx-mod-nchan     # the load-balanced tests; Nchan in the benchmark suite
+    chromium                     # the browser tests
+    python3-yaml docker-compose  # the offline checks of the compose file and manifests
+  )
+  # Node.js runs the browser client's unit tests and npm installs the browser and manifest
+  # test tools; use the machine's node when there is one (Debian packages npm apart)
+  command -v node >/dev/null 2>&1 || packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
+elif [ $# -gt 0 ]; then
+  echo "usage: install-deps.sh [--test]" >&2
+  exit 2
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-bash deploy/install-deps.sh
+bash deploy/install-deps.sh --test
 ulimit -n "$(ulimit -Hn)" || true
 
 status=0

@@ -81,7 +81,7 @@ for s in $SERVERS; do
     ceiling) need+=("$CEILING") ;;
     nchan)
         command -v nginx >/dev/null && [[ -f $NCHAN_MODULE ]] ||
-            { echo "run-suite: nchan needs nginx and libnginx-mod-nchan (deploy/install-deps.sh)" >&2; exit 1; } ;;
+            { echo "run-suite: nchan needs nginx and libnginx-mod-nchan (deploy/install-deps.sh --test)" >&2; exit 1; } ;;
     *) echo "run-suite: unknown server $s" >&2; exit 1 ;;
     esac
 done

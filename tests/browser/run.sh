@@ -17,7 +17,7 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
   $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends chromium >/dev/null
 fi
-command -v node >/dev/null || { echo "browser tests: node not found (deploy/install-deps.sh installs it)" >&2; exit 1; }
+command -v node >/dev/null || { echo "browser tests: node not found (deploy/install-deps.sh --test installs it)" >&2; exit 1; }
 
 # playwright-core, pinned in package-lock.json; reinstalled when the lock file changes
 stamp=$dir/node_modules/.herald-lock

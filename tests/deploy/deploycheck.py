@@ -159,7 +159,7 @@ def npm_install():
                 if f.read() == want:
                     return
         if not shutil.which("npm"):
-            raise CheckError("npm not found (deploy/install-deps.sh installs nodejs)")
+            raise CheckError("npm not found (deploy/install-deps.sh --test installs it)")
         r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
                            cwd=HERE, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
@@ -939,7 +939,7 @@ def docker_compose_config(data, base_dir):
     """Debian's docker-compose resolves the file (`config`) without a Docker engine."""
     exe = shutil.which("docker-compose")
     if not exe:
-        raise CheckError("docker-compose not found (deploy/install-deps.sh installs it)")
+        raise CheckError("docker-compose not found (deploy/install-deps.sh --test installs it)")
     with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=base_dir, prefix=".check-",
                                      delete=False) as f:
         yaml.safe_dump(data, f)
