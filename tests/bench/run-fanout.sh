@@ -18,6 +18,7 @@
 # HERALD_ARGS [extra herald flags], HERALD_CPUS [0: the cores herald may use, e.g. "0,1" with
 # HERALD_ARGS="--workers 2"], OUT [tests/artifacts/bench-<time>].
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERALD=$(realpath "${1:-$ROOT/build/gateway/herald}")
@@ -68,46 +69,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A TCP port nobody listens on right now.
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Poll until "$@" succeeds, at most $1 tenths of a second.
-wait_for() {
-    local tries=$1 i
-    shift
-    for ((i = 0; i < tries; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-# Print fields of a herald-bench JSON report, tab-separated: json_fields FILE key[.key] ...
-json_fields() {
-    /usr/bin/python3 - "$@" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-out = []
-for path in sys.argv[2:]:
-    v = r
-    for k in path.split("."):
-        v = v.get(k, "") if isinstance(v, dict) else ""
-    out.append(json.dumps(v) if isinstance(v, (dict, list)) else str(v))
-print("\t".join(out))
-PY
-}
-
-# Start redis-server on core 1.
-start_redis() {
-    RPORT=$(free_port)
-    taskset -c 1 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
-        >"$OUT/redis.log" 2>&1 &
-    REDIS_PID=$!
-    wait_for 50 redis-cli -p "$RPORT" ping || { echo "redis-server did not start" >&2; exit 1; }
-}
-
 # Start a fresh herald on HERALD_CPUS with extra flags "$@"; waits for /healthz and /readyz.
 start_herald() {
     stop_herald
@@ -138,7 +99,7 @@ fanout_row() {
     run_bench "$f" --connections "$SUBS" --channels 1 --rate "$rate" --payload-bytes 100 \
         --warmup "$WARMUP" --duration "$secs" || return 1
     local row
-    row=$(json_fields "$f" expected_delivered_per_s delivered_per_s latency_ms.p50 latency_ms.p99 \
+    row=$(json_get "$f" expected_delivered_per_s delivered_per_s latency_ms.p50 latency_ms.p99 \
         latency_ms.p999 latency_ms.max gateway.cpu_pct bench_cpu.receiver_pct messages_per_read gaps \
         duplicates closes missing)
     IFS=$'\t' read -r exp del p50 p99 p999 max gcpu bcpu mpr gaps dups closes missing <<<"$row"
@@ -191,7 +152,7 @@ scenario_c() {
     run_bench "$f" --idle --connections "$IDLE_CONNS" --channels "$IDLE_CHANNELS" --source-addrs 4 \
         --duration "$IDLE_SECONDS" || { stop_herald; return 0; }
     local row
-    row=$(json_fields "$f" subscribed failed connect_s gateway.rss_before_kib \
+    row=$(json_get "$f" subscribed failed connect_s gateway.rss_before_kib \
         gateway.rss_subscribed_kib gateway.rss_end_kib gateway.rss_per_conn_kib closes first_error)
     IFS=$'\t' read -r sub failed cs before after end per closes err <<<"$row"
     echo "   $sub subscribed ($failed failed) in $cs s; gateway RSS $before -> $after KiB = $per KiB/connection ${err:+(first error: $err)}"
@@ -202,7 +163,7 @@ scenario_c() {
 echo "herald: $HERALD"
 echo "bench:  $BENCH"
 echo "output: $OUT"
-start_redis
+start_redis "$OUT/redis.log" 1
 for s in $SCENARIOS; do
     "scenario_$s"
 done

@@ -29,6 +29,7 @@
 # HERALD_REV [label of the gateway build in the report; default: the repo's HEAD],
 # OUT [tests/artifacts/history-<time>]; SMOKE=1: a few seconds of each, correctness asserted.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 HERALD=$(realpath "${1:-$ROOT/build/gateway/herald}")
@@ -83,12 +84,6 @@ fi
 REDIS_PID='' HERALD_PID='' PG_PID='' PG_WRAPPER_PID=
 ROWS_PUB=() ROWS_LAT=() ROWS_RES=() REPORTS=() FAILED=0
 
-stop_pid() { # stop_pid PID [SIGNAL]: signal one process we started and reap it
-    [[ -n ${1:-} ]] || return 0
-    kill "-${2:-TERM}" "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
-
 stop_herald() {
     stop_pid "$HERALD_PID"
     HERALD_PID=
@@ -109,20 +104,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_for() { # wait_for TENTHS CMD...: poll until CMD succeeds
-    local tries=$1 i
-    shift
-    for ((i = 0; i < tries; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 as_pg() { # run as the unprivileged postgres account when we are root
     if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi
@@ -147,14 +128,6 @@ start_postgres() {
     PG_PID=$(head -1 "$WORK/pg/data/postmaster.pid")
     createdb -h 127.0.0.1 -p "$PGPORT" -U herald herald
     DBURL="postgresql://herald@127.0.0.1:$PGPORT/herald"
-}
-
-start_redis() {
-    RPORT=$(free_port)
-    redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
-        >"$OUT/redis.log" 2>&1 &
-    REDIS_PID=$!
-    wait_for 50 redis-cli -p "$RPORT" ping || { echo "redis-server did not start" >&2; exit 1; }
 }
 
 start_herald() { # a fresh gateway on core 0
@@ -188,20 +161,6 @@ cpu_mine() { # jiffies used by what this script runs: itself and reaped children
     for p in "$$" "$HERALD_PID" "$REDIS_PID" "$PG_PID" "${pids[@]:4}"; do
         [[ -n $p ]] && cat "/proc/$p/stat" 2>/dev/null
     done | awk '{ split($0, a, ") "); split(a[2], f, " "); s += f[12] + f[13] + f[14] + f[15] } END { print s + 0 }'
-}
-
-json_get() { # json_get FILE key[.key] ...: tab-separated values
-    /usr/bin/python3 - "$@" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-out = []
-for path in sys.argv[2:]:
-    v = r
-    for k in path.split("."):
-        v = v.get(k, "") if isinstance(v, dict) else ""
-    out.append(json.dumps(v) if isinstance(v, (bool, dict, list)) or v is None else str(v))
-print("\t".join(out))
-PY
 }
 
 # run_tool NAME LIMIT BIN ARGS...: one tool run on core 1 into $OUT/NAME.json, with the
@@ -318,7 +277,7 @@ echo "tools:  $HPUB $HRES"
 echo "output: $OUT"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 start_postgres
-start_redis
+start_redis "$OUT/redis.log"
 for s in $SCENARIOS; do
     "scenario_$s"
 done

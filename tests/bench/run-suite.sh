@@ -32,6 +32,7 @@
 # OUT/suite.md (the tables), also printed at the end. Every process started here is stopped by
 # PID on exit, Ctrl-C or error; every run is bounded by `timeout`.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=$(realpath "${1:-$ROOT/build}")
@@ -98,15 +99,6 @@ fi
 
 REDIS_PID='' SERVER_PID='' MEASURE_PID='' NGINX_DIR='' FAILED=0
 
-stop_pid() { # stop_pid PID [SIGNAL]: signal one process we started and reap it
-    [[ -n ${1:-} ]] || return 0
-    kill "-${2:-TERM}" "$1" 2>/dev/null || true
-    local i
-    for i in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
-
 stop_server() { # nginx: TERM to the master, which stops its worker; the others: TERM
     stop_pid "$SERVER_PID"
     SERVER_PID='' MEASURE_PID=''
@@ -125,28 +117,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_for() { # wait_for TENTHS CMD...: poll until CMD succeeds
-    local tries=$1 i
-    shift
-    for ((i = 0; i < tries; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-start_redis() {
-    RPORT=$(free_port)
-    taskset -c 1 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
-        >"$OUT/redis.log" 2>&1 &
-    REDIS_PID=$!
-    wait_for 50 redis-cli -p "$RPORT" ping || { echo "redis-server did not start" >&2; exit 1; }
-}
 
 # start_server KIND CONNS: a fresh server on core 0 for about CONNS clients. Sets SERVER_PID
 # (what we stop), MEASURE_PID (whose RSS and CPU are reported) and BENCH_TARGET (bench flags).
@@ -256,21 +226,6 @@ PY
     rm -f "$f.tmp"
 }
 
-# Print fields of a run report, tab-separated: field FILE key[.key] ...
-field() {
-    /usr/bin/python3 - "$@" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-out = []
-for path in sys.argv[2:]:
-    v = r
-    for k in path.split("."):
-        v = v.get(k, "") if isinstance(v, dict) else ""
-    out.append(json.dumps(v) if isinstance(v, (bool, dict, list)) or v is None else str(v))
-print("\t".join(out))
-PY
-}
-
 # Did a step hold: clean deliveries, p99 under the limit, enough delivered?
 held() {
     /usr/bin/python3 - "$1" "$P99_LIMIT_MS" "$MIN_DELIVERED" <<'PY'
@@ -288,7 +243,7 @@ PY
 # One line per run, for whoever watches.
 say() {
     local f=$1
-    IFS=$'\t' read -r ok del exp p50 p99 gcpu rcpu pcpu rss load fb err < <(field "$f" ok \
+    IFS=$'\t' read -r ok del exp p50 p99 gcpu rcpu pcpu rss load fb err < <(json_get "$f" ok \
         delivered_per_s expected_delivered_per_s latency_ms.p50 latency_ms.p99 gateway.cpu_pct \
         bench_cpu.receiver_pct bench_cpu.publisher_pct gateway.rss_per_conn_kib loadavg_before \
         foreign_busy_pct first_error)
@@ -398,7 +353,7 @@ echo "build:  $BUILD"
 echo "output: $OUT"
 echo "load:   $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) before the suite"
 versions
-start_redis
+start_redis "$OUT/redis.log" 1
 for s in $SCENARIOS; do
     "scenario_$s"
 done

@@ -3,6 +3,7 @@
 # redis-server on free ports and assert that every message arrived exactly once.
 # Correctness only: no speed is asserted. Usage: smoke.sh HERALD_BIN HERALD_BENCH_BIN
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 HERALD=${1:?usage: smoke.sh HERALD_BIN HERALD_BENCH_BIN}
 BENCH=${2:?usage: smoke.sh HERALD_BIN HERALD_BENCH_BIN}
@@ -20,22 +21,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-# A TCP port nobody listens on right now.
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Poll until "$@" succeeds, at most $1 tenths of a second.
-wait_for() {
-    local tries=$1
-    shift
-    for ((i = 0; i < tries; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 RPORT=$(free_port)
 HPORT=$(free_port)
