@@ -1,6 +1,7 @@
 #include "history.h"
 #include "db.h"
 #include "herald.h"
+#include "pg_array.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,10 +104,9 @@ static void heads_done(void *p, const PGresult *r, const char *err)
 int history_heads(struct herald *app, const char *const *names, size_t n, history_heads_cb cb,
                   void *arg)
 {
-    /* {"a","b"}: channel names need no escaping inside the quotes */
     size_t size = 3;
     for (size_t i = 0; i < n; i++)
-        size += strlen(names[i]) + 3;
+        size += pg_array_room(names[i]);
     char *list = malloc(size);
     struct call *c = call_new((void *)cb, arg);
     int rc = -1;
@@ -114,9 +114,8 @@ int history_heads(struct herald *app, const char *const *names, size_t n, histor
         char *p = list;
         *p++ = '{';
         for (size_t i = 0; i < n; i++)
-            p += sprintf(p, "%s\"%s\"", i ? "," : "", names[i]);
-        *p++ = '}';
-        *p = '\0';
+            p = pg_array_put(p, names[i], i == 0);
+        memcpy(p, "}", 2);
         const char *params[] = {list};
         rc = db_query(app->db, heads_sql, 1, params, heads_done, c);
     }

@@ -45,8 +45,7 @@ struct history_head {
 typedef void (*history_heads_cb)(void *arg, const struct history_head *heads, size_t n,
                                  const char *err);
 
-/* last_seq and epoch of each named channel that has a counter; names must be valid channel
- * names (they are sent as a text[] literal). -1: PostgreSQL is down. */
+/* last_seq and epoch of each named channel that has a counter. -1: PostgreSQL is down. */
 int history_heads(struct herald *app, const char *const *names, size_t n, history_heads_cb cb,
                   void *arg);
 

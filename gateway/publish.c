@@ -2,6 +2,7 @@
 #include "bus.h"
 #include "db.h"
 #include "herald.h"
+#include "pg_array.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,35 +119,15 @@ size_t publisher_queued(const struct publisher *p)
     return p ? p->queued : 0;
 }
 
-/* Appends s as one element of a PostgreSQL array literal: quoted, with " and \ escaped, or
- * NULL. out has room (see literal_size). */
-static char *put_element(char *out, const char *s, bool first)
-{
-    if (!first)
-        *out++ = ',';
-    if (!s) {
-        memcpy(out, "NULL", 4);
-        return out + 4;
-    }
-    *out++ = '"';
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            *out++ = '\\';
-        *out++ = *s;
-    }
-    *out++ = '"';
-    return out;
-}
-
 /* The three array literals ($1 channels, $2 data, $3 keys) of a batch, in one allocation
  * that lit[0] owns. */
 static int build_literals(const struct batch *b, char *lit[3])
 {
     size_t size[3] = {3, 3, 3};
     for (const struct item *it = b->items; it; it = it->next) {
-        size[0] += 2 * strlen(it->channel) + 3;
-        size[1] += 2 * it->size + 3;
-        size[2] += it->key ? 2 * strlen(it->key) + 3 : 5;
+        size[0] += pg_array_room(it->channel);
+        size[1] += 2 * it->size + 3; /* pg_array_room(it->data) without the strlen */
+        size[2] += pg_array_room(it->key);
     }
     char *buf = malloc(size[0] + size[1] + size[2]);
     if (!buf)
@@ -157,7 +138,7 @@ static int build_literals(const struct batch *b, char *lit[3])
         *out++ = '{';
         bool first = true;
         for (const struct item *it = b->items; it; it = it->next, first = false)
-            out = put_element(out, k == 0 ? it->channel : k == 1 ? it->data : it->key, first);
+            out = pg_array_put(out, k == 0 ? it->channel : k == 1 ? it->data : it->key, first);
         *out++ = '}';
         *out++ = '\0';
     }

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "hist_common.h"
+#include "pg_array.h"
 
 enum mode { M_SQL, M_REST, M_LATENCY };
 
@@ -121,20 +122,6 @@ static void account(struct worker *w, uint64_t t0, uint64_t t1, int ok)
     }
 }
 
-/* Appends s to a PostgreSQL array literal being built at *out: quoted, " and \ escaped. */
-static void put_element(char **out, const char *s)
-{
-    char *o = *out;
-    *o++ = '"';
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            *o++ = '\\';
-        *o++ = *s;
-    }
-    *o++ = '"';
-    *out = o;
-}
-
 /* One herald_publish_batch of O.batch messages starting at message n, then their PUBLISHes,
  * pipelined. Returns how many were published, or -1 when a connection broke. */
 static int sql_batch_round(struct worker *w, PGconn *pg, redisContext *rc, uint64_t n, uint64_t t0)
@@ -154,24 +141,18 @@ static int sql_batch_round(struct worker *w, PGconn *pg, redisContext *rc, uint6
     char *co = chans, *dout = datas;
     *co++ = '{';
     *dout++ = '{';
+    *k++ = '{';
     for (int i = 0; i < O.batch; i++) {
         uint64_t m = n + (uint64_t)i;
         channel_name(names[i], sizeof names[i],
                      ((uint64_t)w->id + m * (uint64_t)O.publishers) % (uint64_t)O.channels);
         make_data(data, sizeof data, t0, w->id, m);
-        if (i) {
-            *co++ = ',';
-            *dout++ = ',';
-        }
-        put_element(&co, names[i]);
-        put_element(&dout, data);
+        co = pg_array_put(co, names[i], i == 0);
+        dout = pg_array_put(dout, data, i == 0);
+        k = pg_array_put(k, NULL, i == 0); /* no idempotency keys */
     }
     memcpy(co, "}", 2);
     memcpy(dout, "}", 2);
-    /* the keys array: B NULLs */
-    *k++ = '{';
-    for (int i = 0; i < O.batch; i++)
-        k += sprintf(k, i ? ",NULL" : "NULL");
     memcpy(k, "}", 2);
     const char *params[3] = {chans, datas, klit};
     PGresult *r = O.no_prepare ? PQexecParams(pg, batch_sql, 3, NULL, params, NULL, NULL, 0)

@@ -3,7 +3,7 @@
 #   hist-resume   resume storm: C clients subscribe with `since` at once, replay verified
 # run-history.sh runs them against a fresh PostgreSQL, Redis and Herald.
 add_executable(hist-publish hist_publish.c hist_common.c bench_ws.c bench_stats.c)
-target_link_libraries(hist-publish PRIVATE PkgConfig::HIREDIS PkgConfig::LIBPQ pthread)
+target_link_libraries(hist-publish PRIVATE herald_common PkgConfig::HIREDIS PkgConfig::LIBPQ pthread)
 
 add_executable(hist-resume hist_resume.c hist_common.c bench_ws.c bench_stats.c)
 target_link_libraries(hist-resume PRIVATE pthread)
