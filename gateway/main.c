@@ -190,7 +190,8 @@ static void warn_about_security(const struct herald_config *cfg)
                                  "WebSocket with a user's token");
 }
 
-/* One gateway process: runs until drained or stopped; returns its exit status. */
+/* One gateway process: runs until drained or stopped and returns 0; a server that cannot
+ * start exits 1 at once. */
 static int serve(struct herald_config *cfg)
 {
     uv_loop_t loop;
@@ -209,7 +210,6 @@ static int serve(struct herald_config *cfg)
     bool ok = app.write_buf && app.hub && app.bus && app.ips &&
               ((app.db && app.retention && app.publisher) || !cfg->database_url[0]);
     lc.srv = ok ? server_start(&app) : NULL;
-    int status = 0;
     if (lc.srv) {
         bus_start(app.bus);
         if (app.db) {
@@ -247,7 +247,7 @@ static int serve(struct herald_config *cfg)
     if (uv_loop_close(&loop) != 0)
         log_warn("shutdown", "event loop closed with handles still open");
     log_info("stopped", "herald stopped");
-    return status;
+    return 0;
 }
 
 int main(int argc, char **argv)
