@@ -143,7 +143,11 @@ start_herald() { # a fresh gateway on core 0
     wait_for 100 curl -fs "http://127.0.0.1:$HPORT/healthz" ||
         { echo "herald did not start" >&2; tail "$OUT/herald.log" >&2; exit 1; }
     wait_for 100 curl -fs "http://127.0.0.1:$HPORT/readyz" || echo "note: /readyz not 200 after 10 s"
+    # /readyz does not wait for PostgreSQL; a publish before the pool is up is answered 503
+    wait_for 100 db_connected || echo "note: herald_db_up not 1 after 10 s"
 }
+
+db_connected() { curl -fs "http://127.0.0.1:$HPORT/metrics" | grep -qx 'herald_db_up 1'; }
 
 cpu_herald() { # CPU seconds used by herald so far
     awk '{ split($0, a, ") "); split(a[2], f, " "); print (f[12] + f[13]) / '"$(getconf CLK_TCK)"' }' \

@@ -139,7 +139,8 @@ export class Stack {
     return p;
   }
 
-  /** A gateway serving web-demo/ with history; waits until /readyz answers 200. */
+  /** A gateway serving web-demo/ with history; waits until /readyz answers 200 and its
+   * PostgreSQL pool is connected (/readyz does not wait for PostgreSQL). */
   async herald({ redis, pg, port, instance, migrate = false }) {
     port = port ?? (await freePort());
     const argv = [heraldBin(), "--listen", `127.0.0.1:${port}`, "--redis-url", redis.url,
@@ -153,7 +154,9 @@ export class Stack {
     await waitFor(async () => {
       if (!p.alive()) throw new Error(`herald ${instance} exited: ${p.log().slice(-2000)}`);
       const r = await fetch(`${p.base}/readyz`).catch(() => null);
-      return r?.status === 200;
+      if (r?.status !== 200) return false;
+      const m = await fetch(`${p.base}/metrics`).then((x) => x.text()).catch(() => "");
+      return /^herald_db_up 1$/m.test(m);
     }, { timeout: 60000, what: `herald ${instance} ready` });
     return p;
   }

@@ -123,8 +123,14 @@ class HistoryTestCase(HeraldTestCase):
         return pg.start()
 
     def start_herald_with_history(self, redis, pg, *args, **kw):
-        return self.start_herald(redis, "--database-url", pg.url, "--migrate-on-start", *args,
-                                 **kw)
+        """Starts herald on pg; unless wait=False, returns once its pool is connected, since
+        /readyz does not wait for PostgreSQL (live delivery does not need it) and a publish
+        sent before the first connection is up is answered 503."""
+        h = self.start_herald(redis, "--database-url", pg.url, "--migrate-on-start", *args,
+                              **kw)
+        if kw.get("wait", True):
+            h.wait_metric("herald_db_up", lambda v: v == 1)
+        return h
 
     def herald_cli(self, *args, pg=None, redis=None, check=True):
         """Runs `herald <args>` (migrate, publish) and returns its stdout."""
