@@ -96,6 +96,8 @@ static const struct setting settings[] = {
     STR("HERALD_TLS_KEY", tls_key, "", "PEM private key of HERALD_TLS_CERT"),
     BOOL("HERALD_MIGRATE_ON_START", migrate_on_start, "0",
          "apply the schema migrations before serving (as `herald migrate`)"),
+    BOOL("HERALD_DEFLATE", deflate, "0",
+         "offer permessage-deflate (RFC 7692); each message is compressed once for all"),
     NUM("HERALD_WORKERS", workers, "1", 1, 64,
         "gateway processes sharing the port (SO_REUSEPORT) under a supervisor"),
 };

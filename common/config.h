@@ -45,6 +45,7 @@ struct herald_config {
     char tls_cert[512];
     char tls_key[512];
     long migrate_on_start;
+    long deflate;
     long workers;
     int worker; /* set by the supervisor: 1..workers in a worker process, 0 when alone */
 };

@@ -18,7 +18,9 @@
 
 void client_init(struct client *c, struct lws *wsi, struct herald *app)
 {
+    bool deflate = c->deflate; /* agreed during the handshake, before ESTABLISHED */
     memset(c, 0, sizeof *c);
+    c->deflate = deflate;
     c->wsi = wsi;
     c->app = app;
 }
@@ -96,6 +98,8 @@ void client_send(struct client *c, struct frame *f)
 {
     if (c->close_code)
         return;
+    if (c->deflate && frame_deflated(f))
+        f = f->deflated;
     if (c->q.bytes + f->len > (size_t)c->app->cfg->client_queue_bytes) {
         c->app->metrics.slow_consumer_closes++;
         log_info("slow_consumer", "client queue over %ld bytes: closing with 4008",

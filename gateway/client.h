@@ -36,6 +36,7 @@ struct client {
     bool await_writable; /* the socket was full: lws calls WRITEABLE when it drains */
     bool rx_too_large;   /* the message being received is over the limit: drop the rest */
     bool rx_binary;
+    bool deflate;           /* permessage-deflate agreed in the handshake: send compressed twins */
     char *rx;               /* fragments of a message that came in several pieces */
     void *publishes;        /* publishes waiting for PostgreSQL (protocol.c) */
     struct principal *auth; /* the token's claims; NULL with auth off */

@@ -1,17 +1,21 @@
 /* A WebSocket text frame built once per message and shared, by reference count, by every
  * subscriber's send queue (DESIGN invariant 2). Server frames are unmasked, so the same bytes
- * are valid on every connection. */
+ * are valid on every connection. Its compressed twin (permessage-deflate) is built once too,
+ * on demand, and shared the same way by the connections that negotiated it. */
 #ifndef HERALD_FRAME_H
 #define HERALD_FRAME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 struct frame {
-    uint64_t seq; /* the message's sequence number; 0 for raw messages and replies */
+    uint64_t seq;           /* the message's sequence number; 0 for raw messages and replies */
+    struct frame *deflated; /* the compressed twin once built; holds one reference */
     uint32_t refs;
-    uint32_t len; /* header + payload */
-    uint8_t hdr;  /* header bytes: 2, 4 or 10 */
+    uint32_t len;       /* header + payload */
+    uint8_t hdr;        /* header bytes: 2, 4 or 10 */
+    bool deflate_tried; /* frame_deflated ran: deflated is the answer, even if NULL */
     uint8_t data[];
 };
 
@@ -47,5 +51,19 @@ static inline struct frame *frame_ref(struct frame *f)
 }
 
 void frame_unref(struct frame *f);
+
+/* Payloads shorter than this are not worth compressing (the reply ops, small events). */
+#define FRAME_DEFLATE_MIN 64
+
+/* The same message as a compressed frame for a connection that negotiated
+ * permessage-deflate: RSV1 set, the payload a raw DEFLATE block flushed to a byte boundary
+ * without its 00 00 ff ff tail (RFC 7692 7.2.1). Each message is compressed on its own, with
+ * no reference to earlier ones, so one twin is valid on every such connection whatever
+ * context takeover it agreed to. Built on the first call and kept with f. NULL, meaning
+ * "send f", when the payload is short, does not shrink, or memory runs out. */
+struct frame *frame_deflated(struct frame *f);
+
+/* Frees the compressor frame_deflated keeps (at exit). */
+void frame_deflate_end(void);
 
 #endif

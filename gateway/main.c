@@ -4,6 +4,7 @@
 #include "migrate.h"
 #include "client.h"
 #include "db.h"
+#include "frame.h"
 #include "publish.h"
 #include "retention.h"
 #include "config.h"
@@ -243,6 +244,7 @@ static int serve(struct herald_config *cfg)
         log_warn("shutdown", "lws context not fully destroyed");
     hub_free(app.hub);
     iplimit_free(app.ips);
+    frame_deflate_end();
     free(app.write_buf);
     if (uv_loop_close(&loop) != 0)
         log_warn("shutdown", "event loop closed with handles still open");

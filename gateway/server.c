@@ -22,6 +22,21 @@ struct server {
     struct listener *listener; /* workers only: their own SO_REUSEPORT socket */
 };
 
+/* permessage-deflate (offered only with HERALD_DEFLATE) is accepted unless the client caps
+ * the server's window: Herald compresses each message once for every connection, with the
+ * full window. Returns nonzero to decline; the connection then goes on uncompressed. */
+static int confirm_extension(struct client *c, struct lws *wsi, const char *name)
+{
+    char offer[256];
+    if (!c || strcmp(name, "permessage-deflate") != 0)
+        return 1;
+    if (lws_hdr_copy(wsi, offer, sizeof offer, WSI_TOKEN_EXTENSIONS) < 0 ||
+        strstr(offer, "server_max_window_bits"))
+        return 1;
+    c->deflate = true;
+    return 0;
+}
+
 static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                        size_t len)
 {
@@ -32,6 +47,8 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         /* not LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: lws 4.1 has a use-after-free on that path
          * (CVE-2025-11677) */
         return http_api_admit(app, wsi);
+    case LWS_CALLBACK_CONFIRM_EXTENSION_OKAY:
+        return confirm_extension(c, wsi, in);
     case LWS_CALLBACK_ESTABLISHED:
         client_on_established(c, wsi, app);
         app->metrics.connections++;
@@ -102,6 +119,14 @@ static const struct lws_protocols protocols[] = {
     {"http", http_callback, sizeof(struct http_session), 0, 0, NULL, 0},
     {"herald", ws_callback, sizeof(struct client), RX_BUFFER_BYTES, 0, NULL, HERALD_WRITE_BATCH},
     {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+/* Receiving, lws inflates what clients compress; sending, Herald writes its own compressed
+ * frames (frame_deflated), so lws's per-connection compressor is never used. */
+static const struct lws_extension extensions[] = {
+    {"permessage-deflate", lws_extension_callback_pm_deflate,
+     "permessage-deflate; client_max_window_bits"},
+    {NULL, NULL, NULL},
 };
 
 /* Browsers send no Sec-WebSocket-Protocol: make "herald" the protocol they get. */
@@ -186,6 +211,8 @@ struct server *server_start(struct herald *app)
         info.ssl_private_key_filepath = app->cfg->tls_key[0] ? app->cfg->tls_key : NULL;
         info.alpn = "http/1.1"; /* no HTTP/2: frames are written raw on HTTP/1.1 */
     }
+    if (app->cfg->deflate)
+        info.extensions = extensions;
     info.pcontext = &app->lws; /* lws clears it when the context is wholly destroyed */
 
     srv->ctx = lws_create_context(&info);

@@ -22,7 +22,8 @@ class HandshakeRefused(Exception):
 
 
 class RawWS:
-    def __init__(self, port, path="/ws", host="127.0.0.1", rcvbuf=None, timeout=10.0):
+    def __init__(self, port, path="/ws", host="127.0.0.1", rcvbuf=None, timeout=10.0,
+                 extensions=None):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -33,8 +34,11 @@ class RawWS:
         req = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Version: 13\r\n"
+            + (f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else "")
+            + "\r\n"
         )
+        self.rsv1 = False  # of the last frame received: set on a compressed message
         self.sock.sendall(req.encode())
         while b"\r\n\r\n" not in self.buf:
             chunk = self.sock.recv(4096)
@@ -47,7 +51,7 @@ class RawWS:
         if status != 101:
             self.sock.close()
             raise HandshakeRefused(status, head)
-        headers = {
+        self.headers = headers = {
             k.strip().lower(): v.strip()
             for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
         }
@@ -108,6 +112,7 @@ class RawWS:
         if b1 & 0x80:
             raise AssertionError("server frame is masked")
         self._need(off + n)
+        self.rsv1 = bool(b0 & 0x40)
         payload = self.buf[off:off + n]
         self.buf = self.buf[off + n:]
         return bool(b0 & 0x80), b0 & 0x0F, payload

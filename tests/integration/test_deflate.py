@@ -1,0 +1,110 @@
+#!/usr/bin/python3
+"""permessage-deflate (HERALD_DEFLATE): offered only when enabled; a client that negotiates it
+gets each message as one compressed frame (RSV1) that inflates to exactly the bytes an
+uncompressed client gets, across messages on one inflate stream (context takeover on the
+client side); a client that caps the server's window is answered without the extension; a
+client's compressed frames are understood; short replies go uncompressed."""
+
+import asyncio
+import json
+import os
+import sys
+import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import recv_json, subscribe  # noqa: E402
+
+OFFER = "permessage-deflate; client_max_window_bits"
+
+
+def event(i):
+    """A realistic, compressible task event of about 1 KB."""
+    return {"task": f"task-{i}", "state": "running", "progress": i,
+            "steps": [{"name": f"step {k}", "done": k < i % 10, "note": "waiting for the worker"}
+                      for k in range(12)]}
+
+
+class Inflater:
+    """A client's side of permessage-deflate: one raw inflate stream for the connection."""
+
+    def __init__(self):
+        self.z = zlib.decompressobj(-15)
+
+    def message(self, payload):
+        return self.z.decompress(payload + b"\x00\x00\xff\xff")
+
+
+class DeflateOnTest(harness.HeraldTestCase):
+    async def asyncSetUp(self):
+        self.redis = self.start_redis()
+        self.h = self.start_herald(self.redis, "--deflate")
+
+    def raw_subscribed(self, channel, **kw):
+        ws = self.raw_ws(self.h, **kw)
+        ws.send_json({"op": "subscribe", "channel": channel})
+        reply = ws.recv_json()
+        self.assertEqual(reply["op"], "subscribed")
+        self.assertFalse(ws.rsv1, "a short reply is sent uncompressed")
+        return ws
+
+    async def test_compressed_twins_inflate_to_the_plain_frames(self):
+        zipped = self.raw_subscribed("tasks", extensions=OFFER)
+        self.assertTrue(zipped.headers.get("sec-websocket-extensions", "")
+                        .startswith("permessage-deflate"), zipped.headers)
+        plain = self.raw_subscribed("tasks")
+        self.assertNotIn("sec-websocket-extensions", plain.headers)
+        inflater, saved = Inflater(), 0
+        for i in range(20):
+            self.redis.publish("tasks", json.dumps(event(i)))
+            _, _, body = plain.recv_frame()
+            self.assertFalse(plain.rsv1)
+            _, _, packed = zipped.recv_frame()
+            self.assertTrue(zipped.rsv1, f"message {i} was not compressed")
+            self.assertEqual(inflater.message(packed), body)
+            self.assertEqual(json.loads(body)["data"], event(i))
+            saved += len(body) - len(packed)
+        self.assertGreater(saved, 20 * 500, "the compressed frames should be far smaller")
+
+    async def test_a_capped_server_window_is_declined(self):
+        ws = self.raw_subscribed("tasks", extensions="permessage-deflate; server_max_window_bits=10")
+        self.assertNotIn("sec-websocket-extensions", ws.headers)
+        self.redis.publish("tasks", json.dumps(event(3)))
+        _, _, body = ws.recv_frame()
+        self.assertFalse(ws.rsv1)
+        self.assertEqual(json.loads(body)["data"], event(3))
+
+    async def test_a_websockets_client_talks_compressed_both_ways(self):
+        # python-websockets offers permessage-deflate and, once agreed, compresses every
+        # frame it sends: the subscribe below reaches Herald compressed
+        ws = await self.connect(self.h, compression="deflate")
+        self.assertIn("permessage-deflate", ws.response_headers.get("Sec-WebSocket-Extensions"))
+        await ws.send(json.dumps({"op": "subscribe", "channel": "room", "id": "s-1"}))
+        reply = await recv_json(ws)
+        self.assertEqual((reply["op"], reply.get("id")), ("subscribed", "s-1"))
+        for i in range(5):
+            self.redis.publish("room", json.dumps(event(i)))
+        got = [await recv_json(ws) for _ in range(5)]
+        self.assertEqual([m["data"] for m in got], [event(i) for i in range(5)])
+        self.assertGreater(self.h.metric("herald_frames_out_total"), 5)
+
+
+class DeflateOffTest(harness.HeraldTestCase):
+    async def test_not_offered_by_default(self):
+        redis = self.start_redis()
+        h = self.start_herald(redis)
+        ws = self.raw_ws(h, extensions=OFFER)
+        self.assertNotIn("sec-websocket-extensions", ws.headers)
+        ws.send_json({"op": "subscribe", "channel": "tasks"})
+        self.assertEqual(ws.recv_json()["op"], "subscribed")
+        redis.publish("tasks", json.dumps(event(1)))
+        _, _, body = ws.recv_frame()
+        self.assertFalse(ws.rsv1)
+        self.assertEqual(json.loads(body)["data"], event(1))
+        ws2 = await self.connect(h, compression="deflate")
+        self.assertIsNone(ws2.response_headers.get("Sec-WebSocket-Extensions"))
+        await subscribe(ws2, "tasks")
+
+
+if __name__ == "__main__":
+    harness.main()
