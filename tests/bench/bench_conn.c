@@ -15,6 +15,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "herald_bench.h"
 
@@ -70,6 +71,11 @@ static void conn_end(struct bench *b, struct conn *c, int code)
     free(c->in);
     free(c->out);
     free(c->frag);
+    if (c->z) {
+        inflateEnd(c->z);
+        free(c->z);
+        c->z = NULL;
+    }
     c->in = c->out = c->frag = NULL;
     c->in_len = c->out_len = c->frag_len = 0;
     c->state = CS_CLOSED;
@@ -211,7 +217,7 @@ static void on_connected(struct bench *b, struct conn *c)
         int n =
             snprintf(u.path, sizeof(u.path), "%s%s%u", b->opt.url.path, b->opt.prefix, c->channel);
         n = n > 0 && (size_t)n < sizeof(u.path)
-                ? ws_handshake_request(&u, b->opt.protocol, req, sizeof(req))
+                ? ws_handshake_request(&u, b->opt.protocol, b->opt.deflate, req, sizeof(req))
                 : -1;
         if (n <= 0) {
             note_error(b, "subscriber URL too long");
@@ -274,14 +280,75 @@ static int close_code(const struct ws_frame *f)
     return f->len >= 2 ? (f->payload[0] << 8) | f->payload[1] : 1005;
 }
 
+/* --deflate: the server must have agreed (its answer names the extension); the connection
+ * gets its inflate stream, kept across messages as context takeover requires. */
+static int start_inflate(struct bench *b, struct conn *c, const uint8_t *head, size_t len)
+{
+    if (!memmem(head, len, "permessage-deflate", 18)) {
+        note_error(b, "the server did not agree to permessage-deflate");
+        return -1;
+    }
+    c->z = calloc(1, sizeof *c->z);
+    if (!c->z || inflateInit2(c->z, -MAX_WBITS) != Z_OK) {
+        free(c->z);
+        c->z = NULL;
+        note_error(b, "inflateInit2 failed");
+        return -1;
+    }
+    return 0;
+}
+
+/* Inflates one compressed message (RFC 7692: the payload plus 00 00 ff ff) into the shared
+ * inflate buffer; returns its length, or -1. */
+static long inflate_message(struct bench *b, struct conn *c, const uint8_t *in, size_t len)
+{
+    static const uint8_t tail[4] = {0, 0, 0xff, 0xff};
+    size_t out = 0;
+    for (int part = 0; part < 2; part++) {
+        c->z->next_in = (uint8_t *)(part ? tail : in);
+        c->z->avail_in = (uInt)(part ? sizeof tail : len);
+        while (c->z->avail_in) {
+            if (b->inflated_cap - out < 4096) {
+                size_t cap = b->inflated_cap ? b->inflated_cap * 2 : 1 << 16;
+                uint8_t *grown = realloc(b->inflated, cap);
+                if (!grown)
+                    return -1;
+                b->inflated = grown;
+                b->inflated_cap = cap;
+            }
+            c->z->next_out = b->inflated + out;
+            c->z->avail_out = (uInt)(b->inflated_cap - out);
+            int rc = inflate(c->z, Z_SYNC_FLUSH);
+            if (rc != Z_OK && rc != Z_BUF_ERROR)
+                return -1;
+            out = b->inflated_cap - c->z->avail_out;
+        }
+    }
+    return (long)out;
+}
+
 /* Handle one server frame: data, close (record its code), ping (answer pong). */
 static void on_frame(struct bench *b, struct conn *c, const struct ws_frame *f, uint64_t now)
 {
+    if (f->compressed && (!c->z || !f->fin || f->opcode == WS_OP_CONT)) {
+        note_error(b, c->z ? "a fragmented compressed message" : "RSV1 without permessage-deflate");
+        conn_end(b, c, CLOSE_ERROR);
+        return;
+    }
     switch (f->opcode) {
     case WS_OP_TEXT:
     case WS_OP_BIN:
     case WS_OP_CONT:
-        if (f->fin && f->opcode != WS_OP_CONT) {
+        if (f->compressed) {
+            long n = inflate_message(b, c, f->payload, f->len);
+            if (n < 0) {
+                note_error(b, "a compressed message does not inflate");
+                conn_end(b, c, CLOSE_ERROR);
+                return;
+            }
+            b->compressed++;
+            on_message(b, c, b->inflated, (size_t)n, now);
+        } else if (f->fin && f->opcode != WS_OP_CONT) {
             on_message(b, c, f->payload, f->len, now);
         } else if (add_fragment(c, f, f->opcode != WS_OP_CONT) != 0) {
             note_error(b, "bad fragmentation");
@@ -328,6 +395,10 @@ static void consume(struct bench *b, struct conn *c, const uint8_t *buf, size_t 
             return;
         }
         off = (size_t)h;
+        if (b->opt.deflate && start_inflate(b, c, buf, (size_t)h) != 0) {
+            conn_end(b, c, CLOSE_ERROR);
+            return;
+        }
         c->state = CS_SUBSCRIBING;
         if (b->opt.nchan_pub)
             mark_ready(b, c); /* Nchan subscribes by the upgrade itself */
@@ -527,7 +598,8 @@ int bench_init(struct bench *b)
     }
     memcpy(&b->dst, ai->ai_addr, sizeof(b->dst));
     freeaddrinfo(ai);
-    int n = ws_handshake_request(&b->opt.url, b->opt.protocol, b->handshake, sizeof(b->handshake));
+    int n = ws_handshake_request(&b->opt.url, b->opt.protocol, b->opt.deflate, b->handshake,
+                                 sizeof(b->handshake));
     b->handshake_len = n > 0 ? (size_t)n : 0;
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     b->conns = calloc(b->opt.connections, sizeof(*b->conns));
@@ -585,6 +657,7 @@ void bench_free(struct bench *b)
 {
     free(b->conns);
     free(b->scratch);
+    free(b->inflated);
     if (b->epfd >= 0)
         close(b->epfd);
 }

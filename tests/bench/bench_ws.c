@@ -39,7 +39,8 @@ int ws_url_parse(const char *url, struct ws_url *out)
 }
 
 /* Write the HTTP upgrade request into buf; returns its length, or -1 if it does not fit. */
-int ws_handshake_request(const struct ws_url *u, const char *protocol, char *buf, size_t cap)
+int ws_handshake_request(const struct ws_url *u, const char *protocol, int deflate, char *buf,
+                         size_t cap)
 {
     char proto_hdr[300] = "";
     if (protocol && *protocol)
@@ -51,8 +52,9 @@ int ws_handshake_request(const struct ws_url *u, const char *protocol, char *buf
                      "Connection: Upgrade\r\n"
                      "Sec-WebSocket-Key: " WS_KEY "\r\n"
                      "Sec-WebSocket-Version: 13\r\n"
-                     "%s\r\n",
-                     u->path, u->host, u->port, proto_hdr);
+                     "%s%s\r\n",
+                     u->path, u->host, u->port, proto_hdr,
+                     deflate ? "Sec-WebSocket-Extensions: permessage-deflate\r\n" : "");
     return n > 0 && (size_t)n < cap ? n : -1;
 }
 
@@ -112,7 +114,7 @@ int ws_frame_parse(const uint8_t *buf, size_t len, struct ws_frame *f, size_t *u
 {
     if (len < 2)
         return WS_PARSE_MORE;
-    if ((buf[0] & 0x70) || (buf[1] & 0x80))
+    if ((buf[0] & 0x30) || (buf[1] & 0x80))
         return WS_PARSE_ERROR;
     uint64_t plen = buf[1] & 0x7f;
     size_t h = 2;
@@ -135,6 +137,7 @@ int ws_frame_parse(const uint8_t *buf, size_t len, struct ws_frame *f, size_t *u
         return WS_PARSE_MORE;
     f->fin = (buf[0] & 0x80) != 0;
     f->opcode = buf[0] & 0x0f;
+    f->compressed = (buf[0] & 0x40) != 0;
     f->payload = buf + h;
     f->len = (size_t)plen;
     *used = h + (size_t)plen;

@@ -74,6 +74,7 @@ static void usage(FILE *f)
                "  --nchan-publish URL       Nchan mode: POST to URL<channel> (http://h:p/pub/);\n"
                "                            --url is then the subscriber prefix (ws://h:p/sub/)\n"
                "  --pub-connections N       keep-alive connections of the HTTP publisher (2)\n"
+               "  --deflate                 offer permessage-deflate; inflate compressed messages\n"
                "exit status: 0 clean, 2 delivery/connection errors, 1 usage or setup error\n");
 }
 
@@ -167,6 +168,9 @@ static int apply_option(struct options *o, int opt, const char *arg)
     case 'N':
         o->nchan_pub = arg;
         return strncmp(arg, "http://", 7) == 0 ? 0 : -1;
+    case 'z':
+        o->deflate = 1;
+        return 0;
     case 'M':
         o->pub_conns = (uint32_t)strtoul(arg, NULL, 10);
         return o->pub_conns > 0 && o->pub_conns <= 64 ? 0 : -1;
@@ -197,6 +201,7 @@ static int parse_options(int argc, char **argv, struct options *o)
                                              {"protocol", required_argument, 0, 'P'},
                                              {"nchan-publish", required_argument, 0, 'N'},
                                              {"pub-connections", required_argument, 0, 'M'},
+                                             {"deflate", no_argument, 0, 'z'},
                                              {"help", no_argument, 0, 'h'},
                                              {0, 0, 0, 0}};
     options_default(o);
@@ -379,9 +384,10 @@ static void report_json(const struct bench *b, const struct results *r, const st
     json_string(o->url_str);
     printf(",\"connections\":%u,\"subscribed\":%u,\"failed\":%u,\"channels\":%u,"
            "\"payload_bytes\":%u,\"target_rate\":%.1f,\"warmup_s\":%.1f,\"duration_s\":%.1f,"
-           "\"connect_s\":%.3f,",
+           "\"connect_s\":%.3f,\"deflate\":%s,\"compressed\":%llu,",
            o->connections, b->subscribed, b->failed, o->channels, o->payload_bytes, o->rate,
-           o->warmup, o->duration, r->connect_s);
+           o->warmup, o->duration, r->connect_s, o->deflate ? "true" : "false",
+           (unsigned long long)b->compressed);
     printf("\"published\":%llu,\"published_per_s\":%.1f,\"publish_no_receivers\":%llu,"
            "\"publisher_max_lag_ms\":%.3f,\"expected\":%llu,\"received\":%llu,\"missing\":%lld,"
            "\"delivered_per_s\":%.1f,\"expected_delivered_per_s\":%.1f,\"messages_per_read\":%.2f,",
@@ -438,6 +444,9 @@ static void report_text(const struct bench *b, const struct results *r, const st
                (unsigned long long)b->received, (unsigned long long)r->expected,
                (long long)(r->expected - b->received),
                b->reads ? (double)b->received / b->reads : 0.0);
+        if (o->deflate)
+            printf("  deflate     %llu messages arrived compressed and were inflated\n",
+                   (unsigned long long)b->compressed);
         printf("  latency ms  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (n=%llu)\n",
                hist_percentile(h, 0.5) / 1e6, hist_percentile(h, 0.9) / 1e6,
                hist_percentile(h, 0.99) / 1e6, hist_percentile(h, 0.999) / 1e6, h->max / 1e6,

@@ -28,6 +28,7 @@ struct ws_url {
 struct ws_frame {
     int fin;
     int opcode;
+    int compressed; /* RSV1: a permessage-deflate message */
     const uint8_t *payload;
     size_t len;
 };
@@ -38,7 +39,8 @@ enum { WS_OP_CONT = 0, WS_OP_TEXT = 1, WS_OP_BIN = 2, WS_OP_CLOSE = 8, WS_OP_PIN
 enum { WS_PARSE_OK = 1, WS_PARSE_MORE = 0, WS_PARSE_ERROR = -1 };
 
 int ws_url_parse(const char *url, struct ws_url *out);
-int ws_handshake_request(const struct ws_url *u, const char *protocol, char *buf, size_t cap);
+int ws_handshake_request(const struct ws_url *u, const char *protocol, int deflate, char *buf,
+                         size_t cap);
 long ws_handshake_response(const char *buf, size_t len);
 size_t ws_frame_encode(int opcode, const void *payload, size_t len, uint32_t mask, uint8_t *out);
 int ws_frame_parse(const uint8_t *buf, size_t len, struct ws_frame *f, size_t *used);
@@ -125,6 +127,7 @@ struct options {
     double connect_timeout;
     const char *nchan_pub; /* Nchan mode: publish by HTTP POST to this URL + channel */
     uint32_t pub_conns;    /* keep-alive connections of the HTTP publisher */
+    int deflate;           /* offer permessage-deflate and inflate what arrives compressed */
 };
 
 enum conn_state { CS_NEW, CS_CONNECTING, CS_HANDSHAKE, CS_SUBSCRIBING, CS_READY, CS_CLOSED };
@@ -144,6 +147,7 @@ struct conn {
     uint32_t out_len;
     uint8_t *frag; /* a fragmented message being assembled */
     uint32_t frag_len;
+    struct z_stream_s *z; /* --deflate: this connection's inflate stream */
 };
 
 #define MAX_CLOSE_KINDS 16
@@ -166,6 +170,9 @@ struct bench {
     size_t handshake_len;
     uint8_t *scratch;
     size_t scratch_cap;
+    uint8_t *inflated; /* --deflate: the message being verified, inflated */
+    size_t inflated_cap;
+    uint64_t compressed; /* messages that arrived compressed */
     uint32_t mask_seed;
     /* connect phase */
     uint32_t next_to_open;

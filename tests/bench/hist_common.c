@@ -236,7 +236,7 @@ int hb_ws_open(struct hb_ws *w, const char *host, int port, int timeout_ms)
     snprintf(u.port, sizeof u.port, "%d", port);
     snprintf(u.path, sizeof u.path, "/ws");
     char req[1024];
-    int n = ws_handshake_request(&u, NULL, req, sizeof req);
+    int n = ws_handshake_request(&u, NULL, 0, req, sizeof req);
     if (n < 0 || send_all(w->fd, req, (size_t)n) < 0)
         goto fail;
     char resp[4096];

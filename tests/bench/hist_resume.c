@@ -533,7 +533,7 @@ int main(int argc, char **argv)
     snprintf(u.host, sizeof u.host, "%s", O.host);
     snprintf(u.port, sizeof u.port, "%d", O.port);
     snprintf(u.path, sizeof u.path, "/ws");
-    handshake_len = ws_handshake_request(&u, NULL, handshake, sizeof handshake);
+    handshake_len = ws_handshake_request(&u, NULL, 0, handshake, sizeof handshake);
     heads = calloc(O.channels, sizeof *heads);
     conns = calloc(O.connections, sizeof *conns);
     epfd = epoll_create1(EPOLL_CLOEXEC);

@@ -16,7 +16,8 @@
 # LATENCY_SECONDS [20], IDLE_CONNS [19000], IDLE_CHANNELS [100], IDLE_SECONDS [10],
 # SCENARIOS ["a b c"],
 # HERALD_ARGS [extra herald flags], HERALD_CPUS [0: the cores herald may use, e.g. "0,1" with
-# HERALD_ARGS="--workers 2"], OUT [tests/artifacts/bench-<time>].
+# HERALD_ARGS="--workers 2"], BENCH_ARGS [extra herald-bench flags: HERALD_ARGS=--deflate
+# BENCH_ARGS=--deflate measures permessage-deflate], OUT [tests/artifacts/bench-<time>].
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -34,6 +35,7 @@ IDLE_SECONDS=${IDLE_SECONDS:-10}
 IDLE_CHANNELS=${IDLE_CHANNELS:-100}
 SCENARIOS=${SCENARIOS:-"a b c"}
 HERALD_ARGS=${HERALD_ARGS:-}
+BENCH_ARGS=${BENCH_ARGS:-}
 HERALD_CPUS=${HERALD_CPUS:-0}
 OUT=${OUT:-$ROOT/tests/artifacts/bench-$(date +%Y%m%d-%H%M%S)}
 P99_LIMIT_MS=100
@@ -87,8 +89,9 @@ run_bench() {
     local out=$1 limit
     shift
     limit=$((${WARMUP%.*} + ${STEP_SECONDS%.*} + ${LATENCY_SECONDS%.*} + ${IDLE_SECONDS%.*} + 120))
+    # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
     timeout --kill-after=5 "$limit" taskset -c 1 "$BENCH" --url "ws://127.0.0.1:$HPORT/ws" \
-        --redis "127.0.0.1:$RPORT" --gateway-pid "$HERALD_PID" --json "$@" >"$out" ||
+        --redis "127.0.0.1:$RPORT" --gateway-pid "$HERALD_PID" --json $BENCH_ARGS "$@" >"$out" ||
         true # exit 2 (delivery errors) is a result, reported in the table
     [[ -s $out ]] || { echo "herald-bench produced no report ($out)" >&2; return 1; }
 }
