@@ -77,6 +77,12 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         if (c && c->app)
             client_on_receive(c, in, len, lws_is_first_fragment(wsi), lws_is_final_fragment(wsi),
                               lws_frame_is_binary(wsi));
+        /* lws 4.1 inflates a compressed message 1 KiB per pass and, on a libuv loop, runs
+         * the pass that delivers the rest from an idle handler it stops after one pass:
+         * the tail would wait for the next input. Waking its service pipe runs one more
+         * pass; each part that is not the last asks again. */
+        if (c && c->deflate && !lws_is_final_fragment(wsi))
+            lws_cancel_service(lws_get_context(wsi));
         break;
     default:
         break;

@@ -3,7 +3,8 @@
 gets each message as one compressed frame (RSV1) that inflates to exactly the bytes an
 uncompressed client gets, across messages on one inflate stream (context takeover on the
 client side); a client that caps the server's window is answered without the extension; a
-client's compressed frames are understood; short replies go uncompressed."""
+client's compressed frames are understood, and bounded by what they inflate to; short replies
+go uncompressed."""
 
 import asyncio
 import json
@@ -87,6 +88,21 @@ class DeflateOnTest(harness.HeraldTestCase):
         got = [await recv_json(ws) for _ in range(5)]
         self.assertEqual([m["data"] for m in got], [event(i) for i in range(5)])
         self.assertGreater(self.h.metric("herald_frames_out_total"), 5)
+
+    async def test_long_compressed_messages_arrive_whole_and_are_bounded(self):
+        # lws inflates 1 KiB per pass; a 20 KB message needs many passes and must be answered
+        # at once (without history, publish is refused as unavailable: it was read whole)
+        ws = await self.connect(self.h, compression="deflate")
+        await ws.send(json.dumps({"op": "publish", "channel": "room", "data": "b" * 20_000}))
+        reply = await recv_json(ws, timeout=5)
+        self.assertEqual((reply["op"], reply["code"]), ("error", "unavailable"))
+        # 300 KB of one letter compresses to a few hundred bytes: the limit applies to what it
+        # inflates to, and the connection stays usable
+        bomb = json.dumps({"op": "publish", "channel": "room", "data": "a" * 300_000})
+        await ws.send(bomb)
+        reply = await recv_json(ws)
+        self.assertEqual((reply["op"], reply["code"]), ("error", "too_large"))
+        await subscribe(ws, "room")
 
 
 class DeflateOffTest(harness.HeraldTestCase):
