@@ -11,6 +11,7 @@
 # here is stopped by PID on exit; every tool run is bounded by `timeout`.
 # Scenarios (SCENARIOS ["sql rest latency resume"]):
 #   sql      hist-publish --mode sql  with PUBLISHERS ["1 8 64"] for SECONDS_EACH [10] s each
+#   sqlbatch the same with --batch SQL_BATCH [100]: herald_publish_batch, SQL_BATCH per call
 #   rest     hist-publish --mode rest with PUBLISHERS, same length
 #   latency  REST publishes at LATENCY_RATE [1000]/s for LATENCY_SECONDS [10] s, one WebSocket
 #            subscriber measures publish-to-delivery latency
@@ -209,24 +210,25 @@ PY
     ((rc == 0)) || { FAILED=1; echo "   $name: exit $rc: $(head -c 300 "$OUT/$name.err")"; }
 }
 
-publish_rows() { # publish_rows MODE
-    local mode=$1 n f
+publish_rows() { # publish_rows MODE [NAME [HIST-PUBLISH FLAGS...]]
+    local mode=$1 name=${2:-$1} n f
+    shift $(($# < 2 ? $# : 2))
     start_herald
     for n in $PUBLISHERS; do
         local args=(--mode "$mode" --publishers "$n" --duration "$SECONDS_EACH" --warmup "$WARMUP"
-            --channels "$CHANNELS" --prefix "$mode$n-$STAMP-" --database-url "$DBURL")
+            --channels "$CHANNELS" --prefix "$name$n-$STAMP-" --database-url "$DBURL" "$@")
         # shellcheck disable=SC2206 # SQL_ARGS is a list of flags
         [[ $mode == sql ]] && args+=(--redis "127.0.0.1:$RPORT" $SQL_ARGS)
         [[ $mode == rest ]] && args+=(--gateway "127.0.0.1:$HPORT")
-        run_tool "$mode-$n" $((${SECONDS_EACH%.*} + 60)) "$HPUB" "${args[@]}" || continue
-        f="$OUT/$mode-$n.json"
+        run_tool "$name-$n" $((${SECONDS_EACH%.*} + 60)) "$HPUB" "${args[@]}" || continue
+        f="$OUT/$name-$n.json"
         IFS=$'\t' read -r rate p50 p99 mx err dbc hcpu mcpu fcpu < <(json_get "$f" publishes_per_s \
             publish_ms.p50 publish_ms.p99 publish_ms.max errors_total db_check herald_cpu_pct \
             machine_busy_pct foreign_busy_pct)
         echo "   $mode x$n: $rate publishes/s, p50 $p50 ms, p99 $p99 ms, errors $err, db check $dbc, herald CPU $hcpu%, machine $mcpu%"
         local label=$mode
         [[ $mode == sql && $SQL_ARGS == *no-prepare* ]] && label="sql (unprepared)"
-        [[ $mode == sql && $SQL_ARGS =~ --batch\ ([0-9]+) ]] && label="sql (batches of ${BASH_REMATCH[1]})"
+        [[ $mode == sql && "$SQL_ARGS $*" =~ --batch\ ([0-9]+) ]] && label="sql (batches of ${BASH_REMATCH[1]})"
         [[ $mode == rest && -n $DB_POOL ]] && label="rest (db-pool $DB_POOL)"
         ROWS_PUB+=("| $label | $n | $rate | $p50 | $p99 | $mx | $err | $dbc | $hcpu | $mcpu ($fcpu) |")
     done
@@ -234,6 +236,10 @@ publish_rows() { # publish_rows MODE
 }
 
 scenario_sql() { echo "== durable publish through SQL + Redis PUBLISH"; publish_rows sql; }
+scenario_sqlbatch() {
+    echo "== durable publish through SQL, ${SQL_BATCH:-100} messages per herald_publish_batch call"
+    publish_rows sql sqlbatch --batch "${SQL_BATCH:-100}"
+}
 scenario_rest() { echo "== durable publish through the gateway's REST API"; publish_rows rest; }
 
 scenario_latency() {

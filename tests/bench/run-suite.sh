@@ -22,7 +22,8 @@
 #   s3  10,000 connections each on its own channel, 5,000 publishes/s spread over them
 #   s4  19,000 subscribed idle connections (from 16 loopback source addresses): RSS/connection
 #   s5  Herald only: resume storm of 10,000 clients (run-history.sh, variants cold and warm)
-#   s6  Herald only: durable publish throughput, REST and SQL, 1/8/64 publishers (run-history.sh)
+#   s6  Herald only: durable publish throughput, 1/8/64 publishers: REST, the SQL function one
+#       message per transaction and 100 per herald_publish_batch call (run-history.sh)
 # Knobs: STEP_SECONDS [6], WARMUP [2], S1_RATES, S2_RATES, S3_CONNS [10000], S3_RATE [5000],
 # S3_SECONDS [10], S4_CONNS [19000], S4_CHANNELS [100], S4_SECONDS [5], HISTORY_SECONDS [8],
 # P99_LIMIT_MS [100], MIN_DELIVERED [0.95], OUT [tests/artifacts/suite-<time>],
@@ -308,7 +309,7 @@ scenario_history() {
     ((HISTORY_DONE)) && return 0
     HISTORY_DONE=1
     local scen=() hist_env=()
-    [[ " $SCENARIOS " == *" s6 "* ]] && scen+=(sql rest)
+    [[ " $SCENARIOS " == *" s6 "* ]] && scen+=(sql sqlbatch rest)
     [[ " $SCENARIOS " == *" s5 "* ]] && scen+=(resume)
     echo "== s5/s6 (Herald only, via run-history.sh): ${scen[*]}"
     hist_env=(SCENARIOS="${scen[*]}" RESUME_VARIANTS="cold warm" OUT="$OUT/history"

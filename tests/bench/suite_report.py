@@ -209,7 +209,9 @@ def history(out, md, summary):
         return
     lb = get(load(os.path.join(out, "history-load.json")) or {}, "loadavg_before")
     runs = {r.get("name"): r for r in h.get("runs", [])}
-    pubs = [r for n, r in runs.items() if n and (n.startswith("sql-") or n.startswith("rest-"))]
+    paths = {"sql": "SQL `herald_publish`, one per transaction",
+             "sqlbatch": "SQL `herald_publish_batch`, 100 per call", "rest": "REST"}
+    pubs = [r for n, r in runs.items() if n and n.split("-")[0] in paths]
     res = [r for n, r in runs.items() if n and n.startswith("resume-")]
     if res:
         md.append("\n### S5: resume storm (Herald only)\n")
@@ -238,7 +240,7 @@ def history(out, md, summary):
         for r in pubs:
             mode, n = r["name"].split("-")
             md.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
-                "SQL function" if mode == "sql" else "REST", n, num(r.get("publishes_per_s")),
+                paths[mode], n, num(r.get("publishes_per_s")),
                 num(get(r, "publish_ms", "p50"), "{:.2f}"), num(get(r, "publish_ms", "p99"), "{:.2f}"),
                 num(r.get("errors_total")), r.get("db_check"), num(r.get("foreign_busy_pct"), "{:.0f}")))
         summary["s6"] = {r["name"]: r.get("publishes_per_s") for r in pubs}
@@ -282,9 +284,14 @@ def targets(summary, md):
             f"{num(s5.get('db_queries'))} queries")
     s6 = summary.get("s6")
     if s6:
-        best = max((v for v in s6.values() if v), default=None)
-        add("S6 >= 20,000 durable publishes/s", best, None if best is None else best >= 20000,
-            "best " + num(best) + "/s")
+        # each path on its own: a producer picks one
+        for path, label in (("rest", "REST"), ("sql", "SQL, one per transaction"),
+                            ("sqlbatch", "SQL, batches of 100")):
+            vals = [v for k, v in s6.items() if k.split("-")[0] == path and v]
+            best = max(vals, default=None)
+            if best is not None:
+                add(f"S6 >= 20,000 durable publishes/s ({label})", best, best >= 20000,
+                    "best " + num(best) + "/s")
     summary["targets"] = rows
 
 
