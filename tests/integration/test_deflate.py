@@ -15,6 +15,8 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import recv_json, subscribe  # noqa: E402
+from pg import HistoryTestCase  # noqa: E402
+from test_history import post  # noqa: E402
 
 OFFER = "permessage-deflate; client_max_window_bits"
 
@@ -34,6 +36,11 @@ class Inflater:
 
     def message(self, payload):
         return self.z.decompress(payload + b"\x00\x00\xff\xff")
+
+    def read(self, ws):
+        """The next message of raw client ws, inflated if it came compressed."""
+        payload = ws.recv_frame()[2]
+        return self.message(payload) if ws.rsv1 else payload
 
 
 class DeflateOnTest(harness.HeraldTestCase):
@@ -103,6 +110,34 @@ class DeflateOnTest(harness.HeraldTestCase):
         reply = await recv_json(ws)
         self.assertEqual((reply["op"], reply["code"]), ("error", "too_large"))
         await subscribe(ws, "room")
+
+
+class DeflateHistoryTest(HistoryTestCase):
+    async def test_a_resume_replays_compressed_frames(self):
+        """Replayed messages go out compressed like live ones and inflate to exactly what a
+        plain client is replayed: first read from PostgreSQL, then again once the channel's
+        recent messages are cached (its subscribers keep them)."""
+        redis, pg = self.start_redis(), self.start_postgres()
+        h = self.start_herald_with_history(redis, pg, "--deflate")
+        for i in range(6):
+            self.assertEqual(post(h, "jobs", event(i))[1]["seq"], i + 1)
+        for source in ("PostgreSQL", "the recent cache"):
+            queries = h.metric("herald_db_queries_total")
+            plain = self.raw_ws(h)
+            zipped = self.raw_ws(h, extensions=OFFER)
+            inflater = Inflater()
+            for ws in (plain, zipped):
+                ws.send_json({"op": "subscribe", "channel": "jobs", "since": 2})
+            for seq in range(3, 7):
+                _, _, body = plain.recv_frame()
+                _, _, packed = zipped.recv_frame()
+                self.assertTrue(zipped.rsv1, f"seq {seq} from {source} was not compressed")
+                self.assertEqual(inflater.message(packed), body)
+                self.assertEqual(json.loads(body)["seq"], seq)
+            for reply in (json.loads(plain.recv_frame()[2]), json.loads(inflater.read(zipped))):
+                self.assertEqual((reply["op"], reply["replayed"]), ("subscribed", 4))
+            if source == "PostgreSQL":  # the second round is normally served from the cache
+                self.assertGreaterEqual(h.metric("herald_db_queries_total") - queries, 1)
 
 
 class DeflateOffTest(harness.HeraldTestCase):
