@@ -59,6 +59,7 @@ struct channel {
     struct frame **held; /* sequenced frames that arrived ahead of a gap, by seq */
     uint32_t nheld;
     uint64_t held_since_ms;
+    struct channel *hold_prev, *hold_next; /* in the hub's holding list while nheld > 0 */
     struct outq recent; /* newest delivered frames, contiguous by seq, bounded in bytes */
     size_t len;
     char name[];
@@ -76,6 +77,13 @@ void hub_maybe_forget(struct hub *hub, struct channel *ch);
 /* Calls fn on every channel. */
 void hub_each(struct hub *hub, void (*fn)(struct hub *hub, struct channel *ch, void *arg),
               void *arg);
+/* The channels holding frames ahead of a gap (linked by hold_next), kept apart so that the
+ * frequent tick visits them and not every channel: a scan of all channels every 50 ms costs
+ * CPU in proportion to the channels even when nothing happens. sequence.c adds a channel
+ * when its first frame is held and removes it when the last one goes. */
+struct channel *hub_holding(const struct hub *hub);
+void hub_holding_add(struct hub *hub, struct channel *ch);
+void hub_holding_remove(struct hub *hub, struct channel *ch);
 
 /* sequence.c */
 /* A sequenced frame from Redis: delivered in order, held across a gap, or dropped. */
@@ -87,7 +95,7 @@ void seq_progress(struct hub *hub, struct channel *ch);
 /* Periodic work: fill gaps held too long; with heads, compare every channel's head with
  * PostgreSQL (a PUBLISH may have been lost). */
 void seq_tick(struct hub *hub, uint64_t now, bool heads);
-/* Frees the channel's held frames and recent cache. */
-void seq_release(struct channel *ch);
+/* Frees the channel's held frames (leaving the holding list) and recent cache. */
+void seq_release(struct hub *hub, struct channel *ch);
 
 #endif

@@ -18,7 +18,8 @@
 struct hub {
     struct herald *app;
     struct channel **buckets;
-    uint32_t nbuckets; /* a power of two */
+    uint32_t nbuckets;       /* a power of two */
+    struct channel *holding; /* channels with held frames (hub_holding) */
     size_t count;
     uv_timer_t timer;
     uint64_t last_head_check_ms;
@@ -72,11 +73,11 @@ void hub_stop(struct hub *hub)
     uv_close((uv_handle_t *)&hub->timer, NULL);
 }
 
-static void channel_free(struct channel *ch)
+static void channel_free(struct hub *hub, struct channel *ch)
 {
     for (uint32_t i = 0; i < ch->nwaiters; i++)
         free(ch->waiters[i].id_json);
-    seq_release(ch);
+    seq_release(hub, ch);
     free(ch->waiters);
     free(ch->members);
     free(ch);
@@ -90,7 +91,7 @@ void hub_free(struct hub *hub)
         struct channel *ch = hub->buckets[b];
         while (ch) {
             struct channel *next = ch->next;
-            channel_free(ch);
+            channel_free(hub, ch);
             ch = next;
         }
     }
@@ -115,6 +116,34 @@ struct channel *hub_find(const struct hub *hub, const char *name, size_t len)
         if (ch->hash == h && ch->len == len && memcmp(ch->name, name, len) == 0)
             return ch;
     return NULL;
+}
+
+struct channel *hub_holding(const struct hub *hub)
+{
+    return hub->holding;
+}
+
+void hub_holding_add(struct hub *hub, struct channel *ch)
+{
+    if (ch->hold_prev || hub->holding == ch)
+        return;
+    ch->hold_next = hub->holding;
+    if (ch->hold_next)
+        ch->hold_next->hold_prev = ch;
+    hub->holding = ch;
+}
+
+void hub_holding_remove(struct hub *hub, struct channel *ch)
+{
+    if (!ch->hold_prev && hub->holding != ch)
+        return;
+    if (ch->hold_prev)
+        ch->hold_prev->hold_next = ch->hold_next;
+    else
+        hub->holding = ch->hold_next;
+    if (ch->hold_next)
+        ch->hold_next->hold_prev = ch->hold_prev;
+    ch->hold_prev = ch->hold_next = NULL;
 }
 
 void hub_each(struct hub *hub, void (*fn)(struct hub *hub, struct channel *ch, void *arg),
@@ -178,7 +207,7 @@ void hub_maybe_forget(struct hub *hub, struct channel *ch)
         p = &(*p)->next;
     *p = ch->next;
     hub->count--;
-    channel_free(ch);
+    channel_free(hub, ch);
 }
 
 /* Asks Redis for the subscription when the bus can take commands; otherwise the channel

@@ -56,7 +56,7 @@ static void advance(struct hub *hub, struct channel *ch, struct frame *f)
     hub_deliver(hub, ch, f);
 }
 
-static void hold(struct channel *ch, struct frame *f, uint64_t now)
+static void hold(struct hub *hub, struct channel *ch, struct frame *f, uint64_t now)
 {
     uint32_t i = 0;
     while (i < ch->nheld && ch->held[i]->seq < f->seq)
@@ -69,8 +69,10 @@ static void hold(struct channel *ch, struct frame *f, uint64_t now)
     ch->held = h;
     memmove(h + i + 1, h + i, (ch->nheld - i) * sizeof *h);
     h[i] = frame_ref(f);
-    if (ch->nheld++ == 0)
+    if (ch->nheld++ == 0) {
         ch->held_since_ms = now;
+        hub_holding_add(hub, ch);
+    }
 }
 
 /* Delivers held frames that are next in line; with skip_gap, also those past a gap that
@@ -100,6 +102,8 @@ static void drain_held(struct hub *hub, struct channel *ch, bool skip_gap)
     ch->nheld -= i;
     if (ch->nheld)
         ch->held_since_ms = herald_now_ms(hub_app(hub));
+    else
+        hub_holding_remove(hub, ch);
 }
 
 static void on_fetch(void *arg, const struct history_page *page, const char *err);
@@ -150,7 +154,7 @@ void seq_on_live(struct hub *hub, struct channel *ch, struct frame *f)
         return;
     }
     if (history_on(hub) && !ch->baseline && !ch->head_failed) {
-        hold(ch, f, herald_now_ms(app)); /* the head query decides where the stream starts */
+        hold(hub, ch, f, herald_now_ms(app)); /* the head query decides where the stream starts */
         return;
     }
     if (f->seq == ch->last_seq + 1 || !history_on(hub) || ch->head_failed) {
@@ -159,7 +163,7 @@ void seq_on_live(struct hub *hub, struct channel *ch, struct frame *f)
         recent_trim(hub, ch);
         return;
     }
-    hold(ch, f, herald_now_ms(app));
+    hold(hub, ch, f, herald_now_ms(app));
     if (ch->nheld >= MAX_HELD)
         fill_gap(hub, ch);
 }
@@ -358,8 +362,6 @@ static void on_fetch(void *arg, const struct history_page *page, const char *err
 }
 
 struct tick {
-    uint64_t now;
-    bool check_heads;
     const char *names[HEADS_PER_QUERY];
     size_t n;
 };
@@ -384,22 +386,27 @@ static void check_heads(struct hub *hub, struct tick *t)
     t->n = 0;
 }
 
-static void tick_channel(struct hub *hub, struct channel *ch, void *arg)
+/* Frames held for HOLD_MS: ask PostgreSQL for the missing ones, or let them go past the
+ * gap when it cannot tell. */
+static void release_if_due(struct hub *hub, struct channel *ch, uint64_t now)
+{
+    if (ch->fetching || now - ch->held_since_ms < HOLD_MS)
+        return;
+    if (history_on(hub) && ch->baseline)
+        fill_gap(hub, ch);
+    else
+        drain_held(hub, ch, true);
+}
+
+static void check_channel(struct hub *hub, struct channel *ch, void *arg)
 {
     struct tick *t = arg;
-    if (ch->head_failed && t->check_heads && ch->redis == R_ACTIVE && !ch->fetching) {
+    if (ch->head_failed && ch->redis == R_ACTIVE && !ch->fetching) {
         ch->head_failed = false; /* PostgreSQL is back: learn the head again */
         start_fetch(hub, ch, HEAD_ONLY, 0);
         return;
     }
-    if (ch->nheld && !ch->fetching && t->now - ch->held_since_ms >= HOLD_MS) {
-        if (history_on(hub) && ch->baseline)
-            fill_gap(hub, ch);
-        else
-            drain_held(hub, ch, true);
-    }
-    if (t->check_heads && ch->baseline && ch->redis == R_ACTIVE && !ch->fetching && ch->nmembers &&
-        !ch->nheld) {
+    if (ch->baseline && ch->redis == R_ACTIVE && !ch->fetching && ch->nmembers && !ch->nheld) {
         t->names[t->n++] = ch->name;
         if (t->n == HEADS_PER_QUERY)
             check_heads(hub, t);
@@ -408,19 +415,24 @@ static void tick_channel(struct hub *hub, struct channel *ch, void *arg)
 
 void seq_tick(struct hub *hub, uint64_t now, bool heads)
 {
+    for (struct channel *ch = hub_holding(hub), *next; ch; ch = next) {
+        next = ch->hold_next; /* releasing may take ch off the list */
+        release_if_due(hub, ch, now);
+    }
+    if (!heads || !history_on(hub) || !db_up(hub_app(hub)->db))
+        return;
     struct tick *t = malloc(sizeof *t);
     if (!t)
         return;
-    t->now = now;
-    t->check_heads = heads && history_on(hub) && db_up(hub_app(hub)->db);
     t->n = 0;
-    hub_each(hub, tick_channel, t);
+    hub_each(hub, check_channel, t);
     check_heads(hub, t);
     free(t);
 }
 
-void seq_release(struct channel *ch)
+void seq_release(struct hub *hub, struct channel *ch)
 {
+    hub_holding_remove(hub, ch);
     for (uint32_t i = 0; i < ch->nheld; i++)
         frame_unref(ch->held[i]);
     free(ch->held);
