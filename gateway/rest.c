@@ -26,23 +26,7 @@ struct rest_call {
     char key[IDEMPOTENCY_KEY_MAX + 1];
 };
 
-/* An answer completed by PostgreSQL is written at once rather than from a WRITEABLE
- * callback: with lws on libuv every change of a socket's poll events costs an epoll_ctl DEL
- * and ADD (uv_poll_start stops the watcher first), and asking for WRITEABLE made four such
- * pairs per request, the largest cost of a REST publish. */
-static void send_now(struct lws *wsi, struct http_session *s)
-{
-    if (lws_partial_buffered(wsi)) {
-        lws_callback_on_writable(wsi);
-        return;
-    }
-    if (rest_writable(wsi, s) < 0)
-        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
-}
-
-/* Stores a whole response and sends it: now when called from a PostgreSQL answer, from the
- * next WRITEABLE callback when called inside an lws callback (rest_begin, rest_body_done),
- * and only once the body has been read for a POST refused before its body came. */
+/* Stores a whole response and asks for a WRITEABLE callback to send it. */
 static void prepare(struct lws *wsi, struct http_session *s, unsigned status, const char *body,
                     size_t len)
 {
@@ -55,12 +39,8 @@ static void prepare(struct lws *wsi, struct http_session *s, unsigned status, co
     memcpy(s->response + LWS_PRE, head, h);
     memcpy(s->response + LWS_PRE + h, body, len);
     s->response_len = h + len;
-    if (s->wait_body)
-        return;
-    if (s->in_callback)
+    if (!s->wait_body)
         lws_callback_on_writable(wsi);
-    else
-        send_now(wsi, s);
 }
 
 static void prepare_error(struct lws *wsi, struct http_session *s, unsigned status,
@@ -70,25 +50,6 @@ static void prepare_error(struct lws *wsi, struct http_session *s, unsigned stat
     app->metrics.client_errors[code]++;
     char body[768];
     prepare(wsi, s, status, body, http_error_body(body, sizeof body, code, message));
-}
-
-static int begin(struct herald *app, struct lws *wsi, struct http_session *s, const char *uri);
-static int body_done(struct herald *app, struct lws *wsi, struct http_session *s);
-
-int rest_begin(struct herald *app, struct lws *wsi, struct http_session *s, const char *uri)
-{
-    s->in_callback = true;
-    int r = begin(app, wsi, s, uri);
-    s->in_callback = false;
-    return r;
-}
-
-int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s)
-{
-    s->in_callback = true;
-    int r = body_done(app, wsi, s);
-    s->in_callback = false;
-    return r;
 }
 
 int rest_writable(struct lws *wsi, struct http_session *s)
@@ -263,7 +224,7 @@ static bool authorized(struct herald *app, struct lws *wsi, struct http_session 
     return ok;
 }
 
-static int begin(struct herald *app, struct lws *wsi, struct http_session *s, const char *uri)
+int rest_begin(struct herald *app, struct lws *wsi, struct http_session *s, const char *uri)
 {
     char channel[CHANNEL_NAME_MAX + 1], err[160];
     bool post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
@@ -328,7 +289,7 @@ int rest_body(struct herald *app, struct lws *wsi, struct http_session *s, const
     return 0;
 }
 
-static int body_done(struct herald *app, struct lws *wsi, struct http_session *s)
+int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s)
 {
     struct rest_call *c = s->call;
     s->wait_body = false;

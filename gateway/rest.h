@@ -1,7 +1,6 @@
 /* The /v1 REST routes: GET /v1/channels/{C}/messages (catch-up with paging) and
- * POST /v1/channels/{C}/messages (durable publish, Idempotency-Key). Both answer as soon as
- * PostgreSQL did, written straight from its answer; refusals made while lws is calling us
- * go out from the connection's HTTP_WRITEABLE callback. */
+ * POST /v1/channels/{C}/messages (durable publish, Idempotency-Key). Both answer after
+ * PostgreSQL did, from the connection's HTTP_WRITEABLE callback. */
 #ifndef HERALD_REST_H
 #define HERALD_REST_H
 
@@ -18,9 +17,8 @@ struct http_session {
     char *body;             /* POST body gathered so far */
     size_t body_len;
     bool body_too_large;
-    bool wait_body;   /* a POST: answer only once its body has been read */
-    bool in_callback; /* inside rest_begin or rest_body_done: answer from WRITEABLE */
-    char *response;   /* whole response: status line, headers, body */
+    bool wait_body; /* a POST: answer only once its body has been read */
+    char *response; /* whole response: status line, headers, body */
     size_t response_len;
 };
 
