@@ -95,8 +95,14 @@ static unsigned append_due(struct publisher *p, redisContext *c, char **names, c
     return batch;
 }
 
-/* The pacing loop: runs from start_ns to end_ns, then reports its CPU and exits. */
-static void publish_loop(struct publisher *p, redisContext *c, char **names)
+/* One tick of a transport: sends every message due at `now` (sent counts those sent so
+ * far); 0 to go on, -1 to stop (p->error says why). */
+typedef int (*pace_step)(struct publisher *p, void *transport, char **names, char *buf, size_t cap,
+                         uint64_t now, uint64_t *sent);
+
+/* The pacing loop of both transports: one step per tick from start_ns to end_ns, marking
+ * where the warm-up ended and recording the worst lag behind the schedule. */
+static void pace(struct publisher *p, pace_step step, void *transport, char **names)
 {
     size_t cap = (size_t)p->payload_bytes + 128;
     char *buf = malloc(cap);
@@ -111,8 +117,7 @@ static void publish_loop(struct publisher *p, redisContext *c, char **names)
             atomic_store(&p->at_warm_end, sent);
             warm_marked = 1;
         }
-        unsigned batch = append_due(p, c, names, buf, cap, now, &sent);
-        if (read_replies(p, c, batch) != 0)
+        if (step(p, transport, names, buf, cap, now, &sent) != 0)
             break;
         atomic_store(&p->published, sent);
         uint64_t on_time = p->start_ns + (uint64_t)((double)sent * 1e9 / p->rate);
@@ -127,6 +132,14 @@ static void publish_loop(struct publisher *p, redisContext *c, char **names)
     if (!warm_marked)
         atomic_store(&p->at_warm_end, sent);
     free(buf);
+}
+
+/* Redis: one pipelined batch of PUBLISH commands, then their replies. */
+static int redis_step(struct publisher *p, void *transport, char **names, char *buf, size_t cap,
+                      uint64_t now, uint64_t *sent)
+{
+    redisContext *c = transport;
+    return read_replies(p, c, append_due(p, c, names, buf, cap, now, sent));
 }
 
 /* ---- HTTP POST publishing (Nchan) ---- */
@@ -279,51 +292,28 @@ static int http_read_all(struct publisher *p, struct http_conn *c)
     return 0;
 }
 
-/* The HTTP pacing loop: like publish_loop, one pipelined batch per connection per tick. */
-static void publish_loop_http(struct publisher *p, struct http_conn *hc, char **names)
+/* HTTP (Nchan): the messages due, pipelined over the connections (a channel always on the
+ * same one, so its order is kept), at most HTTP_MAX_BATCH per connection per tick; then
+ * every answer. */
+static int http_step(struct publisher *p, void *transport, char **names, char *body, size_t cap,
+                     uint64_t now, uint64_t *sent)
 {
-    size_t cap = (size_t)p->payload_bytes + 128;
-    char *body = malloc(cap);
-    uint64_t sent = 0, tick = p->start_ns;
-    int warm_marked = 0;
-    sleep_until_ns(p->start_ns);
-    while (body) {
-        uint64_t now = now_ns();
-        if (now >= p->end_ns || atomic_load(&p->stop))
-            break;
-        if (!warm_marked && now >= p->warm_end_ns) {
-            atomic_store(&p->at_warm_end, sent);
-            warm_marked = 1;
+    struct http_conn *hc = transport;
+    uint64_t due = (uint64_t)(p->rate * (double)(now - p->start_ns) / 1e9) + 1;
+    uint64_t limit = *sent + (uint64_t)HTTP_MAX_BATCH * p->http_conns;
+    due = due < limit ? due : limit;
+    for (; *sent < due; (*sent)++)
+        if (http_append(p, &hc[*sent % p->channels % p->http_conns], names, body, cap, *sent) != 0)
+            return -1;
+    for (uint32_t i = 0; i < p->http_conns; i++)
+        if (hc[i].out_len && http_write_all(&hc[i]) != 0) {
+            snprintf(p->error, sizeof(p->error), "publish write: %s", strerror(errno));
+            return -1;
         }
-        uint64_t due = (uint64_t)(p->rate * (double)(now - p->start_ns) / 1e9) + 1;
-        uint64_t limit = sent + (uint64_t)HTTP_MAX_BATCH * p->http_conns;
-        due = due < limit ? due : limit;
-        for (; sent < due; sent++)
-            if (http_append(p, &hc[sent % p->channels % p->http_conns], names, body, cap, sent) !=
-                0)
-                goto out;
-        for (uint32_t i = 0; i < p->http_conns; i++)
-            if (hc[i].out_len && http_write_all(&hc[i]) != 0) {
-                snprintf(p->error, sizeof(p->error), "publish write: %s", strerror(errno));
-                goto out;
-            }
-        for (uint32_t i = 0; i < p->http_conns; i++)
-            if (http_read_all(p, &hc[i]) != 0)
-                goto out;
-        atomic_store(&p->published, sent);
-        uint64_t on_time = p->start_ns + (uint64_t)((double)sent * 1e9 / p->rate);
-        uint64_t after = now_ns();
-        if (after > on_time && after - on_time > p->max_lag_ns)
-            p->max_lag_ns = after - on_time;
-        tick += PUB_TICK_NS;
-        if (tick < after)
-            tick = after;
-        sleep_until_ns(tick);
-    }
-out:
-    if (!warm_marked)
-        atomic_store(&p->at_warm_end, sent);
-    free(body);
+    for (uint32_t i = 0; i < p->http_conns; i++)
+        if (http_read_all(p, &hc[i]) != 0)
+            return -1;
+    return 0;
 }
 
 /* Open the HTTP connections, publish, close them. */
@@ -338,7 +328,7 @@ static void publish_http(struct publisher *p, char **names)
             break;
         }
     if (hc && opened == p->http_conns && p->rate > 0)
-        publish_loop_http(p, hc, names);
+        pace(p, http_step, hc, names);
     for (uint32_t i = 0; hc && i < opened; i++) {
         close(hc[i].fd);
         free(hc[i].in);
@@ -371,7 +361,7 @@ void *publisher_main(void *arg)
     else if (!names)
         snprintf(p->error, sizeof(p->error), "out of memory");
     else if (p->rate > 0)
-        publish_loop(p, c, names);
+        pace(p, redis_step, c, names);
     free_names(names, p->channels);
     if (c)
         redisFree(c);
