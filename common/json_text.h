@@ -13,4 +13,22 @@ size_t json_escape(const char *s, size_t n, char *out, size_t cap);
  * cheap pass before the parser, which has no depth limit of its own below 2048. */
 bool json_too_deep(const char *s, size_t n, int max);
 
+/* Where a value sits in a JSON text: s[off..off+len). */
+struct json_span {
+    size_t off, len;
+};
+
+/* The spans below read texts that the parser has already accepted: they find the bytes of a
+ * value as the sender wrote them, which re-encoding a parsed tree would not keep (jansson
+ * writes 0.1 back as 0.10000000000000001). */
+
+/* The value of member key of the object that starts at s[at] (after any whitespace).
+ * Keys are compared after decoding their escapes. Returns 0, or -1 when there is no such
+ * member or s[at] holds no object. */
+int json_member_span(const char *s, size_t n, size_t at, const char *key, struct json_span *out);
+
+/* The elements of the array that starts at s[at] (after any whitespace): fills out with at
+ * most max spans and returns how many there are, or -1 when s[at] holds no array. */
+long json_element_spans(const char *s, size_t n, size_t at, struct json_span *out, size_t max);
+
 #endif

@@ -101,9 +101,15 @@ int request_parse(const char *msg, size_t len, int max_depth, struct request *ou
         return -1;
     if (out->op == REQ_SUBSCRIBE && read_resume(out, why) < 0)
         return -1;
-    if (out->op == REQ_PUBLISH && !(out->data = json_object_get(out->root, "data"))) {
-        *why = "publish needs data";
-        return -1;
+    if (out->op == REQ_PUBLISH) {
+        struct json_span sp;
+        if (!(out->data = json_object_get(out->root, "data")) ||
+            json_member_span(msg, len, 0, "data", &sp) < 0) {
+            *why = "publish needs data";
+            return -1;
+        }
+        out->data_text = msg + sp.off;
+        out->data_len = sp.len;
     }
     return 0;
 }

@@ -23,7 +23,10 @@ struct request {
     uint64_t since;
     const char *epoch; /* NULL when not given */
     json_t *data;      /* publish */
-    json_t *root;      /* owns the strings above */
+    /* publish: data as the client wrote it, inside msg (what is stored and delivered) */
+    const char *data_text;
+    size_t data_len;
+    json_t *root; /* owns the strings above */
 };
 
 /* Parses msg[0..len): a JSON object nested at most max_depth deep, with a known "op", a

@@ -136,25 +136,22 @@ static void op_publish(struct client *c, const struct request *rq)
                           "publish needs the history: HERALD_DATABASE_URL is not set");
         return;
     }
-    char *text = json_dumps(rq->data, JSON_ENCODE_ANY | JSON_COMPACT);
     struct pending_publish *p = calloc(1, sizeof *p);
-    if (!text || !p) {
-        free(text);
-        free(p);
+    if (!p) {
         client_send_error(c, ERR_INTERNAL, id, "out of memory");
         return;
     }
     p->c = c;
     snprintf(p->id, sizeof p->id, "%s", rq->id);
     snprintf(p->channel, sizeof p->channel, "%s", rq->channel);
-    if (publish_durable(c->app, rq->channel, text, NULL, on_published, p) < 0) {
+    if (publish_durable(c->app, rq->channel, rq->data_text, rq->data_len, NULL, on_published, p) <
+        0) {
         free(p);
         client_send_error(c, ERR_UNAVAILABLE, id, "the history is unavailable");
     } else {
         p->next = c->publishes;
         c->publishes = p;
     }
-    free(text);
 }
 
 void protocol_handle(struct client *c, const char *msg, size_t len)

@@ -275,20 +275,21 @@ static void pump(struct publisher *p)
     }
 }
 
-int publish_durable(struct herald *app, const char *channel, const char *data, const char *key,
-                    publish_cb cb, void *arg)
+int publish_durable(struct herald *app, const char *channel, const char *data, size_t len,
+                    const char *key, publish_cb cb, void *arg)
 {
     struct publisher *p = app->publisher;
     if (!p || !db_up(app->db) || p->queued >= QUEUE_MAX)
         return -1;
-    size_t nc = strlen(channel) + 1, nd = strlen(data) + 1, nk = key ? strlen(key) + 1 : 0;
+    size_t nc = strlen(channel) + 1, nd = len + 1, nk = key ? strlen(key) + 1 : 0;
     struct item *it = malloc(sizeof *it + nc + nd + nk);
     if (!it)
         return -1;
     *it = (struct item){.cb = cb, .arg = arg, .size = nd - 1};
     memcpy(it->channel, channel, nc);
     it->data = it->channel + nc;
-    memcpy(it->data, data, nd);
+    memcpy(it->data, data, len);
+    it->data[len] = '\0';
     if (key) {
         it->key = it->data + nd;
         memcpy(it->key, key, nk);

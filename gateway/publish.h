@@ -25,10 +25,10 @@ struct publisher *publisher_new(struct herald *app);
  * ends them (db_free), and the publisher is freed after the last one. */
 void publisher_free(struct publisher *p);
 
-/* Queues a publish of data (JSON text) on channel; key may be NULL. cb is called exactly
- * once, later. -1 (cb not called): PostgreSQL is down or the queue is full. */
-int publish_durable(struct herald *app, const char *channel, const char *data, const char *key,
-                    publish_cb cb, void *arg);
+/* Queues a publish of data[0..len) (JSON text, copied) on channel; key may be NULL. cb is
+ * called exactly once, later. -1 (cb not called): PostgreSQL is down or the queue is full. */
+int publish_durable(struct herald *app, const char *channel, const char *data, size_t len,
+                    const char *key, publish_cb cb, void *arg);
 
 /* For /metrics: batches sent, messages stored, publishes waiting for a batch. */
 uint64_t publisher_batches(const struct publisher *p);

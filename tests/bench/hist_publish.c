@@ -8,6 +8,7 @@
  *                   statement, one COMMIT), then B pipelined PUBLISHes.
  *   --mode rest     N threads, each with one keep-alive HTTP/1.1 connection to the gateway:
  *                   POST /v1/channels/{C}/messages (201 expected); as fast as possible.
+ *                   With --batch B, each request is POST /v1/messages with B messages.
  *   --mode latency  N REST publishers sharing one fixed total rate; one WebSocket subscriber
  *                   on all K channels measures publish-to-delivery latency from the intended
  *                   send time stamped in the data (so a late publisher counts against it).
@@ -52,7 +53,8 @@ struct opts {
     int payload_bytes;
     int json;
     int no_prepare; /* sql: PQexecParams each time, like the gateway (no prepared statement) */
-    int batch;      /* sql: messages per herald_publish_batch call (1: herald_publish) */
+    int batch;      /* sql: messages per herald_publish_batch call (1: herald_publish); rest:
+                       messages per POST /v1/messages (1: POST /v1/channels/{C}/messages) */
 };
 
 static struct opts O = {.mode = M_SQL,
@@ -256,12 +258,10 @@ out:
     return NULL;
 }
 
-/* One POST; 1 when answered 201. */
-static int rest_post(struct worker *w, struct hb_http *h, const char *chan, const char *data,
+/* One POST to path; 1 when answered 201. */
+static int rest_post(struct worker *w, struct hb_http *h, const char *path, const char *data,
                      size_t dlen)
 {
-    char path[320];
-    snprintf(path, sizeof path, "/v1/channels/%s/messages", chan);
     const char *body;
     size_t blen;
     int st = hb_http_request(h, "POST", path, "application/json", data, dlen, &body, &blen);
@@ -278,17 +278,36 @@ static void *rest_worker(void *arg)
     struct worker *w = arg;
     struct hb_http h;
     hb_http_init(&h, O.gw_host, O.gw_port, 10000);
-    char data[4096], chan[256];
-    for (uint64_t n = 0; !atomic_load(&stop_flag); n++) {
+    /* one message, or --batch of them as {"messages":[{"channel":C,"data":D},...]} */
+    size_t cap = (size_t)O.batch * 4400 + 32;
+    char *body = malloc(cap), chan[256], path[320] = "/v1/messages";
+    for (uint64_t n = 0; body && !atomic_load(&stop_flag); n += (uint64_t)O.batch) {
         uint64_t t0 = now_ns();
         if (t0 >= t_end)
             break;
-        channel_name(chan, sizeof chan,
-                     ((uint64_t)w->id + n * (uint64_t)O.publishers) % (uint64_t)O.channels);
-        size_t dlen = make_data(data, sizeof data, t0, w->id, n);
-        int ok = rest_post(w, &h, chan, data, dlen);
-        account(w, t0, now_ns(), ok);
+        size_t len = O.batch > 1 ? (size_t)snprintf(body, cap, "{\"messages\":[") : 0;
+        for (int i = 0; i < O.batch; i++) {
+            uint64_t m = n + (uint64_t)i;
+            channel_name(chan, sizeof chan,
+                         ((uint64_t)w->id + m * (uint64_t)O.publishers) % (uint64_t)O.channels);
+            if (O.batch == 1) {
+                snprintf(path, sizeof path, "/v1/channels/%s/messages", chan);
+                len = make_data(body, cap, t0, w->id, m);
+                break;
+            }
+            len += (size_t)snprintf(body + len, cap - len,
+                                    "%s{\"channel\":\"%s\",\"data\":", i ? "," : "", chan);
+            len += make_data(body + len, cap - len, t0, w->id, m);
+            len += (size_t)snprintf(body + len, cap - len, "}");
+        }
+        if (O.batch > 1)
+            len += (size_t)snprintf(body + len, cap - len, "]}");
+        int ok = rest_post(w, &h, path, body, len);
+        uint64_t t1 = now_ns();
+        for (int i = 0; i < O.batch; i++)
+            account(w, t0, t1, ok);
     }
+    free(body);
     hb_http_free(&h);
     return NULL;
 }
@@ -300,7 +319,7 @@ static void *paced_worker(void *arg)
     struct worker *w = arg;
     struct hb_http h;
     hb_http_init(&h, O.gw_host, O.gw_port, 10000);
-    char data[4096], chan[256];
+    char data[4096], chan[256], path[320];
     double gap_ns = 1e9 / O.rate;
     for (uint64_t m = (uint64_t)w->id; !atomic_load(&stop_flag); m += (uint64_t)O.publishers) {
         uint64_t due = t_start + (uint64_t)((double)m * gap_ns);
@@ -312,7 +331,8 @@ static void *paced_worker(void *arg)
             w->max_lag_ns = t0 - due;
         channel_name(chan, sizeof chan, m % (uint64_t)O.channels);
         size_t dlen = make_data(data, sizeof data, due, w->id, m);
-        int ok = rest_post(w, &h, chan, data, dlen);
+        snprintf(path, sizeof path, "/v1/channels/%s/messages", chan);
+        int ok = rest_post(w, &h, path, data, dlen);
         account(w, due, now_ns(), ok);
     }
     hb_http_free(&h);
@@ -413,7 +433,8 @@ static void usage(void)
             "  --rate R              latency mode: total publishes/s (default 1000)\n"
             "  --drain S             latency mode: seconds to wait for the last deliveries (3)\n"
             "  --payload-bytes B     size of the data JSON (default 64)\n"
-            "  --batch B             sql: B messages per herald_publish_batch call (1)\n"
+            "  --batch B             sql: B messages per herald_publish_batch call; rest: B\n"
+            "                        messages per POST /v1/messages (default 1: one per call)\n"
             "  --no-prepare          sql: no prepared statement (parse+plan each time, as herald "
             "does)\n"
             "  --json                one JSON object on stdout\n");

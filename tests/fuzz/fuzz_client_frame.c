@@ -1,6 +1,7 @@
 /* request_parse() on any client message, with properties every accepted request must have:
- * a known op, a valid channel for the ops that take one, data for publish, and an id that
- * is JSON text of bounded size. */
+ * a known op, a valid channel for the ops that take one, data for publish whose text (found
+ * by json_member_span) parses to the same value, and an id that is JSON text of bounded
+ * size. */
 #include <assert.h>
 #include <stdint.h>
 #include <string.h>
@@ -17,8 +18,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         assert(r.op <= REQ_PING);
         if (r.op != REQ_PING)
             assert(channel_name_valid(r.channel, r.channel_len));
-        if (r.op == REQ_PUBLISH)
+        if (r.op == REQ_PUBLISH) {
             assert(r.data != NULL);
+            json_t *again = json_loadb(r.data_text, r.data_len, JSON_DECODE_ANY, NULL);
+            assert(again && json_equal(again, r.data));
+            json_decref(again);
+        }
         if (r.resume)
             assert(r.op == REQ_SUBSCRIBE);
     } else {

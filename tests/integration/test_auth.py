@@ -404,6 +404,30 @@ class TestRest(RestBase):
         msg = await recv_json(ws)
         self.assertEqual((msg["channel"], msg["seq"], msg["data"]), ("svc:one", 1, {"v": 1}))
 
+    async def test_batch_publish_checks_every_channel(self):
+        """POST /v1/messages: 401 without credentials; one channel outside the token's
+        publish patterns refuses the whole batch (403, nothing stored)."""
+        batch = {"messages": [{"channel": "bfeed:a", "data": 1},
+                              {"channel": "bfeed:b", "data": 2}]}
+        self.assert_error(self.call("POST", "/v1/messages", batch), 401, "unauthorized")
+        self.assert_error(self.call("POST", "/v1/messages", batch, cred=jwt.wrong_secret()),
+                          401, "unauthorized")
+        tok = jwt.token(channels=["bfeed:*"], publish=["bfeed:a"])
+        st, body, _ = self.call("POST", "/v1/messages", batch, cred=tok)
+        self.assert_error((st, body, _), 403, "forbidden")
+        self.assertIn("messages[1]", body["error"]["message"])
+        st, body, _ = self.call("GET", "/v1/channels/bfeed:a/messages", cred=tok)
+        self.assertEqual((st, body["seq"]), (200, 0), body)
+        batch["messages"][1]["channel"] = "bfeed:a"
+        st, body, _ = self.call("POST", "/v1/messages", batch, cred=tok)
+        self.assertEqual((st, [r["seq"] for r in body["results"]]), (201, [1, 2]), body)
+        st, body, _ = self.call("POST", "/v1/messages", {"messages": [
+            {"channel": "bother:x", "data": 3}]}, cred=API_KEY)
+        self.assertEqual((st, body["results"][0]["seq"]), (201, 1), body)
+        # the whole body counts against HERALD_MAX_PUBLISH_BYTES (4k here)
+        big = {"messages": [{"channel": "bfeed:a", "data": "x" * 1000} for _ in range(5)]}
+        self.assert_error(self.call("POST", "/v1/messages", big, cred=tok), 413, "too_large")
+
     async def test_jwt_scopes_on_rest(self):
         tok = jwt.token(channels=["feed:*"], publish=["feed:own"])
         st, body, _ = self.call("POST", "/v1/channels/feed:own/messages", {"i": 1}, cred=tok)

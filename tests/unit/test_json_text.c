@@ -24,6 +24,61 @@ static void truncates_without_splitting_an_escape(void **state)
     assert_string_equal(out, "");
 }
 
+/* The text of the span, for comparing. */
+static const char *span(const char *s, struct json_span sp)
+{
+    static char buf[256];
+    memcpy(buf, s + sp.off, sp.len);
+    buf[sp.len] = '\0';
+    return buf;
+}
+
+static void member_spans_keep_the_senders_bytes(void **state)
+{
+    const char s[] =
+        " { \"op\" : \"publish\", \"x\":{\"data\":1},\"s\":\"}\\\"{\" ,"
+        "\"data\" : {\"b\": 0.1, \"a\": [1e400, 18446744073709551616]} , \"n\":-2.5e3}";
+    struct json_span sp;
+    assert_int_equal(json_member_span(s, sizeof s - 1, 0, "data", &sp), 0);
+    assert_string_equal(span(s, sp), "{\"b\": 0.1, \"a\": [1e400, 18446744073709551616]}");
+    assert_int_equal(json_member_span(s, sizeof s - 1, 0, "s", &sp), 0);
+    assert_string_equal(span(s, sp), "\"}\\\"{\"");
+    assert_int_equal(json_member_span(s, sizeof s - 1, 0, "n", &sp), 0);
+    assert_string_equal(span(s, sp), "-2.5e3");
+    assert_int_equal(json_member_span(s, sizeof s - 1, 0, "op", &sp), 0);
+    assert_string_equal(span(s, sp), "\"publish\"");
+    assert_int_equal(json_member_span(s, sizeof s - 1, 0, "missing", &sp), -1);
+    assert_int_equal(json_member_span("{}", 2, 0, "data", &sp), -1);
+    assert_int_equal(json_member_span("[1]", 3, 0, "data", &sp), -1);
+    const char last[] = "{\"a\":true}";
+    assert_int_equal(json_member_span(last, sizeof last - 1, 0, "a", &sp), 0);
+    assert_string_equal(span(last, sp), "true");
+}
+
+static void member_keys_are_compared_decoded(void **state)
+{
+    const char s[] = "{\"dat\":1,\"d\\u0061ta\":[2],\"data2\":3}";
+    struct json_span sp;
+    assert_int_equal(json_member_span(s, sizeof s - 1, 0, "data", &sp), 0);
+    assert_string_equal(span(s, sp), "[2]");
+    assert_int_equal(json_member_span(s, sizeof s - 1, 0, "dat", &sp), 0);
+    assert_string_equal(span(s, sp), "1");
+}
+
+static void element_spans_cover_every_kind_of_value(void **state)
+{
+    const char s[] = "{\"m\": [ {\"a\":[1,2]} , \"x,]\" ,3.5,null,[[]],true ] }";
+    struct json_span m, el[8];
+    assert_int_equal(json_member_span(s, sizeof s - 1, 0, "m", &m), 0);
+    assert_int_equal(json_element_spans(s, sizeof s - 1, m.off, el, 8), 6);
+    const char *want[] = {"{\"a\":[1,2]}", "\"x,]\"", "3.5", "null", "[[]]", "true"};
+    for (int i = 0; i < 6; i++)
+        assert_string_equal(span(s, el[i]), want[i]);
+    assert_int_equal(json_element_spans(s, sizeof s - 1, m.off, el, 2), 6); /* counts all */
+    assert_int_equal(json_element_spans(" [ ] ", 5, 0, el, 8), 0);
+    assert_int_equal(json_element_spans("{}", 2, 0, el, 8), -1);
+}
+
 static void nesting_depth_is_measured_outside_strings(void **state)
 {
     const char ok[] = "{\"a\":[1,{\"b\":[]}],\"s\":\"[[[[[[\"}";
@@ -43,6 +98,9 @@ int main(void)
         cmocka_unit_test(escapes_quotes_backslashes_and_controls),
         cmocka_unit_test(truncates_without_splitting_an_escape),
         cmocka_unit_test(nesting_depth_is_measured_outside_strings),
+        cmocka_unit_test(member_spans_keep_the_senders_bytes),
+        cmocka_unit_test(member_keys_are_compared_decoded),
+        cmocka_unit_test(element_spans_cover_every_kind_of_value),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -41,6 +41,14 @@ static void plain_ops(void **state)
     assert_int_equal(parse("{\"op\":\"publish\",\"channel\":\"c\",\"data\":[1]}", &r, &why), 0);
     assert_int_equal(r.op, REQ_PUBLISH);
     assert_true(json_is_array(r.data));
+    assert_int_equal(r.data_len, 3);
+    assert_memory_equal(r.data_text, "[1]", 3);
+    request_free(&r);
+    /* data is kept as written: re-encoding would turn 0.1 into 0.10000000000000001 */
+    assert_int_equal(
+        parse("{\"data\" : {\"x\": 0.1} ,\"op\":\"publish\",\"channel\":\"c\"}", &r, &why), 0);
+    assert_int_equal(r.data_len, 10);
+    assert_memory_equal(r.data_text, "{\"x\": 0.1}", 10);
     assert_string_equal(r.id, "");
     request_free(&r);
     assert_int_equal(parse("{\"op\":\"subscribe\",\"channel\":\"c\"}", &r, &why), 0);
