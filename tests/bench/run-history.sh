@@ -13,6 +13,7 @@
 #   sql      hist-publish --mode sql  with PUBLISHERS ["1 8 64"] for SECONDS_EACH [10] s each
 #   sqlbatch the same with --batch SQL_BATCH [100]: herald_publish_batch, SQL_BATCH per call
 #   rest     hist-publish --mode rest with PUBLISHERS, same length
+#   restbatch the same with --batch REST_BATCH [20]: POST /v1/messages, REST_BATCH per request
 #   latency  REST publishes at LATENCY_RATE [1000]/s for LATENCY_SECONDS [10] s, one WebSocket
 #            subscriber measures publish-to-delivery latency
 #   resume   RESUME_CONNS [10000] clients over RESUME_CHANNELS [10] channels resume at once,
@@ -229,7 +230,8 @@ publish_rows() { # publish_rows MODE [NAME [HIST-PUBLISH FLAGS...]]
         local label=$mode
         [[ $mode == sql && $SQL_ARGS == *no-prepare* ]] && label="sql (unprepared)"
         [[ $mode == sql && "$SQL_ARGS $*" =~ --batch\ ([0-9]+) ]] && label="sql (batches of ${BASH_REMATCH[1]})"
-        [[ $mode == rest && -n $DB_POOL ]] && label="rest (db-pool $DB_POOL)"
+        [[ $mode == rest && "$*" =~ --batch\ ([0-9]+) ]] && label="rest (batches of ${BASH_REMATCH[1]})"
+        [[ $mode == rest && -n $DB_POOL ]] && label="$label (db-pool $DB_POOL)"
         ROWS_PUB+=("| $label | $n | $rate | $p50 | $p99 | $mx | $err | $dbc | $hcpu | $mcpu ($fcpu) |")
     done
     stop_herald
@@ -241,6 +243,10 @@ scenario_sqlbatch() {
     publish_rows sql sqlbatch --batch "${SQL_BATCH:-100}"
 }
 scenario_rest() { echo "== durable publish through the gateway's REST API"; publish_rows rest; }
+scenario_restbatch() {
+    echo "== durable publish through REST, ${REST_BATCH:-20} messages per POST /v1/messages"
+    publish_rows rest restbatch --batch "${REST_BATCH:-20}"
+}
 
 scenario_latency() {
     echo "== publish-to-delivery latency at $LATENCY_RATE/s (REST -> WebSocket)"

@@ -309,7 +309,7 @@ scenario_history() {
     ((HISTORY_DONE)) && return 0
     HISTORY_DONE=1
     local scen=() hist_env=()
-    [[ " $SCENARIOS " == *" s6 "* ]] && scen+=(sql sqlbatch rest)
+    [[ " $SCENARIOS " == *" s6 "* ]] && scen+=(sql sqlbatch rest restbatch)
     [[ " $SCENARIOS " == *" s5 "* ]] && scen+=(resume)
     echo "== s5/s6 (Herald only, via run-history.sh): ${scen[*]}"
     hist_env=(SCENARIOS="${scen[*]}" RESUME_VARIANTS="cold warm" OUT="$OUT/history"

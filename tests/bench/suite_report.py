@@ -210,7 +210,8 @@ def history(out, md, summary):
     lb = get(load(os.path.join(out, "history-load.json")) or {}, "loadavg_before")
     runs = {r.get("name"): r for r in h.get("runs", [])}
     paths = {"sql": "SQL `herald_publish`, one per transaction",
-             "sqlbatch": "SQL `herald_publish_batch`, 100 per call", "rest": "REST"}
+             "sqlbatch": "SQL `herald_publish_batch`, 100 per call",
+             "rest": "REST, one per request", "restbatch": "REST `POST /v1/messages`, 20 per request"}
     pubs = [r for n, r in runs.items() if n and n.split("-")[0] in paths]
     res = [r for n, r in runs.items() if n and n.startswith("resume-")]
     if res:
@@ -285,8 +286,8 @@ def targets(summary, md):
     s6 = summary.get("s6")
     if s6:
         # each path on its own: a producer picks one
-        for path, label in (("rest", "REST"), ("sql", "SQL, one per transaction"),
-                            ("sqlbatch", "SQL, batches of 100")):
+        for path, label in (("rest", "REST, one per request"), ("restbatch", "REST, batches of 20"),
+                            ("sql", "SQL, one per transaction"), ("sqlbatch", "SQL, batches of 100")):
             vals = [v for k, v in s6.items() if k.split("-")[0] == path and v]
             best = max(vals, default=None)
             if best is not None:
