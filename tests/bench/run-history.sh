@@ -13,7 +13,7 @@
 #   sql      hist-publish --mode sql  with PUBLISHERS ["1 8 64"] for SECONDS_EACH [10] s each
 #   sqlbatch the same with --batch SQL_BATCH [100]: herald_publish_batch, SQL_BATCH per call
 #   rest     hist-publish --mode rest with PUBLISHERS, same length
-#   restbatch the same with --batch REST_BATCH [20]: POST /v1/messages, REST_BATCH per request
+#   restbatch the same with --batch REST_BATCH [100]: POST /v1/messages, REST_BATCH per request
 #   latency  REST publishes at LATENCY_RATE [1000]/s for LATENCY_SECONDS [10] s, one WebSocket
 #            subscriber measures publish-to-delivery latency
 #   resume   RESUME_CONNS [10000] clients over RESUME_CHANNELS [10] channels resume at once,
@@ -244,8 +244,8 @@ scenario_sqlbatch() {
 }
 scenario_rest() { echo "== durable publish through the gateway's REST API"; publish_rows rest; }
 scenario_restbatch() {
-    echo "== durable publish through REST, ${REST_BATCH:-20} messages per POST /v1/messages"
-    publish_rows rest restbatch --batch "${REST_BATCH:-20}"
+    echo "== durable publish through REST, ${REST_BATCH:-100} messages per POST /v1/messages"
+    publish_rows rest restbatch --batch "${REST_BATCH:-100}"
 }
 
 scenario_latency() {

@@ -211,7 +211,7 @@ def history(out, md, summary):
     runs = {r.get("name"): r for r in h.get("runs", [])}
     paths = {"sql": "SQL `herald_publish`, one per transaction",
              "sqlbatch": "SQL `herald_publish_batch`, 100 per call",
-             "rest": "REST, one per request", "restbatch": "REST `POST /v1/messages`, 20 per request"}
+             "rest": "REST, one per request", "restbatch": "REST `POST /v1/messages`, 100 per request"}
     pubs = [r for n, r in runs.items() if n and n.split("-")[0] in paths]
     res = [r for n, r in runs.items() if n and n.startswith("resume-")]
     if res:
@@ -286,7 +286,7 @@ def targets(summary, md):
     s6 = summary.get("s6")
     if s6:
         # each path on its own: a producer picks one
-        for path, label in (("rest", "REST, one per request"), ("restbatch", "REST, batches of 20"),
+        for path, label in (("rest", "REST, one per request"), ("restbatch", "REST, batches of 100"),
                             ("sql", "SQL, one per transaction"), ("sqlbatch", "SQL, batches of 100")):
             vals = [v for k, v in s6.items() if k.split("-")[0] == path and v]
             best = max(vals, default=None)
