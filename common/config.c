@@ -62,6 +62,8 @@ static const struct setting settings[] = {
         "on SIGTERM, seconds to flush and close clients before exiting"),
     NUM("HERALD_HEARTBEAT_MS", heartbeat_ms, "1000", 50, 60000,
         "Redis self-heartbeat interval; 3 missed beats mean the link is dead"),
+    BOOL("HERALD_READY_ANY_SHARD", ready_any_shard, "0",
+         "with several Redis servers, /readyz stays 200 while any one delivers (default: all)"),
     STR("HERALD_LOG_LEVEL", log_level_text, "info", "debug, info, warn or error"),
     STR("HERALD_DATABASE_URL", database_url, "",
         "PostgreSQL conninfo or URI for the history; empty: no history"),

@@ -24,6 +24,7 @@ struct herald_config {
     long client_queue_bytes;
     long drain_seconds;
     long heartbeat_ms;
+    long ready_any_shard; /* /readyz: one live Redis server is enough */
     char log_level_text[16];
     enum log_level log_level;
     char database_url[1024]; /* empty: no history */

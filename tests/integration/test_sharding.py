@@ -3,7 +3,8 @@
 channel is subscribed on, and published to, the server the documented hash names (the Python
 reference below is the one docs/OPERATIONS.md gives producers); REST, WebSocket and CLI
 publishes all reach the right server; one server dying stops only its channels, /readyz and
-the per-server gauge say so, and its channels resubscribe and catch up when it returns."""
+the per-server gauge say so, and its channels resubscribe and catch up when it returns. With
+HERALD_READY_ANY_SHARD, /readyz stays 200 while any one server delivers."""
 
 import asyncio
 import json
@@ -148,6 +149,25 @@ class ShardingTest(HistoryTestCase):
             self.assertEqual(self.redis[1].publish(c, '{"after":1}'), 1)
         got = [await recv_json(ws) for _ in down]
         self.assertEqual(sorted(m["channel"] for m in got), sorted(down))
+
+
+class ReadyAnyShardTest(harness.HeraldTestCase):
+    async def test_ready_while_any_server_delivers(self):
+        redis = [self.start_redis() for _ in range(2)]
+        h = self.start_herald(", ".join(r.url for r in redis), "--heartbeat-ms", "200",
+                              "--ready-any-shard")
+        await asyncio.to_thread(h.wait_ready)
+        labels = {"shard": "1", "server": f"127.0.0.1:{redis[1].port}"}
+        redis[1].kill()
+        await asyncio.to_thread(h.wait_metric, "herald_redis_shard_up", lambda v: v == 0, labels)
+        self.assertEqual(h.metric("herald_redis_up"), 0)  # the gauge still says "not all"
+        self.assertEqual(h.readyz(), 200)
+        redis[0].kill()
+        await harness.async_wait_for(lambda: h.readyz() == 503, 20, 0.05,
+                                     "/readyz 503 with every Redis server down")
+        redis[1] = self.restart_redis(redis[1])
+        await harness.async_wait_for(lambda: h.readyz() == 200, 30, 0.1,
+                                     "/readyz 200 with one server back")
 
 
 if __name__ == "__main__":
