@@ -3,6 +3,7 @@
 #include "hub.h"
 #include "log.h"
 #include "redis_uv.h"
+#include "resolve.h"
 #include "shard.h"
 
 #include <hiredis/async.h>
@@ -24,8 +25,9 @@ struct shard {
     struct bus *bus;
     int index;
     const struct redis_url *url;
-    redisAsyncContext *sub; /* SUBSCRIBE only */
-    redisAsyncContext *cmd; /* PUBLISH and everything else */
+    redisAsyncContext *sub;    /* SUBSCRIBE only */
+    redisAsyncContext *cmd;    /* PUBLISH and everything else */
+    struct resolve *resolving; /* the host name's lookup, before connecting */
     enum bus_state state;
     bool sub_ready, cmd_ready;
     uint64_t state_since_ms;
@@ -83,6 +85,9 @@ static void go_down(struct shard *sh, const char *why)
 {
     struct bus *bus = sh->bus;
     bool was_up = sh->state == BUS_UP;
+    if (sh->resolving)
+        resolve_cancel(sh->resolving);
+    sh->resolving = NULL;
     drop_context(&sh->sub);
     drop_context(&sh->cmd);
     sh->sub_ready = sh->cmd_ready = false;
@@ -231,10 +236,11 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
         lost_context(sh, ac, "connection closed");
 }
 
-static redisAsyncContext *open_context(struct shard *sh)
+/* addr: u->host, or the address it resolved to (hiredis would resolve on the loop). */
+static redisAsyncContext *open_context(struct shard *sh, const char *addr)
 {
     const struct redis_url *u = sh->url;
-    redisAsyncContext *ac = redisAsyncConnect(u->host, u->port);
+    redisAsyncContext *ac = redisAsyncConnect(addr, u->port);
     if (!ac)
         return NULL;
     if (ac->err) {
@@ -252,13 +258,35 @@ static redisAsyncContext *open_context(struct shard *sh)
     return ac;
 }
 
+static void connect_to(struct shard *sh, const char *addr)
+{
+    sh->sub = open_context(sh, addr);
+    sh->cmd = open_context(sh, addr);
+    if (!sh->sub || !sh->cmd)
+        go_down(sh, "connect failed");
+}
+
+static void on_resolved(void *arg, const char *addr, const char *err)
+{
+    struct shard *sh = arg;
+    sh->resolving = NULL;
+    if (addr)
+        connect_to(sh, addr);
+    else
+        go_down(sh, err);
+}
+
+/* CONNECTING covers the lookup too: CONNECT_TIMEOUT_MS bounds both. */
 static void connect_now(struct shard *sh)
 {
     set_state(sh, BUS_CONNECTING);
-    sh->sub = open_context(sh);
-    sh->cmd = open_context(sh);
-    if (!sh->sub || !sh->cmd)
-        go_down(sh, "connect failed");
+    if (resolve_is_numeric(sh->url->host)) {
+        connect_to(sh, sh->url->host);
+        return;
+    }
+    sh->resolving = resolve_start(sh->bus->app->loop, sh->url->host, on_resolved, sh);
+    if (!sh->resolving)
+        go_down(sh, "cannot start the host name lookup");
 }
 
 /* Reconnects when it is time, publishes the heartbeat and declares the link dead when
@@ -334,6 +362,8 @@ void bus_free(struct bus *bus)
     if (!bus)
         return;
     for (int i = 0; i < bus->nshards; i++) {
+        if (bus->shards[i].resolving)
+            resolve_cancel(bus->shards[i].resolving);
         drop_context(&bus->shards[i].sub);
         drop_context(&bus->shards[i].cmd);
     }
