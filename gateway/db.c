@@ -1,6 +1,7 @@
 #include "db.h"
 #include "herald.h"
 #include "log.h"
+#include "resolve.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +13,8 @@
 #define DB_QUERY_TIMEOUT 10000 /* ms */
 #define DB_BACKOFF_MIN   200
 #define DB_BACKOFF_MAX   5000
-#define DB_MAX_PREPARED  8 /* distinct statements prepared per connection */
+#define DB_MAX_PREPARED  8  /* distinct statements prepared per connection */
+#define DB_MAX_PARAMS    64 /* connection parameters given in HERALD_DATABASE_URL */
 
 struct request {
     struct request *next;
@@ -46,10 +48,18 @@ struct conn {
     uint64_t since_ms;   /* when the current state began */
     uint64_t retry_at_ms;
     unsigned attempts;
+    struct resolve *resolving; /* the host name's lookup, before connecting */
 };
 
 struct db {
     struct herald *app;
+    /* HERALD_DATABASE_URL split into parameters when its host is a name: the name is looked
+     * up off the loop before each connect and passed as hostaddr (libpq would look it up on
+     * the loop); host stays for TLS and the password file. */
+    char lookup_host[256]; /* "": libpq connects from the URL as it is */
+    const char *keywords[DB_MAX_PARAMS + 2], *values[DB_MAX_PARAMS + 2];
+    int hostaddr_slot;
+    PQconninfoOption *params; /* owns the strings above */
     struct conn conns[DB_MAX_POOL];
     int nconns;
     struct request *head, *tail;
@@ -145,6 +155,9 @@ static void conn_down(struct conn *c, const char *reason)
     char why[256]; /* reason often lives inside the PGconn that PQfinish frees below */
     snprintf(why, sizeof why, "%s", reason);
     bool was_ready = c->state == C_IDLE || c->state == C_BUSY;
+    if (c->resolving)
+        resolve_cancel(c->resolving);
+    c->resolving = NULL;
     finish_request(c, NULL, why);
     unwatch(c);
     PQfinish(c->pg);
@@ -198,16 +211,47 @@ static void step_connect(struct conn *c)
     }
 }
 
-static void start_connect(struct conn *c)
+/* addr: the address the host name resolved to, or NULL to connect from the URL. */
+static void connect_to(struct conn *c, const char *addr)
 {
-    c->pg = PQconnectStart(c->db->app->cfg->database_url);
-    c->state = C_CONNECTING;
-    c->since_ms = now_ms(c->db);
+    struct db *db = c->db;
+    if (addr) {
+        db->values[db->hostaddr_slot] = addr;
+        c->pg = PQconnectStartParams(db->keywords, db->values, 0);
+        db->values[db->hostaddr_slot] = NULL;
+    } else {
+        c->pg = PQconnectStart(db->app->cfg->database_url);
+    }
     if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_down(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
         return;
     }
     step_connect(c);
+}
+
+static void on_resolved(void *arg, const char *addr, const char *err)
+{
+    struct conn *c = arg;
+    c->resolving = NULL;
+    if (addr)
+        connect_to(c, addr);
+    else
+        conn_down(c, err);
+}
+
+/* C_CONNECTING covers the lookup too: DB_QUERY_TIMEOUT bounds both. */
+static void start_connect(struct conn *c)
+{
+    struct db *db = c->db;
+    c->state = C_CONNECTING;
+    c->since_ms = now_ms(db);
+    if (!db->lookup_host[0]) {
+        connect_to(c, NULL);
+        return;
+    }
+    c->resolving = resolve_start(db->app->loop, db->lookup_host, on_resolved, c);
+    if (!c->resolving)
+        conn_down(c, "cannot start the host name lookup");
 }
 
 static void send_request(struct conn *c, struct request *r);
@@ -364,6 +408,36 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
+/* Fills lookup_host, keywords and values when the URL names its host by a name that needs
+ * a lookup: one host (not a list), not a socket directory, no hostaddr given. */
+static void plan_lookup(struct db *db, const char *url)
+{
+    PQconninfoOption *opts = PQconninfoParse(url, NULL);
+    const char *host = NULL, *hostaddr = NULL;
+    int n = 0;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
+        if (!o->val || !o->val[0])
+            continue;
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            hostaddr = o->val;
+        if (n < DB_MAX_PARAMS) {
+            db->keywords[n] = o->keyword;
+            db->values[n++] = o->val;
+        }
+    }
+    if (!host || hostaddr || host[0] == '/' || host[0] == '@' || strchr(host, ',') ||
+        resolve_is_numeric(host) || n == DB_MAX_PARAMS || strlen(host) >= sizeof db->lookup_host) {
+        PQconninfoFree(opts); /* a malformed URL is reported by libpq at connect */
+        return;
+    }
+    snprintf(db->lookup_host, sizeof db->lookup_host, "%s", host);
+    db->keywords[n] = "hostaddr";
+    db->hostaddr_slot = n;
+    db->params = opts;
+}
+
 struct db *db_new(struct herald *app)
 {
     struct db *db = calloc(1, sizeof *db);
@@ -375,6 +449,7 @@ struct db *db_new(struct herald *app)
         db->conns[i].db = db;
         db->conns[i].fd = -1;
     }
+    plan_lookup(db, app->cfg->database_url);
     uv_timer_init(app->loop, &db->timer);
     db->timer.data = db;
     return db;
@@ -398,6 +473,8 @@ void db_free(struct db *db)
         return;
     for (int i = 0; i < db->nconns; i++) {
         struct conn *c = &db->conns[i];
+        if (c->resolving)
+            resolve_cancel(c->resolving);
         finish_request(c, NULL, "shutting down");
         unwatch(c);
         PQfinish(c->pg);
@@ -405,6 +482,8 @@ void db_free(struct db *db)
         c->state = C_DOWN;
     }
     fail_queue(db, "shutting down");
+    PQconninfoFree(db->params);
+    db->params = NULL;
     uv_timer_stop(&db->timer);
     uv_close((uv_handle_t *)&db->timer, free_db);
 }

@@ -1,6 +1,7 @@
 """Host names are looked up off the event loop. With a resolver that takes 2 s for
 *.slow.test (an LD_PRELOAD shim, slowdns.c), the gateway keeps answering while it looks up
-its Redis server, at start and at every reconnect, and then connects to the address."""
+its Redis server or its PostgreSQL server, at start and at every reconnect, and then
+connects to the address."""
 
 import asyncio
 import os
@@ -10,6 +11,7 @@ import urllib.request
 
 import harness
 from harness import main, ping, recv_json, subscribe
+from pg import HistoryTestCase
 
 SLOW_MS = 2000
 
@@ -35,7 +37,7 @@ def healthz_seconds(h):
     return time.monotonic() - t0
 
 
-class SlowDnsTest(harness.HeraldTestCase):
+class SlowDnsTest(HistoryTestCase):
     def probe_until_ready(self, h, started):
         """Polls /healthz until /readyz is 200: (seconds to the first answer, slowest answer)."""
         first, worst = None, 0.0
@@ -81,6 +83,28 @@ class SlowDnsTest(harness.HeraldTestCase):
         redis = self.restart_redis(redis)
         await harness.async_wait_for(lambda: h.readyz() == 200, 30, 0.1, "/readyz 200 again")
         self.assertLess(await self.pings_while(ws, 0.5), 0.5)
+
+    async def test_a_slow_postgres_lookup_does_not_stall_the_loop(self):
+        redis = self.start_redis()
+        pg = self.start_postgres()
+        self.herald_cli("migrate", pg=pg)  # a blocking command-line step: not under test
+        url = pg.url.replace("127.0.0.1", "db.slow.test")
+        h = self.start_herald(redis, "--database-url", url, env=slow_env())
+        ws = await self.connect(h)
+        # the pool's first connections wait 2 s for the lookup; the loop does not
+        self.assertEqual(h.metric("herald_db_up"), 0)
+        self.assertLess(await self.pings_while(ws, 1.0), 0.5, "a ping waited for DNS")
+        await asyncio.to_thread(h.wait_metric, "herald_db_up", lambda v: v == 1)
+        await subscribe(ws, "dbdns")
+        await ws.send('{"op":"publish","id":1,"channel":"dbdns","data":{"n":1}}')
+        got = {m["op"]: m for m in [await recv_json(ws), await recv_json(ws)]}
+        self.assertEqual((got["published"]["seq"], got["message"]["data"]), (1, {"n": 1}))
+        # reconnects look the name up again, off the loop
+        pg.stop_fast()
+        await asyncio.to_thread(h.wait_metric, "herald_db_up", lambda v: v == 0)
+        self.assertLess(await self.pings_while(ws, 2.5), 0.5, "a ping waited for DNS")
+        self.restart_postgres(pg)
+        await asyncio.to_thread(h.wait_metric, "herald_db_up", lambda v: v == 1)
 
 
 if __name__ == "__main__":
