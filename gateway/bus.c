@@ -432,6 +432,14 @@ bool bus_ready(const struct bus *bus)
     return true;
 }
 
+bool bus_any_ready(const struct bus *bus)
+{
+    for (int i = 0; i < bus->nshards; i++)
+        if (shard_ready(&bus->shards[i]))
+            return true;
+    return false;
+}
+
 int bus_shards(const struct bus *bus)
 {
     return bus->nshards;

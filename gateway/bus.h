@@ -40,6 +40,9 @@ int bus_shard_of(const struct bus *bus, const char *name, size_t len);
 /* True while every server's heartbeat came back within 3 intervals. */
 bool bus_ready(const struct bus *bus);
 
+/* True while at least one server's did (/readyz with HERALD_READY_ANY_SHARD). */
+bool bus_any_ready(const struct bus *bus);
+
 /* Per server, for /metrics: how many, whether one is ready, and its address. */
 int bus_shards(const struct bus *bus);
 bool bus_shard_ready(const struct bus *bus, int i);

@@ -208,22 +208,12 @@ static int serve_healthz(struct herald *app, struct lws *wsi)
     return http_respond(wsi, 200, "application/json", body, (size_t)n);
 }
 
-/* Every Redis server's heartbeat comes back, or with HERALD_READY_ANY_SHARD one of them: when
- * one server of several is down, every instance loses its channels alike, and all of them
- * turning unready would take the other servers' channels away too. */
-static bool redis_ready(const struct herald *app)
-{
-    if (!app->cfg->ready_any_shard)
-        return bus_ready(app->bus);
-    for (int i = 0; i < bus_shards(app->bus); i++)
-        if (bus_shard_ready(app->bus, i))
-            return true;
-    return false;
-}
-
 static int serve_readyz(struct herald *app, struct lws *wsi)
 {
-    bool redis = redis_ready(app);
+    /* with HERALD_READY_ANY_SHARD one live Redis server is enough: when one of several is
+     * down, every instance loses its channels alike, and all of them turning unready would
+     * take the other servers' channels away too */
+    bool redis = app->cfg->ready_any_shard ? bus_any_ready(app->bus) : bus_ready(app->bus);
     char body[160];
     int n = snprintf(body, sizeof body, "{\"ready\":%s,\"redis\":%s,\"draining\":%s}\n",
                      redis && !app->draining ? "true" : "false", redis ? "true" : "false",

@@ -39,10 +39,13 @@ static void on_getaddrinfo(uv_getaddrinfo_t *req, int status, struct addrinfo *r
     char addr[64] = "", err[160];
     if (status == 0)
         pick(res, addr, sizeof addr);
-    snprintf(err, sizeof err, "cannot resolve the host name: %s",
-             status ? uv_strerror(status) : "no address");
-    if (r->cb)
-        r->cb(r->arg, addr[0] ? addr : NULL, addr[0] ? NULL : err);
+    if (r->cb && addr[0]) {
+        r->cb(r->arg, addr, NULL);
+    } else if (r->cb) {
+        snprintf(err, sizeof err, "cannot resolve the host name: %s",
+                 status ? uv_strerror(status) : "no address");
+        r->cb(r->arg, NULL, err);
+    }
     uv_freeaddrinfo(res);
     free(r);
 }

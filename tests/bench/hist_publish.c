@@ -108,6 +108,13 @@ static void channel_name(char *buf, size_t cap, uint64_t k)
     snprintf(buf, cap, "%s%llu", O.prefix, (unsigned long long)k);
 }
 
+/* The channel of worker w's message m (the sql and rest modes): the workers' messages
+ * interleave over the channels. */
+static void worker_channel(char *buf, size_t cap, int w, uint64_t m)
+{
+    channel_name(buf, cap, ((uint64_t)w + m * (uint64_t)O.publishers) % (uint64_t)O.channels);
+}
+
 static void account(struct worker *w, uint64_t t0, uint64_t t1, int ok)
 {
     if (ok)
@@ -146,8 +153,7 @@ static int sql_batch_round(struct worker *w, PGconn *pg, redisContext *rc, uint6
     *k++ = '{';
     for (int i = 0; i < O.batch; i++) {
         uint64_t m = n + (uint64_t)i;
-        channel_name(names[i], sizeof names[i],
-                     ((uint64_t)w->id + m * (uint64_t)O.publishers) % (uint64_t)O.channels);
+        worker_channel(names[i], sizeof names[i], w->id, m);
         make_data(data, sizeof data, t0, w->id, m);
         co = pg_array_put(co, names[i], i == 0);
         dout = pg_array_put(dout, data, i == 0);
@@ -224,8 +230,7 @@ static void *sql_worker(void *arg)
         uint64_t t0 = now_ns();
         if (t0 >= t_end)
             break;
-        channel_name(chan, sizeof chan,
-                     ((uint64_t)w->id + n * (uint64_t)O.publishers) % (uint64_t)O.channels);
+        worker_channel(chan, sizeof chan, w->id, n);
         make_data(data, sizeof data, t0, w->id, n);
         const char *params[3] = {chan, data, NULL};
         r = O.no_prepare ? PQexecParams(pg, publish_sql, 3, NULL, params, NULL, NULL, 0)
@@ -273,35 +278,41 @@ static int rest_post(struct worker *w, struct hb_http *h, const char *path, cons
     return 0;
 }
 
+/* Worker w's request for its messages n..n+O.batch-1 into path and body; returns the body's
+ * length. One message: POST /v1/channels/{C}/messages with the data; --batch: POST
+ * /v1/messages with {"messages":[{"channel":C,"data":D},...]}. */
+static size_t rest_request(int w, uint64_t n, uint64_t t0, char path[320], char *body, size_t cap)
+{
+    char chan[256];
+    if (O.batch == 1) {
+        worker_channel(chan, sizeof chan, w, n);
+        snprintf(path, 320, "/v1/channels/%s/messages", chan);
+        return make_data(body, cap, t0, w, n);
+    }
+    snprintf(path, 320, "/v1/messages");
+    size_t len = (size_t)snprintf(body, cap, "{\"messages\":[");
+    for (int i = 0; i < O.batch; i++) {
+        worker_channel(chan, sizeof chan, w, n + (uint64_t)i);
+        len += (size_t)snprintf(body + len, cap - len,
+                                "%s{\"channel\":\"%s\",\"data\":", i ? "," : "", chan);
+        len += make_data(body + len, cap - len, t0, w, n + (uint64_t)i);
+        len += (size_t)snprintf(body + len, cap - len, "}");
+    }
+    return len + (size_t)snprintf(body + len, cap - len, "]}");
+}
+
 static void *rest_worker(void *arg)
 {
     struct worker *w = arg;
     struct hb_http h;
     hb_http_init(&h, O.gw_host, O.gw_port, 10000);
-    /* one message, or --batch of them as {"messages":[{"channel":C,"data":D},...]} */
     size_t cap = (size_t)O.batch * 4400 + 32;
-    char *body = malloc(cap), chan[256], path[320] = "/v1/messages";
+    char *body = malloc(cap), path[320];
     for (uint64_t n = 0; body && !atomic_load(&stop_flag); n += (uint64_t)O.batch) {
         uint64_t t0 = now_ns();
         if (t0 >= t_end)
             break;
-        size_t len = O.batch > 1 ? (size_t)snprintf(body, cap, "{\"messages\":[") : 0;
-        for (int i = 0; i < O.batch; i++) {
-            uint64_t m = n + (uint64_t)i;
-            channel_name(chan, sizeof chan,
-                         ((uint64_t)w->id + m * (uint64_t)O.publishers) % (uint64_t)O.channels);
-            if (O.batch == 1) {
-                snprintf(path, sizeof path, "/v1/channels/%s/messages", chan);
-                len = make_data(body, cap, t0, w->id, m);
-                break;
-            }
-            len += (size_t)snprintf(body + len, cap - len,
-                                    "%s{\"channel\":\"%s\",\"data\":", i ? "," : "", chan);
-            len += make_data(body + len, cap - len, t0, w->id, m);
-            len += (size_t)snprintf(body + len, cap - len, "}");
-        }
-        if (O.batch > 1)
-            len += (size_t)snprintf(body + len, cap - len, "]}");
+        size_t len = rest_request(w->id, n, t0, path, body, cap);
         int ok = rest_post(w, &h, path, body, len);
         uint64_t t1 = now_ns();
         for (int i = 0; i < O.batch; i++)
