@@ -86,6 +86,7 @@ static void shut_down(struct lifecycle *lc)
     lc->app->bus = NULL;
     close_signals(lc);
     stop_flushing(lc->app);
+    later_close(&lc->app->later); /* last: what db_free failed is delivered first */
 }
 
 /* Shuts down once every client has gone or the drain time is up. */
@@ -198,6 +199,7 @@ static int serve(struct herald_config *cfg)
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct herald app = {.cfg = cfg, .loop = &loop, .started_ms = uv_now(&loop)};
+    later_init(&app.later, &loop);
     app.write_buf = malloc(HERALD_WRITE_BATCH);
     app.hub = hub_new(&app);
     app.bus = bus_new(&app);
