@@ -48,6 +48,10 @@ COMPOSE_SERVICES = ("redis", "postgres", "migrate", "gateway1", "gateway2", "gat
                     "publisher")
 # the Ingress must keep a quiet WebSocket open at least this long (seconds)
 MIN_WS_TIMEOUT = 3600
+# what the public balancer must route (the WebSocket and the REST API) and must not: /metrics
+# has no credentials (docs/SECURITY.md)
+PUBLIC_PATHS = ("/ws", "/v1/messages", "/v1/channels/demo/messages")
+PRIVATE_PATHS = ("/metrics",)
 
 
 class CheckError(Exception):
@@ -1043,6 +1047,46 @@ def gateway(docs):
     return deps[0] if deps else None
 
 
+def web_demo_paths():
+    """What a browser asks for when it opens the web demo at /: the page, the files index.html
+    loads (src, href), the modules they import, and the /healthz that app.js polls."""
+    paths, todo = {"/", "/healthz"}, ["index.html"]
+    while todo:
+        name = todo.pop()
+        with open(os.path.join(REPO, "web-demo", name)) as f:
+            text = f.read()
+        if name.endswith(".html"):
+            refs = re.findall(r'\b(?:src|href)="([\w.-]+)"', text)
+        elif name.endswith(".js"):
+            refs = re.findall(r'^import\b[^"]*"\./([\w.-]+)"', text, re.M)
+        else:
+            refs = []
+        for ref in refs:
+            if "/" + ref not in paths:
+                paths.add("/" + ref)
+                todo.append(ref)
+    return paths
+
+
+def ingress_routes(ing, ing_path, path):
+    """Whether this path of the Ingress sends a request for `path` to its backend. Exact: the
+    same string. Prefix: whole segments (/v1 routes /v1 and /v1/x, not /v1x; / routes
+    everything). ImplementationSpecific: a plain string prefix, the widest reading; with
+    ingress-nginx's use-regex (or rewrite-target, which implies it) a case-insensitive regular
+    expression, as ingress-nginx reads it."""
+    want, kind = ing_path.get("path", "/"), ing_path.get("pathType")
+    ann = ing["metadata"].get("annotations") or {}
+    if kind == "Exact":
+        return path == want
+    if (ann.get("nginx.ingress.kubernetes.io/use-regex") == "true" or
+            "nginx.ingress.kubernetes.io/rewrite-target" in ann):
+        return re.match(want, path, re.I) is not None
+    if kind == "Prefix":
+        want = want.rstrip("/")
+        return path == want or path.startswith(want + "/")
+    return path.startswith(want)
+
+
 def k8s_problems(docs, overlay):
     """Everything issue 5 asks of the manifests, on one rendered overlay."""
     p = []
@@ -1147,7 +1191,12 @@ def k8s_problems(docs, overlay):
     ings = find(docs, "Ingress")
     if not ings:
         p.append("no Ingress")
+    public = set(PUBLIC_PATHS) | (web_demo_paths() if env.get("HERALD_STATIC_DIR") else set())
+    routed = set()
     for ing in ings:
+        if ing["spec"].get("defaultBackend"):
+            p.append(f"Ingress {ing['metadata']['name']} has a defaultBackend: it routes every "
+                     f"path, {', '.join(PRIVATE_PATHS)} included")
         ann = ing["metadata"].get("annotations") or {}
         for a in ("proxy-read-timeout", "proxy-send-timeout"):
             v = ann.get(f"nginx.ingress.kubernetes.io/{a}")
@@ -1155,6 +1204,12 @@ def k8s_problems(docs, overlay):
                 p.append(f"Ingress {a} is {v}: WebSockets need at least {MIN_WS_TIMEOUT}")
         for rule in ing["spec"].get("rules") or []:
             for path in rule["http"]["paths"]:
+                routed |= {x for x in public if ingress_routes(ing, path, x)}
+                for x in PRIVATE_PATHS:
+                    if ingress_routes(ing, path, x):
+                        p.append(f"Ingress {ing['metadata']['name']} routes {x} (path "
+                                 f"{path.get('path')}, {path.get('pathType')}): it has no "
+                                 f"credentials")
                 b = path["backend"]["service"]
                 target = find(docs, "Service", b["name"])
                 if not target:
@@ -1165,6 +1220,9 @@ def k8s_problems(docs, overlay):
                 bp = b.get("port") or {}
                 if bp.get("name") not in names and bp.get("number") not in nums:
                     p.append(f"Ingress backend port {bp} is not a port of Service {b['name']}")
+    if ings:
+        for x in sorted(public - routed):
+            p.append(f"Ingress does not route {x}")
     hpas = find(docs, "HorizontalPodAutoscaler")
     if not hpas:
         p.append("no HorizontalPodAutoscaler")
