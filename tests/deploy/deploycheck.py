@@ -1,5 +1,6 @@
-"""Offline checks of Herald's deployment files: deploy/Dockerfile, deploy/docker-compose.yml and
-the Kubernetes manifests under k8s/. No Docker engine and no cluster are needed.
+"""Offline checks of Herald's deployment files: deploy/Dockerfile, deploy/docker-compose.yml,
+the Kubernetes manifests under k8s/ and the nginx access log formats. No Docker engine and no
+cluster are needed.
 
 The facts the files must agree with are read from the project itself, never restated here:
 the settings from `herald --help` (and common/config.c's table, which must say the same), the
@@ -957,6 +958,62 @@ def docker_compose_config(data, base_dir):
     if r.returncode != 0:
         return [f"docker-compose config: {r.stderr.strip()}"]
     return []
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx access logs
+
+# nginx variables that hold the query string, where ?token= carries a JWT or the API key
+QUERY_VARIABLES = re.compile(r"\$\{?(request|request_uri|args|query_string|arg_\w+)(?!\w)")
+
+
+def nginx_texts():
+    """(name, text) of every place the project writes nginx configuration: the files under
+    deploy/ and k8s/ (ingress-nginx settings included), and the code blocks (fenced or
+    indented) of README.md and docs/*.md."""
+    out = []
+    for root in ("deploy", "k8s"):
+        for dirpath, _, names in os.walk(os.path.join(REPO, root)):
+            for n in sorted(names):
+                path = os.path.join(dirpath, n)
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    out.append((os.path.relpath(path, REPO), f.read()))
+    for path in [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, "docs",
+                                                                                  "*.md"))):
+        with open(path) as f:
+            text = f.read()
+        fenced = r"^```[^\n]*\n(.*?)^```"
+        blocks = re.findall(fenced, text, re.M | re.S)
+        blocks += re.findall(r"(?:^(?: {4}|\t).*\n)+", re.sub(fenced, "", text, flags=re.M | re.S),
+                             re.M)
+        out += [(f"{os.path.relpath(path, REPO)} block {i + 1}", b) for i, b in enumerate(blocks)]
+    return out
+
+
+def nginx_log_problems(text, name):
+    """Access logs that would record query strings: a log_format (or ingress-nginx
+    log-format-upstream / log-format-stream) using one of QUERY_VARIABLES, an access_log in a
+    format not defined beside it (nginx's built-in `combined` logs $request), and an http block
+    with no access_log at all (then nginx logs in `combined`)."""
+    text = re.sub(r"(^|\s)#.*", r"\1", text)
+    p, formats = [], set()
+    for m in re.finditer(r"\blog_format\s+(\S+)\s([^;]*);", text):
+        formats.add(m.group(1))
+        p += [f"{name}: log_format {m.group(1)} logs ${v}, query string included"
+              for v in QUERY_VARIABLES.findall(m.group(2))]
+    for m in re.finditer(r"\blog-format-(?:upstream|stream)\b.*", text):
+        p += [f"{name}: {m.group(0).split(':')[0]} logs ${v}, query string included"
+              for v in QUERY_VARIABLES.findall(m.group(0))]
+    for m in re.finditer(r"\baccess_log\s+([^;]*);", text):
+        args = m.group(1).split()
+        fmt = args[1] if len(args) > 1 and "=" not in args[1] else "combined"
+        if args[0] != "off" and fmt not in formats:
+            p.append(f"{name}: access_log {args[0]} logs in format {fmt}, not a log_format of "
+                     f"this file (nginx's combined logs $request)")
+    if re.search(r"\bhttp\s*\{", text) and not re.search(r"\baccess_log\s", text):
+        p.append(f"{name}: an http block without access_log logs in nginx's combined format, "
+                 f"which logs $request")
+    return p
 
 
 # ---------------------------------------------------------------------------------------------
