@@ -115,6 +115,26 @@ void client_send(struct client *c, struct frame *f)
     mark_dirty(c);
 }
 
+bool client_has_room(const struct client *c, size_t len)
+{
+    return c->q.bytes == 0 || c->q.bytes + len <= (size_t)c->app->cfg->client_queue_bytes / 2;
+}
+
+void client_notify_drained(struct client *c)
+{
+    c->drain_wanted = true;
+}
+
+/* After a write: a paused resume goes on once the queue is low enough. */
+static void check_drained(struct client *c)
+{
+    if (c->drain_wanted && !c->close_code &&
+        c->q.bytes <= (size_t)c->app->cfg->client_queue_bytes / 4) {
+        c->drain_wanted = false;
+        hub_client_drained(c->app->hub, c);
+    }
+}
+
 void client_send_text(struct client *c, const char *text, size_t len)
 {
     struct frame *f = frame_from(text, len);
@@ -255,6 +275,7 @@ int client_on_writable(struct client *c)
         client_close(c, LWS_CLOSE_STATUS_GOINGAWAY, false);
     if (!outq_empty(&c->q) && write_batch(c) < 0)
         return -1;
+    check_drained(c);
     if (!outq_empty(&c->q)) {
         wait_writable(c);
         return 0;
@@ -287,6 +308,8 @@ static void flush_one(struct client *c)
         outq_clear(&c->q);
         return;
     }
+    if (!lws_partial_buffered(c->wsi))
+        check_drained(c);
     if (!outq_empty(&c->q) || lws_partial_buffered(c->wsi))
         wait_writable(c);
 }
