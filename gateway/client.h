@@ -88,6 +88,9 @@ void client_flush_dirty(struct herald *app);
  * closes with 1008 or 4001) and arms the close at the token's exp. */
 void client_on_established(struct client *c, struct lws *wsi, struct herald *app);
 
+/* LWS_CALLBACK_TIMER: the token's expiry; closes with 4001 once it has passed. */
+void client_on_timer(struct client *c);
+
 /* LWS_CALLBACK_RECEIVE: gathers fragments and hands whole messages to the protocol. */
 void client_on_receive(struct client *c, const void *in, size_t len, bool first, bool final,
                        bool binary);

@@ -87,10 +87,8 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             client_close(c, LWS_CLOSE_STATUS_NORMAL, true);
         break;
     case LWS_CALLBACK_TIMER:
-        if (c && c->app && c->auth) {
-            log_debug("token_expired", "closing a connection whose token expired");
-            client_close(c, 4001, true);
-        }
+        if (c && c->app)
+            client_on_timer(c);
         break;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return c && c->app ? client_on_writable(c) : 0;
@@ -102,7 +100,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
          * the pass that delivers the rest from an idle handler it stops after one pass:
          * the tail would wait for the next input. Waking its service pipe runs one more
          * pass; each part that is not the last asks again. */
-        if (c && c->deflate && !lws_is_final_fragment(wsi))
+        if (c && c->deflate && !c->close_code && !lws_is_final_fragment(wsi))
             lws_cancel_service(lws_get_context(wsi));
         break;
     default:
