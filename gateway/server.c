@@ -15,6 +15,9 @@
  * allocated per connection, so it is kept small (idle memory per connection matters). */
 #define RX_BUFFER_BYTES 1024
 
+/* Bytes of a request head lws keeps; longer heads are refused by lws. */
+#define HTTP_HEAD_MAX 8192
+
 struct server {
     struct herald *app;
     struct lws_context *ctx;
@@ -240,6 +243,9 @@ struct server *server_start(struct herald *app)
     if (strchr(host, '.') || strcmp(host, "0.0.0.0") == 0)
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     info.timeout_secs = 20;
+    /* the whole request head (request line, headers, ?token=) lws keeps while parsing:
+     * room for a JWT of several KiB; the memory is held only while a head is parsed */
+    info.max_http_header_data = HTTP_HEAD_MAX;
     if (app->cfg->tls_cert[0]) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.ssl_cert_filepath = app->cfg->tls_cert;
