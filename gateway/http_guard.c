@@ -4,6 +4,9 @@
 #include "http_framing.h"
 #include "iplimit.h"
 #include "log.h"
+#include "rest.h"
+
+#include "sock_input.h"
 
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -46,6 +49,36 @@ static void read_head(struct lws *wsi, struct http_head *head, char *cl, size_t 
     head->max_body = 0;
 }
 
+static int socket_consumed(struct lws *wsi, uint64_t *out)
+{
+    return sock_input_consumed(lws_get_socket_fd(wsi), out);
+}
+
+void http_guard_request_whole(struct lws *wsi)
+{
+    struct http_session *s = rest_session_make(wsi);
+    if (!s)
+        return;
+    s->seen_whole = true;
+    s->consumed_known = socket_consumed(wsi, &s->consumed) == 0;
+}
+
+/* lws 4.1 reads a POST whose head it takes from its own buffer (the request came in one
+ * read with the one before it: pipelined) from the wrong place, then loops forever in
+ * lws_http_action: such a POST must never reach a route. lws reads the socket only once
+ * its buffer is empty, so a request whose head comes while lws has read nothing from the
+ * socket since the previous request was whole came from that buffer. */
+static bool pipelined(struct lws *wsi)
+{
+    struct http_session *s = rest_session(wsi);
+    uint64_t now;
+    if (!s || !s->seen_whole)
+        return false; /* the connection's first request */
+    /* when the kernel cannot tell, the POST is refused: a spurious refusal costs a retry,
+     * a wrong guess the whole process */
+    return !s->consumed_known || socket_consumed(wsi, &now) < 0 || now == s->consumed;
+}
+
 int http_guard_request(struct herald *app, struct lws *wsi)
 {
     struct http_head head;
@@ -54,11 +87,20 @@ int http_guard_request(struct herald *app, struct lws *wsi)
     uint64_t body;
     read_head(wsi, &head, cl, sizeof cl);
     head.max_body = (uint64_t)app->cfg->max_publish_bytes;
-    if (http_framing_check(&head, &body, &no) == 0)
-        return 0;
-    log_debug("http_refused", "%u: %s", no.status, no.why);
-    http_guard_refuse(app, wsi, no.status, no.code, no.why);
-    return -1;
+    if (http_framing_check(&head, &body, &no) < 0) {
+        log_debug("http_refused", "%u: %s", no.status, no.why);
+        http_guard_refuse(app, wsi, no.status, no.code, no.why);
+        return -1;
+    }
+    if (head.method == HTTP_POST && pipelined(wsi)) {
+        http_guard_refuse(app, wsi, 400, ERR_BAD_REQUEST,
+                          "a POST pipelined behind another request: send it once the answer "
+                          "to the one before has come");
+        return -1;
+    }
+    if (head.method == HTTP_GET)
+        http_guard_request_whole(wsi);
+    return 0;
 }
 
 uint64_t http_guard_body_length(struct lws *wsi)
