@@ -7,18 +7,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The window sum keeps rows while the bytes before them are under $4: a page is bounded in
- * bytes (one message over the budget still comes alone). octet_length reads the stored
- * size without decompressing. */
+/* The window sum keeps rows while their bytes add up to at most $4: a page is bounded in
+ * bytes (a first message over the budget still comes, alone). octet_length reads the
+ * stored size without decompressing. */
 static const char fetch_sql[] =
     "SELECT c.last_seq, c.epoch, "
     "(SELECT min(seq) FROM herald_messages WHERE channel = $1), m.seq, m.envelope "
     "FROM herald_channels c LEFT JOIN LATERAL ("
     " SELECT seq, envelope FROM ("
-    "  SELECT seq, envelope, sum(octet_length(envelope)) OVER (ORDER BY seq) AS upto"
+    "  SELECT seq, envelope, sum(octet_length(envelope)) OVER w AS upto,"
+    "   row_number() OVER w AS nth"
     "  FROM herald_messages WHERE channel = $1 AND seq > $2::bigint"
-    "  ORDER BY seq LIMIT $3::int) w"
-    " WHERE upto - octet_length(envelope) < $4::bigint) m ON true "
+    "  WINDOW w AS (ORDER BY seq) ORDER BY seq LIMIT $3::int) p"
+    " WHERE upto <= $4::bigint OR nth = 1) m ON true "
     "WHERE c.name = $1 ORDER BY m.seq";
 
 static const char heads_sql[] =

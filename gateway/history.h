@@ -55,9 +55,9 @@ struct history_request {
     void *arg;
 };
 
-/* Messages of channel with seq > since, at most limit of them and about max_bytes (the
- * first row always comes, the others while the bytes before them are under max_bytes),
- * with the channel's head, epoch and oldest kept seq. */
+/* Messages of channel with seq > since: at most limit of them and at most max_bytes of
+ * envelopes (the first always comes, even alone over max_bytes), with the channel's
+ * head, epoch and oldest kept seq. */
 void history_fetch(struct herald *app, struct history_request *r, const char *channel,
                    uint64_t since, long limit, size_t max_bytes, history_page_cb cb, void *arg);
 

@@ -30,6 +30,14 @@ void http_guard_refuse(struct herald *app, struct lws *wsi, unsigned status, enu
     lws_write(wsi, (unsigned char *)p, h + blen, LWS_WRITE_RAW);
 }
 
+/* The header is in the head, even with an empty value (lws keeps an empty fragment for
+ * it, and no fragment at all for a missing one). */
+static bool present(struct lws *wsi, enum lws_token_indexes h)
+{
+    char none[1];
+    return lws_hdr_total_length(wsi, h) > 0 || lws_hdr_copy_fragment(wsi, none, 1, h, 0) == 0;
+}
+
 /* Reads the head's framing headers. A Content-Length too long to copy is kept as text that
  * fails the check, so an oversized header never passes for an absent one. */
 static void read_head(struct lws *wsi, struct http_head *head, char *cl, size_t cap)
@@ -40,12 +48,12 @@ static void read_head(struct lws *wsi, struct http_head *head, char *cl, size_t 
     head->method = m == LWSHUMETH_GET ? HTTP_GET : m == LWSHUMETH_POST ? HTTP_POST : HTTP_OTHER;
     head->takes_body = uri && uri_len >= 4 && strncmp(uri, "/v1/", 4) == 0;
     head->content_length = NULL;
-    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
+    if (present(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH)) {
         if (lws_hdr_copy(wsi, cl, (int)cap, WSI_TOKEN_HTTP_CONTENT_LENGTH) < 0)
             snprintf(cl, cap, "too long");
         head->content_length = cl;
     }
-    head->transfer_encoding = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
+    head->transfer_encoding = present(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING);
     head->max_body = 0;
 }
 
