@@ -121,8 +121,8 @@ uint64_t http_guard_body_length(struct lws *wsi)
 }
 
 /* The refusal of an upgrade, counted as a refused handshake. */
-static int refuse_upgrade(struct herald *app, struct lws *wsi, unsigned status,
-                          enum errcode code, const char *why)
+static int refuse_upgrade(struct herald *app, struct lws *wsi, unsigned status, enum errcode code,
+                          const char *why)
 {
     app->metrics.rejected_connections++;
     log_debug("handshake_refused", "%u: %s", status, why);

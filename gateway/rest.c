@@ -21,12 +21,12 @@
 #define QUERY_ARG_MAX      4097 /* lws keeps at most 4096 bytes of head: any argument fits */
 /* An idempotency key is stored under its caller's name, so that a co-publisher cannot take
  * a key first: "s/" for the API key, "u<len>:<sub>/" for a token, nothing with auth off. */
-#define KEY_SPACE_MAX  (JWT_AUTH_SUB_MAX + 8)
-#define STORED_KEY_MAX (KEY_SPACE_MAX + IDEMPOTENCY_KEY_MAX)
-#define MSG_REFUSED    "the message was refused"
+#define KEY_SPACE_MAX   (JWT_AUTH_SUB_MAX + 8)
+#define STORED_KEY_MAX  (KEY_SPACE_MAX + IDEMPOTENCY_KEY_MAX)
+#define MSG_REFUSED     "the message was refused"
 #define MSG_UNAVAILABLE "the history is unavailable"
 #define MSG_ROUTES                                                                                 \
-    "routes: GET and POST /v1/channels/{channel}/messages (channel: 1-200 bytes of A-Z a-z 0-9 " \
+    "routes: GET and POST /v1/channels/{channel}/messages (channel: 1-200 bytes of A-Z a-z 0-9 "   \
     "_ - . : @ =), POST /v1/messages"
 
 struct batch;
@@ -253,11 +253,12 @@ static void answer_page(struct lws *wsi, struct http_session *s, const struct re
     int n = snprintf(start, sizeof start, "{\"channel\":\"%s\",\"seq\":%llu%s%s%s", c->channel,
                      (unsigned long long)page->head, page->exists ? ",\"epoch\":\"" : "",
                      page->exists ? page->epoch : "", page->exists ? "\"" : "");
-    int m = code ? snprintf(end, sizeof end,
-                            ",\"recovered\":false,\"code\":\"%s\",\"more\":false,\"messages\":[]}\n",
-                            code)
-                 : snprintf(end, sizeof end, ",\"recovered\":true,\"more\":%s,\"messages\":[",
-                            page->cut ? "true" : "false");
+    int m = code
+                ? snprintf(end, sizeof end,
+                           ",\"recovered\":false,\"code\":\"%s\",\"more\":false,\"messages\":[]}\n",
+                           code)
+                : snprintf(end, sizeof end, ",\"recovered\":true,\"more\":%s,\"messages\":[",
+                           page->cut ? "true" : "false");
     size_t size = (size_t)n + (size_t)m + 3;
     for (size_t i = 0; !code && i < page->n; i++)
         size += page->rows[i].len + 1;
@@ -310,9 +311,8 @@ static int read_query(struct lws *wsi, struct query_history *q, char *err, size_
         return -1;
     }
     int rc = 0, n;
-    for (int i = 0;
-         rc == 0 && (n = lws_hdr_copy_fragment(wsi, frag, QUERY_ARG_MAX, WSI_TOKEN_HTTP_URI_ARGS,
-                                               i)) >= 0;
+    for (int i = 0; rc == 0 && (n = lws_hdr_copy_fragment(wsi, frag, QUERY_ARG_MAX,
+                                                          WSI_TOKEN_HTTP_URI_ARGS, i)) >= 0;
          i++) {
         const char *eq = memchr(frag, '=', (size_t)n);
         size_t klen = eq ? (size_t)(eq - frag) : (size_t)n;
@@ -555,19 +555,19 @@ static json_t *batch_parse(const struct rest_call *c, const char *body, size_t l
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(msgs, i), *ch = json_object_get(m, "channel");
         json_t *key = json_object_get(m, "idempotency_key");
-        const char *bad = !json_is_object(m) ? "is not an object"
-                          : !json_is_string(ch) ||
-                                  !channel_name_valid(json_string_value(ch), json_string_length(ch))
-                              ? "needs a valid channel (1-200 bytes of A-Z a-z 0-9 _ - . : @ =)"
-                          : !json_object_get(m, "data") ? "needs data"
-                          : key && (!json_is_string(key) ||
-                                    !idempotency_key_valid(json_string_value(key),
-                                                           json_string_length(key)))
-                              ? "has an idempotency_key that is not 1 to 200 visible ASCII "
-                                "characters"
-                          : json_object_size(m) != 2u + (key != NULL)
-                              ? "has members other than channel, data and idempotency_key"
-                              : NULL;
+        const char *bad =
+            !json_is_object(m) ? "is not an object"
+            : !json_is_string(ch) ||
+                    !channel_name_valid(json_string_value(ch), json_string_length(ch))
+                ? "needs a valid channel (1-200 bytes of A-Z a-z 0-9 _ - . : @ =)"
+            : !json_object_get(m, "data") ? "needs data"
+            : key && (!json_is_string(key) ||
+                      !idempotency_key_valid(json_string_value(key), json_string_length(key)))
+                ? "has an idempotency_key that is not 1 to 200 visible ASCII "
+                  "characters"
+            : json_object_size(m) != 2u + (key != NULL)
+                ? "has members other than channel, data and idempotency_key"
+                : NULL;
         if (!bad && c->has_who &&
             !auth_may_publish(&c->who, json_string_value(ch), json_string_length(ch))) {
             *status = 403;
@@ -739,7 +739,7 @@ int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s)
         batch_body_done(app, wsi, s, s->call);
     else if (!s->refused && s->call)
         single_body_done(app, wsi, s, s->call);
-    release_body(app, s); /* publish_durable copied what it needs */
+    release_body(app, s);        /* publish_durable copied what it needs */
     if (s->phase == REST_BODY) { /* refused, before or just now */
         s->phase = REST_REPLY;
         write_now(app, wsi, s);

@@ -34,10 +34,10 @@ enum rest_phase {
 /* The HTTP state of one connection, created by its first request. */
 struct http_session {
     enum rest_phase phase;
-    bool refused;           /* the answer is decided: the body is only thrown away */
-    bool stray;             /* input came where none belongs: close after the answer */
-    bool hang_up;           /* the last answer is out: close at the next WRITEABLE */
-    bool seen_whole;        /* a request of this connection was whole once (http_guard.c) */
+    bool refused;    /* the answer is decided: the body is only thrown away */
+    bool stray;      /* input came where none belongs: close after the answer */
+    bool hang_up;    /* the last answer is out: close at the next WRITEABLE */
+    bool seen_whole; /* a request of this connection was whole once (http_guard.c) */
     bool consumed_known;
     uint64_t consumed;      /* socket bytes lws had read when that request was whole */
     struct rest_call *call; /* the request, until its answer is prepared */

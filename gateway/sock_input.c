@@ -14,8 +14,8 @@ int sock_input_consumed(int fd, uint64_t *out)
         int waiting;
         if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &before, &lb) < 0 ||
             ioctl(fd, SIOCINQ, &waiting) < 0 ||
-            getsockopt(fd, IPPROTO_TCP, TCP_INFO, &after, &la) < 0 ||
-            lb < sizeof before || la < sizeof after)
+            getsockopt(fd, IPPROTO_TCP, TCP_INFO, &after, &la) < 0 || lb < sizeof before ||
+            la < sizeof after)
             return -1;
         if (before.tcpi_bytes_received == after.tcpi_bytes_received) {
             *out = after.tcpi_bytes_received - (uint64_t)waiting;
