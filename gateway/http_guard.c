@@ -13,7 +13,8 @@
 #include <string.h>
 #include <strings.h>
 
-#define ALLOW_HEADER "allow: GET, POST\r\n"
+#define ALLOW_HEADER   "allow: GET, POST\r\n"
+#define VERSION_HEADER "sec-websocket-version: 13\r\n"
 
 void http_guard_refuse(struct herald *app, struct lws *wsi, unsigned status, enum errcode code,
                        const char *why)
@@ -22,7 +23,9 @@ void http_guard_refuse(struct herald *app, struct lws *wsi, unsigned status, enu
     size_t blen = http_error_body(body, sizeof body, code, why);
     char *p = buf + LWS_PRE;
     size_t h = http_json_head(p, sizeof buf - LWS_PRE - blen, status, blen, true,
-                              status == 405 ? ALLOW_HEADER : NULL);
+                              status == 405   ? ALLOW_HEADER
+                              : status == 426 ? VERSION_HEADER
+                                              : NULL);
     app->metrics.client_errors[code]++;
     if (h == 0 || blen == 0)
         return;
@@ -148,6 +151,12 @@ static const char *admission(struct herald *app, struct lws *wsi, unsigned *stat
     }
     if (head.method != HTTP_GET || http_framing_check(&head, &body, &no) < 0)
         return "a WebSocket handshake is a GET without a body";
+    char version[8] = "";
+    if (lws_hdr_copy(wsi, version, sizeof version, WSI_TOKEN_VERSION) <= 0 ||
+        strcmp(version, "13") != 0) {
+        *status = 426; /* RFC 6455 4.4: say which version is understood */
+        return "Sec-WebSocket-Version must be 13";
+    }
     if (lws_hdr_copy(wsi, protocols, sizeof protocols, WSI_TOKEN_PROTOCOL) < 0 ||
         !http_subprotocols_ok(protocols))
         return "unsupported subprotocol: name herald, or none";

@@ -321,6 +321,8 @@ static void drain_held(struct seq *s, struct channel *ch, bool skip_gap)
     stop_holding_if_done(s, ch);
 }
 
+static void fill_gap(struct seq *s, struct channel *ch);
+
 /* Whether a sequenced payload carries the signature of the envelope PostgreSQL stored
  * (envelope_sig.h): only then does it count. */
 static bool authentic(const struct seq *s, const struct channel *ch, const char *payload,
@@ -386,9 +388,11 @@ void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_
         return;
     }
     if (!ch->baseline || !authentic(s, ch, payload, len)) {
-        if (ch->baseline && app->has_envelope_key)
-            app->metrics.unverified_envelopes++;
         hint(s, ch, seq);
+        if (ch->baseline && !ch->epoch[0]) /* no epoch to check it with yet (the channel had */
+            fill_gap(s, ch); /* no message when subscribed): fetched at once, epoch and all */
+        else if (ch->baseline && app->has_envelope_key)
+            app->metrics.unverified_envelopes++;
         return;
     }
     struct frame *f = envelope_frame(payload, len);
