@@ -59,6 +59,9 @@ def parse_args():
                    default=float(os.environ.get("FUZZ_LIVE_SECONDS", 60)),
                    help="how long to fuzz (default $FUZZ_LIVE_SECONDS or 60)")
     p.add_argument("--seed", type=int, help="the run's seed (default: a random one, printed)")
+    p.add_argument("--first-case", type=int, default=0, metavar="N",
+                   help="start at the seed's case N (a failure that needs the cases before it"
+                        " on the same gateway: --first-case a little before it)")
     p.add_argument("--profiles", default=",".join(PROFILES),
                    help="gateway profiles to cycle through (default %(default)s)")
     p.add_argument("--phase-cases", type=int, default=60,
@@ -144,7 +147,7 @@ class Fuzzer:
             case["seed"] = os.path.relpath(path, REPO)
             if not self._execute(case):
                 return
-        index = 0
+        index = self.args.first_case
         while time.monotonic() < self.deadline:
             profiles = self.args.profiles
             case = make_case(random.Random(f"{self.seed}:{index}"), f"{self.seed}:{index}")
@@ -263,6 +266,9 @@ def main():
         if args.minimize:
             return minimize(args, target)
         return fuzz(args, target)
+    except KeyboardInterrupt:
+        print("live_fuzz: interrupted", file=sys.stderr)
+        return 130
     finally:
         target.close()
         if args.keep_tmp:

@@ -70,13 +70,11 @@ class CaseBuilder:
         self.steps.append(step)
 
     def trickle(self, conn, text):
-        """Sends `text` a few bytes at a time with small pauses."""
-        length = expanded_len(text)
-        step = {"op": "send", "conn": conn, "data": text,
-                "splits": list(range(self.rng.randint(1, 20), length, self.rng.randint(1, 20))),
-                "delay_ms": self.rng.choice([1, 2, 5])}
-        step["splits"] = step["splits"][:60]
-        self.steps.append(step)
+        """Sends `text` a few bytes at a time (at most 60 pauses) with small pauses."""
+        start, step = self.rng.randint(1, 20), self.rng.randint(1, 20)
+        splits = list(range(start, expanded_len(text), step))[:60]
+        self.steps.append({"op": "send", "conn": conn, "data": text, "splits": splits,
+                           "delay_ms": self.rng.choice([1, 2, 5])})
 
     def read(self, conn, until=HEAD_END):
         step = {"op": "read", "conn": conn, "ms": self.rng.choice(READ_MS)}

@@ -257,7 +257,7 @@ class Target:
         self.credentials = credentials()
         self.canary_token = jwt_util.token(channels=[CANARY], exp_in=WEEK)
         self.expand = Expander(self.credentials)
-        self.redis = self.pg = self.heads = self.publisher = None
+        self.redis = self.pg = self.heads = self.publisher = self.static_dir = None
         self.herald = self.profile = self.watcher = None
         self.log_offset = 0
         self.baseline = 0  # sum of the channels' heads after the last check
