@@ -128,7 +128,8 @@ class Runner:
 
 
 class Fuzzer:
-    """The fuzzing loop: regression cases first, then generated ones until the deadline."""
+    """The fuzzing loop: the saved regression cases first, each on a gateway of its own, then
+    generated cases until the deadline."""
 
     def __init__(self, args, runner, findings):
         self.args = args
@@ -145,7 +146,7 @@ class Fuzzer:
         for path in sorted(glob.glob(os.path.join(self.args.corpus, "*.json"))):
             case = load_case(path)
             case["seed"] = os.path.relpath(path, REPO)
-            if not self._execute(case):
+            if not self._execute(case, own_gateway=True):
                 return
         index = self.args.first_case
         while time.monotonic() < self.deadline:
@@ -156,12 +157,19 @@ class Fuzzer:
             if not self._execute(case):
                 return
 
-    def _execute(self, case):
-        """Runs one case and records its failure; False when the run must stop."""
+    def _execute(self, case, own_gateway=False):
+        """Runs one case and records its failure; False when the run must stop. With
+        `own_gateway` the gateway is stopped after the case, so that what it reports as it
+        exits (leaks, a damaged table freed) is the case's too."""
+        target = self.runner.target
         failure, transcript = self.runner.run(case)
         if failure:
             self.findings.add(failure, case, transcript)
-        record_exit_failures(self.runner.target, self.findings)
+        if own_gateway:
+            target.stop_gateway()
+            for exit_failure in target.take_exit_failures():
+                self.findings.add(exit_failure, case, transcript)
+        record_exit_failures(target, self.findings)
         self._progress()
         return not (self.findings and self.args.stop_on_failure)
 
