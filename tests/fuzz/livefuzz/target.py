@@ -2,9 +2,10 @@
 (the ASan/UBSan build), started and stopped by PID with the integration tests' helpers.
 
 After each case the oracles ask: is the gateway alive; does /healthz answer 200 on a fresh
-connection in time; is its log free of sanitizer reports; did no channel's head move in
-PostgreSQL although the case held no publishing credential; does a canary WebSocket client,
-subscribed since the gateway started, still get a message published on the canary channel."""
+connection in time; is its log free of sanitizer reports; are the channels' heads in
+PostgreSQL unchanged when the case held no publishing credential; does a canary WebSocket
+client, subscribed since the gateway started, still get a message published on the canary
+channel."""
 
 import json
 import os
@@ -52,7 +53,7 @@ STATIC_FILES = {
 }
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
 REPORT_SECONDS = 30  # symbolizing a report takes a while on a loaded machine
-HEADS_SQL = "SELECT coalesce(sum(last_seq), 0) FROM herald_channels"
+HEADS_SQL = "SELECT name || ' ' || last_seq FROM herald_channels"
 
 
 @dataclass
@@ -144,7 +145,7 @@ def sanitizer_failure(text):
 
 
 def stack_of(pid):
-    """The stack of a hung process, by gdb when it is installed ("" without gdb)."""
+    """The stack of a hung process, by gdb when it is installed (else a note saying so)."""
     gdb = shutil.which("gdb")
     if not gdb:
         return "(install gdb for the stack)"
@@ -260,7 +261,7 @@ class Target:
         self.redis = self.pg = self.heads = self.publisher = self.static_dir = None
         self.herald = self.profile = self.watcher = None
         self.log_offset = 0
-        self.baseline = 0  # sum of the channels' heads after the last check
+        self.baseline = {}  # each channel's head after the last check
         self.canary_number = 0
         self.restarts = 0
         self.exit_failures = []  # Failures seen when a gateway stopped
@@ -301,7 +302,7 @@ class Target:
         if self.heads is None:  # the first start created the schema
             self.heads = HeadReader(self.pg.port)
         self.watcher = CanaryWatcher(self.herald.port, self.canary_token, self.hang_seconds)
-        self.baseline = int(self.heads.value(HEADS_SQL))
+        self.baseline = self._heads()
 
     def stop_gateway(self):
         """Stops the gateway (SIGTERM, then SIGKILL). A sanitizer report at exit (leaks) or a
@@ -410,8 +411,9 @@ class Target:
 
     def _hang(self):
         # the stack goes in the detail, not the signature: samples of one busy loop differ
+        stack = stack_of(self.herald.pid)
         return Failure("hang", "hang: /healthz did not answer",
-                       f"no answer within {self.hang_seconds} s; its stack:\n{stack_of(self.herald.pid)}")
+                       f"no answer within {self.hang_seconds} s; its stack:\n{stack}")
 
     def _publish_canary(self):
         """POSTs the next canary message with the API key; returns a Failure or None."""
@@ -446,17 +448,24 @@ class Target:
                 f"canary {self.canary_number} published (201) but not received: {how}")
         return None
 
+    def _heads(self):
+        """Each channel's head (last_seq) in PostgreSQL."""
+        rows = self.heads.value(HEADS_SQL).splitlines()
+        return {name: int(seq) for name, seq in (row.rsplit(" ", 1) for row in rows)}
+
     def check(self, strict):
         """Runs the oracles after a case; returns the first Failure, or None."""
         failure = self._process_failure() or self._healthz()
         if failure:
             return failure
-        heads = int(self.heads.value(HEADS_SQL))
+        heads = self._heads()
         if strict and heads != self.baseline:
-            moved = f"sum of the channels' heads went from {self.baseline} to {heads}"
+            moved = ", ".join(f"{name} {self.baseline.get(name, 0)} -> {seq}"
+                              for name, seq in sorted(heads.items())
+                              if seq != self.baseline.get(name, 0))
             self.baseline = heads
             return Failure("invariant", "heads moved without a publishing credential", moved)
         failure = self._canary()
         # the canary's own publish moved its head by one; anything else moved it too
-        self.baseline = int(self.heads.value(HEADS_SQL))
+        self.baseline = self._heads()
         return failure or self._process_failure()
