@@ -10,8 +10,36 @@ PUBLISH_SHARE = 0.25  # of cases that may present a publishing credential
 READ_MS = [20, 50, 100, 200]
 DELAYS_MS = [0, 0, 1, 2, 5, 10]
 HEAD_END = "\r\n\r\n"
+PING = '{"op":"ping"}'
+PADDED_PING = '{"op":"ping","pad":"%s"}'
 CLOSE_PAYLOADS = ["", "\x03\xe8", "\x03\xe8bye", "\x03", "\x03\xed", "\x00\x00", "\x13\x88",
                   "\x0f\xa0", "\x03\xe8\xff\xfe", "\x03\xe8" + "r" * 130]
+
+
+def odd_frame(rng):
+    """A frame a client should not send, or a rarely used one: (its kind, opcode, payload,
+    other fields of the frame step)."""
+    kinds = {
+        "binary": lambda: (2, "".join(chr(rng.randrange(256))
+                                      for _ in range(rng.randint(0, 40))), {}),
+        "ping": lambda: (9, "p" * rng.randint(0, 125), {}),
+        "pong": lambda: (10, "p" * rng.randint(0, 125), {}),
+        "close": lambda: (8, rng.choice(CLOSE_PAYLOADS), {}),
+        "bad-opcode": lambda: (rng.choice([3, 4, 5, 6, 7, 11, 12, 13, 14, 15]), PING, {}),
+        "unmasked": lambda: (1, PING, {"mask": None}),
+        "rsv": lambda: (1, PING, {"rsv": rng.randint(1, 7)}),
+        "lying-length": lambda: (1, PING, {"length": rng.choice(
+            [0, 5, len(PING) + 1, len(PING) + 500, 1 << 31, 1 << 63, (1 << 64) - 1])}),
+        "non-minimal": lambda: (1, PING, {"width": rng.choice([16, 64])}),
+        "too-large": lambda: (1, PADDED_PING % fill("p", rng.choice([2100, 70000])), {}),
+        "bomb": lambda: (1, PADDED_PING % fill("0", rng.choice([5000, 300000])),
+                         {"deflate": True}),
+        "fragmented-ping": lambda: (9, "x", {"fin": False}),
+        "lone-continuation": lambda: (0, PING, {"fin": rng.random() < 0.5}),
+        "long-control": lambda: (rng.choice([8, 9, 10]), "c" * rng.choice([126, 200]), {}),
+    }
+    kind = rng.choice(list(kinds))
+    return (kind,) + kinds[kind]()
 
 
 def interleave(rng, tracks):
@@ -70,7 +98,8 @@ class CaseBuilder:
         self.steps.append(step)
 
     def trickle(self, conn, text):
-        """Sends `text` a few bytes at a time (at most 60 pauses) with small pauses."""
+        """Sends `text` a few bytes at a time, with a short pause between pieces (at most
+        60 of them)."""
         start, step = self.rng.randint(1, 20), self.rng.randint(1, 20)
         splits = list(range(start, expanded_len(text), step))[:60]
         self.steps.append({"op": "send", "conn": conn, "data": text, "splits": splits,
@@ -108,13 +137,14 @@ class CaseBuilder:
     # -- inputs
 
     def mutated(self, req, clean_share=0.15):
-        """The text of `req` after structure-aware and/or byte-level mutation (or none)."""
-        r = self.rng.random()
-        if r < clean_share:
+        """The text of `req`: as it is (`clean_share` of the time), else after
+        structure-aware mutations, byte-level ones, or both."""
+        if self.rng.random() < clean_share:
             return req.text()
-        notes = mutate_request(self.rng, req, self.rng.randint(1, 3)) if r < 0.9 else []
+        how = self.rng.random()
+        notes = mutate_request(self.rng, req, self.rng.randint(1, 3)) if how < 0.85 else []
         text = req.text()
-        if r >= 0.6:
+        if how >= 0.5:
             text, more = mutate_bytes(self.rng, text, self.splice_pool, self.rng.randint(1, 3))
             notes += more
         self.notes += notes
@@ -145,41 +175,9 @@ class CaseBuilder:
         self.read(conn, until="}")
 
     def odd_frame(self, conn):
-        """A frame a client should not send, or a rarely used one."""
-        rng = self.rng
-        kind = rng.choice(["binary", "ping", "pong", "close", "bad-opcode", "unmasked", "rsv",
-                           "lying-length", "non-minimal", "too-large", "bomb", "fragmented-ping",
-                           "lone-continuation", "long-control"])
+        kind, opcode, payload, fields = odd_frame(self.rng)
         self.notes.append(f"frame {kind}")
-        text = '{"op":"ping"}'
-        if kind == "binary":
-            self.frame(conn, 2, "".join(chr(rng.randrange(256)) for _ in range(rng.randint(0, 40))))
-        elif kind in ("ping", "pong"):
-            self.frame(conn, 9 if kind == "ping" else 10, "p" * rng.randint(0, 125))
-        elif kind == "close":
-            self.frame(conn, 8, rng.choice(CLOSE_PAYLOADS))
-        elif kind == "bad-opcode":
-            self.frame(conn, rng.choice([3, 4, 5, 6, 7, 11, 12, 13, 14, 15]), text)
-        elif kind == "unmasked":
-            self.frame(conn, 1, text, mask=None)
-        elif kind == "rsv":
-            self.frame(conn, 1, text, rsv=rng.randint(1, 7))
-        elif kind == "lying-length":
-            self.frame(conn, 1, text, length=rng.choice([0, 5, len(text) + 1, len(text) + 500,
-                                                         1 << 31, 1 << 63, (1 << 64) - 1]))
-        elif kind == "non-minimal":
-            self.frame(conn, 1, text, width=rng.choice([16, 64]))
-        elif kind == "too-large":
-            self.frame(conn, 1, '{"op":"ping","pad":"%s"}' % fill("p", rng.choice([2100, 70000])))
-        elif kind == "bomb":
-            self.frame(conn, 1, '{"op":"ping","pad":"%s"}' % fill("0", rng.choice([5000, 300000])),
-                       deflate=True)
-        elif kind == "fragmented-ping":
-            self.frame(conn, 9, "x", fin=False)
-        elif kind == "lone-continuation":
-            self.frame(conn, 0, text, fin=rng.random() < 0.5)
-        else:
-            self.frame(conn, rng.choice([8, 9, 10]), "c" * rng.choice([126, 200]))
+        self.frame(conn, opcode, payload, **fields)
 
     def fragmented_message(self, conn, deflate_offered):
         """One client message in 2-4 frames, maybe compressed as a whole (RSV1 on the first
@@ -203,6 +201,7 @@ class CaseBuilder:
 
 
 def http_single(b):
+    """One request on a connection of its own."""
     c = b.connect()
     b.send(c, b.mutated(seeds.http_seed(b.rng, b.allow_publish)))
     b.read(c)
@@ -321,6 +320,18 @@ def raw_bytes(b):
     b.finish(c)
 
 
+def h2_session(b):
+    """HTTP/2 after an h2c upgrade (review L9), or with prior knowledge: the preface, then
+    frames of every kind."""
+    c = b.connect()
+    if b.rng.random() < 0.7:
+        b.send(c, b.mutated(seeds.h2c_upgrade(b.rng, b.allow_publish), 0.7))
+        b.read(c)
+    b.send(c, b.maybe_bytes(seeds.H2_PREFACE + seeds.h2_frames(b.rng), 0.3))
+    b.read(c, until=None)
+    b.finish(c)
+
+
 def connection_burst(b):
     """More WebSocket handshakes than the per-address limit allows, then all dropped."""
     conns = [b.connect() for _ in range(b.rng.randint(4, 14))]
@@ -331,7 +342,8 @@ def connection_burst(b):
 
 
 SCENARIOS = [(http_single, 25), (http_pipeline, 15), (http_trickle, 6), (ws_session, 25),
-             (mixed, 14), (redis_fanout, 7), (raw_bytes, 4), (connection_burst, 2)]
+             (mixed, 14), (redis_fanout, 7), (raw_bytes, 4), (h2_session, 5),
+             (connection_burst, 2)]
 _SCENARIO_POOL = [s for s, w in SCENARIOS for _ in range(w)]
 
 

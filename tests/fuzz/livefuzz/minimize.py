@@ -37,8 +37,8 @@ def lines_of(text):
 
 
 class Minimizer:
-    """`reproduce(steps)` runs steps on a fresh gateway and returns the failure's signature
-    (or None); shrinking stops when `seconds` have passed."""
+    """`reproduce(steps)` runs steps and returns the failure's signature, or None (the
+    gateway is restarted after each failure); shrinking stops when `seconds` have passed."""
 
     def __init__(self, reproduce, signature, seconds):
         self.reproduce = reproduce

@@ -19,7 +19,9 @@ PUBLISH_CREDENTIALS = ["PUB", "API"]
 STATIC_PATHS = ["/", "/index.html", "/hello.txt", "/sub/page.html", "/sub/", "/.hidden",
                 "/big.bin", "/missing", "/../etc/passwd", "/%2e%2e/hello.txt"]
 H2_SETTINGS = "AAMAAABkAARAAAAAAAIAAAAA"
-H2_PREFACE = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + "\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+H2_PREFACE = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# HPACK: :method GET, :scheme http, :authority gw (indexed names), then :path as a literal
+H2_GET_HEADERS = "\x82\x86\x41\x02gw\x04\x08/healthz"
 
 
 @dataclass
@@ -179,7 +181,7 @@ HTTP_SEEDS = [
 ]
 
 RAW_SEEDS = [
-    H2_PREFACE,
+    H2_PREFACE + "\x00\x00\x00\x04\x00\x00\x00\x00\x00",
     "\r\n\r\n",
     "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + "\x00" * 32,  # a TLS ClientHello start
     "GET /healthz\r\n",  # HTTP/0.9
@@ -233,3 +235,38 @@ def redis_payload(rng, channel):
         '{"big":"%s"}' % fill("b", rng.choice([3000, 5000, 60000, 100000])),
         '{"op":"message","channel":"%s","seq":1}' % channel,
     ])
+
+
+def _u32(n):
+    return "".join(chr(n >> shift & 255) for shift in (24, 16, 8, 0))
+
+
+def h2_frame(kind, flags, stream, payload, length=None):
+    """An HTTP/2 frame; `length` may lie about the payload's."""
+    n = len(payload) if length is None else length
+    return _u32(n)[1:] + chr(kind) + chr(flags) + _u32(stream) + payload
+
+
+def h2_frames(rng):
+    """HTTP/2 frames after the preface: SETTINGS, then some of every kind, valid or not."""
+    stream = rng.choice([1, 1, 1, 2, 3, 0x7FFFFFFF])
+    choices = [
+        lambda: h2_frame(1, 5, stream, H2_GET_HEADERS),  # HEADERS, END_STREAM|END_HEADERS
+        lambda: h2_frame(1, 1, stream, H2_GET_HEADERS[:4]) + h2_frame(9, 4, stream,
+                                                                      H2_GET_HEADERS[4:]),
+        lambda: h2_frame(0, 1, stream, "data"),  # DATA
+        lambda: h2_frame(4, 0, 0, "\x00\x04" + _u32(rng.choice([0, 65535, 1 << 31]))),
+        lambda: h2_frame(4, 0, 0, "\x00\x05" + _u32(rng.choice([1, 16384, 1 << 24]))),
+        lambda: h2_frame(4, 1, 0, ""),  # SETTINGS ack
+        lambda: h2_frame(8, 0, rng.choice([0, stream]), _u32(rng.choice([0, 1, 0x7FFFFFFF]))),
+        lambda: h2_frame(6, 0, 0, "pingping"),
+        lambda: h2_frame(3, 0, stream, _u32(8)),  # RST_STREAM
+        lambda: h2_frame(7, 0, 0, _u32(0) + _u32(0)),  # GOAWAY
+        lambda: h2_frame(2, 0, stream, _u32(stream) + "\x10"),  # PRIORITY on itself
+        lambda: h2_frame(0xFF, 0xFF, stream, "x" * 10),
+        lambda: h2_frame(1, 4, stream, H2_GET_HEADERS, length=rng.choice([0, 1 << 20])),
+        lambda: h2_frame(1, 4, stream, "\xff" * 20),  # a broken header block
+    ]
+    frames = [h2_frame(4, 0, 0, "")]
+    frames += [rng.choice(choices)() for _ in range(rng.randint(1, 6))]
+    return "".join(frames)

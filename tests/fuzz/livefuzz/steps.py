@@ -109,7 +109,14 @@ def build_frame(step, expand):
                                        mask is not None, step.get("width"))
     if mask is None:
         return head + payload
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + _masked(payload, mask)
+
+
+def _masked(payload, mask):
+    """payload XOR the repeated mask, as one big-integer operation (payloads reach MiBs)."""
+    key = (mask * (len(payload) // 4 + 1))[:len(payload)]
+    value = int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")
+    return value.to_bytes(len(payload), "big")
 
 
 def split_points(data_len, splits):

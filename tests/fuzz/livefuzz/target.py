@@ -434,19 +434,20 @@ class Target:
                 "latin-1"))
         return None
 
-    def _canary(self):
+    def _canary_gone(self):
         if self.watcher.ended:
             return Failure("invariant", f"canary client {self.watcher.ended}",
-                           "the canary subscriber lost its connection during the case")
-        failure = self._publish_canary()
-        if failure:
-            return failure
-        if not self.watcher.wait_for(self.canary_number, self.canary_seconds):
-            how = self.watcher.ended or "no message"
-            return self._process_failure() or Failure(
-                "invariant", f"canary not delivered ({how.split(' (')[0]})",
-                f"canary {self.canary_number} published (201) but not received: {how}")
+                           "the canary subscriber lost its connection")
         return None
+
+    def _canary(self):
+        failure = self._canary_gone() or self._publish_canary()
+        if failure or self.watcher.wait_for(self.canary_number, self.canary_seconds):
+            return failure
+        return self._process_failure() or self._canary_gone() or Failure(
+            "invariant", "canary not delivered",
+            f"canary {self.canary_number} was published (201) but did not come within"
+            f" {self.canary_seconds} s")
 
     def _heads(self):
         """Each channel's head (last_seq) in PostgreSQL."""
