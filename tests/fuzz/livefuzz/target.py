@@ -52,6 +52,7 @@ STATIC_FILES = {
     "big.bin": bytes(range(256)) * 256,
 }
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
+DYING_SECONDS = 1.0  # a gateway that aborts takes a moment to be gone
 REPORT_SECONDS = 30  # symbolizing a report takes a while on a loaded machine
 HEADS_SQL = "SELECT name || ' ' || last_seq FROM herald_channels"
 
@@ -78,6 +79,7 @@ def credentials():
 # -- sanitizer reports
 
 _FRAME = re.compile(r"^\s*#\d+ 0x[0-9a-f]+ (?:in (\S+)|\s*\(([^)]+)\))")
+_ASSERTION = re.compile(r"(\S+:\d+: \S+: Assertion .*)")
 _RUNTIME_ERROR = re.compile(r"([\w./-]+):(\d+):\d+: runtime error: (.*)")
 _NOISE_FRAMES = ("__interceptor_", "__asan", "__sanitizer", "__ubsan", "__lsan")
 
@@ -383,12 +385,20 @@ class Target:
         self.herald.wait_exit(REPORT_SECONDS)
         return sanitizer_failure(text + self._new_log())
 
-    def _process_failure(self):
+    def _process_failure(self, grace=0.0):
+        """A Failure if the gateway reported an error or died. `grace`: after another
+        oracle failed, seconds to let a dying gateway end, so that its death is the news."""
+        if grace:
+            self.herald.wait_exit(grace)
         failure = self._new_sanitizer_report()
         if failure is None and not self.herald.alive():
             status = self.herald.proc.returncode
             what = f"signal {-status}" if status < 0 else f"exit status {status}"
-            failure = Failure("died", f"died with {what}", self.herald.log_text(tail_lines=30))
+            tail = self.herald.log_text(tail_lines=30)
+            assertion = _ASSERTION.search(tail)  # an abort() from assert() in a library
+            if assertion:
+                what += ": " + assertion.group(1)
+            failure = Failure("died", f"died with {what}", tail)
         return failure
 
     def _healthz(self):
@@ -398,7 +408,7 @@ class Target:
             status, _, _ = http_raw("127.0.0.1", self.herald.port, request,
                                     timeout=self.hang_seconds)
         except (OSError, ValueError, IndexError) as err:
-            failure = self._process_failure()
+            failure = self._process_failure(DYING_SECONDS)
             if failure:
                 return failure
             if isinstance(err, socket.timeout):
@@ -427,7 +437,7 @@ class Target:
             status, _, answer = http_raw("127.0.0.1", self.herald.port, request,
                                          timeout=self.hang_seconds)
         except (OSError, ValueError, IndexError) as err:
-            return self._process_failure() or Failure(
+            return self._process_failure(DYING_SECONDS) or Failure(
                 "invariant", "canary publish failed", f"{type(err).__name__}: {err}")
         if status != 201:
             return Failure("invariant", f"canary publish answered {status}", answer[:300].decode(
@@ -435,16 +445,19 @@ class Target:
         return None
 
     def _canary_gone(self):
-        if self.watcher.ended:
-            return Failure("invariant", f"canary client {self.watcher.ended}",
-                           "the canary subscriber lost its connection")
-        return None
+        """A Failure if the canary subscriber lost its connection (a dead gateway's own
+        Failure first: it says why)."""
+        if not self.watcher.ended:
+            return None
+        return self._process_failure(DYING_SECONDS) or Failure(
+            "invariant", f"canary client {self.watcher.ended}",
+            "the canary subscriber lost its connection")
 
     def _canary(self):
         failure = self._canary_gone() or self._publish_canary()
         if failure or self.watcher.wait_for(self.canary_number, self.canary_seconds):
             return failure
-        return self._process_failure() or self._canary_gone() or Failure(
+        return self._canary_gone() or self._process_failure(DYING_SECONDS) or Failure(
             "invariant", "canary not delivered",
             f"canary {self.canary_number} was published (201) but did not come within"
             f" {self.canary_seconds} s")
