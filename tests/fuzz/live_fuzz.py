@@ -10,9 +10,10 @@ after each case the oracles of livefuzz/target.py judge the gateway. The gateway
 restarted after a failure, and every --phase-cases cases with the next profile: auth (JWT and
 API key), deflate (the same with HERALD_DEFLATE=1), open (no auth).
 
-The same --seed gives the same cases in the same order. A failing case is printed and saved
-as JSON in --crash-dir; --replay FILE runs saved cases again, --minimize FILE shrinks one.
-The saved regression cases in tests/fuzz/corpus/live/ run first in every run.
+The same --seed gives the same cases in the same order (--first-case N starts at case N). A
+failing case is printed and saved as JSON in --crash-dir; --replay FILE runs saved cases
+again, --minimize FILE shrinks one. The saved regression cases in tests/fuzz/corpus/live/ run
+first in every run, each on a gateway of its own.
 
 Exit status: 0 no failure, 1 failures (listed at the end), 2 the fuzzer could not start.
 
@@ -28,6 +29,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -104,6 +106,7 @@ class Runner:
         self.target = target
         self.verbose = verbose
         self.cases = self.steps = self.failed = 0
+        self.gateway_pid = None
 
     def use_profile(self, profile):
         if self.target.profile != profile or not self.target.herald:
@@ -113,6 +116,7 @@ class Runner:
     def run(self, case):
         """Runs `case` (its "profile" says on which gateway); returns (failure, transcript)."""
         self.use_profile(case["profile"])
+        self.gateway_pid = self.target.herald.pid  # the gateway this case runs on
         session = self.target.session()
         session.run(case["steps"])
         failure = self.target.check(self.target.strict(case))
@@ -139,6 +143,7 @@ class Fuzzer:
         self.started = time.monotonic()
         self.deadline = self.started + args.seconds
         self.next_progress = self.started + PROGRESS_EVERY
+        self.previous = None  # (gateway pid, seed) of the last case that passed
 
     def run(self):
         print(f"live_fuzz: seed {self.seed} (--seed {self.seed} repeats these cases),"
@@ -163,8 +168,11 @@ class Fuzzer:
         exits (leaks, a damaged table freed) is the case's too."""
         target = self.runner.target
         failure, transcript = self.runner.run(case)
+        pid = self.runner.gateway_pid
         if failure:
-            self.findings.add(failure, case, transcript)
+            before = self.previous[1] if self.previous and self.previous[0] == pid else None
+            self.findings.add(failure, case, transcript, before)
+        self.previous = None if failure or own_gateway else (pid, case["seed"])
         if own_gateway:
             target.stop_gateway()
             for exit_failure in target.take_exit_failures():
@@ -268,7 +276,11 @@ def main():
     workdir = tempfile.mkdtemp(prefix="herald-livefuzz-")
     target = Target(workdir, args.hang_seconds, args.canary_seconds)
     try:
-        target.start()
+        try:
+            target.start()
+        except (OSError, AssertionError, RuntimeError, subprocess.SubprocessError) as err:
+            print(f"live_fuzz: cannot start redis-server and PostgreSQL: {err}", file=sys.stderr)
+            return 2
         if args.replay:
             return replay(args, target)
         if args.minimize:

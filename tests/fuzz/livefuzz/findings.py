@@ -38,8 +38,12 @@ class Findings:
     def __bool__(self):
         return bool(self.entries)
 
-    def add(self, failure, case, transcript):
+    def add(self, failure, case, transcript, previous=None):
+        """Records `failure` of `case`. `previous`: the seed of the case before it on the
+        same gateway, which may have left the state that failed (a held forged envelope)."""
         record = dict(case)
+        if previous:
+            record["previous"] = previous
         record["failure"] = {"kind": failure.kind, "signature": failure.signature,
                              "detail": failure.detail}
         record["transcript"] = transcript[-TRANSCRIPT_LINES:]
