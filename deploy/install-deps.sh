@@ -20,6 +20,7 @@ if [ "${1:-}" = "--test" ]; then
   packages+=(
     clang-format
     clang libclang-rt-14-dev     # the libFuzzer targets
+    gdb                          # the live fuzzer's stack of a hung gateway
     nginx libnginx-mod-nchan     # the load-balanced tests; Nchan in the benchmark suite
     chromium                     # the browser tests
     python3-yaml docker-compose  # the offline checks of the compose file and manifests

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs, builds and runs the whole test suite: the fuzz targets for a bounded time, then
-# every test once in a normal build with -Werror and once under AddressSanitizer +
-# UndefinedBehaviorSanitizer (leaks fail the run).
+# Installs, builds and runs the whole test suite: every test once in a normal build with
+# -Werror and once under AddressSanitizer + UndefinedBehaviorSanitizer (leaks fail the run),
+# then the fuzzers for a bounded time: the libFuzzer targets, and the live fuzzer against the
+# ASan gateway just built (so it runs last).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,11 +25,12 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1:quarantine_s
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp:print_suppressions=0
 
-echo "=== fuzz: libFuzzer targets under ASan/UBSan, ${FUZZ_SECONDS:-30} s each ==="
-bash tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" || status=1
-
 run_suite release "$root/build"
 run_suite "asan+ubsan" "$root/build-asan" -DHERALD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+
+echo "=== fuzz: libFuzzer targets under ASan/UBSan, ${FUZZ_SECONDS:-30} s each;" \
+     "live fuzzer against build-asan's gateway, ${FUZZ_LIVE_SECONDS:-60} s ==="
+bash tests/fuzz/run.sh "${FUZZ_SECONDS:-30}" "${FUZZ_LIVE_SECONDS:-60}" || status=1
 
 if [ $status -eq 0 ]; then echo "ALL SUITES PASSED"; else echo "SOME TESTS FAILED"; fi
 exit $status
