@@ -356,7 +356,7 @@ void client_flush_dirty(struct herald *app)
 /* Appends a fragment; past the frame limit the message is marked too large and dropped. */
 static void gather(struct client *c, const void *in, size_t len)
 {
-    if (c->rx_too_large)
+    if (c->rx_too_large || len == 0) /* realloc(p, 0) would free p */
         return;
     if (c->rx_len + len > (size_t)c->app->cfg->max_frame_bytes) {
         c->rx_too_large = true;
@@ -395,7 +395,7 @@ void client_on_receive(struct client *c, const void *in, size_t len, bool first,
         gather(c, in, len);
         if (!final)
             return;
-        msg = c->rx;
+        msg = c->rx ? c->rx : ""; /* a message of empty fragments is empty */
         msglen = c->rx_len;
     }
     c->app->metrics.client_frames_in++;

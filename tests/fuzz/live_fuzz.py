@@ -8,7 +8,8 @@ connections (mutated HTTP requests, pipelined, split into several writes; WebSoc
 handshakes and frames; half-closes and resets; Redis PUBLISHes of mutated payloads), and
 after each case the oracles of livefuzz/target.py judge the gateway. The gateway is
 restarted after a failure, and every --phase-cases cases with the next profile: auth (JWT and
-API key), deflate (the same with HERALD_DEFLATE=1), open (no auth).
+API key), open (no auth), and by request deflate (auth with HERALD_DEFLATE=1: left out by
+default, see corpus/live-known/README.md).
 
 The same --seed gives the same cases in the same order (--first-case N starts at case N). A
 failing case is printed and saved as JSON in --crash-dir; --replay FILE runs saved cases
@@ -64,8 +65,11 @@ def parse_args():
     p.add_argument("--first-case", type=int, default=0, metavar="N",
                    help="start at the seed's case N (a failure that needs the cases before it"
                         " on the same gateway: --first-case a little before it)")
-    p.add_argument("--profiles", default=",".join(PROFILES),
-                   help="gateway profiles to cycle through (default %(default)s)")
+    # not deflate: lws 4.1.6's inflater aborts on some compressed messages, a known bug that
+    # Herald cannot work around (corpus/live-known/README.md); --profiles deflate fuzzes it
+    p.add_argument("--profiles", default="auth,open",
+                   help="gateway profiles to cycle through (default %(default)s; also: "
+                        + ", ".join(p for p in PROFILES if p not in ("auth", "open")) + ")")
     p.add_argument("--phase-cases", type=int, default=60,
                    help="cases per profile before the next one (default %(default)s)")
     p.add_argument("--crash-dir", default=os.path.join(REPO, "build-asan", "tests", "fuzz",
