@@ -496,6 +496,41 @@ class TestRest(RestBase):
         await ping(ws)
 
 
+class TestIdempotencyKeySpaces(RestBase):
+    async def test_a_key_belongs_to_its_caller(self):
+        """L3: an Idempotency-Key is kept per caller: a co-publisher who uses another's key
+        first stores its own message and cannot make the other's publish a duplicate of
+        it; the same caller's retry is a duplicate; the API key has a space of its own."""
+        ch = "keys:shared"
+        alice = jwt.token(sub="alice", publish=["keys:*"], channels=["keys:*"])
+        mallory = jwt.token(sub="mallory", publish=["keys:*"], channels=["keys:*"])
+        key = {"Idempotency-Key": "order-42"}
+        st, squat, _ = self.call("POST", f"/v1/channels/{ch}/messages", {"by": "mallory"},
+                                 cred=mallory, headers=key)
+        self.assertEqual(st, 201, squat)
+        st, first, _ = self.call("POST", f"/v1/channels/{ch}/messages", {"by": "alice"},
+                                 cred=alice, headers=key)
+        self.assertEqual(st, 201, first)
+        self.assertEqual(first["seq"], squat["seq"] + 1, "alice's message must be stored")
+        st, retry, _ = self.call("POST", f"/v1/channels/{ch}/messages", {"by": "alice"},
+                                 cred=alice, headers=key)
+        self.assertEqual((st, retry["seq"]), (201, first["seq"]), "a retry is a duplicate")
+        st, service, _ = self.call("POST", f"/v1/channels/{ch}/messages", {"by": "service"},
+                                   cred=API_KEY, headers=key)
+        self.assertEqual((st, service["seq"]), (201, first["seq"] + 1), service)
+        st, page, _ = self.call("GET", f"/v1/channels/{ch}/messages?since=0", cred=API_KEY)
+        self.assertEqual([m["data"]["by"] for m in page["messages"]],
+                         ["mallory", "alice", "service"])
+
+
+class TestWeakSecret(AuthBase):
+    herald_args = ("--jwt-secret", "short")
+
+    async def test_a_short_secret_is_warned_about(self):
+        """L15: an HS256 secret under 32 bytes is said loudly at start."""
+        self.assertIn('"event":"weak_secret"', self.herald.log_text())
+
+
 class TestApiKeyOnly(RestBase):
     herald_args = ("--api-key", API_KEY)
 
