@@ -6,6 +6,7 @@
 #include "db.h"
 #include "frame.h"
 #include "publish.h"
+#include "rest.h"
 #include "retention.h"
 #include "config.h"
 #include "herald.h"
@@ -75,6 +76,8 @@ static void shut_down(struct lifecycle *lc)
         return;
     server_stop(lc->srv);
     lc->srv = NULL;
+    rest_free(lc->app->rest); /* after the server: closing connections ends their sessions */
+    lc->app->rest = NULL;
     retention_free(lc->app->retention);
     lc->app->retention = NULL;
     publisher_free(lc->app->publisher);
@@ -207,13 +210,14 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     app.hub = hub_new(&app);
     app.bus = bus_new(&app);
     app.ips = ips;
+    app.rest = rest_new(&app);
     if (cfg->database_url[0]) {
         app.db = db_new(&app);
         app.retention = retention_new(&app);
         app.publisher = publisher_new(&app);
     }
     struct lifecycle lc = {.app = &app};
-    bool ok = app.write_buf && app.hub && app.bus && app.ips &&
+    bool ok = app.write_buf && app.hub && app.bus && app.ips && app.rest &&
               ((app.db && app.retention && app.publisher) || !cfg->database_url[0]);
     lc.srv = ok ? server_start(&app) : NULL;
     if (lc.srv) {

@@ -16,9 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #define BATCH_MESSAGES_MAX 1000 /* messages in one POST /v1/messages */
-#define QUERY_ARG_MAX      4097 /* lws keeps at most 4096 bytes of head: any argument fits */
+#define QUERY_ARG_MAX      (HTTP_HEAD_MAX + 1) /* any argument of a head lws kept fits */
 /* An idempotency key is stored under its caller's name, so that a co-publisher cannot take
  * a key first: "s/" for the API key, "u<len>:<sub>/" for a token, nothing with auth off. */
 #define KEY_SPACE_MAX   (JWT_AUTH_SUB_MAX + 8)
@@ -88,6 +89,80 @@ static void call_free(struct rest_call *c)
     free(c);
 }
 
+/* The sessions reading a body, swept once a second for HERALD_BODY_TIMEOUT: lws re-arms its
+ * own timeout with every piece of body, and nothing calls Herald while a body stalls. */
+#define BODY_SWEEP_MS 1000
+
+struct rest {
+    struct herald *app;
+    uv_timer_t sweep;
+    struct http_session *bodies;
+};
+
+static void set_phase(struct herald *app, struct http_session *s, enum rest_phase phase)
+{
+    struct rest *r = app->rest;
+    if (!r) { /* shutting down: lws ends the last connections after rest_free */
+        s->phase = phase;
+        return;
+    }
+    if (s->phase == REST_BODY && phase != REST_BODY) {
+        if (s->body_prev)
+            s->body_prev->body_next = s->body_next;
+        else
+            r->bodies = s->body_next;
+        if (s->body_next)
+            s->body_next->body_prev = s->body_prev;
+        s->body_prev = s->body_next = NULL;
+    } else if (s->phase != REST_BODY && phase == REST_BODY) {
+        s->body_prev = NULL;
+        s->body_next = r->bodies;
+        if (r->bodies)
+            r->bodies->body_prev = s;
+        r->bodies = s;
+    }
+    s->phase = phase;
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    struct rest *r = t->data;
+    uint64_t now = herald_now_ms(r->app);
+    for (struct http_session *s = r->bodies, *next; s; s = next) {
+        next = s->body_next; /* the kill below frees s */
+        if (now - s->started_ms <= (uint64_t)r->app->cfg->body_timeout_ms)
+            continue;
+        http_guard_refuse(r->app, s->wsi, 408, ERR_BAD_REQUEST,
+                          "the body did not arrive within HERALD_BODY_TIMEOUT");
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+    }
+}
+
+struct rest *rest_new(struct herald *app)
+{
+    struct rest *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->app = app;
+    uv_timer_init(app->loop, &r->sweep);
+    r->sweep.data = r;
+    uv_timer_start(&r->sweep, on_sweep, BODY_SWEEP_MS, BODY_SWEEP_MS);
+    return r;
+}
+
+static void sweep_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void rest_free(struct rest *r)
+{
+    if (!r)
+        return;
+    uv_timer_stop(&r->sweep);
+    uv_close((uv_handle_t *)&r->sweep, sweep_closed);
+}
+
 /* Back to no request: what the request held goes (a call in flight is orphaned: its
  * answer is dropped when it comes). */
 static void session_reset(struct herald *app, struct http_session *s)
@@ -101,7 +176,7 @@ static void session_reset(struct herald *app, struct http_session *s)
     free(s->response);
     s->response = NULL;
     s->response_len = 0;
-    s->phase = REST_IDLE;
+    set_phase(app, s, REST_IDLE);
     s->refused = false;
 }
 
@@ -444,7 +519,8 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     if (!post) /* the request is whole: read nothing more until it is answered */
         lws_rx_flow_control(wsi, 0);
     /* lws delivers a POST's body (even an empty one) after this: it is read either way */
-    s->phase = post ? REST_BODY : REST_IDLE;
+    s->wsi = wsi;
+    set_phase(app, s, post ? REST_BODY : REST_IDLE);
     if (!batch && !route_channel(uri, channel)) {
         bool bad = strncmp(uri, "/v1/channels/", 13) == 0;
         answer_error(app, wsi, s, bad ? 400 : 404, bad ? ERR_BAD_REQUEST : ERR_NOT_FOUND,
@@ -474,7 +550,7 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
                          "too many request bodies in flight (HERALD_BODY_BUFFER_BYTES)");
         return 0; /* the body comes next */
     }
-    s->phase = REST_WAIT;
+    set_phase(app, s, REST_WAIT);
     c->in_flight = true;
     history_fetch(app, &c->read, channel, c->q.since, c->q.limit, (size_t)app->cfg->page_bytes,
                   on_page, c);
@@ -700,7 +776,7 @@ static void batch_body_done(struct herald *app, struct lws *wsi, struct http_ses
     else if (batch_start(app, c, root, s->body, s->body_len) < 0)
         answer_error(app, wsi, s, 503, ERR_INTERNAL, "out of memory");
     else
-        s->phase = REST_WAIT;
+        set_phase(app, s, REST_WAIT);
 }
 
 static void single_body_done(struct herald *app, struct lws *wsi, struct http_session *s,
@@ -719,7 +795,7 @@ static void single_body_done(struct herald *app, struct lws *wsi, struct http_se
         answer_error(app, wsi, s, 400, ERR_BAD_REQUEST, why);
         return;
     }
-    s->phase = REST_WAIT;
+    set_phase(app, s, REST_WAIT);
     c->in_flight = true;
     publish_durable(app, &c->publish, c->channel, s->body, s->body_len, c->key[0] ? c->key : NULL,
                     on_published, c);
@@ -741,7 +817,7 @@ int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s)
         single_body_done(app, wsi, s, s->call);
     release_body(app, s);        /* publish_durable copied what it needs */
     if (s->phase == REST_BODY) { /* refused, before or just now */
-        s->phase = REST_REPLY;
+        set_phase(app, s, REST_REPLY);
         write_now(app, wsi, s);
     }
     return 0;

@@ -22,6 +22,7 @@
 
 struct lws;
 struct herald;
+struct rest;
 struct rest_call;
 
 enum rest_phase {
@@ -45,10 +46,17 @@ struct http_session {
     size_t body_len;
     size_t reserved; /* bytes of HERALD_BODY_BUFFER_BYTES held for the body */
     uint64_t started_ms;
+    struct lws *wsi;
+    struct http_session *body_prev, *body_next; /* while reading a body (REST_BODY) */
     unsigned status;
     char *response; /* headroom (LWS_PRE and the head), then the answer's body */
     size_t response_len;
 };
+
+/* The REST side of a process: the sweep that closes bodies past HERALD_BODY_TIMEOUT.
+ * rest_free closes its timer (the loop must run afterwards). */
+struct rest *rest_new(struct herald *app);
+void rest_free(struct rest *r);
 
 /* The connection's session, or NULL before its first request; rest_session_make creates
  * it (NULL when out of memory). */

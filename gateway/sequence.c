@@ -660,9 +660,11 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
         answer(ch, w, true, true, NULL);
         return STEP_DONE;
     }
-    /* the frames after since are neither in the cache nor in the page */
+    /* the frames after since are neither in the cache nor in the page: pruned, when the
+     * page starts past them (retention by age can cut a hole in a channel's history) */
     if (ch->last_seq - w->since > (uint64_t)s->app->cfg->replay_max ||
-        (ch->first_kept && w->since + 1 < ch->first_kept))
+        (ch->first_kept && w->since + 1 < ch->first_kept) ||
+        (ch->npage && ch->page[0]->seq > w->since + 1))
         code = "history_expired";
     else if (w->attempts >= MAX_ATTEMPTS || !db_up(s->app->db))
         code = "history_unavailable";

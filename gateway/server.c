@@ -15,9 +15,6 @@
  * allocated per connection, so it is kept small (idle memory per connection matters). */
 #define RX_BUFFER_BYTES 1024
 
-/* Bytes of a request head lws keeps; longer heads are refused by lws. */
-#define HTTP_HEAD_MAX 8192
-
 struct server {
     struct herald *app;
     struct lws_context *ctx;
