@@ -74,8 +74,25 @@ static const struct setting settings[] = {
         "messages kept per channel; older ones are pruned"),
     NUM("HERALD_REPLAY_MAX", replay_max, "10000", 1, 1000000,
         "most messages one resume replays; more means recovered:false"),
-    SIZE("HERALD_MAX_PUBLISH_BYTES", max_publish_bytes, "1M", 16, 64L << 20,
-         "largest message data accepted by POST /v1/channels/{C}/messages (413 beyond)"),
+    SIZE("HERALD_MAX_PUBLISH_BYTES", max_publish_bytes, "512k", 16, 64L << 20,
+         "largest message: data of a durable publish (413 beyond), a whole POST body, a raw "
+         "Redis payload (dropped beyond)"),
+    SIZE("HERALD_PAGE_BYTES", page_bytes, "1M", 4096, 1L << 30,
+         "message bytes one history query returns (a REST page, a resume step); at least one "
+         "message"),
+    SIZE("HERALD_HOLD_BYTES", hold_bytes, "4M", 65536, 1L << 30,
+         "bytes of sequenced messages held per channel across a gap; later ones are fetched "
+         "from PostgreSQL"),
+    SIZE("HERALD_RECENT_TOTAL_BYTES", recent_total_bytes, "256M", 0, 1L << 40,
+         "recent-message cache of all channels together; the least recently active give way"),
+    SIZE("HERALD_BODY_BUFFER_BYTES", body_buffer_bytes, "64M", 65536, 1L << 40,
+         "POST body bytes a process buffers at once; beyond, 503"),
+    DURATION("HERALD_BODY_TIMEOUT", body_timeout_ms, "30s", 1000, 3600L * 1000,
+             "a POST body must have arrived this long after its headers"),
+    NUM("HERALD_DB_QUEUE_MAX", db_queue_max, "20000", 1, 10000000,
+        "PostgreSQL queries waiting for a connection; beyond, they fail at once"),
+    NUM("HERALD_PUBLISH_QUEUE_MAX", publish_queue_max, "20000", 1, 10000000,
+        "durable publishes waiting for a batch; beyond, they fail at once"),
     DURATION("HERALD_PRUNE_INTERVAL", prune_interval_ms, "60s", 1000, 86400L * 1000,
              "how often one instance prunes the history (TTL and MAX)"),
     SIZE("HERALD_RECENT_BYTES", recent_bytes, "256k", 0, 1L << 30,
@@ -343,6 +360,13 @@ static int finish(struct herald_config *cfg, char *err, size_t errlen)
     if (log_level_parse(cfg->log_level_text, &cfg->log_level)) {
         snprintf(err, errlen, "HERALD_LOG_LEVEL: '%s' is not debug, info, warn or error",
                  cfg->log_level_text);
+        return -1;
+    }
+    if (cfg->client_queue_bytes < cfg->max_publish_bytes + CONFIG_ENVELOPE_OVERHEAD) {
+        snprintf(err, errlen,
+                 "HERALD_CLIENT_QUEUE_BYTES (%ld) must be at least HERALD_MAX_PUBLISH_BYTES "
+                 "(%ld) + %d, or the largest message could never be delivered",
+                 cfg->client_queue_bytes, cfg->max_publish_bytes, CONFIG_ENVELOPE_OVERHEAD);
         return -1;
     }
     if (!cfg->instance_id[0]) {

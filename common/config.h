@@ -35,6 +35,13 @@ struct herald_config {
     long recent_bytes;
     long prune_interval_ms;
     long max_publish_bytes;
+    long page_bytes;
+    long hold_bytes;
+    long recent_total_bytes;
+    long body_buffer_bytes;
+    long body_timeout_ms;
+    long db_queue_max;
+    long publish_queue_max;
     char jwt_secret[4097];
     long jwt_leeway;
     char api_key[512];
@@ -50,6 +57,11 @@ struct herald_config {
     long workers;
     int worker; /* set by the supervisor: 1..workers in a worker process, 0 when alone */
 };
+
+/* Bytes a sequenced envelope and its WebSocket frame add to a message's data at most: the
+ * envelope's members with a 200-byte channel and 20-digit numbers, and a 10-byte frame
+ * header. HERALD_CLIENT_QUEUE_BYTES must hold the largest message with this much to spare. */
+#define CONFIG_ENVELOPE_OVERHEAD 1024
 
 enum config_result { CONFIG_OK = 0, CONFIG_EXIT = 1, CONFIG_ERROR = -1 };
 

@@ -70,35 +70,15 @@ static long decode(const char *s, size_t n, char *out, size_t cap)
     return (long)o;
 }
 
-/* Which of our keys k[0..n) names once decoded: 1 since, 2 limit, 0 another, -1 bad escape. */
-static int key_id(const char *k, size_t n)
+/* Parses one decoded since/limit value into lo..hi; fills err on failure. */
+static int parse_number(const char *name, const char *v, size_t n, uint64_t lo, uint64_t hi,
+                        uint64_t *out, char *err, size_t errlen)
 {
-    char buf[8];
-    if (decode(k, n, NULL, 0) == -1)
-        return -1;
-    long len = decode(k, n, buf, sizeof buf);
-    if (len == 5 && memcmp(buf, "since", 5) == 0)
-        return 1;
-    if (len == 5 && memcmp(buf, "limit", 5) == 0)
-        return 2;
-    return 0;
-}
-
-/* Parses one since/limit value (%-decoded first) into lo..hi; fills err on failure. */
-static int parse_value(const char *name, const char *v, size_t n, uint64_t lo, uint64_t hi,
-                       uint64_t *out, char *err, size_t errlen)
-{
-    char buf[VALUE_MAX];
-    long len = decode(v, n, buf, sizeof buf);
-    if (len == -1) {
-        snprintf(err, errlen, "query parameter %s has a bad %%-escape", name);
-        return -1;
-    }
-    if (len == -2) {
+    if (n > VALUE_MAX) {
         snprintf(err, errlen, "query parameter %s is too long", name);
         return -1;
     }
-    int rc = query_parse_u64(buf, (size_t)len, hi, out);
+    int rc = query_parse_u64(v, n, hi, out);
     if (rc == 0 && *out < lo)
         rc = QUERY_ERANGE;
     if (rc == QUERY_EINVAL) {
@@ -113,17 +93,51 @@ static int parse_value(const char *name, const char *v, size_t n, uint64_t lo, u
     return 0;
 }
 
-/* Walks the &-separated pairs once; defaults first, so a query with neither key is fine. */
+void query_history_begin(struct query_history_parser *p, struct query_history *out)
+{
+    p->out = out;
+    p->seen = 0;
+    out->since = 0;
+    out->limit = QUERY_LIMIT_DEFAULT;
+}
+
+int query_history_pair(struct query_history_parser *p, const char *key, size_t klen,
+                       const char *val, size_t vlen, char *err, size_t errlen)
+{
+    unsigned char id = klen == 5 && memcmp(key, "since", 5) == 0   ? 1
+                       : klen == 5 && memcmp(key, "limit", 5) == 0 ? 2
+                                                                   : 0;
+    if (id == 0)
+        return 0; /* other keys (token, ...) are not ours */
+    const char *name = id == 1 ? "since" : "limit";
+    if (p->seen & id) {
+        snprintf(err, errlen, "query parameter %s is given more than once", name);
+        return -1;
+    }
+    p->seen |= id;
+    uint64_t v;
+    if (id == 1) {
+        if (parse_number(name, val, vlen, 0, QUERY_SINCE_MAX, &v, err, errlen))
+            return -1;
+        p->out->since = v;
+    } else {
+        if (parse_number(name, val, vlen, 1, QUERY_LIMIT_MAX, &v, err, errlen))
+            return -1;
+        p->out->limit = (uint32_t)v;
+    }
+    return 0;
+}
+
+/* Walks the &-separated pairs once, %-decoding our keys' names and values. */
 int query_parse_history(const char *qs, size_t len, struct query_history *out, char *err,
                         size_t errlen)
 {
-    out->since = 0;
-    out->limit = QUERY_LIMIT_DEFAULT;
+    struct query_history_parser parser;
+    query_history_begin(&parser, out);
     if (len > QUERY_LEN_MAX) {
         snprintf(err, errlen, "query string is longer than %d bytes", QUERY_LEN_MAX);
         return -1;
     }
-    bool seen[3] = {false, false, false};
     size_t start = 0;
     while (start <= len && qs) {
         const char *end = memchr(qs + start, '&', len - start);
@@ -136,29 +150,20 @@ int query_parse_history(const char *qs, size_t len, struct query_history *out, c
         size_t klen = eq ? (size_t)(eq - seg) : seglen;
         const char *val = eq ? eq + 1 : seg + seglen;
         size_t vlen = seglen - klen - (eq ? 1 : 0);
-        int id = key_id(seg, klen);
-        if (id < 0 || (id == 0 && decode(val, vlen, NULL, 0) < 0)) {
+        char key[8], value[VALUE_MAX + 1];
+        long k = decode(seg, klen, key, sizeof key), v = decode(val, vlen, NULL, 0);
+        if (k == -1 || v == -1) {
             snprintf(err, errlen, "query string has a bad %%-escape");
             return -1;
         }
-        if (id == 0)
-            continue;
-        const char *name = id == 1 ? "since" : "limit";
-        if (seen[id]) {
-            snprintf(err, errlen, "query parameter %s is given more than once", name);
+        if (k == -2)
+            continue; /* a key longer than ours */
+        if (v > VALUE_MAX)
+            v = VALUE_MAX + 1; /* too long for a number: parse_number says so */
+        else
+            decode(val, vlen, value, sizeof value);
+        if (query_history_pair(&parser, key, (size_t)k, value, (size_t)v, err, errlen))
             return -1;
-        }
-        seen[id] = true;
-        uint64_t v;
-        if (id == 1) {
-            if (parse_value(name, val, vlen, 0, QUERY_SINCE_MAX, &v, err, errlen))
-                return -1;
-            out->since = v;
-        } else {
-            if (parse_value(name, val, vlen, 1, QUERY_LIMIT_MAX, &v, err, errlen))
-                return -1;
-            out->limit = (uint32_t)v;
-        }
     }
     return 0;
 }

@@ -30,4 +30,15 @@ int query_parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out);
 int query_parse_history(const char *qs, size_t len, struct query_history *out, char *err,
                         size_t errlen);
 
+/* The same, one decoded key=value pair at a time (a server that has already split and
+ * %-decoded the query string): query_history_begin sets the defaults, query_history_pair
+ * takes each pair in order and returns 0, or -1 with a reason in err. */
+struct query_history_parser {
+    struct query_history *out;
+    unsigned char seen; /* bit 1: since, bit 2: limit */
+};
+void query_history_begin(struct query_history_parser *p, struct query_history *out);
+int query_history_pair(struct query_history_parser *p, const char *key, size_t klen,
+                       const char *val, size_t vlen, char *err, size_t errlen);
+
 #endif

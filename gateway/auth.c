@@ -17,12 +17,14 @@ bool auth_api_required(const struct herald *app)
     return app->cfg->jwt_secret[0] || app->cfg->api_key[0];
 }
 
-/* The token: ?token= first, then Authorization: Bearer. Returns its length, 0 if none. */
-static int read_token(struct lws *wsi, char *out, int cap)
+/* The token: ?token= first, then Authorization: Bearer. Returns its length, 0 if none (or
+ * too long to be one); *in_query tells where it came from. */
+static int read_token(struct lws *wsi, char *out, int cap, bool *in_query)
 {
     /* lws returns a pointer past "token=" inside out, not the value at its start */
     const char *arg = lws_get_urlarg_by_name(wsi, "token=", out, cap);
-    if (arg && *arg) {
+    *in_query = arg && *arg;
+    if (*in_query) {
         memmove(out, arg, strlen(arg) + 1);
         return (int)strlen(out);
     }
@@ -40,16 +42,23 @@ enum auth_result auth_identify(struct herald *app, struct lws *wsi, bool allow_k
 {
     const struct herald_config *cfg = app->cfg;
     char token[JWT_AUTH_TOKEN_MAX + 1];
+    bool in_query;
     memset(out, 0, sizeof *out);
-    int n = read_token(wsi, token, sizeof token);
+    int n = read_token(wsi, token, sizeof token, &in_query);
     if (n <= 0) {
         snprintf(why, whylen, "a token is required (?token= or Authorization: Bearer)");
         return AUTH_MISSING;
     }
+    /* the long-lived key would land in proxy logs from a URL: it counts only in the header,
+     * and one sent in the URL is told so */
     if (allow_key && cfg->api_key[0] &&
         secret_equal(cfg->api_key, strlen(cfg->api_key), token, (size_t)n)) {
-        out->service = true;
-        return AUTH_OK;
+        if (!in_query) {
+            out->service = true;
+            return AUTH_OK;
+        }
+        snprintf(why, whylen, "the API key is accepted only in an Authorization header");
+        return AUTH_INVALID;
     }
     if (!cfg->jwt_secret[0]) {
         snprintf(why, whylen, "invalid API key");
@@ -94,8 +103,10 @@ bool auth_origin_allowed(const struct herald *app, struct lws *wsi)
     char origin[512];
     if (!list[0] || strcmp(list, "*") == 0)
         return true;
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) <= 0)
+        return true; /* not a browser */
     if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) <= 0)
-        return true;
+        return false; /* longer than any Origin we could allow */
     size_t olen = strlen(origin);
     for (const char *p = list; *p;) {
         while (*p == ' ' || *p == ',')

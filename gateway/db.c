@@ -3,27 +3,18 @@
 #include "log.h"
 #include "resolve.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
 #define DB_MAX_POOL      64
-#define DB_MAX_QUEUED    20000
 #define DB_QUERY_TIMEOUT 10000 /* ms */
 #define DB_BACKOFF_MIN   200
 #define DB_BACKOFF_MAX   5000
 #define DB_MAX_PREPARED  8  /* distinct statements prepared per connection */
 #define DB_MAX_PARAMS    64 /* connection parameters given in HERALD_DATABASE_URL */
-
-struct request {
-    struct request *next;
-    const char *sql;
-    int nparams;
-    char **params; /* copies, in the same allocation as the request */
-    db_done done;
-    void *arg;
-};
 
 enum conn_state { C_DOWN, C_CONNECTING, C_IDLE, C_BUSY };
 
@@ -41,7 +32,7 @@ struct conn {
     struct watch *watch;
     int fd;
     enum conn_state state;
-    struct request *req; /* in flight */
+    struct db_request *req; /* in flight */
     PGresult *result;    /* last result of the request in flight */
     bool preparing;      /* the request's statement is being prepared first */
     unsigned prepared;   /* bit i: statement i of db->statements is prepared here */
@@ -62,8 +53,9 @@ struct db {
     PQconninfoOption *params; /* owns the strings above */
     struct conn conns[DB_MAX_POOL];
     int nconns;
-    struct request *head, *tail;
+    struct db_request *head, *tail;
     size_t queued;
+    struct later kick; /* dispatches what db_query queued, on the loop */
     /* Callers pass their SQL as static text; each distinct text is prepared once per
      * connection (as herald_<i>) and executed by name from then on: no parse and plan per
      * query. */
@@ -122,26 +114,32 @@ static void watch(struct conn *c, int events)
     }
 }
 
+/* Every completion goes through here: the request is the caller's again once done runs. */
+static void complete(struct db *db, struct db_request *r, const PGresult *res, const char *err)
+{
+    free(r->params);
+    r->params = NULL;
+    later_assert_outside(&db->app->later);
+    r->done(r->arg, res, err);
+}
+
 static void finish_request(struct conn *c, const PGresult *res, const char *err)
 {
-    struct request *r = c->req;
+    struct db_request *r = c->req;
     c->req = NULL;
-    if (r) {
-        r->done(r->arg, res, err);
-        free(r);
-    }
+    if (r)
+        complete(c->db, r, res, err);
     PQclear(c->result);
     c->result = NULL;
 }
 
 static void fail_queue(struct db *db, const char *err)
 {
-    struct request *r;
+    struct db_request *r;
     while ((r = db->head)) {
         db->head = r->next;
         db->queued--;
-        r->done(r->arg, NULL, err);
-        free(r);
+        complete(db, r, NULL, err);
     }
     db->tail = NULL;
 }
@@ -254,14 +252,14 @@ static void start_connect(struct conn *c)
         conn_down(c, "cannot start the host name lookup");
 }
 
-static void send_request(struct conn *c, struct request *r);
+static void send_request(struct conn *c, struct db_request *r);
 
 /* The Prepare of the request's statement is answered: run the request, or fail it. */
 static void prepared(struct conn *c, const PGresult *res)
 {
     c->preparing = false;
     if (PQresultStatus(res) == PGRES_COMMAND_OK) {
-        struct request *r = c->req;
+        struct db_request *r = c->req;
         c->req = NULL;
         for (int i = 0; i < c->db->nstatements; i++)
             if (c->db->statements[i] == r->sql)
@@ -352,7 +350,7 @@ static int statement_index(struct db *db, const char *sql)
     return db->nstatements++;
 }
 
-static void send_request(struct conn *c, struct request *r)
+static void send_request(struct conn *c, struct db_request *r)
 {
     c->req = r;
     c->state = C_BUSY;
@@ -384,7 +382,7 @@ static void dispatch(struct db *db)
         struct conn *c = &db->conns[i];
         if (c->state != C_IDLE)
             continue;
-        struct request *r = db->head;
+        struct db_request *r = db->head;
         db->head = r->next;
         if (!db->head)
             db->tail = NULL;
@@ -482,6 +480,7 @@ void db_free(struct db *db)
         c->state = C_DOWN;
     }
     fail_queue(db, "shutting down");
+    later_cancel(&db->app->later, &db->kick);
     PQconninfoFree(db->params);
     db->params = NULL;
     uv_timer_stop(&db->timer);
@@ -501,36 +500,74 @@ uint64_t db_queries_sent(const struct db *db)
     return db->sent;
 }
 
-int db_query(struct db *db, const char *sql, int nparams, const char *const *params, db_done done,
-             void *arg)
+size_t db_queued(const struct db *db)
 {
-    if (!db_up(db) || db->queued >= DB_MAX_QUEUED)
-        return -1;
-    size_t size = sizeof(struct request) + (size_t)nparams * sizeof(char *);
+    return db->queued;
+}
+
+static void run_kick(struct later *item)
+{
+    dispatch((struct db *)((char *)item - offsetof(struct db, kick)));
+}
+
+static void run_failure(struct later *item)
+{
+    struct db_request *r = (struct db_request *)((char *)item - offsetof(struct db_request, later));
+    complete(r->db, r, NULL, r->fail);
+}
+
+void db_fail(struct db *db, struct db_request *r, const char *err, db_done done, void *arg)
+{
+    *r = (struct db_request){.db = db, .done = done, .arg = arg, .fail = err};
+    later_post(&db->app->later, &r->later, run_failure);
+}
+
+/* One allocation holding the pointer array and the copies of params. */
+static char **copy_params(int nparams, const char *const *params)
+{
+    size_t size = (size_t)nparams * sizeof(char *);
     for (int i = 0; i < nparams; i++)
         size += params[i] ? strlen(params[i]) + 1 : 0;
-    struct request *r = malloc(size);
-    if (!r)
-        return -1;
-    *r = (struct request){.sql = sql, .nparams = nparams, .done = done, .arg = arg};
-    r->params = (char **)(r + 1);
-    char *p = (char *)(r->params + nparams);
+    char **out = malloc(size ? size : 1);
+    if (!out)
+        return NULL;
+    char *p = (char *)(out + nparams);
     for (int i = 0; i < nparams; i++) {
-        if (!params[i]) {
-            r->params[i] = NULL;
+        out[i] = NULL;
+        if (!params[i])
             continue;
-        }
         size_t n = strlen(params[i]) + 1;
         memcpy(p, params[i], n);
-        r->params[i] = p;
+        out[i] = p;
         p += n;
     }
-    if (db->tail)
-        db->tail->next = r;
-    else
-        db->head = r;
-    db->tail = r;
-    db->queued++;
-    dispatch(db);
-    return 0;
+    return out;
+}
+
+void db_query(struct db *db, struct db_request *r, const char *sql, int nparams,
+              const char *const *params, db_done done, void *arg)
+{
+    struct later_queue *later = &db->app->later;
+    later_enter(later);
+    const char *why = !db_up(db) ? "history unavailable"
+                      : db->queued >= (size_t)db->app->cfg->db_queue_max
+                          ? "too many queries waiting for PostgreSQL (HERALD_DB_QUEUE_MAX)"
+                          : NULL;
+    char **copies = why ? NULL : copy_params(nparams, params);
+    if (!why && !copies)
+        why = "out of memory";
+    if (why) {
+        db_fail(db, r, why, done, arg);
+    } else {
+        *r = (struct db_request){
+            .db = db, .sql = sql, .nparams = nparams, .params = copies, .done = done, .arg = arg};
+        if (db->tail)
+            db->tail->next = r;
+        else
+            db->head = r;
+        db->tail = r;
+        db->queued++;
+        later_post(later, &db->kick, run_kick);
+    }
+    later_leave(later);
 }

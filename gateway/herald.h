@@ -4,6 +4,7 @@
 #define HERALD_HERALD_H
 
 #include "config.h"
+#include "later.h"
 #include "metrics.h"
 
 #include <stdbool.h>
@@ -33,6 +34,8 @@ struct herald {
     struct retention *retention;
     struct iplimit *ips; /* connections per client address */
     struct metrics metrics;
+    struct later_queue later; /* completions and kicks run from the loop (later.h) */
+    size_t http_body_bytes;   /* POST body bytes held now (HERALD_BODY_BUFFER_BYTES) */
     uint8_t *write_buf;   /* HERALD_WRITE_BATCH bytes, shared by all connections */
     struct client *dirty; /* clients with output queued during this loop turn */
     uv_check_t flush_check;

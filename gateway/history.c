@@ -7,51 +7,42 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The window sum keeps rows while the bytes before them are under $4: a page is bounded in
+ * bytes (one message over the budget still comes alone). octet_length reads the stored
+ * size without decompressing. */
 static const char fetch_sql[] =
     "SELECT c.last_seq, c.epoch, "
     "(SELECT min(seq) FROM herald_messages WHERE channel = $1), m.seq, m.envelope "
     "FROM herald_channels c LEFT JOIN LATERAL ("
-    " SELECT seq, envelope FROM herald_messages WHERE channel = $1 AND seq > $2::bigint"
-    " ORDER BY seq LIMIT $3::int) m ON true "
+    " SELECT seq, envelope FROM ("
+    "  SELECT seq, envelope, sum(octet_length(envelope)) OVER (ORDER BY seq) AS upto"
+    "  FROM herald_messages WHERE channel = $1 AND seq > $2::bigint"
+    "  ORDER BY seq LIMIT $3::int) w"
+    " WHERE upto - octet_length(envelope) < $4::bigint) m ON true "
     "WHERE c.name = $1 ORDER BY m.seq";
 
 static const char heads_sql[] =
-    "SELECT name, last_seq, epoch FROM herald_channels WHERE name = ANY($1::text[])";
+    "SELECT c.name, c.last_seq, c.epoch, "
+    "(SELECT min(seq) FROM herald_messages m WHERE m.channel = c.name) "
+    "FROM herald_channels c WHERE c.name = ANY($1::text[])";
 
 static uint64_t u64(const PGresult *r, int row, int col)
 {
     return PQgetisnull(r, row, col) ? 0 : strtoull(PQgetvalue(r, row, col), NULL, 10);
 }
 
-/* A query in flight: whom to tell. */
-struct call {
-    void *cb;
-    void *arg;
-};
-
-static struct call *call_new(void *cb, void *arg)
-{
-    struct call *c = malloc(sizeof *c);
-    if (c)
-        *c = (struct call){.cb = cb, .arg = arg};
-    return c;
-}
-
 static void fetch_done(void *p, const PGresult *r, const char *err)
 {
-    struct call *c = p;
-    history_page_cb cb = (history_page_cb)c->cb;
+    struct history_request *req = p;
     if (err) {
-        cb(c->arg, NULL, err);
-        free(c);
+        req->page_cb(req->arg, NULL, err);
         return;
     }
     int rows = PQntuples(r);
     struct history_page page = {.exists = rows > 0};
     struct history_row *list = rows ? calloc((size_t)rows, sizeof *list) : NULL;
     if (rows && !list) {
-        cb(c->arg, NULL, "out of memory");
-        free(c);
+        req->page_cb(req->arg, NULL, "out of memory");
         return;
     }
     if (rows) {
@@ -66,61 +57,58 @@ static void fetch_done(void *p, const PGresult *r, const char *err)
             (struct history_row){u64(r, i, 3), PQgetvalue(r, i, 4), (size_t)PQgetlength(r, i, 4)};
     }
     page.rows = list;
-    cb(c->arg, &page, NULL);
+    page.cut = page.n > 0 && list[page.n - 1].seq < page.head;
+    req->page_cb(req->arg, &page, NULL);
     free(list);
-    free(c);
 }
 
-int history_fetch(struct herald *app, const char *channel, uint64_t since, long limit,
-                  history_page_cb cb, void *arg)
+void history_fetch(struct herald *app, struct history_request *r, const char *channel,
+                   uint64_t since, long limit, size_t max_bytes, history_page_cb cb, void *arg)
 {
-    char s[24], l[24];
+    char s[24], l[24], b[24];
     snprintf(s, sizeof s, "%llu", (unsigned long long)since);
     snprintf(l, sizeof l, "%ld", limit);
-    const char *params[] = {channel, s, l};
-    struct call *c = call_new((void *)cb, arg);
-    if (!c || db_query(app->db, fetch_sql, 3, params, fetch_done, c) < 0) {
-        free(c);
-        return -1;
-    }
-    return 0;
+    snprintf(b, sizeof b, "%zu", max_bytes);
+    const char *params[] = {channel, s, l, b};
+    *r = (struct history_request){.page_cb = cb, .arg = arg};
+    db_query(app->db, &r->q, fetch_sql, 4, params, fetch_done, r);
 }
 
 static void heads_done(void *p, const PGresult *r, const char *err)
 {
-    struct call *c = p;
-    history_heads_cb cb = (history_heads_cb)c->cb;
+    struct history_request *req = p;
     int rows = err ? 0 : PQntuples(r);
     struct history_head *heads = rows ? calloc((size_t)rows, sizeof *heads) : NULL;
     if (rows && !heads)
         err = "out of memory";
     for (int i = 0; !err && i < rows; i++)
-        heads[i] = (struct history_head){PQgetvalue(r, i, 0), u64(r, i, 1), PQgetvalue(r, i, 2)};
-    cb(c->arg, err ? NULL : heads, err ? 0 : (size_t)rows, err);
+        heads[i] = (struct history_head){.name = PQgetvalue(r, i, 0),
+                                         .exists = true,
+                                         .head = u64(r, i, 1),
+                                         .epoch = PQgetvalue(r, i, 2),
+                                         .first_kept = u64(r, i, 3)};
+    req->heads_cb(req->arg, err ? NULL : heads, err ? 0 : (size_t)rows, err);
     free(heads);
-    free(c);
 }
 
-int history_heads(struct herald *app, const char *const *names, size_t n, history_heads_cb cb,
-                  void *arg)
+void history_heads(struct herald *app, struct history_request *r, const char *const *names,
+                   size_t n, history_heads_cb cb, void *arg)
 {
+    *r = (struct history_request){.heads_cb = cb, .arg = arg};
     size_t size = 3;
     for (size_t i = 0; i < n; i++)
         size += pg_array_room(names[i]);
     char *list = malloc(size);
-    struct call *c = call_new((void *)cb, arg);
-    int rc = -1;
-    if (list && c) {
-        char *p = list;
-        *p++ = '{';
-        for (size_t i = 0; i < n; i++)
-            p = pg_array_put(p, names[i], i == 0);
-        memcpy(p, "}", 2);
-        const char *params[] = {list};
-        rc = db_query(app->db, heads_sql, 1, params, heads_done, c);
+    if (!list) {
+        db_fail(app->db, &r->q, "out of memory", heads_done, r);
+        return;
     }
-    if (rc < 0)
-        free(c);
+    char *p = list;
+    *p++ = '{';
+    for (size_t i = 0; i < n; i++)
+        p = pg_array_put(p, names[i], i == 0);
+    memcpy(p, "}", 2);
+    const char *params[] = {list};
+    db_query(app->db, &r->q, heads_sql, 1, params, heads_done, r);
     free(list);
-    return rc;
 }

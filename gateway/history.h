@@ -1,8 +1,12 @@
 /* The history reads of the gateway, all through the async pool (db.c): catch-up pages and
- * channel heads. Durable publish is publish.c. */
+ * channel heads. Durable publish is publish.c.
+ *
+ * Like db.c, a read is a struct history_request the caller owns and leaves alone until its
+ * callback has run; the callback runs exactly once, later, from the loop. */
 #ifndef HERALD_HISTORY_H
 #define HERALD_HISTORY_H
 
+#include "db.h"
 #include "request.h"
 
 #include <stdbool.h>
@@ -26,27 +30,41 @@ struct history_page {
     uint64_t first_kept; /* oldest stored seq; 0 when none is stored */
     size_t n;
     struct history_row *rows; /* seq > since, in order */
+    bool cut;                 /* the row or byte limit cut the page: more rows follow */
 };
 
 /* page is NULL and err set when PostgreSQL failed or is down. */
 typedef void (*history_page_cb)(void *arg, const struct history_page *page, const char *err);
 
-/* Messages of channel with seq > since, at most limit, with the channel's head and epoch.
- * -1: PostgreSQL is down (cb is not called). */
-int history_fetch(struct herald *app, const char *channel, uint64_t since, long limit,
-                  history_page_cb cb, void *arg);
-
 struct history_head {
     const char *name;
+    bool exists;
     uint64_t head;
     const char *epoch;
+    uint64_t first_kept;
 };
 
+/* heads has an entry for each named channel that has a counter; err set on failure. */
 typedef void (*history_heads_cb)(void *arg, const struct history_head *heads, size_t n,
                                  const char *err);
 
-/* last_seq and epoch of each named channel that has a counter. -1: PostgreSQL is down. */
-int history_heads(struct herald *app, const char *const *names, size_t n, history_heads_cb cb,
-                  void *arg);
+struct history_request {
+    struct db_request q;
+    history_page_cb page_cb;
+    history_heads_cb heads_cb;
+    void *arg;
+};
+
+/* Messages of channel with seq > since, at most limit of them and about max_bytes (the
+ * first row always comes, the others while the bytes before them are under max_bytes),
+ * with the channel's head, epoch and oldest kept seq. */
+void history_fetch(struct herald *app, struct history_request *r, const char *channel,
+                   uint64_t since, long limit, size_t max_bytes, history_page_cb cb, void *arg);
+
+/* Head, epoch and oldest kept seq of each named channel that has a counter (at most
+ * HISTORY_HEADS_MAX names). */
+#define HISTORY_HEADS_MAX 1000
+void history_heads(struct herald *app, struct history_request *r, const char *const *names,
+                   size_t n, history_heads_cb cb, void *arg);
 
 #endif

@@ -4,7 +4,6 @@
 #include "retention.h"
 #include "herald.h"
 #include "hub.h"
-#include "iplimit.h"
 #include "json_text.h"
 #include "log.h"
 #include "publish.h"
@@ -22,7 +21,9 @@ int http_respond(struct lws *wsi, unsigned status, const char *content_type, con
     uint8_t *start = head + LWS_PRE, *p = start, *end = head + sizeof head - 1;
     if (lws_add_http_common_headers(wsi, status, content_type, len, &p, end) ||
         lws_add_http_header_by_name(
-            wsi, (const uint8_t *)"cache-control:", (const uint8_t *)"no-store", 8, &p, end))
+            wsi, (const uint8_t *)"cache-control:", (const uint8_t *)"no-store", 8, &p, end) ||
+        lws_add_http_header_by_name(wsi, (const uint8_t *)"x-content-type-options:",
+                                    (const uint8_t *)"nosniff", 7, &p, end))
         return -1;
     if (status == HTTP_STATUS_SERVICE_UNAVAILABLE &&
         lws_add_http_header_by_name(wsi, (const uint8_t *)"retry-after:", (const uint8_t *)"1", 1,
@@ -66,6 +67,10 @@ static const char *reason_phrase(unsigned status)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 411:
+        return "Length Required";
     case 413:
         return "Payload Too Large";
     case 429:
@@ -77,14 +82,15 @@ static const char *reason_phrase(unsigned status)
     }
 }
 
-size_t http_json_head(char *out, size_t cap, unsigned status, size_t body_len, bool close)
+size_t http_json_head(char *out, size_t cap, unsigned status, size_t body_len, bool close,
+                      const char *extra)
 {
     bool retry = status == 503 || status == 429;
     int n = snprintf(out, cap,
                      "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n"
-                     "cache-control: no-store\r\n%s%s\r\n",
+                     "cache-control: no-store\r\nx-content-type-options: nosniff\r\n%s%s%s\r\n",
                      status, reason_phrase(status), body_len, retry ? "retry-after: 1\r\n" : "",
-                     close ? "connection: close\r\n" : "");
+                     close ? "connection: close\r\n" : "", extra ? extra : "");
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }
 
@@ -242,47 +248,4 @@ int http_api_serve(struct herald *app, struct lws *wsi)
     if (r < 0)
         return -1;
     return lws_http_transaction_completed(wsi) ? -1 : 0;
-}
-
-/* A whole HTTP response written as raw bytes: the connection is refused before it became
- * a WebSocket, and lws hangs up right after. */
-static void refuse(struct lws *wsi, unsigned status, enum errcode code, const char *why)
-{
-    char body[512], buf[LWS_PRE + 1024];
-    size_t blen = http_error_body(body, sizeof body, code, why);
-    char *p = buf + LWS_PRE;
-    size_t h = http_json_head(p, sizeof buf - LWS_PRE - blen, status, blen, true);
-    if (h == 0 || blen == 0)
-        return;
-    memcpy(p + h, body, blen);
-    lws_write(wsi, (unsigned char *)p, h + blen, LWS_WRITE_RAW);
-}
-
-int http_api_admit(struct herald *app, struct lws *wsi)
-{
-    char uri[256] = "", ip[64] = "";
-    lws_get_peer_simple(wsi, ip, sizeof ip);
-    lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
-    const char *why = NULL;
-    unsigned status = 503;
-    if (strcmp(uri, "/ws") != 0) {
-        status = 404;
-        why = "the WebSocket endpoint is /ws";
-    } else if (app->draining) {
-        why = "this instance is draining: connect to another one";
-    } else if (app->metrics.connections >= app->cfg->max_connections) {
-        why = "connection limit reached";
-    } else if (iplimit_full(app->ips, ip, app->cfg->max_connections_per_ip)) {
-        status = 429;
-        why = "too many connections from this address";
-    }
-    if (!why)
-        return 0;
-    app->metrics.rejected_connections++;
-    log_debug("handshake_refused", "%s: %s", uri, why);
-    enum errcode code = status == 404   ? ERR_NOT_FOUND
-                        : status == 429 ? ERR_RATE_LIMITED
-                                        : ERR_UNAVAILABLE;
-    refuse(wsi, status, code, why);
-    return -1;
 }

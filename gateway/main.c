@@ -86,6 +86,7 @@ static void shut_down(struct lifecycle *lc)
     lc->app->bus = NULL;
     close_signals(lc);
     stop_flushing(lc->app);
+    later_close(&lc->app->later); /* last: what db_free failed is delivered first */
 }
 
 /* Shuts down once every client has gone or the drain time is up. */
@@ -191,17 +192,18 @@ static void warn_about_security(const struct herald_config *cfg)
                                  "WebSocket with a user's token");
 }
 
-/* One gateway process: runs until drained or stopped and returns 0; a server that cannot
- * start exits 1 at once. */
-static int serve(struct herald_config *cfg)
+/* One gateway process, counting its connections per address in ips (the caller's): runs
+ * until drained or stopped and returns 0; a server that cannot start exits 1 at once. */
+static int serve(struct herald_config *cfg, struct iplimit *ips)
 {
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct herald app = {.cfg = cfg, .loop = &loop, .started_ms = uv_now(&loop)};
+    later_init(&app.later, &loop);
     app.write_buf = malloc(HERALD_WRITE_BATCH);
     app.hub = hub_new(&app);
     app.bus = bus_new(&app);
-    app.ips = iplimit_new();
+    app.ips = ips;
     if (cfg->database_url[0]) {
         app.db = db_new(&app);
         app.retention = retention_new(&app);
@@ -243,7 +245,6 @@ static int serve(struct herald_config *cfg)
     if (app.lws)
         log_warn("shutdown", "lws context not fully destroyed");
     hub_free(app.hub);
-    iplimit_free(app.ips);
     frame_deflate_end();
     free(app.write_buf);
     if (uv_loop_close(&loop) != 0)
@@ -276,5 +277,10 @@ int main(int argc, char **argv)
         }
     }
     signal(SIGPIPE, SIG_IGN);
-    return cfg.workers > 1 ? supervisor_run(&cfg, serve) : serve(&cfg);
+    if (cfg.workers > 1)
+        return supervisor_run(&cfg, serve);
+    struct iplimit *ips = iplimit_new(cfg.max_connections, 1);
+    code = serve(&cfg, ips);
+    iplimit_free(ips);
+    return code;
 }

@@ -86,6 +86,7 @@ struct pending_publish {
     struct client *c;
     char id[REQUEST_ID_JSON_MAX + 1];
     char channel[CHANNEL_NAME_MAX + 1];
+    struct publish_request publish;
 };
 
 static void unhook(struct pending_publish *p)
@@ -106,24 +107,24 @@ void protocol_client_gone(struct client *c)
         unhook(c->publishes);
 }
 
-static void on_published(void *arg, uint64_t seq, const char *epoch, bool duplicate,
-                         const char *err)
+static void on_published(void *arg, const struct publish_result *res)
 {
     struct pending_publish *p = arg;
     struct client *c = p->c;
     const char *id = p->id[0] ? p->id : NULL;
     unhook(p);
-    if (c && err)
-        client_send_error(c, ERR_UNAVAILABLE, id, "the history could not store the message");
+    if (c && res->err)
+        client_send_error(c, res->refused ? ERR_BAD_REQUEST : ERR_UNAVAILABLE, id,
+                          res->refused ? "the history refused the message"
+                                       : "the history could not store the message");
     else if (c)
         reply(c, id, "{\"op\":\"published\",\"channel\":\"%s\",\"seq\":%llu", p->channel,
-              (unsigned long long)seq);
-    (void)epoch;
-    (void)duplicate;
+              (unsigned long long)res->seq);
     free(p);
 }
 
-/* Durable publish: the herald_publish SQL function, then PUBLISH after COMMIT. */
+/* Durable publish: the herald_publish SQL function, then PUBLISH after COMMIT. The reply
+ * (published, or an error) always comes from on_published. */
 static void op_publish(struct client *c, const struct request *rq)
 {
     const char *id = rq->id[0] ? rq->id : NULL;
@@ -144,14 +145,10 @@ static void op_publish(struct client *c, const struct request *rq)
     p->c = c;
     snprintf(p->id, sizeof p->id, "%s", rq->id);
     snprintf(p->channel, sizeof p->channel, "%s", rq->channel);
-    if (publish_durable(c->app, rq->channel, rq->data_text, rq->data_len, NULL, on_published, p) <
-        0) {
-        free(p);
-        client_send_error(c, ERR_UNAVAILABLE, id, "the history is unavailable");
-    } else {
-        p->next = c->publishes;
-        c->publishes = p;
-    }
+    p->next = c->publishes;
+    c->publishes = p;
+    publish_durable(c->app, &p->publish, rq->channel, rq->data_text, rq->data_len, NULL,
+                    on_published, p);
 }
 
 void protocol_handle(struct client *c, const char *msg, size_t len)

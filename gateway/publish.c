@@ -4,11 +4,11 @@
 #include "herald.h"
 #include "pg_array.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define QUEUE_MAX   20000     /* publishes waiting for a batch */
 #define BATCH_MAX   500       /* messages in one statement */
 #define BATCH_BYTES (1 << 20) /* data bytes in one statement (one item may exceed it) */
 /* After a batch of at least GATHER_AFTER messages (many publishers are waiting on commits),
@@ -26,32 +26,23 @@
 static const char batch_sql[] = "SELECT ord, seq, envelope, epoch, duplicate "
                                 "FROM herald_publish_batch($1::text[], $2::json[], $3::text[])";
 
-struct item {
-    struct item *next;
-    publish_cb cb;
-    void *arg;
-    bool alone; /* retried by itself after its batch failed */
-    char *key;  /* NULL or inside this allocation, like data and channel */
-    char *data;
-    size_t size; /* bytes of data */
-    char channel[];
-};
-
 struct batch {
     struct publisher *p;
-    struct item *items; /* in array order */
+    struct publish_request *items; /* in array order */
     size_t n;
+    struct db_request q;
 };
 
 struct publisher {
     struct herald *app;
-    struct item *head, *tail;
+    struct publish_request *head, *tail;
     size_t queued;
     unsigned inflight;
     bool closing; /* freed when the last batch in flight ends and the timer closed */
     bool timer_closed;
     bool gathering; /* the gather timer runs: the next batch waits for it */
     uv_timer_t gather;
+    struct later kick; /* sends what publish_durable queued, on the loop */
     uint64_t batches, messages;
 };
 
@@ -79,13 +70,23 @@ static void timer_closed(uv_handle_t *h)
     maybe_free(p);
 }
 
-static void fail_items(struct item *it, const char *err)
+/* Every outcome goes through here: the request is the caller's again once cb runs. */
+static void finish(struct herald *app, struct publish_request *r, const struct publish_result *res)
 {
-    while (it) {
-        struct item *next = it->next;
-        it->cb(it->arg, 0, NULL, false, err);
-        free(it);
-        it = next;
+    free(r->copy);
+    r->copy = NULL;
+    later_assert_outside(&app->later);
+    r->cb(r->arg, res);
+}
+
+static void fail_items(struct herald *app, struct publish_request *r, const char *err,
+                       bool refused)
+{
+    struct publish_result res = {.err = err, .refused = refused};
+    while (r) {
+        struct publish_request *next = r->next;
+        finish(app, r, &res);
+        r = next;
     }
 }
 
@@ -93,10 +94,11 @@ void publisher_free(struct publisher *p)
 {
     if (!p)
         return;
-    struct item *queued = p->head;
+    struct publish_request *queued = p->head;
     p->head = p->tail = NULL;
     p->queued = 0;
-    fail_items(queued, "shutting down");
+    fail_items(p->app, queued, "shutting down", false);
+    later_cancel(&p->app->later, &p->kick);
     p->closing = true;
     uv_timer_stop(&p->gather);
     uv_close((uv_handle_t *)&p->gather, timer_closed);
@@ -122,10 +124,10 @@ size_t publisher_queued(const struct publisher *p)
 static int build_literals(const struct batch *b, char *lit[3])
 {
     size_t size[3] = {3, 3, 3};
-    for (const struct item *it = b->items; it; it = it->next) {
-        size[0] += pg_array_room(it->channel);
-        size[1] += 2 * it->size + 3; /* pg_array_room(it->data) without the strlen */
-        size[2] += pg_array_room(it->key);
+    for (const struct publish_request *r = b->items; r; r = r->next) {
+        size[0] += pg_array_room(r->channel);
+        size[1] += 2 * r->size + 3; /* pg_array_room(r->data) without the strlen */
+        size[2] += pg_array_room(r->key);
     }
     char *buf = malloc(size[0] + size[1] + size[2]);
     if (!buf)
@@ -135,8 +137,8 @@ static int build_literals(const struct batch *b, char *lit[3])
         lit[k] = out;
         *out++ = '{';
         bool first = true;
-        for (const struct item *it = b->items; it; it = it->next, first = false)
-            out = pg_array_put(out, k == 0 ? it->channel : k == 1 ? it->data : it->key, first);
+        for (const struct publish_request *r = b->items; r; r = r->next, first = false)
+            out = pg_array_put(out, k == 0 ? r->channel : k == 1 ? r->data : r->key, first);
         *out++ = '}';
         *out++ = '\0';
     }
@@ -152,9 +154,9 @@ static void on_gathered(uv_timer_t *t)
     pump(p);
 }
 
-static void push_front(struct publisher *p, struct item *list, size_t n)
+static void push_front(struct publisher *p, struct publish_request *list, size_t n)
 {
-    struct item *last = list;
+    struct publish_request *last = list;
     while (last->next)
         last = last->next;
     last->next = p->head;
@@ -164,13 +166,38 @@ static void push_front(struct publisher *p, struct item *list, size_t n)
     p->queued += n;
 }
 
+/* PostgreSQL refused the message itself: a data exception (class 22: bad JSON, a bad
+ * channel name) or an integrity violation (class 23). Anything else may pass on a retry. */
+static bool refused_by_server(const PGresult *r)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    return state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0);
+}
+
+static void deliver(struct publisher *p, struct batch *b, const PGresult *r)
+{
+    size_t i = 0;
+    for (struct publish_request *it = b->items, *next; it; it = next, i++) {
+        next = it->next;
+        struct publish_result res = {.seq = strtoull(PQgetvalue(r, (int)i, 1), NULL, 10),
+                                     .epoch = PQgetvalue(r, (int)i, 3),
+                                     .duplicate = PQgetvalue(r, (int)i, 4)[0] == 't'};
+        /* step 2, now that step 1 is committed; a retry publishes nothing new */
+        if (!res.duplicate)
+            bus_publish(p->app->bus, it->channel, PQgetvalue(r, (int)i, 2),
+                        (size_t)PQgetlength(r, (int)i, 2));
+        finish(p->app, it, &res);
+    }
+    p->messages += b->n;
+}
+
 static void batch_done(void *arg, const PGresult *r, const char *err)
 {
     struct batch *b = arg;
     struct publisher *p = b->p;
     p->inflight--;
     if (p->closing) {
-        fail_items(b->items, err ? err : "shutting down");
+        fail_items(p->app, b->items, err ? err : "shutting down", false);
         free(b);
         maybe_free(p);
         return;
@@ -181,25 +208,13 @@ static void batch_done(void *arg, const PGresult *r, const char *err)
     if (err && r && b->n > 1 && PQresultStatus(r) == PGRES_FATAL_ERROR) {
         /* PostgreSQL refused the statement, so nothing of it was stored: one bad message
          * must not fail the others, so each goes again by itself */
-        for (struct item *it = b->items; it; it = it->next)
+        for (struct publish_request *it = b->items; it; it = it->next)
             it->alone = true;
         push_front(p, b->items, b->n);
     } else if (err) {
-        fail_items(b->items, err);
+        fail_items(p->app, b->items, err, refused_by_server(r));
     } else {
-        size_t i = 0;
-        for (struct item *it = b->items, *next; it; it = next, i++) {
-            next = it->next;
-            bool duplicate = PQgetvalue(r, (int)i, 4)[0] == 't';
-            uint64_t seq = strtoull(PQgetvalue(r, (int)i, 1), NULL, 10);
-            /* step 2, now that step 1 is committed; a retry publishes nothing new */
-            if (!duplicate)
-                bus_publish(p->app->bus, it->channel, PQgetvalue(r, (int)i, 2),
-                            (size_t)PQgetlength(r, (int)i, 2));
-            it->cb(it->arg, seq, PQgetvalue(r, (int)i, 3), duplicate, NULL);
-            free(it);
-        }
-        p->messages += b->n;
+        deliver(p, b, r);
     }
     free(b);
     if (n >= GATHER_AFTER && !p->gathering) {
@@ -217,10 +232,10 @@ static struct batch *take_batch(struct publisher *p)
     if (!b)
         return NULL;
     b->p = p;
-    struct item **tail = &b->items;
+    struct publish_request **tail = &b->items;
     size_t bytes = 0;
     while (p->head && b->n < BATCH_MAX) {
-        struct item *it = p->head;
+        struct publish_request *it = p->head;
         if (b->n && (it->alone || b->items->alone || bytes + it->size > BATCH_BYTES))
             break;
         p->head = it->next;
@@ -237,7 +252,8 @@ static struct batch *take_batch(struct publisher *p)
 }
 
 /* Sends batches while fewer than MAX_INFLIGHT are committing: under load the queue grows
- * behind them and the next batch carries all of it. */
+ * behind them and the next batch carries all of it. Runs from the loop only (a kick,
+ * the gather timer, a batch's answer), never inside publish_durable. */
 static void pump(struct publisher *p)
 {
     if (p->gathering && p->queued < BATCH_MAX)
@@ -249,57 +265,69 @@ static void pump(struct publisher *p)
     while (p->head && p->inflight < MAX_INFLIGHT) {
         struct batch *b = take_batch(p);
         if (!b) {
-            fail_items(p->head, "out of memory");
+            struct publish_request *all = p->head;
             p->head = p->tail = NULL;
             p->queued = 0;
+            fail_items(p->app, all, "out of memory", false);
             return;
         }
         char *lit[3] = {NULL};
         if (build_literals(b, lit) < 0) {
-            fail_items(b->items, "out of memory");
+            fail_items(p->app, b->items, "out of memory", false);
             free(b);
             continue;
         }
         const char *params[] = {lit[0], lit[1], lit[2]};
-        /* counted first: a connection that breaks while sending calls batch_done at once */
         p->inflight++;
         p->batches++;
-        int rc = db_query(p->app->db, batch_sql, 3, params, batch_done, b);
+        db_query(p->app->db, &b->q, batch_sql, 3, params, batch_done, b);
         free(lit[0]);
-        if (rc < 0) {
-            p->inflight--;
-            p->batches--;
-            fail_items(b->items, "history unavailable");
-            free(b);
-        }
     }
 }
 
-int publish_durable(struct herald *app, const char *channel, const char *data, size_t len,
-                    const char *key, publish_cb cb, void *arg)
+static void run_kick(struct later *item)
+{
+    pump((struct publisher *)((char *)item - offsetof(struct publisher, kick)));
+}
+
+static void run_failure(struct later *item)
+{
+    struct publish_request *r =
+        (struct publish_request *)((char *)item - offsetof(struct publish_request, later));
+    struct publish_result res = {.err = r->fail};
+    r->cb(r->arg, &res);
+}
+
+void publish_durable(struct herald *app, struct publish_request *r, const char *channel,
+                     const char *data, size_t len, const char *key, publish_cb cb, void *arg)
 {
     struct publisher *p = app->publisher;
-    if (!p || !db_up(app->db) || p->queued >= QUEUE_MAX)
-        return -1;
-    size_t nc = strlen(channel) + 1, nd = len + 1, nk = key ? strlen(key) + 1 : 0;
-    struct item *it = malloc(sizeof *it + nc + nd + nk);
-    if (!it)
-        return -1;
-    *it = (struct item){.cb = cb, .arg = arg, .size = nd - 1};
-    memcpy(it->channel, channel, nc);
-    it->data = it->channel + nc;
-    memcpy(it->data, data, len);
-    it->data[len] = '\0';
-    if (key) {
-        it->key = it->data + nd;
-        memcpy(it->key, key, nk);
+    later_enter(&app->later);
+    *r = (struct publish_request){.cb = cb, .arg = arg, .size = len};
+    size_t nc = strlen(channel) + 1, nk = key ? strlen(key) + 1 : 0;
+    if (!p || !db_up(app->db))
+        r->fail = "history unavailable";
+    else if (p->queued >= (size_t)app->cfg->publish_queue_max)
+        r->fail = "too many publishes waiting (HERALD_PUBLISH_QUEUE_MAX)";
+    else if (!(r->copy = malloc(nc + len + 1 + nk)))
+        r->fail = "out of memory";
+    if (r->fail) {
+        later_post(&app->later, &r->later, run_failure);
+        later_leave(&app->later);
+        return;
     }
+    char *out = r->copy;
+    r->channel = memcpy(out, channel, nc);
+    r->data = memcpy(out + nc, data, len);
+    out[nc + len] = '\0';
+    if (key)
+        r->key = memcpy(out + nc + len + 1, key, nk);
     if (p->tail)
-        p->tail->next = it;
+        p->tail->next = r;
     else
-        p->head = it;
-    p->tail = it;
+        p->head = r;
+    p->tail = r;
     p->queued++;
-    pump(p);
-    return 0;
+    later_post(&app->later, &p->kick, run_kick);
+    later_leave(&app->later);
 }

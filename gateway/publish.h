@@ -8,6 +8,8 @@
 #ifndef HERALD_PUBLISH_H
 #define HERALD_PUBLISH_H
 
+#include "later.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -15,10 +17,33 @@
 struct herald;
 struct publisher;
 
-/* seq and epoch of the stored message (a retry with a known key: the first one's, and
- * duplicate is true); err set (and seq 0) when it failed: nothing was stored. */
-typedef void (*publish_cb)(void *arg, uint64_t seq, const char *epoch, bool duplicate,
-                           const char *err);
+/* What became of a publish. Stored: seq and epoch of the message (a retry with a known key
+ * gets the first one's, with duplicate set). Failed: err says why and nothing was stored;
+ * refused is set when PostgreSQL refused the message itself (SQLSTATE class 22 or 23), so
+ * that a retry cannot help, unlike an outage. */
+struct publish_result {
+    uint64_t seq;
+    const char *epoch;
+    bool duplicate;
+    const char *err;
+    bool refused;
+};
+
+typedef void (*publish_cb)(void *arg, const struct publish_result *res);
+
+/* A publish in flight, owned by the caller (embedded in its own state) and left alone
+ * from publish_durable until cb has run. */
+struct publish_request {
+    struct publish_request *next;
+    struct later later; /* a failure decided at once, delivered on the loop */
+    publish_cb cb;
+    void *arg;
+    bool alone;  /* retried by itself after its batch failed */
+    char *copy;  /* channel, data and key, copied in one allocation */
+    const char *channel, *data, *key; /* inside copy; key may be NULL */
+    size_t size; /* bytes of data */
+    const char *fail;
+};
 
 struct publisher *publisher_new(struct herald *app);
 /* Fails what is still queued ("shutting down"); the batches in flight fail when the db
@@ -26,9 +51,11 @@ struct publisher *publisher_new(struct herald *app);
 void publisher_free(struct publisher *p);
 
 /* Queues a publish of data[0..len) (JSON text, copied) on channel; key may be NULL. cb is
- * called exactly once, later. -1 (cb not called): PostgreSQL is down or the queue is full. */
-int publish_durable(struct herald *app, const char *channel, const char *data, size_t len,
-                    const char *key, publish_cb cb, void *arg);
+ * called exactly once and always later, from the loop: with the stored message, or with an
+ * error when PostgreSQL is down, HERALD_PUBLISH_QUEUE_MAX publishes are waiting, memory ran
+ * out or the statement failed. */
+void publish_durable(struct herald *app, struct publish_request *r, const char *channel,
+                     const char *data, size_t len, const char *key, publish_cb cb, void *arg);
 
 /* For /metrics: batches sent, messages stored, publishes waiting for a batch. */
 uint64_t publisher_batches(const struct publisher *p);

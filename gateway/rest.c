@@ -3,12 +3,13 @@
 #include "channel.h"
 #include "herald.h"
 #include "history.h"
-#include "publish.h"
 #include "http_api.h"
-#include "log.h"
+#include "http_framing.h"
+#include "http_guard.h"
 #include "json_text.h"
+#include "log.h"
+#include "publish.h"
 #include "query.h"
-#include "request.h"
 
 #include <jansson.h>
 #include <libwebsockets.h>
@@ -16,25 +17,37 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define IDEMPOTENCY_KEY_MAX 200
-#define BATCH_MESSAGES_MAX  1000 /* messages in one POST /v1/messages */
-#define MSG_REFUSED         "the message was refused"
-#define MSG_UNAVAILABLE     "the history is unavailable"
+#define BATCH_MESSAGES_MAX 1000 /* messages in one POST /v1/messages */
+#define WRITE_PIECE        (64 * 1024) /* bytes of an answer written per WRITEABLE */
+#define QUERY_ARG_MAX      4097 /* lws keeps at most 4096 bytes of head: any argument fits */
+/* An idempotency key is stored under its caller's name, so that a co-publisher cannot take
+ * a key first: "s/" for the API key, "u<len>:<sub>/" for a token, nothing with auth off. */
+#define KEY_SPACE_MAX  (JWT_AUTH_SUB_MAX + 8)
+#define STORED_KEY_MAX (KEY_SPACE_MAX + IDEMPOTENCY_KEY_MAX)
+#define MSG_REFUSED    "the message was refused"
+#define MSG_UNAVAILABLE "the history is unavailable"
+#define MSG_ROUTES                                                                                 \
+    "routes: GET and POST /v1/channels/{channel}/messages (channel: 1-200 bytes of A-Z a-z 0-9 " \
+    "_ - . : @ =), POST /v1/messages"
 
 struct batch;
 
-/* A request on its way to PostgreSQL. The session may close first: it then sets session to
- * NULL and the answer is dropped when it comes (or frees the call, if nothing was sent). */
+/* A request on its way to PostgreSQL. The connection may close first: its session then
+ * sets session to NULL, and the answer is dropped when it comes. */
 struct rest_call {
     struct http_session *session;
     struct lws *wsi;
-    bool sent; /* handed to PostgreSQL: its answer frees the call */
+    struct herald *app;
+    bool in_flight; /* handed to PostgreSQL: its answer frees the call */
     char channel[CHANNEL_NAME_MAX + 1];
     struct query_history q;
-    char key[IDEMPOTENCY_KEY_MAX + 1];
-    bool is_batch;        /* POST /v1/messages */
+    char space[KEY_SPACE_MAX + 1]; /* the caller's idempotency key space */
+    char key[STORED_KEY_MAX + 1];  /* a single publish's key, in that space; "" for none */
+    bool is_batch;                 /* POST /v1/messages */
     struct principal who; /* its caller, when auth is on: checked per channel in the body */
     bool has_who;
+    struct history_request read;
+    struct publish_request publish;
     struct batch *batch; /* its messages, once the body was read */
 };
 
@@ -45,6 +58,7 @@ struct batch_entry {
     uint64_t seq;
     char epoch[REQUEST_EPOCH_MAX];
     enum { QUEUED, STORED, REFUSED, UNAVAILABLE } outcome;
+    struct publish_request publish;
 };
 
 struct batch {
@@ -53,42 +67,16 @@ struct batch {
     struct batch_entry entries[];
 };
 
-/* Stores a whole response and asks for a WRITEABLE callback to send it. */
-static void prepare(struct lws *wsi, struct http_session *s, unsigned status, const char *body,
-                    size_t len)
-{
-    char head[256];
-    size_t h = http_json_head(head, sizeof head, status, len, false);
-    free(s->response);
-    s->response = malloc(LWS_PRE + h + len);
-    if (!s->response)
-        return;
-    memcpy(s->response + LWS_PRE, head, h);
-    memcpy(s->response + LWS_PRE + h, body, len);
-    s->response_len = h + len;
-    if (!s->wait_body)
-        lws_callback_on_writable(wsi);
-}
+/* ------------------------------------------------------------------------------------------
+ * The session: one request at a time, one answer each */
 
-static void prepare_error(struct lws *wsi, struct http_session *s, unsigned status,
-                          enum errcode code, const char *message)
+static void release_body(struct herald *app, struct http_session *s)
 {
-    struct herald *app = lws_context_user(lws_get_context(wsi));
-    app->metrics.client_errors[code]++;
-    char body[768];
-    prepare(wsi, s, status, body, http_error_body(body, sizeof body, code, message));
-}
-
-int rest_writable(struct lws *wsi, struct http_session *s)
-{
-    if (!s->response)
-        return 0;
-    int r = lws_write(wsi, (unsigned char *)s->response + LWS_PRE, s->response_len, LWS_WRITE_RAW);
-    free(s->response);
-    s->response = NULL;
-    if (r < 0)
-        return -1;
-    return lws_http_transaction_completed(wsi) ? -1 : 0;
+    free(s->body);
+    s->body = NULL;
+    s->body_len = 0;
+    app->http_body_bytes -= s->reserved;
+    s->reserved = 0;
 }
 
 static void call_free(struct rest_call *c)
@@ -101,31 +89,136 @@ static void call_free(struct rest_call *c)
     free(c);
 }
 
-void rest_session_end(struct http_session *s)
+/* Back to no request: what the request held goes (a call in flight is orphaned: its
+ * answer is dropped when it comes). */
+static void session_reset(struct herald *app, struct http_session *s)
 {
-    if (s->call && s->call->sent)
+    if (s->call && s->call->in_flight)
         s->call->session = NULL;
     else if (s->call)
-        call_free(s->call); /* its body never came */
+        call_free(s->call);
     s->call = NULL;
-    free(s->body);
+    release_body(app, s);
     free(s->response);
-    s->body = s->response = NULL;
+    s->response = NULL;
+    s->response_len = s->response_sent = 0;
+    s->phase = REST_IDLE;
+    s->refused = false;
 }
 
-static struct rest_call *call_new(struct lws *wsi, struct http_session *s, const char *channel)
+struct http_session *rest_session(struct lws *wsi)
 {
-    struct rest_call *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    c->session = s;
-    c->wsi = wsi;
-    snprintf(c->channel, sizeof c->channel, "%s", channel);
-    s->call = c;
-    return c;
+    return lws_get_opaque_user_data(wsi);
 }
 
-/* The session the answer is for, or NULL when it closed meanwhile (c is freed then). */
+void rest_session_free(struct herald *app, struct lws *wsi)
+{
+    struct http_session *s = rest_session(wsi);
+    if (!s)
+        return;
+    session_reset(app, s);
+    free(s);
+    lws_set_opaque_user_data(wsi, NULL);
+}
+
+/* Input where none belongs (see rest.h). While PostgreSQL has the request, the connection
+ * stops reading, or lws would fire the same event again for the same bytes on every turn;
+ * it reads again once the answer is ready, and closes after writing it. */
+static void stray(struct lws *wsi, struct http_session *s)
+{
+    s->stray = true;
+    if (s->phase == REST_WAIT)
+        lws_rx_flow_control(wsi, 0);
+}
+
+/* Stores the whole answer, leaving room for its head (written with the first piece, when
+ * it is known whether the connection closes after it). While a refused request's body is
+ * still arriving it waits for the body's end; otherwise it goes as soon as the socket can
+ * take it. */
+#define HEAD_ROOM 256
+
+/* Room for an answer's body of len bytes; NULL when out of memory. */
+static char *answer_room(struct http_session *s, size_t len)
+{
+    free(s->response);
+    s->response = malloc(LWS_PRE + HEAD_ROOM + len);
+    s->response_len = s->response_sent = 0;
+    if (!s->response)
+        return NULL;
+    s->response_len = len;
+    return s->response + LWS_PRE + HEAD_ROOM;
+}
+
+/* The body is in place: send it with status (a missing body hangs up). */
+static void answer_send(struct lws *wsi, struct http_session *s, unsigned status)
+{
+    s->status = status;
+    if (!s->response)
+        s->stray = true; /* out of memory: the writable callback hangs up */
+    if (s->phase == REST_BODY) {
+        s->refused = true;
+        return;
+    }
+    if (s->stray) /* lws 4.1 never calls WRITEABLE on an h1 connection that does not read */
+        lws_rx_flow_control(wsi, 1);
+    s->phase = REST_REPLY;
+    lws_callback_on_writable(wsi);
+}
+
+static void answer(struct lws *wsi, struct http_session *s, unsigned status, const char *body,
+                   size_t len)
+{
+    char *room = answer_room(s, len);
+    if (room)
+        memcpy(room, body, len);
+    answer_send(wsi, s, status);
+}
+
+/* Puts the head right in front of the body; the answer then starts at s->response_start. */
+static void write_head(struct http_session *s)
+{
+    char head[HEAD_ROOM];
+    size_t h = http_json_head(head, sizeof head, s->status, s->response_len, s->stray, NULL);
+    s->response_start = LWS_PRE + HEAD_ROOM - h;
+    memcpy(s->response + s->response_start, head, h);
+    s->response_len += h;
+}
+
+static void answer_error(struct herald *app, struct lws *wsi, struct http_session *s,
+                         unsigned status, enum errcode code, const char *message)
+{
+    app->metrics.client_errors[code]++;
+    char body[768];
+    answer(wsi, s, status, body, http_error_body(body, sizeof body, code, message));
+}
+
+int rest_writable(struct herald *app, struct lws *wsi, struct http_session *s)
+{
+    if (s->phase != REST_REPLY)
+        return 0; /* a WRITEABLE nobody asked for */
+    if (!s->response)
+        return -1;
+    if (s->response_sent == 0)
+        write_head(s);
+    size_t n = s->response_len - s->response_sent;
+    n = n < WRITE_PIECE ? n : WRITE_PIECE;
+    if (lws_write(wsi, (unsigned char *)s->response + s->response_start + s->response_sent, n,
+                  LWS_WRITE_RAW) < 0)
+        return -1;
+    s->response_sent += n;
+    if (s->response_sent < s->response_len) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    bool hang_up = s->stray;
+    session_reset(app, s);
+    s->stray = false;
+    if (hang_up || lws_http_transaction_completed(wsi))
+        return -1;
+    return 0;
+}
+
+/* The session the answer is for, or NULL when the connection closed meanwhile. */
 static struct http_session *call_end(struct rest_call *c)
 {
     struct http_session *s = c->session;
@@ -134,101 +227,111 @@ static struct http_session *call_end(struct rest_call *c)
     return s;
 }
 
-/* A page of catch-up: all or nothing, like a WebSocket resume. */
-static void on_page(void *arg, const struct history_page *page, const char *err)
+static struct rest_call *call_new(struct herald *app, struct lws *wsi, struct http_session *s,
+                                  const char *channel)
 {
-    struct rest_call *c = arg;
-    struct http_session *s = call_end(c);
-    if (!s) {
-        call_free(c);
-        return;
-    }
-    if (!page) {
-        prepare_error(c->wsi, s, 503, ERR_HISTORY_UNAVAILABLE, MSG_UNAVAILABLE);
-        call_free(c);
-        return;
-    }
+    struct rest_call *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->session = s;
+    c->wsi = wsi;
+    c->app = app;
+    snprintf(c->channel, sizeof c->channel, "%s", channel);
+    s->call = c;
+    return c;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * GET /v1/channels/{C}/messages */
+
+/* The page as JSON, in one allocation with LWS_PRE bytes of headroom: the rows are copied
+ * once, from libpq's result into the answer. */
+static void answer_page(struct lws *wsi, struct http_session *s, const struct rest_call *c,
+                        const struct history_page *page)
+{
     uint64_t since = c->q.since;
     const char *code = NULL;
     if (since > page->head)
         code = "history_reset";
     else if (since < page->head && (!page->first_kept || page->first_kept > since + 1))
         code = "history_expired";
-    char *out = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&out, &len);
-    if (f) {
-        fprintf(f, "{\"channel\":\"%s\",\"seq\":%llu", c->channel, (unsigned long long)page->head);
-        if (page->exists)
-            fprintf(f, ",\"epoch\":\"%s\"", page->epoch);
-        if (code) {
-            fprintf(f, ",\"recovered\":false,\"code\":\"%s\",\"more\":false,\"messages\":[]}\n",
-                    code);
-        } else {
-            bool more = page->n == c->q.limit && page->rows[page->n - 1].seq < page->head;
-            fprintf(f, ",\"recovered\":true,\"more\":%s,\"messages\":[", more ? "true" : "false");
-            for (size_t i = 0; i < page->n; i++) {
-                if (i)
-                    fputc(',', f);
-                fwrite(page->rows[i].envelope, 1, page->rows[i].len, f);
-            }
-            fputs("]}\n", f);
-        }
-        fclose(f);
+    char start[256], end[96];
+    int n = snprintf(start, sizeof start, "{\"channel\":\"%s\",\"seq\":%llu%s%s%s", c->channel,
+                     (unsigned long long)page->head, page->exists ? ",\"epoch\":\"" : "",
+                     page->exists ? page->epoch : "", page->exists ? "\"" : "");
+    int m = code ? snprintf(end, sizeof end,
+                            ",\"recovered\":false,\"code\":\"%s\",\"more\":false,\"messages\":[]}\n",
+                            code)
+                 : snprintf(end, sizeof end, ",\"recovered\":true,\"more\":%s,\"messages\":[",
+                            page->cut ? "true" : "false");
+    size_t size = (size_t)n + (size_t)m + 3;
+    for (size_t i = 0; !code && i < page->n; i++)
+        size += page->rows[i].len + 1;
+    char *body = answer_room(s, size);
+    if (!body) {
+        answer_send(wsi, s, 503);
+        return;
     }
-    if (out)
-        prepare(c->wsi, s, 200, out, len);
-    else
-        prepare_error(c->wsi, s, 503, ERR_INTERNAL, "out of memory");
-    free(out);
-    call_free(c);
+    size_t len = 0;
+    memcpy(body, start, (size_t)n);
+    len += (size_t)n;
+    memcpy(body + len, end, (size_t)m);
+    len += (size_t)m;
+    for (size_t i = 0; !code && i < page->n; i++) {
+        if (i)
+            body[len++] = ',';
+        memcpy(body + len, page->rows[i].envelope, page->rows[i].len);
+        len += page->rows[i].len;
+    }
+    if (!code) {
+        memcpy(body + len, "]}\n", 3);
+        len += 3;
+    }
+    s->response_len = len;
+    answer_send(wsi, s, 200);
 }
 
-/* PostgreSQL refused the message itself (herald_publish_batch raises "herald: invalid ..."):
- * retrying will not help, unlike an outage. */
-static bool refused(const char *err)
-{
-    return strstr(err, "invalid") != NULL;
-}
-
-static void on_published(void *arg, uint64_t seq, const char *epoch, bool duplicate,
-                         const char *err)
+/* A page of catch-up: all or nothing, like a WebSocket resume. */
+static void on_page(void *arg, const struct history_page *page, const char *err)
 {
     struct rest_call *c = arg;
     struct http_session *s = call_end(c);
-    if (s && err) {
-        bool bad = refused(err);
-        prepare_error(c->wsi, s, bad ? 400 : 503, bad ? ERR_BAD_REQUEST : ERR_HISTORY_UNAVAILABLE,
-                      bad ? MSG_REFUSED : MSG_UNAVAILABLE);
-    } else if (s) {
-        char body[320];
-        int n = snprintf(body, sizeof body, "{\"channel\":\"%s\",\"seq\":%llu,\"epoch\":\"%s\"}\n",
-                         c->channel, (unsigned long long)seq, epoch);
-        prepare(c->wsi, s, 201, body, (size_t)n);
-    }
-    (void)duplicate;
+    if (s && !page)
+        answer_error(c->app, c->wsi, s, 503, ERR_HISTORY_UNAVAILABLE, MSG_UNAVAILABLE);
+    else if (s)
+        answer_page(c->wsi, s, c, page);
+    (void)err;
     call_free(c);
 }
 
-/* lws keeps URL arguments decoded, one per fragment; they are encoded again so that the
- * strict parser sees exactly what a client could have sent. */
+/* lws keeps the query string split at '&' and %-decoded, one fragment per pair; each is
+ * read whole, whatever its length, and empty ones are skipped. */
 static int read_query(struct lws *wsi, struct query_history *q, char *err, size_t errlen)
 {
-    char raw[QUERY_LEN_MAX], frag[256];
-    size_t n = 0;
-    for (int i = 0; lws_hdr_copy_fragment(wsi, frag, sizeof frag, WSI_TOKEN_HTTP_URI_ARGS, i) > 0;
-         i++) {
-        for (const char *p = frag; *p && n + 4 < sizeof raw; p++) {
-            unsigned char ch = (unsigned char)*p;
-            bool plain = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
-                         (ch >= 'A' && ch <= 'Z') || (ch == '=' && p == strchr(frag, '='));
-            n += (size_t)snprintf(raw + n, sizeof raw - n, plain ? "%c" : "%%%02X", ch);
-        }
-        if (n + 2 < sizeof raw)
-            raw[n++] = '&';
+    struct query_history_parser parser;
+    query_history_begin(&parser, q);
+    char *frag = malloc(QUERY_ARG_MAX);
+    if (!frag) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
     }
-    return query_parse_history(raw, n ? n - 1 : 0, q, err, errlen);
+    int rc = 0, n;
+    for (int i = 0;
+         rc == 0 && (n = lws_hdr_copy_fragment(wsi, frag, QUERY_ARG_MAX, WSI_TOKEN_HTTP_URI_ARGS,
+                                               i)) >= 0;
+         i++) {
+        const char *eq = memchr(frag, '=', (size_t)n);
+        size_t klen = eq ? (size_t)(eq - frag) : (size_t)n;
+        if (n > 0)
+            rc = query_history_pair(&parser, frag, klen, eq ? eq + 1 : frag + n,
+                                    eq ? (size_t)n - klen - 1 : 0, err, errlen);
+    }
+    free(frag);
+    return rc;
 }
+
+/* ------------------------------------------------------------------------------------------
+ * Routes and credentials */
 
 /* /v1/channels/{C}/messages -> C, validated. */
 static bool route_channel(const char *uri, char *out)
@@ -246,7 +349,7 @@ static bool route_channel(const char *uri, char *out)
     return true;
 }
 
-/* The caller's credentials (a JWT or the API key): false, with 401 prepared, without valid
+/* The caller's credentials (a JWT or the API key): false, with 401 answered, without valid
  * ones. On true, who is to be released with auth_release. */
 static bool identify(struct herald *app, struct lws *wsi, struct http_session *s,
                      struct principal *who)
@@ -255,123 +358,183 @@ static bool identify(struct herald *app, struct lws *wsi, struct http_session *s
     if (auth_identify(app, wsi, true, who, why, sizeof why) == AUTH_OK)
         return true;
     app->metrics.auth_failures++;
-    prepare_error(wsi, s, 401, ERR_UNAUTHORIZED, why);
+    answer_error(app, wsi, s, 401, ERR_UNAUTHORIZED, why);
     return false;
 }
 
-/* When auth is on: 401 without credentials, 403 outside the token's channels (GET) or
- * publish (POST) patterns. */
+/* The caller's idempotency key space (see KEY_SPACE_MAX). */
+static void key_space(const struct principal *who, bool has_who, char *out, size_t cap)
+{
+    if (!has_who)
+        out[0] = '\0';
+    else if (who->service)
+        snprintf(out, cap, "s/");
+    else
+        snprintf(out, cap, "u%zu:%s/", strlen(who->claims.sub), who->claims.sub);
+}
+
+/* Who may do this: with auth off everyone; else 401 without credentials and 403 outside
+ * the token's channels (GET) or publish (POST) patterns. On true, c->space is filled and,
+ * for a batch (channel NULL), c->who kept for the per-message checks. */
 static bool authorized(struct herald *app, struct lws *wsi, struct http_session *s,
-                       const char *channel, bool post)
+                       struct rest_call *c, const char *channel, bool post)
 {
     if (!auth_api_required(app))
         return true;
     struct principal p;
     if (!identify(app, wsi, s, &p))
         return false;
+    key_space(&p, true, c->space, sizeof c->space);
+    if (!channel) {
+        c->who = p;
+        c->has_who = true;
+        return true;
+    }
     size_t len = strlen(channel);
     bool ok = post ? auth_may_publish(&p, channel, len) : auth_may_read(&p, channel, len);
     auth_release(&p);
     if (!ok)
-        prepare_error(wsi, s, 403, ERR_FORBIDDEN,
-                      post ? "the token does not allow publishing here"
-                           : "the token does not allow this channel");
+        answer_error(app, wsi, s, 403, ERR_FORBIDDEN,
+                     post ? "the token does not allow publishing here"
+                          : "the token does not allow this channel");
     return ok;
 }
 
-static void call_drop(struct rest_call *c)
+/* The Idempotency-Key header, checked, into c->key under the caller's space. */
+static bool read_key(struct herald *app, struct lws *wsi, struct http_session *s,
+                     struct rest_call *c)
 {
-    call_end(c);
-    call_free(c);
+    int klen = lws_hdr_custom_length(wsi, "idempotency-key:", 16);
+    if (klen < 0)
+        return true; /* none */
+    char key[IDEMPOTENCY_KEY_MAX + 1];
+    if (klen > IDEMPOTENCY_KEY_MAX ||
+        lws_hdr_custom_copy(wsi, key, sizeof key, "idempotency-key:", 16) != klen ||
+        !idempotency_key_valid(key, (size_t)klen)) {
+        answer_error(app, wsi, s, 400, ERR_BAD_REQUEST,
+                     "Idempotency-Key must be 1 to 200 visible ASCII characters");
+        return false;
+    }
+    snprintf(c->key, sizeof c->key, "%s%s", c->space, key);
+    return true;
 }
 
-/* POST /v1/messages: the caller is identified now, its channels are checked once the body
- * has come. */
-static int begin_batch(struct herald *app, struct lws *wsi, struct http_session *s)
+/* Holds the declared body's bytes against HERALD_BODY_BUFFER_BYTES. */
+static bool reserve_body(struct herald *app, struct http_session *s, uint64_t declared)
 {
-    struct principal who;
-    bool has_who = auth_api_required(app);
-    if (has_who && !identify(app, wsi, s, &who))
-        return 0;
-    struct rest_call *c = app->db ? call_new(wsi, s, "") : NULL;
-    if (!c) {
-        if (has_who)
-            auth_release(&who);
-        if (app->db)
+    if ((uint64_t)app->http_body_bytes + declared > (uint64_t)app->cfg->body_buffer_bytes)
+        return false;
+    s->reserved = (size_t)declared;
+    app->http_body_bytes += s->reserved;
+    return true;
+}
+
+int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
+{
+    struct http_session *s = rest_session(wsi);
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s)))
             return -1;
-        prepare_error(wsi, s, 503, ERR_HISTORY_UNAVAILABLE,
-                      "HERALD_DATABASE_URL is not set: no history");
+        lws_set_opaque_user_data(wsi, s);
+    }
+    if (s->phase != REST_IDLE) {
+        stray(wsi, s); /* a head while a request is open: lws ran the same head again */
         return 0;
     }
-    c->is_batch = true;
-    c->who = who;
-    c->has_who = has_who;
-    return 0;
-}
-
-int rest_begin(struct herald *app, struct lws *wsi, struct http_session *s, const char *uri)
-{
     char channel[CHANNEL_NAME_MAX + 1], err[160];
     bool post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
-    s->wait_body = post;
-    if (post && strcmp(uri, "/v1/messages") == 0)
-        return begin_batch(app, wsi, s);
-    if (!route_channel(uri, channel)) {
+    bool batch = post && strcmp(uri, "/v1/messages") == 0;
+    s->started_ms = herald_now_ms(app);
+    /* lws delivers a POST's body (even an empty one) after this: it is read either way */
+    s->phase = post ? REST_BODY : REST_IDLE;
+    if (!batch && !route_channel(uri, channel)) {
         bool bad = strncmp(uri, "/v1/channels/", 13) == 0;
-        prepare_error(wsi, s, bad ? 400 : 404, bad ? ERR_BAD_REQUEST : ERR_NOT_FOUND,
-                      "routes: GET and POST /v1/channels/{channel}/messages (channel: 1-200 "
-                      "bytes of A-Z a-z 0-9 _ - . : @ =), POST /v1/messages");
+        answer_error(app, wsi, s, bad ? 400 : 404, bad ? ERR_BAD_REQUEST : ERR_NOT_FOUND,
+                     MSG_ROUTES);
         return 0;
     }
-    if (!authorized(app, wsi, s, channel, post))
-        return 0;
-    if (!app->db) {
-        prepare_error(wsi, s, 503, ERR_HISTORY_UNAVAILABLE,
-                      "HERALD_DATABASE_URL is not set: no history");
-        return 0;
-    }
-    struct rest_call *c = call_new(wsi, s, channel);
+    struct rest_call *c = call_new(app, wsi, s, batch ? "" : channel);
     if (!c)
         return -1;
-    if (post) {
-        int klen = lws_hdr_custom_length(wsi, "idempotency-key:", 16);
-        if (klen > IDEMPOTENCY_KEY_MAX) {
-            call_drop(c);
-            prepare_error(wsi, s, 400, ERR_BAD_REQUEST, "Idempotency-Key is too long");
-            return 0;
-        }
-        if (klen > 0)
-            lws_hdr_custom_copy(wsi, c->key, sizeof c->key, "idempotency-key:", 16);
-        return 0; /* the body comes next */
-    }
-    if (read_query(wsi, &c->q, err, sizeof err) < 0) {
-        call_drop(c);
-        prepare_error(wsi, s, 400, ERR_BAD_REQUEST, err);
+    c->is_batch = batch;
+    if (!authorized(app, wsi, s, c, batch ? NULL : channel, post))
+        return 0;
+    if (!post && read_query(wsi, &c->q, err, sizeof err) < 0) {
+        answer_error(app, wsi, s, 400, ERR_BAD_REQUEST, err);
         return 0;
     }
-    c->sent = true;
-    if (history_fetch(app, channel, c->q.since, c->q.limit, on_page, c) < 0) {
-        call_drop(c);
-        prepare_error(wsi, s, 503, ERR_HISTORY_UNAVAILABLE, MSG_UNAVAILABLE);
+    if (!app->db) {
+        answer_error(app, wsi, s, 503, ERR_HISTORY_UNAVAILABLE,
+                     "HERALD_DATABASE_URL is not set: no history");
+        return 0;
     }
+    if (post) {
+        if (!batch && !read_key(app, wsi, s, c))
+            return 0;
+        if (!reserve_body(app, s, http_guard_body_length(wsi)))
+            answer_error(app, wsi, s, 503, ERR_UNAVAILABLE,
+                         "too many request bodies in flight (HERALD_BODY_BUFFER_BYTES)");
+        return 0; /* the body comes next */
+    }
+    s->phase = REST_WAIT;
+    c->in_flight = true;
+    history_fetch(app, &c->read, channel, c->q.since, c->q.limit, (size_t)app->cfg->page_bytes,
+                  on_page, c);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------
+ * POST bodies */
 
 int rest_body(struct herald *app, struct lws *wsi, struct http_session *s, const void *in,
               size_t len)
 {
-    if (s->body_too_large || s->body_len + len > (size_t)app->cfg->max_publish_bytes) {
-        s->body_too_large = true;
+    if (s->phase != REST_BODY) {
+        stray(wsi, s);
         return 0;
     }
-    char *b = realloc(s->body, s->body_len + len + 1);
-    if (!b)
+    if (herald_now_ms(app) - s->started_ms > (uint64_t)app->cfg->body_timeout_ms) {
+        http_guard_refuse(app, wsi, 408, ERR_BAD_REQUEST,
+                          "the body did not arrive within HERALD_BODY_TIMEOUT");
         return -1;
-    memcpy(b + s->body_len, in, len);
-    s->body = b;
+    }
+    if (s->refused || len == 0)
+        return 0; /* thrown away */
+    if (!s->body && !(s->body = malloc(s->reserved + 1)))
+        return -1;
+    if (s->body_len + len > s->reserved) /* lws never gives more than Content-Length */
+        return -1;
+    memcpy(s->body + s->body_len, in, len);
     s->body_len += len;
     s->body[s->body_len] = '\0';
     return 0;
+}
+
+/* What became of one publish, for an answer. */
+static unsigned publish_status(const struct publish_result *res, enum errcode *code,
+                               const char **message)
+{
+    *code = res->refused ? ERR_BAD_REQUEST : ERR_HISTORY_UNAVAILABLE;
+    *message = res->refused ? MSG_REFUSED : MSG_UNAVAILABLE;
+    return res->refused ? 400 : 503;
+}
+
+static void on_published(void *arg, const struct publish_result *res)
+{
+    struct rest_call *c = arg;
+    struct http_session *s = call_end(c);
+    if (s && res->err) {
+        enum errcode code;
+        const char *message;
+        unsigned status = publish_status(res, &code, &message);
+        answer_error(c->app, c->wsi, s, status, code, message);
+    } else if (s) {
+        char body[320];
+        int n = snprintf(body, sizeof body, "{\"channel\":\"%s\",\"seq\":%llu,\"epoch\":\"%s\"}\n",
+                         c->channel, (unsigned long long)res->seq, res->epoch);
+        answer(c->wsi, s, 201, body, (size_t)n);
+    }
+    call_free(c);
 }
 
 /* Checks a whole POST /v1/messages body before anything is queued, so that one bad message
@@ -394,14 +557,16 @@ static json_t *batch_parse(const struct rest_call *c, const char *body, size_t l
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(msgs, i), *ch = json_object_get(m, "channel");
         json_t *key = json_object_get(m, "idempotency_key");
-        size_t klen = json_string_length(key);
         const char *bad = !json_is_object(m) ? "is not an object"
                           : !json_is_string(ch) ||
                                   !channel_name_valid(json_string_value(ch), json_string_length(ch))
                               ? "needs a valid channel (1-200 bytes of A-Z a-z 0-9 _ - . : @ =)"
                           : !json_object_get(m, "data") ? "needs data"
-                          : key && (!json_is_string(key) || klen == 0 || klen > IDEMPOTENCY_KEY_MAX)
-                              ? "has an idempotency_key that is not a string of 1 to 200 bytes"
+                          : key && (!json_is_string(key) ||
+                                    !idempotency_key_valid(json_string_value(key),
+                                                           json_string_length(key)))
+                              ? "has an idempotency_key that is not 1 to 200 visible ASCII "
+                                "characters"
                           : json_object_size(m) != 2u + (key != NULL)
                               ? "has members other than channel, data and idempotency_key"
                               : NULL;
@@ -459,32 +624,31 @@ static void batch_answer(struct rest_call *c)
         fclose(f);
     }
     if (out) {
-        struct herald *app = lws_context_user(lws_get_context(c->wsi));
         if (failed)
-            app->metrics.client_errors[code]++;
-        prepare(c->wsi, s, !failed ? 201 : unavailable ? 503 : 400, out, len);
+            c->app->metrics.client_errors[code]++;
+        answer(c->wsi, s, !failed ? 201 : unavailable ? 503 : 400, out, len);
     } else if (s) {
-        prepare_error(c->wsi, s, 503, ERR_INTERNAL, "out of memory");
+        answer_error(c->app, c->wsi, s, 503, ERR_INTERNAL, "out of memory");
     }
     free(out);
     call_free(c);
 }
 
-static void on_entry_published(void *arg, uint64_t seq, const char *epoch, bool duplicate,
-                               const char *err)
+static void on_entry_published(void *arg, const struct publish_result *res)
 {
     struct batch_entry *e = arg;
     struct batch *b = e->call->batch;
-    e->seq = seq;
-    e->outcome = !err ? STORED : refused(err) ? REFUSED : UNAVAILABLE;
-    if (!err)
-        snprintf(e->epoch, sizeof e->epoch, "%s", epoch);
-    (void)duplicate;
+    e->seq = res->seq;
+    e->outcome = !res->err ? STORED : res->refused ? REFUSED : UNAVAILABLE;
+    if (!res->err)
+        snprintf(e->epoch, sizeof e->epoch, "%s", res->epoch);
     if (--b->pending == 0)
         batch_answer(e->call);
 }
 
-/* Queues every message of a checked batch, each with its data as the caller wrote it. */
+/* Queues every message of a checked batch, each with its data as the caller wrote it.
+ * Callbacks never run inside publish_durable, so pending counts every queued message
+ * before the first answer can come. */
 static int batch_start(struct herald *app, struct rest_call *c, json_t *root, const char *body,
                        size_t len)
 {
@@ -500,78 +664,85 @@ static int batch_start(struct herald *app, struct rest_call *c, json_t *root, co
         json_decref(root);
         return -1;
     }
-    *b = (struct batch){.root = root, .n = n, .pending = n};
+    b->root = root;
+    b->n = b->pending = n;
     c->batch = b;
-    c->sent = true;
+    c->in_flight = true;
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(msgs, i);
         struct batch_entry *e = &b->entries[i];
-        struct json_span data;
-        *e = (struct batch_entry){.call = c,
-                                  .channel = json_string_value(json_object_get(m, "channel"))};
+        e->call = c;
+        e->channel = json_string_value(json_object_get(m, "channel"));
         const char *key = json_string_value(json_object_get(m, "idempotency_key"));
-        if (json_member_span(body, len, el[i].off, "data", &data) < 0 ||
-            publish_durable(app, e->channel, body + data.off, data.len, key, on_entry_published,
-                            e) < 0) {
-            e->outcome = UNAVAILABLE;
-            b->pending--;
-        }
+        char stored[STORED_KEY_MAX + 1];
+        if (key)
+            snprintf(stored, sizeof stored, "%s%s", c->space, key);
+        struct json_span data;
+        if (json_member_span(body, len, el[i].off, "data", &data) < 0)
+            data = (struct json_span){0, 0}; /* cannot happen: the body parsed */
+        publish_durable(app, &e->publish, e->channel, body + data.off, data.len,
+                        key ? stored : NULL, on_entry_published, e);
     }
     free(el);
-    if (b->pending == 0)
-        batch_answer(c);
     return 0;
 }
 
 static void batch_body_done(struct herald *app, struct lws *wsi, struct http_session *s,
                             struct rest_call *c)
 {
-    unsigned status = 413;
-    enum errcode code = ERR_TOO_LARGE;
-    char why[160] = "the body is larger than HERALD_MAX_PUBLISH_BYTES";
-    json_t *root = s->body_too_large ? NULL
-                                     : batch_parse(c, s->body ? s->body : "", s->body_len, &status,
-                                                   &code, why, sizeof why);
-    if (!root) {
-        call_drop(c);
-        prepare_error(wsi, s, status, code, why);
-    } else if (batch_start(app, c, root, s->body, s->body_len) < 0) {
-        call_drop(c);
-        prepare_error(wsi, s, 503, ERR_INTERNAL, "out of memory");
+    unsigned status = 400;
+    enum errcode code = ERR_BAD_REQUEST;
+    char why[160] = "the data nests deeper than HERALD_MAX_JSON_DEPTH allows";
+    /* each data sits three levels down: {"messages":[{"data":...}]} */
+    json_t *root = json_too_deep(s->body, s->body_len, (int)app->cfg->max_json_depth + 3)
+                       ? NULL
+                       : batch_parse(c, s->body, s->body_len, &status, &code, why, sizeof why);
+    if (!root)
+        answer_error(app, wsi, s, status, code, why);
+    else if (batch_start(app, c, root, s->body, s->body_len) < 0)
+        answer_error(app, wsi, s, 503, ERR_INTERNAL, "out of memory");
+    else
+        s->phase = REST_WAIT;
+}
+
+static void single_body_done(struct herald *app, struct lws *wsi, struct http_session *s,
+                             struct rest_call *c)
+{
+    const char *why = NULL;
+    if (json_too_deep(s->body, s->body_len, (int)app->cfg->max_json_depth)) {
+        why = "the data nests deeper than HERALD_MAX_JSON_DEPTH allows";
+    } else {
+        json_t *data = json_loadb(s->body, s->body_len, JSON_DECODE_ANY, NULL);
+        if (!data)
+            why = "the body must be JSON (the message's data)";
+        json_decref(data);
     }
+    if (why) {
+        answer_error(app, wsi, s, 400, ERR_BAD_REQUEST, why);
+        return;
+    }
+    s->phase = REST_WAIT;
+    c->in_flight = true;
+    publish_durable(app, &c->publish, c->channel, s->body, s->body_len, c->key[0] ? c->key : NULL,
+                    on_published, c);
 }
 
 int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s)
 {
-    struct rest_call *c = s->call;
-    s->wait_body = false;
-    if (!c) {
-        if (s->response)
-            lws_callback_on_writable(wsi); /* refused before the body came */
+    if (s->phase != REST_BODY) {
+        stray(wsi, s);
         return 0;
     }
-    if (c->is_batch) {
-        batch_body_done(app, wsi, s, c);
-        return 0;
-    }
-    json_t *data = s->body_too_large
-                       ? NULL
-                       : json_loadb(s->body ? s->body : "", s->body_len, JSON_DECODE_ANY, NULL);
-    const char *why = s->body_too_large ? "the body is larger than HERALD_MAX_PUBLISH_BYTES"
-                      : !data           ? "the body must be JSON (the message's data)"
-                                        : NULL;
-    json_decref(data);
-    if (why) {
-        call_drop(c);
-        prepare_error(wsi, s, s->body_too_large ? 413 : 400,
-                      s->body_too_large ? ERR_TOO_LARGE : ERR_BAD_REQUEST, why);
-        return 0;
-    }
-    c->sent = true;
-    if (publish_durable(app, c->channel, s->body, s->body_len, c->key[0] ? c->key : NULL,
-                        on_published, c) < 0) {
-        call_drop(c);
-        prepare_error(wsi, s, 503, ERR_HISTORY_UNAVAILABLE, MSG_UNAVAILABLE);
+    if (!s->refused && !s->body && !(s->body = calloc(1, 1)))
+        return -1;
+    if (!s->refused && s->call && s->call->is_batch)
+        batch_body_done(app, wsi, s, s->call);
+    else if (!s->refused && s->call)
+        single_body_done(app, wsi, s, s->call);
+    release_body(app, s); /* publish_durable copied what it needs */
+    if (s->phase == REST_BODY) { /* refused, before or just now */
+        s->phase = REST_REPLY;
+        lws_callback_on_writable(wsi);
     }
     return 0;
 }

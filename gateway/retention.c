@@ -18,7 +18,8 @@ static const char prune_sql[] = "SELECT CASE WHEN pg_try_advisory_xact_lock(x'48
 struct retention {
     struct herald *app;
     uv_timer_t timer;
-    bool busy;
+    struct db_request q;
+    bool busy; /* a prune statement is in flight: q is the db's until on_pruned */
     bool closing;
     uint64_t pruned;
 };
@@ -55,8 +56,8 @@ static void prune_batch(struct retention *r)
     snprintf(max, sizeof max, "%ld", cfg->history_max);
     snprintf(batch, sizeof batch, "%d", PRUNE_BATCH);
     const char *params[] = {ttl, max, batch};
-    if (db_query(r->app->db, prune_sql, 3, params, on_pruned, r) == 0)
-        r->busy = true;
+    r->busy = true;
+    db_query(r->app->db, &r->q, prune_sql, 3, params, on_pruned, r);
 }
 
 static void on_tick(uv_timer_t *t)

@@ -18,12 +18,19 @@
 #define MAX_HELD        4096
 #define MAX_ATTEMPTS    3
 #define HEAD_ONLY       UINT64_C(9223372036854775807)
-#define HEADS_PER_QUERY 1000
+#define HEADS_PER_QUERY HISTORY_HEADS_MAX
 
 struct fetch {
     struct hub *hub;
     struct channel *ch;
     uint64_t since;
+    struct history_request r;
+};
+
+/* A head check in flight. */
+struct heads_query {
+    struct hub *hub;
+    struct history_request r;
 };
 
 static bool history_on(const struct hub *hub)
@@ -128,14 +135,14 @@ static void start_fetch(struct hub *hub, struct channel *ch, uint64_t since, lon
         return;
     struct fetch *ft = malloc(sizeof *ft);
     if (ft) {
-        *ft = (struct fetch){hub, ch, since};
+        ft->hub = hub;
+        ft->ch = ch;
+        ft->since = since;
         ch->fetching = true;
         ch->queries++;
-        if (history_fetch(app, ch->name, since, limit, on_fetch, ft) == 0)
-            return;
-        ch->fetching = false;
-        ch->queries--;
-        free(ft);
+        history_fetch(app, &ft->r, ch->name, since, limit, (size_t)app->cfg->page_bytes,
+                      on_fetch, ft);
+        return;
     }
     fetch_failed(hub, ch);
     seq_progress(hub, ch); /* answers what waited for this query; starts none again */
@@ -368,7 +375,9 @@ struct tick {
 
 static void on_heads(void *arg, const struct history_head *heads, size_t n, const char *err)
 {
-    struct hub *hub = arg;
+    struct heads_query *hq = arg;
+    struct hub *hub = hq->hub;
+    free(hq);
     for (size_t i = 0; i < n; i++) {
         struct channel *ch = hub_find(hub, heads[i].name, strlen(heads[i].name));
         if (ch && ch->baseline && !ch->fetching && ch->redis == R_ACTIVE &&
@@ -381,8 +390,11 @@ static void on_heads(void *arg, const struct history_head *heads, size_t n, cons
 
 static void check_heads(struct hub *hub, struct tick *t)
 {
-    if (t->n)
-        history_heads(hub_app(hub), t->names, t->n, on_heads, hub);
+    struct heads_query *hq = t->n ? malloc(sizeof *hq) : NULL;
+    if (hq) {
+        hq->hub = hub;
+        history_heads(hub_app(hub), &hq->r, t->names, t->n, on_heads, hq);
+    }
     t->n = 0;
 }
 

@@ -2,6 +2,7 @@
 #include "client.h"
 #include "herald.h"
 #include "http_api.h"
+#include "http_guard.h"
 #include "listener.h"
 #include "log.h"
 #include "rest.h"
@@ -37,16 +38,36 @@ static int confirm_extension(struct client *c, struct lws *wsi, const char *name
     return 0;
 }
 
+/* The events of a request's head go to whichever protocol the connection is bound to: the
+ * WebSocket protocol for its first request (the vhost default), "http" after a keep-alive
+ * answer. Both callbacks pass them here. Returns 1 when reason is one of them, with *rc
+ * what the callback returns. */
+static int front_door(struct herald *app, struct lws *wsi, enum lws_callback_reasons reason,
+                      int *rc)
+{
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_HTTP_CONNECTION:
+        *rc = http_guard_request(app, wsi);
+        return 1;
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        *rc = http_guard_upgrade(app, wsi);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                        size_t len)
 {
     struct client *c = user;
     struct herald *app = lws_context_user(lws_get_context(wsi));
+    int rc;
+    if (front_door(app, wsi, reason, &rc))
+        return rc;
     switch (reason) {
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-        /* not LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: lws 4.1 has a use-after-free on that path
-         * (CVE-2025-11677) */
-        return http_api_admit(app, wsi);
+        return 0; /* admitted by http_guard_upgrade */
     case LWS_CALLBACK_CONFIRM_EXTENSION_OKAY:
         return confirm_extension(c, wsi, in);
     case LWS_CALLBACK_ESTABLISHED:
@@ -94,35 +115,45 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
                          size_t len)
 {
     struct herald *app = lws_context_user(lws_get_context(wsi));
-    struct http_session *s = user;
+    struct http_session *s = rest_session(wsi);
     char uri[256] = "";
+    int rc;
+    if (front_door(app, wsi, reason, &rc))
+        return rc;
     switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        /* a handshake that named the "http" subprotocol; http_guard_upgrade refuses it
+         * first, this is the second lock */
+        http_guard_refuse(app, wsi, 400, ERR_BAD_REQUEST, "unsupported subprotocol");
+        return -1;
+    case LWS_CALLBACK_RAW_ADOPT:
+        /* lws turns a CONNECT request into a raw socket bound to this protocol */
+        http_guard_refuse(app, wsi, 405, ERR_BAD_REQUEST, "method not allowed: GET and POST only");
+        return -1;
     case LWS_CALLBACK_HTTP:
         if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_POST_URI) <= 0)
             lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
-        if (strncmp(uri, "/v1/", 4) == 0 && s)
-            return rest_begin(app, wsi, s, uri);
+        if (strncmp(uri, "/v1/", 4) == 0)
+            return rest_begin(app, wsi, uri);
         return http_api_serve(app, wsi);
     case LWS_CALLBACK_HTTP_BODY:
         return s ? rest_body(app, wsi, s, in, len) : 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return s ? rest_body_done(app, wsi, s) : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        if (s && s->response)
-            return rest_writable(wsi, s);
+        if (s && s->phase == REST_REPLY)
+            return rest_writable(app, wsi, s);
         return lws_callback_http_dummy(wsi, reason, user, in, len);
-    case LWS_CALLBACK_CLOSED_HTTP:
-    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-        if (s)
-            rest_session_end(s);
-        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    case LWS_CALLBACK_WSI_DESTROY:
+        rest_session_free(app, wsi);
+        return 0;
     default:
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
 }
 
 static const struct lws_protocols protocols[] = {
-    {"http", http_callback, sizeof(struct http_session), 0, 0, NULL, 0},
+    {"http", http_callback, 0, 0, 0, NULL, 0},
     {"herald", ws_callback, sizeof(struct client), RX_BUFFER_BYTES, 0, NULL, HERALD_WRITE_BATCH},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
@@ -165,7 +196,7 @@ static void build_mounts(struct server *srv)
 }
 
 /* lws's own log lines become JSON lines like ours. The line lws writes for every refused
- * handshake is left out: refusals are counted and logged by http_api_admit. */
+ * handshake is left out: refusals are counted and logged by http_guard.c. */
 static void lws_log_to_json(int level, const char *line)
 {
     char msg[512];

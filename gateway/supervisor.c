@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "supervisor.h"
+#include "iplimit.h"
 #include "log.h"
 
 #include <errno.h>
@@ -33,9 +34,10 @@ static long now_ms(void)
 }
 
 /* In the child: the signals the supervisor blocked go back to normal, the worker dies with
- * its supervisor, and it serves. Never returns. */
-static void run_worker(struct herald_config *cfg, int index, const sigset_t *old,
-                       int (*serve)(struct herald_config *cfg))
+ * its supervisor, and it serves, counting its connections per address in column `index` of
+ * the shared table. Never returns. */
+static void run_worker(struct herald_config *cfg, struct iplimit *ips, int index,
+                       const sigset_t *old, serve_fn serve)
 {
     sigprocmask(SIG_SETMASK, old, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -45,12 +47,15 @@ static void run_worker(struct herald_config *cfg, int index, const sigset_t *old
     snprintf(base, sizeof base, "%s", cfg->instance_id);
     snprintf(cfg->instance_id, sizeof cfg->instance_id, "%.100s-w%d", base, index);
     cfg->worker = index + 1;
+    iplimit_set_slot(ips, index);
     fflush(NULL);
-    exit(serve(cfg)); /* exit, not _exit: sanitizer builds check the worker for leaks */
+    int code = serve(cfg, ips);
+    iplimit_free(ips);
+    exit(code); /* exit, not _exit: sanitizer builds check the worker for leaks */
 }
 
-static int start_worker(struct herald_config *cfg, struct worker *w, int index, const sigset_t *old,
-                        int (*serve)(struct herald_config *cfg))
+static int start_worker(struct herald_config *cfg, struct iplimit *ips, struct worker *w, int index,
+                        const sigset_t *old, serve_fn serve)
 {
     fflush(NULL); /* nothing buffered is written twice */
     pid_t pid = fork();
@@ -60,7 +65,7 @@ static int start_worker(struct herald_config *cfg, struct worker *w, int index, 
         return -1;
     }
     if (pid == 0)
-        run_worker(cfg, index, old, serve);
+        run_worker(cfg, ips, index, old, serve);
     w->pid = pid;
     w->restart_at_ms = 0;
     w->started_ms = now_ms();
@@ -68,10 +73,11 @@ static int start_worker(struct herald_config *cfg, struct worker *w, int index, 
     return 0;
 }
 
-/* Reaps every exited worker; schedules a restart unless the supervisor is stopping.
+/* Reaps every exited worker, releasing the connections it counted per address (it may have
+ * died without closing them); schedules a restart unless the supervisor is stopping.
  * Returns false when a worker keeps dying as soon as it starts (a bad setting, a port in
  * use): restarting it would only spin. */
-static bool reap(struct worker *ws, int n, bool stopping, int *failures)
+static bool reap(struct worker *ws, int n, struct iplimit *ips, bool stopping, int *failures)
 {
     bool hopeless = false;
     int status;
@@ -81,6 +87,7 @@ static bool reap(struct worker *ws, int n, bool stopping, int *failures)
             if (ws[i].pid != pid)
                 continue;
             ws[i].pid = 0;
+            iplimit_clear_slot(ips, i);
             bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
             if (stopping) {
                 if (!clean)
@@ -114,10 +121,13 @@ static int running(const struct worker *ws, int n)
     return k;
 }
 
-int supervisor_run(struct herald_config *cfg, int (*serve)(struct herald_config *cfg))
+int supervisor_run(struct herald_config *cfg, serve_fn serve)
 {
     int n = (int)(cfg->workers < MAX_WORKERS ? cfg->workers : MAX_WORKERS);
     struct worker ws[MAX_WORKERS] = {{0}};
+    struct iplimit *ips = iplimit_new(cfg->max_connections, n); /* shared with the workers */
+    if (!ips)
+        return 1;
     sigset_t mask, old;
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
@@ -127,7 +137,7 @@ int supervisor_run(struct herald_config *cfg, int (*serve)(struct herald_config 
     sigprocmask(SIG_BLOCK, &mask, &old);
     log_info("supervisor", "starting %d workers on %s", n, cfg->listen);
     for (int i = 0; i < n; i++)
-        start_worker(cfg, &ws[i], i, &old, serve);
+        start_worker(cfg, ips, &ws[i], i, &old, serve);
 
     bool stopping = false;
     int failures = 0;
@@ -144,7 +154,7 @@ int supervisor_run(struct herald_config *cfg, int (*serve)(struct herald_config 
                 if (ws[i].pid)
                     kill(ws[i].pid, sig);
         }
-        if (!reap(ws, n, stopping, &failures) && !stopping) {
+        if (!reap(ws, n, ips, stopping, &failures) && !stopping) {
             log_error("supervisor",
                       "a worker died %d times in a row right after starting; "
                       "stopping",
@@ -158,9 +168,10 @@ int supervisor_run(struct herald_config *cfg, int (*serve)(struct herald_config 
         long now = now_ms();
         for (int i = 0; !stopping && i < n; i++)
             if (!ws[i].pid && ws[i].restart_at_ms && now >= ws[i].restart_at_ms)
-                start_worker(cfg, &ws[i], i, &old, serve);
+                start_worker(cfg, ips, &ws[i], i, &old, serve);
     }
     sigprocmask(SIG_SETMASK, &old, NULL);
+    iplimit_free(ips);
     log_info("stopped", "supervisor stopped (%d worker exit(s) with an error)", failures);
     return failures ? 1 : 0;
 }

@@ -1,5 +1,6 @@
-"""Offline checks of Herald's deployment files: deploy/Dockerfile, deploy/docker-compose.yml and
-the Kubernetes manifests under k8s/. No Docker engine and no cluster are needed.
+"""Offline checks of Herald's deployment files: deploy/Dockerfile, deploy/docker-compose.yml,
+the Kubernetes manifests under k8s/ and the nginx access log formats. No Docker engine and no
+cluster are needed.
 
 The facts the files must agree with are read from the project itself, never restated here:
 the settings from `herald --help` (and common/config.c's table, which must say the same), the
@@ -48,6 +49,10 @@ COMPOSE_SERVICES = ("redis", "postgres", "migrate", "gateway1", "gateway2", "gat
                     "publisher")
 # the Ingress must keep a quiet WebSocket open at least this long (seconds)
 MIN_WS_TIMEOUT = 3600
+# what the public balancer must route (the WebSocket and the REST API) and must not: /metrics
+# has no credentials (docs/SECURITY.md)
+PUBLIC_PATHS = ("/ws", "/v1/messages", "/v1/channels/demo/messages")
+PRIVATE_PATHS = ("/metrics",)
 
 
 class CheckError(Exception):
@@ -956,6 +961,62 @@ def docker_compose_config(data, base_dir):
 
 
 # ---------------------------------------------------------------------------------------------
+# nginx access logs
+
+# nginx variables that hold the query string, where ?token= carries a JWT or the API key
+QUERY_VARIABLES = re.compile(r"\$\{?(request|request_uri|args|query_string|arg_\w+)(?!\w)")
+
+
+def nginx_texts():
+    """(name, text) of every place the project writes nginx configuration: the files under
+    deploy/ and k8s/ (ingress-nginx settings included), and the code blocks (fenced or
+    indented) of README.md and docs/*.md."""
+    out = []
+    for root in ("deploy", "k8s"):
+        for dirpath, _, names in os.walk(os.path.join(REPO, root)):
+            for n in sorted(names):
+                path = os.path.join(dirpath, n)
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    out.append((os.path.relpath(path, REPO), f.read()))
+    for path in [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, "docs",
+                                                                                  "*.md"))):
+        with open(path) as f:
+            text = f.read()
+        fenced = r"^```[^\n]*\n(.*?)^```"
+        blocks = re.findall(fenced, text, re.M | re.S)
+        blocks += re.findall(r"(?:^(?: {4}|\t).*\n)+", re.sub(fenced, "", text, flags=re.M | re.S),
+                             re.M)
+        out += [(f"{os.path.relpath(path, REPO)} block {i + 1}", b) for i, b in enumerate(blocks)]
+    return out
+
+
+def nginx_log_problems(text, name):
+    """Access logs that would record query strings: a log_format (or ingress-nginx
+    log-format-upstream / log-format-stream) using one of QUERY_VARIABLES, an access_log in a
+    format not defined beside it (nginx's built-in `combined` logs $request), and an http block
+    with no access_log at all (then nginx logs in `combined`)."""
+    text = re.sub(r"(^|\s)#.*", r"\1", text)
+    p, formats = [], set()
+    for m in re.finditer(r"\blog_format\s+(\S+)\s([^;]*);", text):
+        formats.add(m.group(1))
+        p += [f"{name}: log_format {m.group(1)} logs ${v}, query string included"
+              for v in QUERY_VARIABLES.findall(m.group(2))]
+    for m in re.finditer(r"\blog-format-(?:upstream|stream)\b.*", text):
+        p += [f"{name}: {m.group(0).split(':')[0]} logs ${v}, query string included"
+              for v in QUERY_VARIABLES.findall(m.group(0))]
+    for m in re.finditer(r"\baccess_log\s+([^;]*);", text):
+        args = m.group(1).split()
+        fmt = args[1] if len(args) > 1 and "=" not in args[1] else "combined"
+        if args[0] != "off" and fmt not in formats:
+            p.append(f"{name}: access_log {args[0]} logs in format {fmt}, not a log_format of "
+                     f"this file (nginx's combined logs $request)")
+    if re.search(r"\bhttp\s*\{", text) and not re.search(r"\baccess_log\s", text):
+        p.append(f"{name}: an http block without access_log logs in nginx's combined format, "
+                 f"which logs $request")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
 # Kubernetes
 
 
@@ -1041,6 +1102,46 @@ def _port_number(container, port):
 def gateway(docs):
     deps = find(docs, "Deployment", "herald")
     return deps[0] if deps else None
+
+
+def web_demo_paths():
+    """What a browser asks for when it opens the web demo at /: the page, the files index.html
+    loads (src, href), the modules they import, and the /healthz that app.js polls."""
+    paths, todo = {"/", "/healthz"}, ["index.html"]
+    while todo:
+        name = todo.pop()
+        with open(os.path.join(REPO, "web-demo", name)) as f:
+            text = f.read()
+        if name.endswith(".html"):
+            refs = re.findall(r'\b(?:src|href)="([\w.-]+)"', text)
+        elif name.endswith(".js"):
+            refs = re.findall(r'^import\b[^"]*"\./([\w.-]+)"', text, re.M)
+        else:
+            refs = []
+        for ref in refs:
+            if "/" + ref not in paths:
+                paths.add("/" + ref)
+                todo.append(ref)
+    return paths
+
+
+def ingress_routes(ing, ing_path, path):
+    """Whether this path of the Ingress sends a request for `path` to its backend. Exact: the
+    same string. Prefix: whole segments (/v1 routes /v1 and /v1/x, not /v1x; / routes
+    everything). ImplementationSpecific: a plain string prefix, the widest reading; with
+    ingress-nginx's use-regex (or rewrite-target, which implies it) a case-insensitive regular
+    expression, as ingress-nginx reads it."""
+    want, kind = ing_path.get("path", "/"), ing_path.get("pathType")
+    ann = ing["metadata"].get("annotations") or {}
+    if kind == "Exact":
+        return path == want
+    if (ann.get("nginx.ingress.kubernetes.io/use-regex") == "true" or
+            "nginx.ingress.kubernetes.io/rewrite-target" in ann):
+        return re.match(want, path, re.I) is not None
+    if kind == "Prefix":
+        want = want.rstrip("/")
+        return path == want or path.startswith(want + "/")
+    return path.startswith(want)
 
 
 def k8s_problems(docs, overlay):
@@ -1147,7 +1248,12 @@ def k8s_problems(docs, overlay):
     ings = find(docs, "Ingress")
     if not ings:
         p.append("no Ingress")
+    public = set(PUBLIC_PATHS) | (web_demo_paths() if env.get("HERALD_STATIC_DIR") else set())
+    routed = set()
     for ing in ings:
+        if ing["spec"].get("defaultBackend"):
+            p.append(f"Ingress {ing['metadata']['name']} has a defaultBackend: it routes every "
+                     f"path, {', '.join(PRIVATE_PATHS)} included")
         ann = ing["metadata"].get("annotations") or {}
         for a in ("proxy-read-timeout", "proxy-send-timeout"):
             v = ann.get(f"nginx.ingress.kubernetes.io/{a}")
@@ -1155,6 +1261,12 @@ def k8s_problems(docs, overlay):
                 p.append(f"Ingress {a} is {v}: WebSockets need at least {MIN_WS_TIMEOUT}")
         for rule in ing["spec"].get("rules") or []:
             for path in rule["http"]["paths"]:
+                routed |= {x for x in public if ingress_routes(ing, path, x)}
+                for x in PRIVATE_PATHS:
+                    if ingress_routes(ing, path, x):
+                        p.append(f"Ingress {ing['metadata']['name']} routes {x} (path "
+                                 f"{path.get('path')}, {path.get('pathType')}): it has no "
+                                 f"credentials")
                 b = path["backend"]["service"]
                 target = find(docs, "Service", b["name"])
                 if not target:
@@ -1165,6 +1277,9 @@ def k8s_problems(docs, overlay):
                 bp = b.get("port") or {}
                 if bp.get("name") not in names and bp.get("number") not in nums:
                     p.append(f"Ingress backend port {bp} is not a port of Service {b['name']}")
+    if ings:
+        for x in sorted(public - routed):
+            p.append(f"Ingress does not route {x}")
     hpas = find(docs, "HorizontalPodAutoscaler")
     if not hpas:
         p.append("no HorizontalPodAutoscaler")

@@ -46,6 +46,36 @@ class Manifests(unittest.TestCase):
             with self.subTest(overlay=overlay):
                 self.assertEqual(dc.k8s_problems(self.docs[overlay], overlay), [])
 
+    def test_no_ingress_routes_metrics(self):
+        # /metrics has no credentials: no Ingress of the base or an overlay may route it, by a
+        # path that matches it (Prefix / included) or by a default backend
+        for overlay, docs in self.docs.items():
+            for ing in dc.find(docs, "Ingress"):
+                self.assertNotIn("defaultBackend", ing["spec"], overlay)
+                for rule in ing["spec"]["rules"]:
+                    for path in rule["http"]["paths"]:
+                        with self.subTest(overlay=overlay, path=path["path"]):
+                            self.assertFalse(dc.ingress_routes(ing, path, "/metrics"))
+
+    def test_ingress_path_semantics(self):
+        ing = {"metadata": {}}
+        regex = {"metadata": {"annotations": {"nginx.ingress.kubernetes.io/use-regex": "true"}}}
+        cases = [
+            (ing, "/", "Prefix", "/metrics", True),
+            (ing, "/metrics/", "Prefix", "/metrics", True),
+            (ing, "/met", "Prefix", "/metrics", False),
+            (ing, "/v1", "Prefix", "/v1/messages", True),
+            (ing, "/", "Exact", "/metrics", False),
+            (ing, "/metrics", "Exact", "/metrics", True),
+            (ing, "/m", "ImplementationSpecific", "/metrics", True),
+            (regex, "/(ws|METRICS)", "ImplementationSpecific", "/metrics", True),
+            (regex, "/v1/.*", "Prefix", "/metrics", False),
+        ]
+        for obj, path, kind, asked, want in cases:
+            with self.subTest(path=path, kind=kind, asked=asked):
+                self.assertIs(dc.ingress_routes(obj, {"path": path, "pathType": kind}, asked),
+                              want)
+
     def test_dev_runs_redis_and_postgres_in_cluster(self):
         sts = {d["metadata"]["name"] for d in dc.find(self.docs["dev"], "StatefulSet")}
         self.assertEqual(sts, {"redis", "postgres"})
@@ -119,6 +149,17 @@ class Manifests(unittest.TestCase):
 
     def test_rejects_broken_neighbours(self):
         cm = "herald-config"
+
+        def paths(d):
+            return d["spec"]["rules"][0]["http"]["paths"]
+
+        def add_path(path, kind):
+            return lambda d: paths(d).append({"path": path, "pathType": kind, "backend": {
+                "service": {"name": "herald", "port": {"name": "http"}}}})
+
+        def drop_path(path):
+            return lambda d: paths(d).__setitem__(
+                slice(None), [x for x in paths(d) if x["path"] != path])
         cases = [
             ("ConfigMap", cm, lambda d: d["data"].update(HERALD_WORKER="2"),
              "HERALD_WORKER is not a herald setting"),
@@ -135,6 +176,15 @@ class Manifests(unittest.TestCase):
              "proxy-read-timeout is 60"),
             ("Ingress", "herald", lambda d: d["spec"]["rules"][0]["http"]["paths"][0][
                 "backend"]["service"].update(name="nobody"), "backend nobody is not a Service"),
+            ("Ingress", "herald", add_path("/", "Prefix"),
+             "Ingress herald routes /metrics (path /, Prefix)"),
+            ("Ingress", "herald", add_path("/metrics", "Exact"), "routes /metrics"),
+            ("Ingress", "herald", add_path("/m", "ImplementationSpecific"), "routes /metrics"),
+            ("Ingress", "herald", lambda d: d["spec"].update(defaultBackend=paths(d)[0][
+                "backend"]), "has a defaultBackend"),
+            ("Ingress", "herald", drop_path("/ws"), "Ingress does not route /ws"),
+            ("Ingress", "herald", drop_path("/v1"), "Ingress does not route /v1/messages"),
+            ("Ingress", "herald", drop_path("/app.js"), "Ingress does not route /app.js"),
             ("HorizontalPodAutoscaler", "herald", lambda d: d["spec"].update(minReplicas=1),
              "HPA minReplicas < 3"),
             ("HorizontalPodAutoscaler", "herald", lambda d: d["spec"]["scaleTargetRef"].update(

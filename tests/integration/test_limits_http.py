@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """HTTP side and connection limits: --max-connections (the next handshake gets HTTP 503, counted,
 a slot frees when a client leaves), /healthz, /readyz, /metrics in Prometheus text format with
-every documented metric, static files from --static-dir, unknown paths 404, no path traversal."""
+every documented metric, static files from --static-dir, unknown paths 404, no path traversal,
+no dotfiles, no symlinks out of the folder, nosniff on every static answer."""
 
 import asyncio
 import json
@@ -93,6 +94,19 @@ class TestHttp(harness.HeraldTestCase):
             f.write(b"body { color: red; }\n")
         with open(os.path.join(self.tmp, "secret.txt"), "wb") as f:
             f.write(b"TOP-SECRET-CONTENT\n")
+        # what must never be served: dotfiles, dot folders, and symlinks leading out of the
+        # folder (to a file, through a folder) or to a dotfile; a symlink to a file inside is fine
+        os.makedirs(os.path.join(self.static, ".git"))
+        os.makedirs(os.path.join(self.tmp, "outside"))
+        for name in (".env", ".git/config", "sub/.hidden.css", "outside/secret.txt"):
+            base = self.static if not name.startswith("outside") else self.tmp
+            with open(os.path.join(base, name), "wb") as f:
+                f.write(b"TOP-SECRET-CONTENT\n")
+        os.symlink(os.path.join(self.tmp, "secret.txt"), os.path.join(self.static, "leak.txt"))
+        os.symlink("../../secret.txt", os.path.join(self.static, "sub", "leak.css"))
+        os.symlink(os.path.join(self.tmp, "outside"), os.path.join(self.static, "outside"))
+        os.symlink(".env", os.path.join(self.static, "env.txt"))
+        os.symlink("x.js", os.path.join(self.static, "alias.js"))
         self.herald = self.start_herald(self.redis, "--static-dir", self.static)
         self.herald.wait_ready()
 
@@ -160,29 +174,61 @@ class TestHttp(harness.HeraldTestCase):
                 self.fail(f"stderr line is not JSON: {ln!r}")
             self.assertIsInstance(obj, dict, ln)
 
+    def raw_get(self, path):
+        """GET path as sent (urllib would normalise it), on a connection of its own."""
+        req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        return harness.http_raw("127.0.0.1", self.herald.port, req, timeout=5)
+
     async def test_static_files(self):
         status, headers, body = self.herald.get("/")
         self.assertEqual(status, 200)
         self.assertEqual(body, self.index)
         self.assertIn("text/html", headers.get("content-type", ""))
+        self.assertEqual(headers.get("x-content-type-options"), "nosniff")
         status, headers, body = self.herald.get("/x.js")
         self.assertEqual(status, 200)
         self.assertEqual(body, self.js)
         self.assertIn("javascript", headers.get("content-type", ""))
-        status, _, body = self.herald.get("/index.html")
+        self.assertEqual(headers.get("x-content-type-options"), "nosniff")
+        status, headers, body = self.herald.get("/index.html")
         self.assertEqual((status, body), (200, self.index))
+        self.assertEqual(headers.get("x-content-type-options"), "nosniff")
         status, headers, body = self.herald.get("/sub/style.css")
         self.assertEqual((status, body), (200, b"body { color: red; }\n"))
         self.assertIn("text/css", headers.get("content-type", ""))
+        self.assertEqual(headers.get("x-content-type-options"), "nosniff")
+
+    async def test_no_dotfiles(self):
+        for path in ("/.env", "/.git/config", "/.git/", "/sub/.hidden.css", "/.env?x=1"):
+            with self.subTest(path=path):
+                status, headers, body = self.raw_get(path)
+                self.assertEqual(status, 404, body)
+                self.assertEqual(json.loads(body)["error"]["code"], "not_found")
+                self.assertEqual(headers.get("x-content-type-options"), "nosniff")
+
+    async def test_symlinks_stay_inside_the_folder(self):
+        # a symlink is followed only to a file inside the folder that is no dotfile
+        for path in ("/leak.txt", "/sub/leak.css", "/outside/secret.txt", "/env.txt"):
+            with self.subTest(path=path):
+                status, headers, body = self.raw_get(path)
+                self.assertNotIn(b"TOP-SECRET", body)
+                self.assertEqual(status, 404, body)
+                self.assertEqual(json.loads(body)["error"]["code"], "not_found")
+                self.assertEqual(headers.get("x-content-type-options"), "nosniff")
+        status, headers, body = self.raw_get("/alias.js")
+        self.assertEqual((status, body), (200, self.js))
+        self.assertIn("javascript", headers.get("content-type", ""))
+        self.assertEqual(headers.get("x-content-type-options"), "nosniff")
 
     async def test_unknown_paths_404(self):
         for path in ("/nope", "/nope.js", "/sub/missing.css", "/v2/whatever"):
             with self.subTest(path=path):
                 try:
-                    status, _, _ = self.herald.get(path, timeout=5)
+                    status, headers, _ = self.herald.get(path, timeout=5)
                 except OSError as exc:
                     self.fail(f"GET {path}: no HTTP response ({exc!r}); expected 404")
                 self.assertEqual(status, 404)
+                self.assertEqual(headers.get("x-content-type-options"), "nosniff")
 
     async def test_no_path_traversal(self):
         for path in ("/../secret.txt", "/%2e%2e/secret.txt", "/sub/../../secret.txt",

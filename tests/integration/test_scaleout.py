@@ -9,7 +9,8 @@ the middle of the stream (its clients reconnect through nginx and resume), start
 same port; then a rolling restart (SIGTERM, drain, start again, one instance after the other).
 At the end every client holds every seq of the channel exactly once, in order, and the data of
 each seq is what the publisher sent. No sticky sessions: a client lands on whichever instance
-nginx picks and resumes there."""
+nginx picks and resumes there. Also: nginx's access log names paths without their query strings
+(where ?token= carries a JWT or the API key)."""
 
 import asyncio
 import json
@@ -26,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
 import websockets.exceptions  # noqa: E402
 
-from harness import async_wait_for, close_quietly, main, raise_nofile, ws_connect  # noqa: E402
+from harness import (HeraldTestCase, async_wait_for, close_quietly, main,  # noqa: E402
+                     raise_nofile, ws_connect)
 from nginx import Nginx, start_nginx  # noqa: E402
 from pg import HistoryTestCase  # noqa: E402
 
@@ -505,6 +507,23 @@ class ScaleOutTest(HistoryTestCase):
             reply = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
             self.assertEqual(reply.get("op"), "subscribed", reply)
         self.assertNotIn("no live upstreams", n.log_text())
+
+
+class AccessLogTest(HeraldTestCase):
+    async def test_query_strings_stay_out_of_the_access_log(self):
+        h = self.start_herald(self.start_redis())
+        n = start_nginx(self, [f"127.0.0.1:{h.port}"])
+        secret = "token-not-for-logs-7f3a"
+        self.assertEqual(n.get(f"/healthz?token={secret}")[0], 200)
+        ws = await self.connect(f"{n.ws_url}?token={secret}&x=1")
+        await ws.close()
+        # nginx logs a request when it ends; a WebSocket when it closes
+        await async_wait_for(lambda: "/healthz" in n.log_text() and "/ws" in n.log_text(),
+                             WAIT, what="nginx's access log lines")
+        log = n.log_text()
+        self.assertNotIn(secret, log)
+        self.assertIn('"GET /healthz HTTP/1.1" 200', log)
+        self.assertIn('"GET /ws HTTP/1.1" 101', log)
 
 
 if __name__ == "__main__":

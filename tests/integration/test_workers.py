@@ -3,7 +3,8 @@
 Connections are spread over the workers, each with its own Redis subscription; every client
 gets every message; a worker killed with SIGKILL is restarted and only its clients are cut
 off; SIGTERM to the supervisor drains every worker (close 1001) and exits 0; a port that
-cannot be bound makes the supervisor give up instead of restarting forever."""
+cannot be bound makes the supervisor give up instead of restarting forever. The per-IP
+connection limit counts across the workers, and a killed worker's connections stop counting."""
 
 import asyncio
 import json
@@ -112,6 +113,94 @@ class WorkersTest(harness.HeraldTestCase):
         self.assertEqual(await asyncio.to_thread(self.h.wait_exit, 15), 0)
         for pid in workers:  # reaped by the supervisor before it exited
             self.assertFalse(os.path.exists(f"/proc/{pid}"), f"worker {pid} still there")
+
+
+def per_worker(h, metric, workers):
+    """{instance: value of metric} of every worker: /metrics is answered by whichever worker
+    accepts the connection, so ask until each one has."""
+    seen = {}
+    for _ in range(200):
+        text = h.metrics_text()
+        info = next(labels for name, labels, _ in harness.parse_metrics(text)
+                    if name == "herald_info")
+        seen[info["instance"]] = harness.metric_value(text, metric)
+        if len(seen) == workers:
+            return seen
+    raise AssertionError(f"only {sorted(seen)} answered /metrics")
+
+
+def worker_of(h, client, pids):
+    """The worker (one of pids) holding the server side of a RawWS client's connection."""
+    port = client.sock.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    inode = next(r[9] for r in rows if r[3] == "01"  # established
+                 and int(r[1].split(":")[1], 16) == h.port and int(r[2].split(":")[1], 16) == port)
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                pass
+    raise AssertionError(f"no worker holds the connection from port {port}")
+
+
+class WorkersPerIpLimitTest(harness.HeraldTestCase):
+    async def asyncSetUp(self):
+        self.redis = self.start_redis()
+        self.h = self.start_herald(self.redis, "--workers", "3", "--instance-id", "gw",
+                                   "--max-connections-per-ip", "5")
+        await harness.async_wait_for(lambda: len(children(self.h.pid)) == 3, 10, 0.05,
+                                     "three workers")
+        await harness.async_wait_for(lambda: len(instances(self.h)) == 3, 20, 0.1,
+                                     "every worker answering /healthz")
+
+    async def wait_connections(self, n):
+        """A worker counts a connection only after its 101 has gone out, so another worker may
+        still let one more in meanwhile: wait until all n are counted."""
+        await harness.async_wait_for(
+            lambda: sum(per_worker(self.h, "herald_connections", 3).values()) == n, 10, 0.1,
+            f"{n} connections open")
+
+    def assert_refused(self):
+        with self.assertRaises(harness.HandshakeRefused) as cm:
+            harness.RawWS(self.h.port).close()
+        self.assertEqual(cm.exception.status, 429)
+
+    async def test_the_limit_counts_every_worker_and_a_killed_ones_connections_leave(self):
+        h = self.h
+        clients = [self.raw_ws(h) for _ in range(5)]
+        await self.wait_connections(5)
+        # the sixth is refused whichever worker it lands on: go on until each one has refused
+        before = per_worker(h, "herald_rejected_connections_total", 3)
+        for _ in range(10):
+            for _ in range(10):
+                self.assert_refused()
+            after = per_worker(h, "herald_rejected_connections_total", 3)
+            if all(after[w] > before[w] for w in before):
+                break
+        else:
+            self.fail(f"some worker never refused a handshake: {before} -> {after}")
+        # closing one frees a place, on whichever worker
+        clients.pop().close()
+        await self.wait_connections(4)
+        clients.append(self.raw_ws(h))
+        await self.wait_connections(5)
+        self.assert_refused()
+        # a worker killed with connections open: once it is restarted they no longer count
+        workers = children(h.pid)
+        victim = worker_of(h, clients[0], workers)
+        lost = sum(worker_of(h, c, workers) == victim for c in clients)
+        os.kill(victim, 9)
+        await harness.async_wait_for(
+            lambda: len(children(h.pid)) == 3 and victim not in children(h.pid), 15, 0.05,
+            "the supervisor to start a new worker")
+        for _ in range(lost):
+            self.raw_ws(h)
+        await self.wait_connections(5)
+        self.assert_refused()
+        self.assertIn("restarting", h.log_text())
 
 
 class WorkersCannotBindTest(harness.HeraldTestCase):

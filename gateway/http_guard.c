@@ -1,0 +1,136 @@
+#include "http_guard.h"
+#include "herald.h"
+#include "http_api.h"
+#include "http_framing.h"
+#include "iplimit.h"
+#include "log.h"
+
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#define ALLOW_HEADER "allow: GET, POST\r\n"
+
+void http_guard_refuse(struct herald *app, struct lws *wsi, unsigned status, enum errcode code,
+                       const char *why)
+{
+    char body[512], buf[LWS_PRE + 1024];
+    size_t blen = http_error_body(body, sizeof body, code, why);
+    char *p = buf + LWS_PRE;
+    size_t h = http_json_head(p, sizeof buf - LWS_PRE - blen, status, blen, true,
+                              status == 405 ? ALLOW_HEADER : NULL);
+    app->metrics.client_errors[code]++;
+    if (h == 0 || blen == 0)
+        return;
+    memcpy(p + h, body, blen);
+    lws_write(wsi, (unsigned char *)p, h + blen, LWS_WRITE_RAW);
+}
+
+/* Reads the head's framing headers. A Content-Length too long to copy is kept as text that
+ * fails the check, so an oversized header never passes for an absent one. */
+static void read_head(struct lws *wsi, struct http_head *head, char *cl, size_t cap)
+{
+    char *uri = NULL;
+    int uri_len = 0;
+    int m = lws_http_get_uri_and_method(wsi, &uri, &uri_len);
+    head->method = m == LWSHUMETH_GET ? HTTP_GET : m == LWSHUMETH_POST ? HTTP_POST : HTTP_OTHER;
+    head->takes_body = uri && uri_len >= 4 && strncmp(uri, "/v1/", 4) == 0;
+    head->content_length = NULL;
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
+        if (lws_hdr_copy(wsi, cl, (int)cap, WSI_TOKEN_HTTP_CONTENT_LENGTH) < 0)
+            snprintf(cl, cap, "too long");
+        head->content_length = cl;
+    }
+    head->transfer_encoding = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
+    head->max_body = 0;
+}
+
+int http_guard_request(struct herald *app, struct lws *wsi)
+{
+    struct http_head head;
+    struct http_refusal no;
+    char cl[32];
+    uint64_t body;
+    read_head(wsi, &head, cl, sizeof cl);
+    head.max_body = (uint64_t)app->cfg->max_publish_bytes;
+    if (http_framing_check(&head, &body, &no) == 0)
+        return 0;
+    log_debug("http_refused", "%u: %s", no.status, no.why);
+    http_guard_refuse(app, wsi, no.status, no.code, no.why);
+    return -1;
+}
+
+uint64_t http_guard_body_length(struct lws *wsi)
+{
+    char cl[32];
+    uint64_t len = 0;
+    if (lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0)
+        http_content_length(cl, &len);
+    return len;
+}
+
+/* The refusal of an upgrade, counted as a refused handshake. */
+static int refuse_upgrade(struct herald *app, struct lws *wsi, unsigned status,
+                          enum errcode code, const char *why)
+{
+    app->metrics.rejected_connections++;
+    log_debug("handshake_refused", "%u: %s", status, why);
+    http_guard_refuse(app, wsi, status, code, why);
+    return -1;
+}
+
+/* Why a WebSocket handshake may not go on, or NULL; *status and *code go with it. */
+static const char *admission(struct herald *app, struct lws *wsi, unsigned *status,
+                             enum errcode *code)
+{
+    struct http_head head;
+    struct http_refusal no;
+    char cl[32], uri[256] = "", protocols[256] = "", ip[64] = "";
+    uint64_t body;
+    read_head(wsi, &head, cl, sizeof cl);
+    *status = 400;
+    *code = ERR_BAD_REQUEST;
+    if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0) {
+        *status = 404;
+        *code = ERR_NOT_FOUND;
+        return "the WebSocket endpoint is /ws";
+    }
+    if (head.method != HTTP_GET || http_framing_check(&head, &body, &no) < 0)
+        return "a WebSocket handshake is a GET without a body";
+    if (lws_hdr_copy(wsi, protocols, sizeof protocols, WSI_TOKEN_PROTOCOL) < 0 ||
+        !http_subprotocols_ok(protocols))
+        return "unsupported subprotocol: name herald, or none";
+    *status = 503;
+    *code = ERR_UNAVAILABLE;
+    if (app->draining)
+        return "this instance is draining: connect to another one";
+    if (app->metrics.connections >= app->cfg->max_connections)
+        return "connection limit reached";
+    lws_get_peer_simple(wsi, ip, sizeof ip);
+    if (iplimit_full(app->ips, ip, app->cfg->max_connections_per_ip)) {
+        *status = 429;
+        *code = ERR_RATE_LIMITED;
+        return "too many connections from this address";
+    }
+    return NULL;
+}
+
+int http_guard_upgrade(struct herald *app, struct lws *wsi)
+{
+    /* lws has already answered 403 to an Upgrade it does not know and may have released
+     * the headers (CVE-2025-11677): `in` is not read, and an Upgrade header that cannot be
+     * read back as "websocket" only hangs up */
+    char up[16] = "";
+    if (lws_hdr_copy(wsi, up, sizeof up, WSI_TOKEN_UPGRADE) <= 0)
+        return -1;
+    if (strcasecmp(up, "h2c") == 0)
+        return refuse_upgrade(app, wsi, 400, ERR_BAD_REQUEST,
+                              "HTTP/2 is not offered: send HTTP/1.1 without Upgrade: h2c");
+    if (strcasecmp(up, "websocket") != 0)
+        return -1;
+    unsigned status;
+    enum errcode code;
+    const char *why = admission(app, wsi, &status, &code);
+    return why ? refuse_upgrade(app, wsi, status, code, why) : 0;
+}
