@@ -405,7 +405,8 @@ class PsqlSession:
 
     def __init__(self, pg):
         self.p = subprocess.Popen(["psql", "-h", HOST, "-p", str(pg.port), "-U", PG_USER,
-                                   "-d", "herald", "-Atq"], stdin=subprocess.PIPE,
+                                   "-d", "herald", "-Atq", "-v", "ON_ERROR_STOP=1"],
+                                  stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def run(self, sql, marker="ok"):
@@ -415,7 +416,7 @@ class PsqlSession:
         while True:
             line = self.p.stdout.readline()
             if not line:
-                raise AssertionError("psql session ended")
+                raise AssertionError("psql session ended (an error in its SQL?)")
             if line.strip() == marker:
                 return
 
@@ -431,6 +432,13 @@ class PsqlSession:
             if line.strip() == marker:
                 return lines
             lines.append(line.rstrip("\n"))
+
+    def abort(self):
+        """ROLLBACK, ignoring a session that already ended."""
+        try:
+            self.run("ROLLBACK")
+        except (AssertionError, OSError):
+            pass
 
     def close(self):
         try:

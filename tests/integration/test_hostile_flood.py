@@ -211,7 +211,7 @@ class TestHeldFrames(FloodCase):
             committed = True
         finally:
             if not committed:
-                lock.run("ROLLBACK")
+                lock.abort()
         seqs = []
         while len(seqs) < 400:
             m = ws_next_json(w, 30)
@@ -273,7 +273,7 @@ class TestBodyBudget(FloodCase):
         503 unavailable with retry-after: 1 once its body was read and dropped; the two
         finish with 201."""
         ch = self.ch()
-        body = json.dumps({"pad": "b" * 59980}).encode()
+        body = json.dumps({"pad": "b" * 59981}).encode()
         self.assertEqual(len(body), 59992)
         heads = [request_bytes("POST", f"/v1/channels/{ch}/messages",
                                [("Authorization", f"Bearer {API_KEY}"),
@@ -325,7 +325,7 @@ class TestBodyBudget(FloodCase):
         request is answered 201 or 503 unavailable (some must be 503), and only the 201s
         are stored."""
         ch = self.ch()
-        body = json.dumps({"pad": "t" * 3988}).encode()
+        body = json.dumps({"pad": "t" * 3989}).encode()
         self.assertEqual(len(body), 4000)
         conns = [self.conn() for _ in range(40)]
         head = request_bytes("POST", f"/v1/channels/{ch}/messages",
@@ -420,7 +420,7 @@ class TestFullQueues(FloodCase):
             released = True
         finally:
             if not released:
-                lock.run("ROLLBACK")
+                lock.abort()
         replies = {}
         while len(replies) < 10:
             m = ws_next_json(w, 30)
@@ -467,7 +467,7 @@ class TestFullQueues(FloodCase):
             released = True
         finally:
             if not released:
-                lock.run("ROLLBACK")
+                lock.abort()
         statuses = []
         for c in conns:
             r = c.read_response(30)
