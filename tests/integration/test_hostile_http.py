@@ -450,7 +450,9 @@ class TestMethodsAndUpgrades(HttpCase):
         """Upgrade: foo: refused (lws answers 403), closed."""
         r, c = self.exchange(request_bytes("GET", "/healthz", [("Connection", "Upgrade"),
                                                                ("Upgrade", "foo/1")]))
-        self.assert_closed_without_101(r, c)
+        self.assertIsNotNone(r)
+        self.assertEqual(r.status, 403, r)
+        self.assertTrue(c.closed_within(H.CLOSE_WITHIN), "socket left open")
         self.unharmed()
 
 

@@ -69,7 +69,8 @@ class TestHandshakes(WsCase):
         """M2: /ws naming subprotocol http: 400 bad_request, closed; not a connection."""
         r, c = self.shake("/ws?token=" + H.reader_token(), "http")
         self.assert_refusal(r, 400, "bad_request", conn=c)
-        self.assertEqual(self.metric_now("herald_connections"), 1)  # the canary only
+        wait_for(lambda: self.metric_now("herald_connections") == 1, 10,
+                 what="herald_connections == 1 (the canary only)")
         self.unharmed(metrics={"herald_rejected_connections_total": 1})
 
     def test_unknown_subprotocol_is_400(self):
@@ -93,7 +94,8 @@ class TestHandshakes(WsCase):
         w = H.as_ws(c)
         w.send_json({"op": "ping", "id": 7})
         self.assertEqual(ws_next_json(w), {"op": "pong", "id": 7})
-        self.assertEqual(self.metric_now("herald_connections"), 2)
+        wait_for(lambda: self.metric_now("herald_connections") == 2, 10,
+                 what="herald_connections == 2 (the canary and this one)")
         self.unharmed()
 
     def test_wrong_paths_are_404(self):
