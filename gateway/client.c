@@ -115,6 +115,26 @@ void client_send(struct client *c, struct frame *f)
     mark_dirty(c);
 }
 
+bool client_has_room(const struct client *c, size_t len)
+{
+    return c->q.bytes == 0 || c->q.bytes + len <= (size_t)c->app->cfg->client_queue_bytes / 2;
+}
+
+void client_notify_drained(struct client *c)
+{
+    c->drain_wanted = true;
+}
+
+/* After a write: a paused resume goes on once the queue is low enough. */
+static void check_drained(struct client *c)
+{
+    if (c->drain_wanted && !c->close_code &&
+        c->q.bytes <= (size_t)c->app->cfg->client_queue_bytes / 4) {
+        c->drain_wanted = false;
+        hub_client_drained(c->app->hub, c);
+    }
+}
+
 void client_send_text(struct client *c, const char *text, size_t len)
 {
     struct frame *f = frame_from(text, len);
@@ -178,6 +198,8 @@ static const char *close_reason(uint16_t code)
         return "server draining";
     case 1008:
         return "origin not allowed";
+    case 1009:
+        return "message too big";
     case 4001:
         return "unauthorized";
     case 4008:
@@ -187,6 +209,25 @@ static const char *close_reason(uint16_t code)
     default:
         return "closing";
     }
+}
+
+/* The connection ends when the token does (exp + leeway); the client reconnects with a
+ * fresh one. A far-future exp is waited for a day at a time, so that no sum overflows.
+ * Returns false when the token has expired. */
+#define EXPIRY_STEP_S (24 * 3600)
+
+static bool arm_expiry(struct client *c)
+{
+    int64_t now = (int64_t)time(NULL), exp = c->auth->claims.exp;
+    int64_t left = exp > now ? exp - now : 0; /* exp <= INT64_MAX, now >= 0: no overflow */
+    if (left < EXPIRY_STEP_S)
+        left += c->app->cfg->jwt_leeway;
+    else
+        left = EXPIRY_STEP_S;
+    if (left <= 0)
+        return false;
+    lws_set_timer_usecs(c->wsi, left * LWS_US_PER_SEC);
+    return true;
 }
 
 void client_on_established(struct client *c, struct lws *wsi, struct herald *app)
@@ -219,9 +260,17 @@ void client_on_established(struct client *c, struct lws *wsi, struct herald *app
         return;
     }
     *c->auth = p;
-    /* the connection ends when the token does; the client reconnects with a fresh one */
-    int64_t left = p.claims.exp + app->cfg->jwt_leeway - (int64_t)time(NULL);
-    lws_set_timer_usecs(wsi, (left > 0 ? left : 0) * LWS_US_PER_SEC + 1);
+    arm_expiry(c);
+}
+
+void client_on_timer(struct client *c)
+{
+    if (!c->auth)
+        return;
+    if (arm_expiry(c))
+        return;
+    log_debug("token_expired", "closing a connection whose token expired");
+    client_close(c, 4001, true);
 }
 
 /* Token bucket over inbound messages: a message without a token is refused with
@@ -255,6 +304,7 @@ int client_on_writable(struct client *c)
         client_close(c, LWS_CLOSE_STATUS_GOINGAWAY, false);
     if (!outq_empty(&c->q) && write_batch(c) < 0)
         return -1;
+    check_drained(c);
     if (!outq_empty(&c->q)) {
         wait_writable(c);
         return 0;
@@ -287,6 +337,8 @@ static void flush_one(struct client *c)
         outq_clear(&c->q);
         return;
     }
+    if (!lws_partial_buffered(c->wsi))
+        check_drained(c);
     if (!outq_empty(&c->q) || lws_partial_buffered(c->wsi))
         wait_writable(c);
 }
@@ -311,6 +363,11 @@ static void gather(struct client *c, const void *in, size_t len)
         free(c->rx);
         c->rx = NULL;
         c->rx_len = 0;
+        /* lws inflates a compressed message to its end whatever its size, 1 KiB a pass:
+         * one that passes the limit closes the connection (1009), so that a small bomb
+         * cannot keep the loop inflating */
+        if (c->deflate)
+            client_close(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, true);
         return;
     }
     char *p = realloc(c->rx, c->rx_len + len);

@@ -37,6 +37,7 @@ struct client {
     bool rx_too_large;   /* the message being received is over the limit: drop the rest */
     bool rx_binary;
     bool deflate;           /* permessage-deflate agreed in the handshake: send compressed twins */
+    bool drain_wanted;      /* a paused resume waits for the queue to drain (hub_client_drained) */
     char *rx;               /* fragments of a message that came in several pieces */
     void *publishes;        /* publishes waiting for PostgreSQL (protocol.c) */
     struct principal *auth; /* the token's claims; NULL with auth off */
@@ -55,6 +56,14 @@ void client_destroy(struct client *c);
 /* Queues a shared frame. A client whose queue would pass HERALD_CLIENT_QUEUE_BYTES loses its
  * queue and is closed with 4008 (it resumes by `since`). */
 void client_send(struct client *c, struct frame *f);
+
+/* True when a frame of len bytes may be queued now by a replay: the queue is empty (any
+ * message fits an empty queue), or it stays under half of HERALD_CLIENT_QUEUE_BYTES, so
+ * that live messages keep room behind it. */
+bool client_has_room(const struct client *c, size_t len);
+
+/* Asks for hub_client_drained once the queue is down to a quarter of its limit. */
+void client_notify_drained(struct client *c);
 
 /* Queues a frame built for this client only (replies, errors). */
 void client_send_text(struct client *c, const char *text, size_t len);
@@ -78,6 +87,9 @@ void client_flush_dirty(struct herald *app);
 /* LWS_CALLBACK_ESTABLISHED: counts the address, checks the Origin and the token (a refusal
  * closes with 1008 or 4001) and arms the close at the token's exp. */
 void client_on_established(struct client *c, struct lws *wsi, struct herald *app);
+
+/* LWS_CALLBACK_TIMER: the token's expiry; closes with 4001 once it has passed. */
+void client_on_timer(struct client *c);
 
 /* LWS_CALLBACK_RECEIVE: gathers fragments and hands whole messages to the protocol. */
 void client_on_receive(struct client *c, const void *in, size_t len, bool first, bool final,

@@ -156,6 +156,25 @@ static void render_metrics(struct herald *app, FILE *f)
         fprintf(f, "herald_redis_shard_up{shard=\"%d\",server=\"%s:%d\"} %d\n", i, u->host, u->port,
                 bus_shard_ready(app->bus, i) ? 1 : 0);
     }
+    metric(f, "herald_held_bytes", "gauge",
+           "Bytes of sequenced messages held across gaps (HERALD_HOLD_BYTES per channel).",
+           (double)m->held_bytes);
+    metric(f, "herald_hold_overflows_total", "counter",
+           "Sequenced messages past a channel's hold budget, fetched from PostgreSQL instead.",
+           (double)m->hold_overflows);
+    metric(f, "herald_recent_cache_bytes", "gauge",
+           "Bytes of the recent-message caches of all channels (HERALD_RECENT_TOTAL_BYTES).",
+           (double)m->recent_bytes);
+    metric(f, "herald_unverified_envelopes_total", "counter",
+           "Sequenced envelopes from Redis without a valid signature: never delivered.",
+           (double)m->unverified_envelopes);
+    metric(f, "herald_replay_pauses_total", "counter",
+           "Times a resume waited for its client's queue to drain.", (double)m->replay_pauses);
+    metric(f, "herald_http_body_bytes", "gauge",
+           "POST body bytes held now (HERALD_BODY_BUFFER_BYTES).", (double)app->http_body_bytes);
+    metric(f, "herald_db_queued", "gauge",
+           "PostgreSQL queries waiting for a connection (HERALD_DB_QUEUE_MAX).",
+           app->db ? (double)db_queued(app->db) : 0);
     metric(f, "herald_gaps_skipped_total", "counter",
            "Sequenced messages that could not be recovered (pruned or PostgreSQL down).",
            (double)m->gaps_skipped);

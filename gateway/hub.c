@@ -18,8 +18,8 @@
 struct hub {
     struct herald *app;
     struct channel **buckets;
-    uint32_t nbuckets;       /* a power of two */
-    struct channel *holding; /* channels with held frames (hub_holding) */
+    uint32_t nbuckets; /* a power of two */
+    struct seq *seq;   /* ordering, holds, caches and head lookups (sequence.c) */
     size_t count;
     uv_timer_t timer;
     uint64_t last_head_check_ms;
@@ -43,7 +43,10 @@ struct hub *hub_new(struct herald *app)
     hub->app = app;
     hub->nbuckets = 1024;
     hub->buckets = calloc(hub->nbuckets, sizeof *hub->buckets);
-    if (!hub->buckets) {
+    hub->seq = seq_new(hub);
+    if (!hub->buckets || !hub->seq) {
+        free(hub->buckets);
+        seq_free(hub->seq);
         free(hub);
         return NULL;
     }
@@ -96,6 +99,7 @@ void hub_free(struct hub *hub)
         }
     }
     free(hub->buckets);
+    seq_free(hub->seq);
     free(hub);
 }
 
@@ -118,32 +122,9 @@ struct channel *hub_find(const struct hub *hub, const char *name, size_t len)
     return NULL;
 }
 
-struct channel *hub_holding(const struct hub *hub)
+struct seq *hub_seq(const struct hub *hub)
 {
-    return hub->holding;
-}
-
-void hub_holding_add(struct hub *hub, struct channel *ch)
-{
-    if (ch->hold_prev || hub->holding == ch)
-        return;
-    ch->hold_next = hub->holding;
-    if (ch->hold_next)
-        ch->hold_next->hold_prev = ch;
-    hub->holding = ch;
-}
-
-void hub_holding_remove(struct hub *hub, struct channel *ch)
-{
-    if (!ch->hold_prev && hub->holding != ch)
-        return;
-    if (ch->hold_prev)
-        ch->hold_prev->hold_next = ch->hold_next;
-    else
-        hub->holding = ch->hold_next;
-    if (ch->hold_next)
-        ch->hold_next->hold_prev = ch->hold_prev;
-    ch->hold_prev = ch->hold_next = NULL;
+    return hub->seq;
 }
 
 void hub_each(struct hub *hub, void (*fn)(struct hub *hub, struct channel *ch, void *arg),
@@ -231,6 +212,14 @@ static void channel_release(struct hub *hub, struct channel *ch)
     }
     hub_maybe_forget(hub, ch);
     /* SUBSCRIBING / UNSUBSCRIBING: decided when Redis answers */
+}
+
+static bool has_waiter(const struct channel *ch, const struct client *c)
+{
+    for (uint32_t i = 0; i < ch->nwaiters; i++)
+        if (ch->waiters[i].c == c)
+            return true;
+    return false;
 }
 
 static int add_waiter(struct channel *ch, struct client *c, const char *id_json,
@@ -338,6 +327,8 @@ int hub_subscribe(struct hub *hub, struct client *c, const char *name, size_t le
     if (!ch && !(ch = channel_create(hub, name, len)))
         return -1;
     struct member *m = hub_member(ch, c);
+    if (m && has_waiter(ch, c))
+        return HUB_PENDING;
     if (!m && link_member(ch, c) < 0) {
         channel_release(hub, ch);
         return -1;
@@ -452,33 +443,40 @@ static void note_invalid(struct hub *hub, const struct channel *ch, const char *
     hub->invalid_unlogged = 0;
 }
 
-/* One parse per message per process: sequenced envelopes become a frame of their bytes
- * and go through the sequencer; raw payloads are wrapped and delivered at once. */
+/* One parse per message per process: sequenced envelopes go through the sequencer; raw
+ * payloads are wrapped and delivered at once. A payload over HERALD_MAX_PUBLISH_BYTES is
+ * no message any publisher could send: dropped, so that no queue has to take it. */
 void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload, size_t plen)
 {
     struct channel *ch = hub_find(hub, name, len);
     if (!ch || ch->nmembers == 0)
         return;
     hub->app->metrics.redis_messages++;
+    if (plen > (size_t)hub->app->cfg->max_publish_bytes + CONFIG_ENVELOPE_OVERHEAD) {
+        note_invalid(hub, ch, "payload larger than HERALD_MAX_PUBLISH_BYTES");
+        return;
+    }
     struct payload_info info;
     envelope_classify(ch->name, ch->len, payload, plen, &info);
     if (info.kind == PAYLOAD_INVALID) {
         note_invalid(hub, ch, info.error);
         return;
     }
-    struct frame *f;
     if (info.kind == PAYLOAD_SEQUENCED) {
-        f = frame_from(payload, plen);
-        if (f) {
-            f->seq = info.seq;
-            seq_on_live(hub, ch, f);
-        }
-    } else {
-        f = frame_new(envelope_raw_size(ch->len, plen));
-        if (f) {
-            envelope_write_raw((char *)frame_payload(f), ch->name, ch->len, payload, plen);
-            hub_deliver(hub, ch, f);
-        }
+        seq_on_live(hub, ch, payload, plen, info.seq);
+        return;
+    }
+    struct frame *f = frame_new(envelope_raw_size(ch->len, plen));
+    if (f) {
+        envelope_write_raw((char *)frame_payload(f), ch->name, ch->len, payload, plen);
+        hub_deliver(hub, ch, f);
     }
     frame_unref(f);
+}
+
+void hub_client_drained(struct hub *hub, struct client *c)
+{
+    for (int i = c->nsubs - 1; i >= 0; i--)
+        if (i < c->nsubs)
+            seq_client_drained(hub, c->subs[i].ch, c);
 }

@@ -29,7 +29,9 @@ struct resume {
 
 /* Joins c to a channel. The `subscribed` reply (carrying id_json) goes out once Redis has
  * confirmed the channel's subscription and, with history, once the channel's head is known
- * (and, for a resume, after the replay). -1: out of memory. */
+ * (and, for a resume, after the replay). -1: out of memory; HUB_PENDING: c's previous
+ * subscribe to the channel is not answered yet (nothing changed). */
+#define HUB_PENDING (-2)
 int hub_subscribe(struct hub *hub, struct client *c, const char *name, size_t len,
                   const char *id_json, const struct resume *resume);
 
@@ -39,6 +41,9 @@ void hub_stop(struct hub *hub);
 
 /* Removes c from a channel (nothing happens when it is not a member). */
 void hub_unsubscribe(struct hub *hub, struct client *c, const char *name, size_t len);
+
+/* c's send queue drained: its paused resumes go on. */
+void hub_client_drained(struct hub *hub, struct client *c);
 
 /* Removes c from every channel: the connection is closing. */
 void hub_client_gone(struct hub *hub, struct client *c);

@@ -187,6 +187,9 @@ static void warn_about_security(const struct herald_config *cfg)
                  "HERALD_JWT_SECRET is not set: AUTHENTICATION IS OFF, any client "
                  "may subscribe to any channel%s",
                  cfg->api_key[0] ? "" : " and use every /v1 route");
+    if (cfg->jwt_secret[0] && strlen(cfg->jwt_secret) < 32)
+        log_warn("weak_secret", "HERALD_JWT_SECRET is shorter than 32 bytes: an HS256 secret "
+                                "that short can be guessed offline from one token");
     if (cfg->jwt_secret[0] && !cfg->allowed_origins[0])
         log_warn("origins_open", "HERALD_ALLOWED_ORIGINS is not set: any web page may open a "
                                  "WebSocket with a user's token");

@@ -10,6 +10,8 @@ struct metrics {
     /* gauges */
     int64_t connections;
     int64_t subscriptions;
+    int64_t held_bytes;   /* frames held across gaps, all channels */
+    int64_t recent_bytes; /* recent caches, all channels */
     /* counters */
     uint64_t connections_total;
     uint64_t rejected_connections;
@@ -23,6 +25,9 @@ struct metrics {
     uint64_t slow_consumer_closes;
     uint64_t redis_reconnects;
     uint64_t gaps_skipped;
+    uint64_t hold_overflows;       /* frames past HERALD_HOLD_BYTES, left to PostgreSQL */
+    uint64_t unverified_envelopes; /* sequenced envelopes without a valid signature */
+    uint64_t replay_pauses;        /* resumes that waited for their client's queue */
     uint64_t resumes_recovered;
     uint64_t resumes_failed;
     uint64_t auth_failures;

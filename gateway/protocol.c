@@ -68,8 +68,12 @@ static void op_subscribe(struct client *c, const struct request *rq)
         return;
     }
     struct resume resume = {rq->since, rq->epoch};
-    if (hub_subscribe(c->app->hub, c, rq->channel, rq->channel_len, id,
-                      rq->resume ? &resume : NULL) < 0)
+    int rc = hub_subscribe(c->app->hub, c, rq->channel, rq->channel_len, id,
+                           rq->resume ? &resume : NULL);
+    if (rc == HUB_PENDING)
+        client_send_error(c, ERR_BAD_REQUEST, id,
+                          "a subscribe to this channel is already in progress");
+    else if (rc < 0)
         client_send_error(c, ERR_INTERNAL, id, "out of memory");
 }
 

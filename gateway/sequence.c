@@ -1,183 +1,543 @@
 /* Sequenced messages of one channel in one process: delivered in seq order with no gap and
  * no duplicate (gaps are filled from PostgreSQL), the newest kept in a bounded cache, and
- * resumes (`subscribe` with `since`) answered from that cache or from one query shared by
- * every client resuming the channel at the time. */
+ * resumes (`subscribe` with `since`) replayed from that cache or from PostgreSQL, paced by
+ * the client's queue.
+ *
+ * Every memory this keeps is bounded: frames held across a gap (HERALD_HOLD_BYTES per
+ * channel: past it, frames are left to a history query), the recent caches (per channel and
+ * HERALD_RECENT_TOTAL_BYTES in all), a history page (HERALD_PAGE_BYTES). Head lookups of new
+ * channels go out in batches, one batch at a time, whatever the subscribe churn. */
 #include "bus.h"
 #include "channel_state.h"
 #include "client.h"
 #include "db.h"
+#include "envelope.h"
 #include "herald.h"
 #include "hub.h"
 #include "log.h"
 #include "protocol.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define HOLD_MS         100 /* a frame ahead of a gap waits this long for the missing one */
-#define MAX_HELD        4096
-#define MAX_ATTEMPTS    3
-#define HEAD_ONLY       UINT64_C(9223372036854775807)
-#define HEADS_PER_QUERY HISTORY_HEADS_MAX
+#define HOLD_MS      100  /* a frame ahead of a gap waits this long for the missing one */
+#define MAX_ATTEMPTS 3    /* history queries for a resume that make no progress */
+#define PAGE_ROWS    1000 /* rows of one history query (bytes: HERALD_PAGE_BYTES) */
 
-struct fetch {
+/* A list of channels through one of their seq_link fields (off: its offset). */
+struct chan_list {
+    struct channel *first, *last;
+    size_t n;
+};
+
+struct seq {
     struct hub *hub;
+    struct herald *app;
+    struct chan_list holding; /* channels with held frames or an open hint */
+    struct chan_list heads;   /* channels waiting for a head lookup */
+    bool heads_in_flight;
+    struct chan_list lru; /* channels with a recent cache, most recently grown first */
+    size_t recent_bytes;  /* of every recent cache */
+};
+
+/* A history query for one channel. */
+struct fetch {
+    struct seq *s;
     struct channel *ch;
     uint64_t since;
     struct history_request r;
 };
 
-/* A head check in flight. */
+/* A head lookup for a batch of channels (new ones, or the periodic check), by name: a
+ * channel may go and come back while it is in flight. */
 struct heads_query {
-    struct hub *hub;
+    struct seq *s;
+    bool check; /* the periodic check, not a first lookup */
+    size_t n;
+    char **names;
     struct history_request r;
 };
 
-static bool history_on(const struct hub *hub)
+/* ------------------------------------------------------------------------------------------
+ * Lists */
+
+#define HOLDING offsetof(struct channel, holding)
+#define HEADS   offsetof(struct channel, heads)
+#define LRU     offsetof(struct channel, lru)
+
+static struct seq_link *link_of(struct channel *ch, size_t off)
 {
-    return hub_app(hub)->db != NULL;
+    return (struct seq_link *)(void *)((char *)ch + off);
 }
 
-static uint64_t recent_first(const struct channel *ch)
+static void list_remove(struct chan_list *l, struct channel *ch, size_t off)
+{
+    struct seq_link *k = link_of(ch, off);
+    if (!k->linked)
+        return;
+    if (k->prev)
+        link_of(k->prev, off)->next = k->next;
+    else
+        l->first = k->next;
+    if (k->next)
+        link_of(k->next, off)->prev = k->prev;
+    else
+        l->last = k->prev;
+    *k = (struct seq_link){NULL, NULL, false};
+    l->n--;
+}
+
+static void list_push_front(struct chan_list *l, struct channel *ch, size_t off)
+{
+    struct seq_link *k = link_of(ch, off);
+    if (k->linked)
+        list_remove(l, ch, off);
+    *k = (struct seq_link){NULL, l->first, true};
+    if (l->first)
+        link_of(l->first, off)->prev = ch;
+    else
+        l->last = ch;
+    l->first = ch;
+    l->n++;
+}
+
+struct seq *seq_new(struct hub *hub)
+{
+    struct seq *s = calloc(1, sizeof *s);
+    if (s) {
+        s->hub = hub;
+        s->app = hub_app(hub);
+    }
+    return s;
+}
+
+void seq_free(struct seq *s)
+{
+    free(s);
+}
+
+static bool history_on(const struct seq *s)
+{
+    return s->app->db != NULL;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The recent cache: a contiguous run of the newest delivered frames */
+
+static uint64_t cache_first(const struct channel *ch)
 {
     return ch->recent.count ? outq_peek(&ch->recent)->seq : 0;
 }
 
-/* Drops the oldest cached frames past the byte budget. */
-static void recent_trim(struct hub *hub, struct channel *ch)
+static uint64_t cache_last(const struct channel *ch)
 {
-    size_t budget = (size_t)hub_app(hub)->cfg->recent_bytes;
+    return ch->recent.count ? outq_at(&ch->recent, ch->recent.count - 1)->seq : 0;
+}
+
+static void cache_account(struct seq *s, struct channel *ch, size_t before)
+{
+    s->recent_bytes = s->recent_bytes + ch->recent.bytes - before;
+    s->app->metrics.recent_bytes = (int64_t)s->recent_bytes;
+    if (!ch->recent.count)
+        list_remove(&s->lru, ch, LRU);
+}
+
+static void cache_clear(struct seq *s, struct channel *ch)
+{
+    size_t before = ch->recent.bytes;
+    outq_clear(&ch->recent);
+    cache_account(s, ch, before);
+}
+
+static void cache_push(struct seq *s, struct channel *ch, struct frame *f)
+{
+    if (ch->recent.count && cache_last(ch) + 1 != f->seq)
+        cache_clear(s, ch); /* the cache only ever holds a contiguous run */
+    size_t before = ch->recent.bytes;
+    if (outq_push(&ch->recent, f) == 0)
+        list_push_front(&s->lru, ch, LRU);
+    cache_account(s, ch, before);
+}
+
+/* Puts fetched rows older than the cache in front of it, newest first, while they join. */
+static void cache_prepend(struct seq *s, struct channel *ch, struct frame **rows, size_t n)
+{
+    size_t before = ch->recent.bytes;
+    for (size_t i = n; i-- > 0;) {
+        uint64_t first = cache_first(ch);
+        if (rows[i]->seq > ch->last_seq || (first && rows[i]->seq + 1 != first))
+            continue;
+        if (!first && rows[i]->seq != ch->last_seq)
+            continue;
+        if (outq_push_front(&ch->recent, rows[i]) == 0 && !ch->lru.linked)
+            list_push_front(&s->lru, ch, LRU);
+    }
+    cache_account(s, ch, before);
+}
+
+/* The channel's own budget first, then the total: the least recently grown caches give
+ * way, oldest frames first. */
+static void cache_trim(struct seq *s, struct channel *ch)
+{
+    size_t budget = (size_t)s->app->cfg->recent_bytes;
+    size_t before = ch->recent.bytes;
     while (ch->recent.count && ch->recent.bytes > budget)
         outq_pop(&ch->recent);
+    cache_account(s, ch, before);
+    size_t total = (size_t)s->app->cfg->recent_total_bytes;
+    while (s->recent_bytes > total && s->lru.last) {
+        struct channel *old = s->lru.last;
+        before = old->recent.bytes;
+        outq_pop(&old->recent);
+        cache_account(s, old, before);
+    }
 }
+
+/* The cached frame with this seq, or NULL. */
+static struct frame *cache_find(const struct channel *ch, uint64_t seq)
+{
+    uint64_t first = cache_first(ch);
+    if (!first || seq < first || seq > cache_last(ch))
+        return NULL;
+    return outq_at(&ch->recent, (uint32_t)(seq - first));
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Live delivery, holds and hints */
 
 /* Delivers the next frame in order and remembers it. */
-static void advance(struct hub *hub, struct channel *ch, struct frame *f)
+static void advance(struct seq *s, struct channel *ch, struct frame *f)
 {
-    if (history_on(hub)) { /* without history nothing can be resumed from the cache */
-        if (ch->recent.count && outq_at(&ch->recent, ch->recent.count - 1)->seq + 1 != f->seq)
-            outq_clear(&ch->recent); /* the cache only ever holds a contiguous run */
-        outq_push(&ch->recent, f);
-    }
+    cache_push(s, ch, f);
     ch->last_seq = f->seq;
-    hub_deliver(hub, ch, f);
+    hub_deliver(s->hub, ch, f);
 }
 
-static void hold(struct hub *hub, struct channel *ch, struct frame *f, uint64_t now)
+/* The channel has something to wait for (held frames, a hint): the tick looks at it. */
+static void start_holding(struct seq *s, struct channel *ch, uint64_t now)
 {
-    uint32_t i = 0;
-    while (i < ch->nheld && ch->held[i]->seq < f->seq)
-        i++;
-    if (i < ch->nheld && ch->held[i]->seq == f->seq)
-        return; /* already held */
-    struct frame **h = realloc(ch->held, (ch->nheld + 1) * sizeof *h);
-    if (!h)
+    if (ch->holding.linked)
         return;
-    ch->held = h;
-    memmove(h + i + 1, h + i, (ch->nheld - i) * sizeof *h);
-    h[i] = frame_ref(f);
-    if (ch->nheld++ == 0) {
-        ch->held_since_ms = now;
-        hub_holding_add(hub, ch);
+    ch->held_since_ms = now;
+    list_push_front(&s->holding, ch, HOLDING);
+}
+
+static void stop_holding_if_done(struct seq *s, struct channel *ch)
+{
+    if (ch->nheld == 0 && ch->hint_seq <= ch->last_seq)
+        list_remove(&s->holding, ch, HOLDING);
+}
+
+/* Redis announced seq but this process could not take it: PostgreSQL is asked (after
+ * HOLD_MS, or sooner when the head is learnt) whether it exists. */
+static void hint(struct seq *s, struct channel *ch, uint64_t seq)
+{
+    if (seq > ch->hint_seq)
+        ch->hint_seq = seq;
+    if (ch->hint_seq > ch->last_seq)
+        start_holding(s, ch, herald_now_ms(s->app));
+}
+
+static void held_account(struct seq *s, ptrdiff_t delta, struct channel *ch)
+{
+    ch->held_bytes = (size_t)((ptrdiff_t)ch->held_bytes + delta);
+    s->app->metrics.held_bytes += delta;
+}
+
+/* Keeps f until the frames before it come. Frames mostly arrive in order, so the usual
+ * insert is an append; past the channel's budget the frame is left to PostgreSQL, which has
+ * it (a sequenced message is stored before it is published). */
+static void hold(struct seq *s, struct channel *ch, struct frame *f)
+{
+    if (ch->held_bytes + f->len > (size_t)s->app->cfg->hold_bytes) {
+        s->app->metrics.hold_overflows++;
+        hint(s, ch, f->seq);
+        return;
     }
+    uint32_t i = ch->nheld;
+    if (i && ch->held[i - 1]->seq >= f->seq) { /* out of order: find its place */
+        uint32_t lo = 0, hi = ch->nheld;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (ch->held[mid]->seq < f->seq)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < ch->nheld && ch->held[lo]->seq == f->seq)
+            return; /* already held */
+        i = lo;
+    }
+    if (ch->nheld == ch->heldcap) {
+        uint32_t cap = ch->heldcap ? ch->heldcap * 2 : 8;
+        struct frame **h = realloc(ch->held, cap * sizeof *h);
+        if (!h) {
+            hint(s, ch, f->seq);
+            return;
+        }
+        ch->held = h;
+        ch->heldcap = cap;
+    }
+    memmove(ch->held + i + 1, ch->held + i, (ch->nheld - i) * sizeof *ch->held);
+    ch->held[i] = frame_ref(f);
+    ch->nheld++;
+    held_account(s, (ptrdiff_t)f->len, ch);
+    start_holding(s, ch, herald_now_ms(s->app));
 }
 
 /* Delivers held frames that are next in line; with skip_gap, also those past a gap that
  * PostgreSQL could not fill (pruned, or PostgreSQL down): live delivery goes on. */
-static void drain_held(struct hub *hub, struct channel *ch, bool skip_gap)
+static void drain_held(struct seq *s, struct channel *ch, bool skip_gap)
 {
     uint32_t i = 0;
     for (; i < ch->nheld; i++) {
         struct frame *f = ch->held[i];
-        if (f->seq <= ch->last_seq) {
-            frame_unref(f);
-            continue;
-        }
-        if (f->seq != ch->last_seq + 1 && !skip_gap)
+        if (f->seq > ch->last_seq + 1 && !skip_gap)
             break;
-        if (f->seq != ch->last_seq + 1) {
-            hub_app(hub)->metrics.gaps_skipped++;
+        if (f->seq > ch->last_seq + 1) {
+            s->app->metrics.gaps_skipped++;
             log_warn("gap_skipped", "channel %s: seq %llu..%llu could not be recovered", ch->name,
                      (unsigned long long)ch->last_seq + 1, (unsigned long long)f->seq - 1);
         }
-        advance(hub, ch, f);
+        if (f->seq > ch->last_seq)
+            advance(s, ch, f);
+        held_account(s, -(ptrdiff_t)f->len, ch);
         frame_unref(f);
     }
-    if (i == 0)
-        return;
-    memmove(ch->held, ch->held + i, (ch->nheld - i) * sizeof *ch->held);
-    ch->nheld -= i;
-    if (ch->nheld)
-        ch->held_since_ms = herald_now_ms(hub_app(hub));
-    else
-        hub_holding_remove(hub, ch);
+    if (i) {
+        memmove(ch->held, ch->held + i, (ch->nheld - i) * sizeof *ch->held);
+        ch->nheld -= i;
+        ch->held_since_ms = herald_now_ms(s->app);
+    }
+    if (skip_gap)
+        ch->hint_seq = 0; /* PostgreSQL had nothing more to say */
+    stop_holding_if_done(s, ch);
 }
+
+/* Whether a sequenced payload is what PostgreSQL stored; *len is then the length of the
+ * envelope inside it. */
+static bool authentic(const struct seq *s, const struct channel *ch, const char *payload,
+                      size_t *len)
+{
+    (void)s;
+    (void)ch;
+    (void)payload;
+    (void)len;
+    return true;
+}
+
+void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_t len,
+                 uint64_t seq)
+{
+    struct seq *s = hub_seq(hub);
+    struct herald *app = s->app;
+    if (!history_on(s)) { /* no positions to keep: forwarded as it came */
+        struct frame *f = frame_from(payload, len);
+        if (f)
+            hub_deliver(hub, ch, f);
+        frame_unref(f);
+        return;
+    }
+    if (seq <= ch->last_seq && ch->baseline) {
+        app->metrics.duplicates_dropped++;
+        return;
+    }
+    size_t envelope_len = len;
+    if (!ch->baseline || !authentic(s, ch, payload, &envelope_len)) {
+        if (ch->baseline)
+            app->metrics.unverified_envelopes++;
+        hint(s, ch, seq);
+        return;
+    }
+    struct frame *f = frame_from(payload, envelope_len);
+    if (!f)
+        return;
+    f->seq = seq;
+    if (seq == ch->last_seq + 1) {
+        advance(s, ch, f);
+        drain_held(s, ch, false);
+        cache_trim(s, ch);
+    } else {
+        hold(s, ch, f);
+    }
+    frame_unref(f);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * History queries */
 
 static void on_fetch(void *arg, const struct history_page *page, const char *err);
 
 /* PostgreSQL could not answer: live delivery goes on past the gap, resumes that need the
- * history are refused (history_unavailable), a channel without a head serves live only. */
-static void fetch_failed(struct hub *hub, struct channel *ch)
+ * history are refused (history_unavailable). */
+static void fetch_failed(struct seq *s, struct channel *ch)
 {
-    if (!ch->baseline)
-        ch->head_failed = true;
-    drain_held(hub, ch, true);
+    drain_held(s, ch, true);
     for (uint32_t i = 0; i < ch->nwaiters; i++)
         if (ch->waiters[i].resume)
             ch->waiters[i].attempts = MAX_ATTEMPTS;
 }
 
 /* One history query for the channel at a time: resumers and gap repair share it. */
-static void start_fetch(struct hub *hub, struct channel *ch, uint64_t since, long limit)
+static void start_fetch(struct seq *s, struct channel *ch, uint64_t since)
 {
-    struct herald *app = hub_app(hub);
     if (ch->fetching)
         return;
     struct fetch *ft = malloc(sizeof *ft);
-    if (ft) {
-        ft->hub = hub;
-        ft->ch = ch;
-        ft->since = since;
-        ch->fetching = true;
-        ch->queries++;
-        history_fetch(app, &ft->r, ch->name, since, limit, (size_t)app->cfg->page_bytes,
-                      on_fetch, ft);
+    if (!ft) {
+        fetch_failed(s, ch);
         return;
     }
-    fetch_failed(hub, ch);
-    seq_progress(hub, ch); /* answers what waited for this query; starts none again */
+    *ft = (struct fetch){.s = s, .ch = ch, .since = since};
+    ch->fetching = true;
+    ch->queries++;
+    history_fetch(s->app, &ft->r, ch->name, since, PAGE_ROWS, (size_t)s->app->cfg->page_bytes,
+                  on_fetch, ft);
 }
 
-static void fill_gap(struct hub *hub, struct channel *ch)
+static void fill_gap(struct seq *s, struct channel *ch)
 {
-    start_fetch(hub, ch, ch->last_seq, hub_app(hub)->cfg->replay_max + 1);
+    start_fetch(s, ch, ch->last_seq);
 }
 
-void seq_on_live(struct hub *hub, struct channel *ch, struct frame *f)
+/* ------------------------------------------------------------------------------------------
+ * Head lookups of new channels, in batches */
+
+static void send_heads(struct seq *s);
+
+/* The channel's head is known (or known to be missing): where its stream starts. */
+static void set_baseline(struct seq *s, struct channel *ch, uint64_t head, const char *epoch,
+                         uint64_t first_kept)
 {
-    struct herald *app = hub_app(hub);
-    if (f->seq <= ch->last_seq) {
-        app->metrics.duplicates_dropped++;
-        return;
-    }
-    if (history_on(hub) && !ch->baseline && !ch->head_failed) {
-        hold(hub, ch, f, herald_now_ms(app)); /* the head query decides where the stream starts */
-        return;
-    }
-    if (f->seq == ch->last_seq + 1 || !history_on(hub) || ch->head_failed) {
-        advance(hub, ch, f);
-        drain_held(hub, ch, false);
-        recent_trim(hub, ch);
-        return;
-    }
-    hold(hub, ch, f, herald_now_ms(app));
-    if (ch->nheld >= MAX_HELD)
-        fill_gap(hub, ch);
+    list_remove(&s->heads, ch, HEADS);
+    ch->baseline = true;
+    ch->last_seq = head;
+    snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
+    ch->first_kept = first_kept;
+    for (uint32_t i = 0; i < ch->nmembers; i++)
+        if (ch->members[i].last_seq < head)
+            ch->members[i].last_seq = head;
+    if (ch->hint_seq > head) /* announced while the head was unknown */
+        fill_gap(s, ch);
 }
+
+static void free_heads_query(struct heads_query *q)
+{
+    for (size_t i = 0; i < q->n; i++)
+        free(q->names[i]);
+    free(q->names);
+    free(q);
+}
+
+static void on_new_heads(struct seq *s, struct heads_query *q, const struct history_head *heads,
+                         size_t n, const char *err)
+{
+    for (size_t i = 0; !err && i < n; i++) {
+        struct channel *ch = hub_find(s->hub, heads[i].name, strlen(heads[i].name));
+        if (ch && !ch->baseline)
+            set_baseline(s, ch, heads[i].head, heads[i].epoch, heads[i].first_kept);
+    }
+    for (size_t i = 0; i < q->n; i++) {
+        struct channel *ch = hub_find(s->hub, q->names[i], strlen(q->names[i]));
+        if (!ch)
+            continue;
+        if (!ch->baseline && err) {
+            ch->head_failed = true; /* live only; the tick asks again */
+            list_remove(&s->heads, ch, HEADS);
+        } else if (!ch->baseline) {
+            set_baseline(s, ch, 0, "", 0); /* nothing was ever published */
+        }
+        seq_progress(s->hub, ch);
+        hub_maybe_forget(s->hub, ch);
+    }
+}
+
+static void on_check_heads(struct seq *s, const struct history_head *heads, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct channel *ch = hub_find(s->hub, heads[i].name, strlen(heads[i].name));
+        if (ch && ch->baseline && !ch->fetching && ch->redis == R_ACTIVE &&
+            (heads[i].head > ch->last_seq || strcmp(heads[i].epoch, ch->epoch) != 0))
+            fill_gap(s, ch); /* a PUBLISH that never came: deliver from PostgreSQL */
+    }
+}
+
+static void on_heads(void *arg, const struct history_head *heads, size_t n, const char *err)
+{
+    struct heads_query *q = arg;
+    struct seq *s = q->s;
+    if (q->check) {
+        if (!err) /* PostgreSQL down: the next check tries again */
+            on_check_heads(s, heads, n);
+    } else {
+        s->heads_in_flight = false;
+        on_new_heads(s, q, heads, n, err);
+        send_heads(s);
+    }
+    free_heads_query(q);
+}
+
+/* New channels whose lookup could not even be sent: as if PostgreSQL had failed. */
+static void heads_failed(struct seq *s, struct channel **chs, size_t n)
+{
+    s->heads_in_flight = false;
+    for (size_t i = 0; i < n; i++) {
+        chs[i]->head_failed = true;
+        seq_progress(s->hub, chs[i]);
+    }
+}
+
+/* Looks up the heads of the given channels: new ones (one batch in flight at a time) or,
+ * with check, the periodic comparison. */
+static void query_heads(struct seq *s, struct channel **chs, size_t n, bool check)
+{
+    struct heads_query *q = calloc(1, sizeof *q);
+    char **names = q ? calloc(n, sizeof *names) : NULL;
+    if (!names) {
+        free(q);
+        if (!check)
+            heads_failed(s, chs, n);
+        return;
+    }
+    *q = (struct heads_query){.s = s, .check = check, .names = names};
+    for (size_t i = 0; i < n; i++)
+        if ((names[q->n] = strdup(chs[i]->name)))
+            q->n++;
+    if (!check)
+        s->heads_in_flight = true;
+    history_heads(s->app, &q->r, (const char *const *)q->names, q->n, on_heads, q);
+}
+
+/* Sends the next batch of waiting head lookups unless one is in flight. */
+static void send_heads(struct seq *s)
+{
+    if (s->heads_in_flight || !s->heads.first)
+        return;
+    struct channel *batch[HISTORY_HEADS_MAX];
+    size_t n = 0;
+    while (s->heads.first && n < HISTORY_HEADS_MAX) {
+        struct channel *ch = s->heads.first;
+        list_remove(&s->heads, ch, HEADS);
+        batch[n++] = ch;
+    }
+    query_heads(s, batch, n, false);
+}
+
+static void want_head(struct seq *s, struct channel *ch)
+{
+    if (ch->heads.linked)
+        return;
+    list_push_front(&s->heads, ch, HEADS);
+    send_heads(s);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Subscribe replies and resumes */
 
 /* {"op":"subscribed",...} for a waiter, and the member starts getting live messages. */
 static void answer(struct channel *ch, struct waiter *w, bool resumed, bool recovered,
-                   uint64_t replayed, const char *code)
+                   const char *code)
 {
     struct member *m = hub_member(ch, w->c);
     if (resumed && recovered)
@@ -190,265 +550,291 @@ static void answer(struct channel *ch, struct waiter *w, bool resumed, bool reco
             m->last_seq = ch->last_seq;
     }
     struct subscribed_reply r = {.seq = ch->last_seq,
-                                 .epoch = ch->baseline ? ch->epoch : NULL,
+                                 .epoch = ch->baseline && ch->epoch[0] ? ch->epoch : NULL,
                                  .resumed = resumed,
                                  .recovered = recovered,
-                                 .replayed = replayed,
+                                 .replayed = w->replayed,
                                  .code = code};
     reply_subscribed(w->c, ch->name, &r, w->id_json);
 }
 
-/* Sends the cached frames after since, then the `subscribed` reply. */
-static void replay(struct channel *ch, struct waiter *w)
+/* Why a resume cannot be served at all, or NULL. */
+static const char *resume_refusal(const struct seq *s, const struct channel *ch,
+                                  const struct waiter *w)
 {
-    struct member *m = hub_member(ch, w->c);
-    uint64_t n = 0;
-    for (uint32_t i = 0; i < ch->recent.count; i++) {
-        struct frame *f = outq_at(&ch->recent, i);
-        if (f->seq <= w->since)
-            continue;
-        client_send(w->c, f);
-        n++;
-    }
-    if (m)
-        m->last_seq = ch->last_seq;
-    answer(ch, w, true, true, n, NULL);
+    if (!history_on(s) || !ch->baseline)
+        return "history_unavailable";
+    if ((w->epoch[0] && strcmp(w->epoch, ch->epoch) != 0) || w->since > ch->last_seq)
+        return "history_reset";
+    if (ch->last_seq - w->since > (uint64_t)s->app->cfg->replay_max)
+        return "history_expired";
+    return NULL;
 }
 
-enum outcome { ANSWERED, NEEDS_QUERY };
-
-/* A resume is all or nothing: replayed whole from the cache, or refused with a code. */
-static enum outcome try_resume(struct hub *hub, struct channel *ch, struct waiter *w)
+/* The frame after w->since, from the page being answered or the cache. */
+static struct frame *next_frame(const struct channel *ch, const struct waiter *w)
 {
-    const struct herald *app = hub_app(hub);
-    const char *code = NULL;
-    uint64_t first = recent_first(ch);
-    if (!history_on(hub) || !ch->baseline)
-        code = "history_unavailable";
-    else if (w->epoch[0] && strcmp(w->epoch, ch->epoch) != 0)
-        code = "history_reset";
-    else if (w->since > ch->last_seq)
-        code = "history_reset";
-    else if (ch->last_seq - w->since > (uint64_t)app->cfg->replay_max)
-        code = "history_expired";
-    else if (w->since < ch->last_seq && !(first && first <= w->since + 1)) {
-        if (ch->first_kept && w->since + 1 < ch->first_kept)
-            code = "history_expired";
-        else if (w->attempts >= MAX_ATTEMPTS || !db_up(app->db))
-            code = "history_unavailable";
-        else
-            return NEEDS_QUERY;
+    uint64_t want = w->since + 1;
+    if (ch->npage && want >= ch->page[0]->seq && want <= ch->page[ch->npage - 1]->seq) {
+        struct frame *f = ch->page[want - ch->page[0]->seq];
+        if (f->seq == want)
+            return f;
     }
-    if (code)
-        answer(ch, w, true, false, 0, code);
-    else
-        replay(ch, w);
-    return ANSWERED;
+    return cache_find(ch, want);
+}
+
+enum step { STEP_DONE, STEP_PAUSED, STEP_FETCH };
+
+/* Sends a resume's next frames while the client's queue has room; answers it once it has
+ * caught up with the channel. */
+static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w)
+{
+    const char *code = NULL;
+    if (!w->checked && (code = resume_refusal(s, ch, w))) {
+        answer(ch, w, true, false, code);
+        return STEP_DONE;
+    }
+    w->checked = true;
+    struct member *m = hub_member(ch, w->c);
+    struct frame *f;
+    while (w->since < ch->last_seq && (f = next_frame(ch, w))) {
+        if (!client_has_room(w->c, f->len)) {
+            w->paused = true;
+            s->app->metrics.replay_pauses++;
+            client_notify_drained(w->c);
+            return STEP_PAUSED;
+        }
+        client_send(w->c, f);
+        w->since = f->seq;
+        w->replayed++;
+        w->attempts = 0;
+        if (m)
+            m->last_seq = f->seq;
+    }
+    if (w->since >= ch->last_seq) {
+        answer(ch, w, true, true, NULL);
+        return STEP_DONE;
+    }
+    /* the frames after since are neither in the cache nor in the page */
+    if (ch->last_seq - w->since > (uint64_t)s->app->cfg->replay_max ||
+        (ch->first_kept && w->since + 1 < ch->first_kept))
+        code = "history_expired";
+    else if (w->attempts >= MAX_ATTEMPTS || !db_up(s->app->db))
+        code = "history_unavailable";
+    if (code) {
+        answer(ch, w, true, false, code);
+        return STEP_DONE;
+    }
+    return STEP_FETCH;
 }
 
 void seq_progress(struct hub *hub, struct channel *ch)
 {
+    struct seq *s = hub_seq(hub);
     if (ch->redis != R_ACTIVE)
         return;
-    if (history_on(hub) && !ch->baseline && !ch->head_failed) {
-        start_fetch(hub, ch, HEAD_ONLY, 0);
+    if (history_on(s) && !ch->baseline && !ch->head_failed) {
+        want_head(s, ch);
         return;
     }
     uint64_t need = UINT64_MAX;
     uint32_t j = 0;
     for (uint32_t i = 0; i < ch->nwaiters; i++) {
         struct waiter *w = &ch->waiters[i];
-        if (w->resume && !ch->fetching && try_resume(hub, ch, w) == NEEDS_QUERY) {
-            need = w->since < need ? w->since : need;
-            w->attempts++;
-            ch->waiters[j++] = *w;
-            continue;
-        }
-        if (w->resume && ch->fetching) {
-            ch->waiters[j++] = *w; /* answered when the query in flight returns */
-            continue;
-        }
+        enum step step = STEP_DONE;
         if (!w->resume)
-            answer(ch, w, false, false, 0, NULL);
-        free(w->id_json);
+            answer(ch, w, false, false, NULL);
+        else if (w->paused)
+            step = STEP_PAUSED;
+        else
+            step = resume_step(s, ch, w);
+        if (step == STEP_DONE) {
+            free(w->id_json);
+            continue;
+        }
+        if (step == STEP_FETCH && w->since < need)
+            need = w->since;
+        ch->waiters[j++] = *w;
     }
     ch->nwaiters = j;
-    if (need != UINT64_MAX)
-        start_fetch(hub, ch, need, hub_app(hub)->cfg->replay_max + 1);
+    if (need != UINT64_MAX && !ch->fetching) {
+        for (uint32_t i = 0; i < ch->nwaiters; i++)
+            if (ch->waiters[i].resume && !ch->waiters[i].paused)
+                ch->waiters[i].attempts++;
+        start_fetch(s, ch, need);
+    }
+}
+
+void seq_client_drained(struct hub *hub, struct channel *ch, struct client *c)
+{
+    bool any = false;
+    for (uint32_t i = 0; i < ch->nwaiters; i++)
+        if (ch->waiters[i].c == c && ch->waiters[i].paused) {
+            ch->waiters[i].paused = false;
+            any = true;
+        }
+    if (any) {
+        seq_progress(hub, ch);
+        cache_trim(hub_seq(hub), ch);
+    }
 }
 
 void seq_on_active(struct hub *hub, struct channel *ch)
 {
     /* after a Redis reconnect, catch up on what was published while it was down */
     if (ch->baseline)
-        fill_gap(hub, ch);
+        fill_gap(hub_seq(hub), ch);
     seq_progress(hub, ch);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * A page of history comes back */
+
 /* The history was lost and started again: the stream restarts from the new head. */
-static void reset_epoch(struct channel *ch, const struct history_page *page)
+static void reset_epoch(struct seq *s, struct channel *ch, const struct history_page *page)
 {
     log_warn("history_reset", "channel %s: epoch %s -> %s, head %llu", ch->name, ch->epoch,
              page->epoch, (unsigned long long)page->head);
-    outq_clear(&ch->recent);
+    cache_clear(s, ch);
     ch->last_seq = page->head;
     for (uint32_t i = 0; i < ch->nmembers; i++)
         ch->members[i].last_seq = page->head;
 }
 
-/* Puts fetched rows older than the cache in front of it, newest first, while they join. */
-static void prepend_rows(struct channel *ch, struct frame **rows, size_t n)
+/* The rows as shared frames; n is how many could be made. */
+static struct frame **page_frames(const struct history_page *page, size_t *n)
 {
-    for (size_t i = n; i-- > 0;) {
-        uint64_t first = recent_first(ch);
-        if (rows[i]->seq > ch->last_seq || (first && rows[i]->seq + 1 != first))
-            continue;
-        if (!first && rows[i]->seq != ch->last_seq)
-            continue;
-        outq_push_front(&ch->recent, rows[i]);
-    }
-}
-
-static void apply_page(struct hub *hub, struct channel *ch, uint64_t since,
-                       const struct history_page *page)
-{
-    if (ch->baseline && page->exists && ch->epoch[0] && strcmp(ch->epoch, page->epoch) != 0)
-        reset_epoch(ch, page);
-    snprintf(ch->epoch, sizeof ch->epoch, "%s", page->epoch);
-    ch->first_kept = page->first_kept;
-    if (!ch->baseline) {
-        ch->baseline = true;
-        ch->last_seq = page->head;
-        for (uint32_t i = 0; i < ch->nmembers; i++)
-            if (ch->members[i].last_seq < page->head)
-                ch->members[i].last_seq = page->head;
-    }
+    *n = 0;
     struct frame **rows = page->n ? calloc(page->n, sizeof *rows) : NULL;
-    size_t n = 0;
     for (size_t i = 0; rows && i < page->n; i++) {
         struct frame *f = frame_from(page->rows[i].envelope, page->rows[i].len);
         if (!f)
             break;
         f->seq = page->rows[i].seq;
-        rows[n++] = f;
+        rows[(*n)++] = f;
     }
-    prepend_rows(ch, rows, n);
+    return rows;
+}
+
+static void apply_page(struct seq *s, struct channel *ch, const struct history_page *page)
+{
+    if (ch->baseline && page->exists && ch->epoch[0] && strcmp(ch->epoch, page->epoch) != 0)
+        reset_epoch(s, ch, page);
+    if (page->exists)
+        snprintf(ch->epoch, sizeof ch->epoch, "%s", page->epoch);
+    ch->first_kept = page->first_kept;
+    size_t n;
+    struct frame **rows = page_frames(page, &n);
     for (size_t i = 0; i < n; i++) {
         if (rows[i]->seq <= ch->last_seq)
             continue;
         if (rows[i]->seq != ch->last_seq + 1)
-            hub_app(hub)->metrics.gaps_skipped++; /* pruned before it could be delivered */
-        advance(hub, ch, rows[i]); /* gap repair: live members get what they missed */
+            s->app->metrics.gaps_skipped++; /* pruned before it could be delivered */
+        advance(s, ch, rows[i]); /* gap repair: live members get what they missed */
     }
+    /* resumes take what they need from the page itself: it may not join the cache */
+    ch->page = rows;
+    ch->npage = n;
+    seq_progress(s->hub, ch);
+    ch->page = NULL;
+    ch->npage = 0;
+    cache_prepend(s, ch, rows, n);
     for (size_t i = 0; i < n; i++)
         frame_unref(rows[i]);
     free(rows);
-    /* a complete answer that still leaves a hole before the held frames: nobody has it */
-    bool complete = page->n < (size_t)hub_app(hub)->cfg->replay_max + 1;
-    drain_held(hub, ch, complete && since != HEAD_ONLY);
+    if (page->cut && (ch->nheld || ch->hint_seq > ch->last_seq))
+        fill_gap(s, ch); /* more to come before the held frames: the next page */
+    else
+        drain_held(s, ch, true); /* what PostgreSQL does not have, nobody has */
 }
 
 static void on_fetch(void *arg, const struct history_page *page, const char *err)
 {
     struct fetch *ft = arg;
-    struct hub *hub = ft->hub;
+    struct seq *s = ft->s;
     struct channel *ch = ft->ch;
-    uint64_t since = ft->since;
     free(ft);
     ch->fetching = false;
     ch->queries--;
     if (page) {
-        apply_page(hub, ch, since, page);
+        apply_page(s, ch, page);
     } else {
         log_warn("history_query", "channel %s: %s", ch->name, err);
-        fetch_failed(hub, ch);
+        fetch_failed(s, ch);
     }
-    seq_progress(hub, ch);
-    recent_trim(hub, ch);
-    hub_maybe_forget(hub, ch);
+    seq_progress(s->hub, ch);
+    cache_trim(s, ch);
+    hub_maybe_forget(s->hub, ch);
 }
 
-struct tick {
-    const char *names[HEADS_PER_QUERY];
-    size_t n;
-};
+/* ------------------------------------------------------------------------------------------
+ * Periodic work */
 
-static void on_heads(void *arg, const struct history_head *heads, size_t n, const char *err)
-{
-    struct heads_query *hq = arg;
-    struct hub *hub = hq->hub;
-    free(hq);
-    for (size_t i = 0; i < n; i++) {
-        struct channel *ch = hub_find(hub, heads[i].name, strlen(heads[i].name));
-        if (ch && ch->baseline && !ch->fetching && ch->redis == R_ACTIVE &&
-            (heads[i].head > ch->last_seq ||
-             (ch->epoch[0] && strcmp(heads[i].epoch, ch->epoch) != 0)))
-            fill_gap(hub, ch); /* a PUBLISH that never came: deliver from PostgreSQL */
-    }
-    (void)err; /* PostgreSQL down: the next check tries again */
-}
-
-static void check_heads(struct hub *hub, struct tick *t)
-{
-    struct heads_query *hq = t->n ? malloc(sizeof *hq) : NULL;
-    if (hq) {
-        hq->hub = hub;
-        history_heads(hub_app(hub), &hq->r, t->names, t->n, on_heads, hq);
-    }
-    t->n = 0;
-}
-
-/* Frames held for HOLD_MS: ask PostgreSQL for the missing ones, or let them go past the
- * gap when it cannot tell. */
-static void release_if_due(struct hub *hub, struct channel *ch, uint64_t now)
+/* Frames held (or a hint open) for HOLD_MS: ask PostgreSQL, or let them go past the gap
+ * when it cannot tell. */
+static void release_if_due(struct seq *s, struct channel *ch, uint64_t now)
 {
     if (ch->fetching || now - ch->held_since_ms < HOLD_MS)
         return;
-    if (history_on(hub) && ch->baseline)
-        fill_gap(hub, ch);
+    if (history_on(s) && ch->baseline)
+        fill_gap(s, ch);
     else
-        drain_held(hub, ch, true);
+        drain_held(s, ch, true);
 }
+
+struct tick {
+    struct channel *batch[HISTORY_HEADS_MAX];
+    size_t n;
+};
 
 static void check_channel(struct hub *hub, struct channel *ch, void *arg)
 {
+    struct seq *s = hub_seq(hub);
     struct tick *t = arg;
-    if (ch->head_failed && ch->redis == R_ACTIVE && !ch->fetching) {
+    if (ch->head_failed && ch->redis == R_ACTIVE) {
         ch->head_failed = false; /* PostgreSQL is back: learn the head again */
-        start_fetch(hub, ch, HEAD_ONLY, 0);
+        want_head(s, ch);
         return;
     }
     if (ch->baseline && ch->redis == R_ACTIVE && !ch->fetching && ch->nmembers && !ch->nheld) {
-        t->names[t->n++] = ch->name;
-        if (t->n == HEADS_PER_QUERY)
-            check_heads(hub, t);
+        t->batch[t->n++] = ch;
+        if (t->n == HISTORY_HEADS_MAX) {
+            query_heads(s, t->batch, t->n, true);
+            t->n = 0;
+        }
     }
 }
 
 void seq_tick(struct hub *hub, uint64_t now, bool heads)
 {
-    for (struct channel *ch = hub_holding(hub), *next; ch; ch = next) {
-        next = ch->hold_next; /* releasing may take ch off the list */
-        release_if_due(hub, ch, now);
+    struct seq *s = hub_seq(hub);
+    for (struct channel *ch = s->holding.first, *next; ch; ch = next) {
+        next = ch->holding.next; /* releasing may take ch off the list */
+        release_if_due(s, ch, now);
     }
-    if (!heads || !history_on(hub) || !db_up(hub_app(hub)->db))
+    if (!heads || !history_on(s) || !db_up(s->app->db))
         return;
     struct tick *t = malloc(sizeof *t);
     if (!t)
         return;
     t->n = 0;
     hub_each(hub, check_channel, t);
-    check_heads(hub, t);
+    if (t->n)
+        query_heads(s, t->batch, t->n, true);
     free(t);
 }
 
 void seq_release(struct hub *hub, struct channel *ch)
 {
-    hub_holding_remove(hub, ch);
-    for (uint32_t i = 0; i < ch->nheld; i++)
+    struct seq *s = hub_seq(hub);
+    list_remove(&s->holding, ch, HOLDING);
+    list_remove(&s->heads, ch, HEADS);
+    for (uint32_t i = 0; i < ch->nheld; i++) {
+        held_account(s, -(ptrdiff_t)ch->held[i]->len, ch);
         frame_unref(ch->held[i]);
+    }
     free(ch->held);
     ch->held = NULL;
-    ch->nheld = 0;
-    outq_clear(&ch->recent);
+    ch->nheld = ch->heldcap = 0;
+    cache_clear(s, ch);
 }

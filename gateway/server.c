@@ -15,6 +15,9 @@
  * allocated per connection, so it is kept small (idle memory per connection matters). */
 #define RX_BUFFER_BYTES 1024
 
+/* Bytes of a request head lws keeps; longer heads are refused by lws. */
+#define HTTP_HEAD_MAX 8192
+
 struct server {
     struct herald *app;
     struct lws_context *ctx;
@@ -87,10 +90,8 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             client_close(c, LWS_CLOSE_STATUS_NORMAL, true);
         break;
     case LWS_CALLBACK_TIMER:
-        if (c && c->app && c->auth) {
-            log_debug("token_expired", "closing a connection whose token expired");
-            client_close(c, 4001, true);
-        }
+        if (c && c->app)
+            client_on_timer(c);
         break;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return c && c->app ? client_on_writable(c) : 0;
@@ -102,7 +103,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
          * the pass that delivers the rest from an idle handler it stops after one pass:
          * the tail would wait for the next input. Waking its service pipe runs one more
          * pass; each part that is not the last asks again. */
-        if (c && c->deflate && !lws_is_final_fragment(wsi))
+        if (c && c->deflate && !c->close_code && !lws_is_final_fragment(wsi))
             lws_cancel_service(lws_get_context(wsi));
         break;
     default:
@@ -242,6 +243,9 @@ struct server *server_start(struct herald *app)
     if (strchr(host, '.') || strcmp(host, "0.0.0.0") == 0)
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     info.timeout_secs = 20;
+    /* the whole request head (request line, headers, ?token=) lws keeps while parsing:
+     * room for a JWT of several KiB; the memory is held only while a head is parsed */
+    info.max_http_header_data = HTTP_HEAD_MAX;
     if (app->cfg->tls_cert[0]) {
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
         info.ssl_cert_filepath = app->cfg->tls_cert;

@@ -140,7 +140,9 @@ class TestSlowConsumer(harness.HeraldTestCase):
     async def test_small_queue_limit(self):
         """With a small queue limit, a non-reading client is cut off quickly; a reading client
         receiving large messages within the limit is not."""
-        h2 = self.start_herald(self.redis, "--client-queue-bytes", "65536")
+        # the queue must hold the largest message with room for its envelope
+        h2 = self.start_herald(self.redis, "--client-queue-bytes", "65536",
+                               "--max-publish-bytes", "32k")
         slow = self.raw_ws(h2, rcvbuf=4096)
         slow.send_json({"op": "subscribe", "channel": "small"})
         self.assertEqual(slow.recv_json(timeout=20).get("op"), "subscribed")

@@ -140,6 +140,43 @@ static void long_input_is_bounded(void **state)
     assert_int_equal(q.since, 0);
 }
 
+/* The pair-at-a-time parser the gateway feeds with lws's decoded fragments. */
+static int pair(struct query_history_parser *p, const char *k, const char *v)
+{
+    char err[128];
+    return query_history_pair(p, k, strlen(k), v, strlen(v), err, sizeof err);
+}
+
+static void pairs_parse_strictly(void **state)
+{
+    struct query_history q;
+    struct query_history_parser p;
+    query_history_begin(&p, &q);
+    assert_int_equal(q.since, 0);
+    assert_int_equal(q.limit, QUERY_LIMIT_DEFAULT);
+    char token[600];
+    memset(token, 'a', sizeof token - 1);
+    token[sizeof token - 1] = '\0';
+    assert_int_equal(pair(&p, "token", token), 0); /* not ours, whatever its length */
+    assert_int_equal(pair(&p, "since", "50"), 0);
+    assert_int_equal(pair(&p, "limit", "10"), 0);
+    assert_int_equal(q.since, 50);
+    assert_int_equal(q.limit, 10);
+    assert_int_equal(pair(&p, "since", "51"), -1); /* twice */
+    query_history_begin(&p, &q);
+    assert_int_equal(pair(&p, "since", "abc"), -1);
+    query_history_begin(&p, &q);
+    assert_int_equal(pair(&p, "since", ""), -1);
+    query_history_begin(&p, &q);
+    assert_int_equal(pair(&p, "limit", "0"), -1);
+    query_history_begin(&p, &q);
+    assert_int_equal(pair(&p, "limit", "1001"), -1);
+    query_history_begin(&p, &q);
+    assert_int_equal(pair(&p, "since", "9223372036854775808"), -1);
+    query_history_begin(&p, &q);
+    assert_int_equal(pair(&p, "sincex", "abc"), 0); /* another key */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -150,6 +187,7 @@ int main(void)
         cmocka_unit_test(since_and_limit_parse),
         cmocka_unit_test(bad_values_are_explained),
         cmocka_unit_test(long_input_is_bounded),
+        cmocka_unit_test(pairs_parse_strictly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
