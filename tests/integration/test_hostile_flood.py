@@ -72,16 +72,17 @@ class TestSubscribeFloods(FloodCase):
         self.unharmed()
 
     def test_repeated_subscribes_from_many_connections(self):
-        """M8: 20 connections each send 30 subscribes to one new channel in one write: each
+        """M8: 20 connections each send 30 subscribes to a new channel in one write: each
         gets exactly one subscribed and 29 bad_request (waiters do not pile up); memory
         stays bounded."""
         rss0 = self.h.rss_kib()
         conns = [self.ws() for _ in range(20)]
-        burst = b"".join(frame_bytes(OP_TEXT, json.dumps(
-            {"op": "subscribe", "channel": "fl:m8", "id": "x" * 60 + str(i)}))
-            for i in range(30))
-        for w in conns:
-            w.sock.sendall(burst)
+        # one new channel per connection, so that each burst meets a pending channel (a
+        # repeat after `subscribed` is answered subscribed again, by the spec)
+        for k, w in enumerate(conns):
+            w.sock.sendall(b"".join(frame_bytes(OP_TEXT, json.dumps(
+                {"op": "subscribe", "channel": f"fl:m8:{k}", "id": "x" * 60 + str(i)}))
+                for i in range(30)))
         for w in conns:
             got = [ws_next_json(w, 30) for _ in range(30)]
             kinds = [(m.get("op"), m.get("code")) for m in got]
