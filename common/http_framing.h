@@ -18,10 +18,10 @@ enum http_method { HTTP_GET, HTTP_POST, HTTP_OTHER };
 /* What the framing depends on, read from the request's head. */
 struct http_head {
     enum http_method method;
-    bool takes_body;                /* the path is one of the routes that take a POST */
-    const char *content_length;     /* NULL: no header; repeated headers joined with ',' */
-    bool transfer_encoding;         /* a Transfer-Encoding header, whatever its value */
-    uint64_t max_body;              /* HERALD_MAX_PUBLISH_BYTES */
+    bool takes_body;            /* the path is one of the routes that take a POST */
+    const char *content_length; /* NULL: no header; repeated headers joined with ',' */
+    bool transfer_encoding;     /* a Transfer-Encoding header, whatever its value */
+    uint64_t max_body;          /* HERALD_MAX_PUBLISH_BYTES */
 };
 
 /* A refusal: the status, the error code of the JSON body and the reason. Every refusal of

@@ -70,9 +70,10 @@ int cli_publish(const struct herald_config *cfg, const char *channel, const char
         return 1;
     }
     const char *params[] = {channel, data, key};
-    PGresult *r = PQexecParams(
-        pg, "SELECT seq, envelope, epoch, duplicate FROM herald_publish($1, $2::json, $3)", 3, NULL,
-        params, NULL, NULL, 0);
+    PGresult *r = PQexecParams(pg,
+                               "SELECT seq, herald_sign(epoch, envelope), epoch, duplicate "
+                               "FROM herald_publish($1, $2::json, $3)",
+                               3, NULL, params, NULL, NULL, 0);
     int status = 1;
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         fprintf(stderr, "herald publish: %s", PQresultErrorMessage(r));

@@ -33,10 +33,10 @@ struct conn {
     int fd;
     enum conn_state state;
     struct db_request *req; /* in flight */
-    PGresult *result;    /* last result of the request in flight */
-    bool preparing;      /* the request's statement is being prepared first */
-    unsigned prepared;   /* bit i: statement i of db->statements is prepared here */
-    uint64_t since_ms;   /* when the current state began */
+    PGresult *result;       /* last result of the request in flight */
+    bool preparing;         /* the request's statement is being prepared first */
+    unsigned prepared;      /* bit i: statement i of db->statements is prepared here */
+    uint64_t since_ms;      /* when the current state began */
     uint64_t retry_at_ms;
     unsigned attempts;
     struct resolve *resolving; /* the host name's lookup, before connecting */

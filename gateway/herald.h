@@ -4,6 +4,7 @@
 #define HERALD_HERALD_H
 
 #include "config.h"
+#include "envelope_sig.h"
 #include "later.h"
 #include "metrics.h"
 
@@ -36,6 +37,10 @@ struct herald {
     struct metrics metrics;
     struct later_queue later; /* completions and kicks run from the loop (later.h) */
     size_t http_body_bytes;   /* POST body bytes held now (HERALD_BODY_BUFFER_BYTES) */
+    /* PostgreSQL's envelope key (herald_keys), once read: signs what this process publishes
+     * and tells the sequenced envelopes from Redis that PostgreSQL stored */
+    struct envelope_key envelope_key;
+    bool has_envelope_key;
     uint8_t *write_buf;   /* HERALD_WRITE_BATCH bytes, shared by all connections */
     struct client *dirty; /* clients with output queued during this loop turn */
     uv_check_t flush_check;

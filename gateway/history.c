@@ -7,24 +7,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The window sum keeps rows while the bytes before them are under $4: a page is bounded in
- * bytes (one message over the budget still comes alone). octet_length reads the stored
- * size without decompressing. */
+/* The window sum keeps rows while their bytes add up to at most $4: a page is bounded in
+ * bytes (a first message over the budget still comes, alone). octet_length reads the
+ * stored size without decompressing. */
 static const char fetch_sql[] =
     "SELECT c.last_seq, c.epoch, "
     "(SELECT min(seq) FROM herald_messages WHERE channel = $1), m.seq, m.envelope "
     "FROM herald_channels c LEFT JOIN LATERAL ("
     " SELECT seq, envelope FROM ("
-    "  SELECT seq, envelope, sum(octet_length(envelope)) OVER (ORDER BY seq) AS upto"
+    "  SELECT seq, envelope, sum(octet_length(envelope)) OVER w AS upto,"
+    "   row_number() OVER w AS nth"
     "  FROM herald_messages WHERE channel = $1 AND seq > $2::bigint"
-    "  ORDER BY seq LIMIT $3::int) w"
-    " WHERE upto - octet_length(envelope) < $4::bigint) m ON true "
+    "  WINDOW w AS (ORDER BY seq) ORDER BY seq LIMIT $3::int) p"
+    " WHERE upto <= $4::bigint OR nth = 1) m ON true "
     "WHERE c.name = $1 ORDER BY m.seq";
 
-static const char heads_sql[] =
-    "SELECT c.name, c.last_seq, c.epoch, "
-    "(SELECT min(seq) FROM herald_messages m WHERE m.channel = c.name) "
-    "FROM herald_channels c WHERE c.name = ANY($1::text[])";
+static const char heads_sql[] = "SELECT c.name, c.last_seq, c.epoch, "
+                                "(SELECT min(seq) FROM herald_messages m WHERE m.channel = c.name) "
+                                "FROM herald_channels c WHERE c.name = ANY($1::text[])";
 
 static uint64_t u64(const PGresult *r, int row, int col)
 {
@@ -111,4 +111,36 @@ void history_heads(struct herald *app, struct history_request *r, const char *co
     const char *params[] = {list};
     db_query(app->db, &r->q, heads_sql, 1, params, heads_done, r);
     free(list);
+}
+
+static const char key_sql[] = "SELECT encode(key, 'hex') FROM herald_keys WHERE id = 1";
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+static void key_done(void *p, const PGresult *r, const char *err)
+{
+    struct history_key_request *req = p;
+    unsigned char key[ENVELOPE_KEY_LEN];
+    const char *hex = !err && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : NULL;
+    if (!err && (!hex || strlen(hex) != 2 * sizeof key))
+        err = "herald_keys holds no key of 32 bytes";
+    for (size_t i = 0; !err && i < sizeof key; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            err = "herald_keys holds no key of 32 bytes";
+        else
+            key[i] = (unsigned char)(hi * 16 + lo);
+    }
+    req->cb(req->arg, err ? NULL : key, err ? 0 : sizeof key, err);
+}
+
+void history_read_key(struct herald *app, struct history_key_request *r, history_key_cb cb,
+                      void *arg)
+{
+    r->cb = cb;
+    r->arg = arg;
+    db_query(app->db, &r->q, key_sql, 0, NULL, key_done, r);
 }

@@ -7,6 +7,7 @@
 #define HERALD_HISTORY_H
 
 #include "db.h"
+#include "envelope_sig.h"
 #include "request.h"
 
 #include <stdbool.h>
@@ -55,9 +56,9 @@ struct history_request {
     void *arg;
 };
 
-/* Messages of channel with seq > since, at most limit of them and about max_bytes (the
- * first row always comes, the others while the bytes before them are under max_bytes),
- * with the channel's head, epoch and oldest kept seq. */
+/* Messages of channel with seq > since: at most limit of them and at most max_bytes of
+ * envelopes (the first always comes, even alone over max_bytes), with the channel's
+ * head, epoch and oldest kept seq. */
 void history_fetch(struct herald *app, struct history_request *r, const char *channel,
                    uint64_t since, long limit, size_t max_bytes, history_page_cb cb, void *arg);
 
@@ -66,5 +67,18 @@ void history_fetch(struct herald *app, struct history_request *r, const char *ch
 #define HISTORY_HEADS_MAX 1000
 void history_heads(struct herald *app, struct history_request *r, const char *const *names,
                    size_t n, history_heads_cb cb, void *arg);
+
+/* The envelope key (herald_keys, migration 004): key and len on success, err set
+ * otherwise (PostgreSQL down, or a schema without the table). */
+typedef void (*history_key_cb)(void *arg, const unsigned char *key, size_t len, const char *err);
+
+struct history_key_request {
+    struct db_request q;
+    history_key_cb cb;
+    void *arg;
+};
+
+void history_read_key(struct herald *app, struct history_key_request *r, history_key_cb cb,
+                      void *arg);
 
 #endif

@@ -73,6 +73,8 @@ static const char *reason_phrase(unsigned status)
         return "Length Required";
     case 413:
         return "Payload Too Large";
+    case 426:
+        return "Upgrade Required";
     case 429:
         return "Too Many Requests";
     case 503:

@@ -4,13 +4,17 @@
 #include "http_framing.h"
 #include "iplimit.h"
 #include "log.h"
+#include "rest.h"
+
+#include "sock_input.h"
 
 #include <libwebsockets.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
-#define ALLOW_HEADER "allow: GET, POST\r\n"
+#define ALLOW_HEADER   "allow: GET, POST\r\n"
+#define VERSION_HEADER "sec-websocket-version: 13\r\n"
 
 void http_guard_refuse(struct herald *app, struct lws *wsi, unsigned status, enum errcode code,
                        const char *why)
@@ -19,12 +23,22 @@ void http_guard_refuse(struct herald *app, struct lws *wsi, unsigned status, enu
     size_t blen = http_error_body(body, sizeof body, code, why);
     char *p = buf + LWS_PRE;
     size_t h = http_json_head(p, sizeof buf - LWS_PRE - blen, status, blen, true,
-                              status == 405 ? ALLOW_HEADER : NULL);
+                              status == 405   ? ALLOW_HEADER
+                              : status == 426 ? VERSION_HEADER
+                                              : NULL);
     app->metrics.client_errors[code]++;
     if (h == 0 || blen == 0)
         return;
     memcpy(p + h, body, blen);
     lws_write(wsi, (unsigned char *)p, h + blen, LWS_WRITE_RAW);
+}
+
+/* The header is in the head, even with an empty value (lws keeps an empty fragment for
+ * it, and no fragment at all for a missing one). */
+static bool present(struct lws *wsi, enum lws_token_indexes h)
+{
+    char none[1];
+    return lws_hdr_total_length(wsi, h) > 0 || lws_hdr_copy_fragment(wsi, none, 1, h, 0) == 0;
 }
 
 /* Reads the head's framing headers. A Content-Length too long to copy is kept as text that
@@ -37,13 +51,43 @@ static void read_head(struct lws *wsi, struct http_head *head, char *cl, size_t 
     head->method = m == LWSHUMETH_GET ? HTTP_GET : m == LWSHUMETH_POST ? HTTP_POST : HTTP_OTHER;
     head->takes_body = uri && uri_len >= 4 && strncmp(uri, "/v1/", 4) == 0;
     head->content_length = NULL;
-    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
+    if (present(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH)) {
         if (lws_hdr_copy(wsi, cl, (int)cap, WSI_TOKEN_HTTP_CONTENT_LENGTH) < 0)
             snprintf(cl, cap, "too long");
         head->content_length = cl;
     }
-    head->transfer_encoding = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0;
+    head->transfer_encoding = present(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING);
     head->max_body = 0;
+}
+
+static int socket_consumed(struct lws *wsi, uint64_t *out)
+{
+    return sock_input_consumed(lws_get_socket_fd(wsi), out);
+}
+
+void http_guard_request_whole(struct lws *wsi)
+{
+    struct http_session *s = rest_session_make(wsi);
+    if (!s)
+        return;
+    s->seen_whole = true;
+    s->consumed_known = socket_consumed(wsi, &s->consumed) == 0;
+}
+
+/* lws 4.1 reads a POST whose head it takes from its own buffer (the request came in one
+ * read with the one before it: pipelined) from the wrong place, then loops forever in
+ * lws_http_action: such a POST must never reach a route. lws reads the socket only once
+ * its buffer is empty, so a request whose head comes while lws has read nothing from the
+ * socket since the previous request was whole came from that buffer. */
+static bool pipelined(struct lws *wsi)
+{
+    struct http_session *s = rest_session(wsi);
+    uint64_t now;
+    if (!s || !s->seen_whole)
+        return false; /* the connection's first request */
+    /* when the kernel cannot tell, the POST is refused: a spurious refusal costs a retry,
+     * a wrong guess the whole process */
+    return !s->consumed_known || socket_consumed(wsi, &now) < 0 || now == s->consumed;
 }
 
 int http_guard_request(struct herald *app, struct lws *wsi)
@@ -54,11 +98,20 @@ int http_guard_request(struct herald *app, struct lws *wsi)
     uint64_t body;
     read_head(wsi, &head, cl, sizeof cl);
     head.max_body = (uint64_t)app->cfg->max_publish_bytes;
-    if (http_framing_check(&head, &body, &no) == 0)
-        return 0;
-    log_debug("http_refused", "%u: %s", no.status, no.why);
-    http_guard_refuse(app, wsi, no.status, no.code, no.why);
-    return -1;
+    if (http_framing_check(&head, &body, &no) < 0) {
+        log_debug("http_refused", "%u: %s", no.status, no.why);
+        http_guard_refuse(app, wsi, no.status, no.code, no.why);
+        return -1;
+    }
+    if (head.method == HTTP_POST && pipelined(wsi)) {
+        http_guard_refuse(app, wsi, 400, ERR_BAD_REQUEST,
+                          "a POST pipelined behind another request: send it once the answer "
+                          "to the one before has come");
+        return -1;
+    }
+    if (head.method == HTTP_GET)
+        http_guard_request_whole(wsi);
+    return 0;
 }
 
 uint64_t http_guard_body_length(struct lws *wsi)
@@ -71,8 +124,8 @@ uint64_t http_guard_body_length(struct lws *wsi)
 }
 
 /* The refusal of an upgrade, counted as a refused handshake. */
-static int refuse_upgrade(struct herald *app, struct lws *wsi, unsigned status,
-                          enum errcode code, const char *why)
+static int refuse_upgrade(struct herald *app, struct lws *wsi, unsigned status, enum errcode code,
+                          const char *why)
 {
     app->metrics.rejected_connections++;
     log_debug("handshake_refused", "%u: %s", status, why);
@@ -98,6 +151,12 @@ static const char *admission(struct herald *app, struct lws *wsi, unsigned *stat
     }
     if (head.method != HTTP_GET || http_framing_check(&head, &body, &no) < 0)
         return "a WebSocket handshake is a GET without a body";
+    char version[8] = "";
+    if (lws_hdr_copy(wsi, version, sizeof version, WSI_TOKEN_VERSION) <= 0 ||
+        strcmp(version, "13") != 0) {
+        *status = 426; /* RFC 6455 4.4: say which version is understood */
+        return "Sec-WebSocket-Version must be 13";
+    }
     if (lws_hdr_copy(wsi, protocols, sizeof protocols, WSI_TOKEN_PROTOCOL) < 0 ||
         !http_subprotocols_ok(protocols))
         return "unsupported subprotocol: name herald, or none";

@@ -20,6 +20,10 @@ struct herald;
  * on to its route; -1 means it was refused. */
 int http_guard_request(struct herald *app, struct lws *wsi);
 
+/* The request is whole (a POST's body has come; a GET is whole at http_guard_request):
+ * remembers how far lws had read the socket, for the pipelining check. */
+void http_guard_request_whole(struct lws *wsi);
+
 /* The body length a request that passed http_guard_request declared (0 without one). */
 uint64_t http_guard_body_length(struct lws *wsi);
 

@@ -248,6 +248,8 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     if (app.lws)
         log_warn("shutdown", "lws context not fully destroyed");
     hub_free(app.hub);
+    if (app.has_envelope_key)
+        envelope_key_clear(&app.envelope_key);
     frame_deflate_end();
     free(app.write_buf);
     if (uv_loop_close(&loop) != 0)

@@ -43,6 +43,8 @@ struct publisher {
     bool gathering; /* the gather timer runs: the next batch waits for it */
     uv_timer_t gather;
     struct later kick; /* sends what publish_durable queued, on the loop */
+    char *signed_buf;  /* the signed payload being published, reused */
+    size_t signed_cap;
     uint64_t batches, messages;
 };
 
@@ -59,8 +61,10 @@ struct publisher *publisher_new(struct herald *app)
 
 static void maybe_free(struct publisher *p)
 {
-    if (p->closing && p->timer_closed && p->inflight == 0)
+    if (p->closing && p->timer_closed && p->inflight == 0) {
+        free(p->signed_buf);
         free(p);
+    }
 }
 
 static void timer_closed(uv_handle_t *h)
@@ -79,8 +83,7 @@ static void finish(struct herald *app, struct publish_request *r, const struct p
     r->cb(r->arg, res);
 }
 
-static void fail_items(struct herald *app, struct publish_request *r, const char *err,
-                       bool refused)
+static void fail_items(struct herald *app, struct publish_request *r, const char *err, bool refused)
 {
     struct publish_result res = {.err = err, .refused = refused};
     while (r) {
@@ -174,6 +177,30 @@ static bool refused_by_server(const PGresult *r)
     return state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0);
 }
 
+/* PUBLISHes a stored envelope, signed with the envelope key so that every process takes it
+ * for what PostgreSQL stored. Before the key is known the bare envelope goes out: the
+ * other processes then fetch the message from PostgreSQL (a little later, nothing lost). */
+static void publish_envelope(struct publisher *p, const char *channel, const char *epoch,
+                             const char *env, size_t len)
+{
+    struct herald *app = p->app;
+    size_t need = ENVELOPE_SIG_SIGNED_LEN(len);
+    if (app->has_envelope_key && need > p->signed_cap) {
+        char *buf = realloc(p->signed_buf, need);
+        if (buf) {
+            p->signed_buf = buf;
+            p->signed_cap = need;
+        }
+    }
+    size_t n = app->has_envelope_key && need <= p->signed_cap
+                   ? envelope_sig_sign(&app->envelope_key, epoch, env, len, p->signed_buf)
+                   : 0;
+    if (n)
+        bus_publish(app->bus, channel, p->signed_buf, n);
+    else
+        bus_publish(app->bus, channel, env, len);
+}
+
 static void deliver(struct publisher *p, struct batch *b, const PGresult *r)
 {
     size_t i = 0;
@@ -184,8 +211,8 @@ static void deliver(struct publisher *p, struct batch *b, const PGresult *r)
                                      .duplicate = PQgetvalue(r, (int)i, 4)[0] == 't'};
         /* step 2, now that step 1 is committed; a retry publishes nothing new */
         if (!res.duplicate)
-            bus_publish(p->app->bus, it->channel, PQgetvalue(r, (int)i, 2),
-                        (size_t)PQgetlength(r, (int)i, 2));
+            publish_envelope(p, it->channel, res.epoch, PQgetvalue(r, (int)i, 2),
+                             (size_t)PQgetlength(r, (int)i, 2));
         finish(p->app, it, &res);
     }
     p->messages += b->n;

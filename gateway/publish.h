@@ -38,10 +38,10 @@ struct publish_request {
     struct later later; /* a failure decided at once, delivered on the loop */
     publish_cb cb;
     void *arg;
-    bool alone;  /* retried by itself after its batch failed */
-    char *copy;  /* channel, data and key, copied in one allocation */
+    bool alone;                       /* retried by itself after its batch failed */
+    char *copy;                       /* channel, data and key, copied in one allocation */
     const char *channel, *data, *key; /* inside copy; key may be NULL */
-    size_t size; /* bytes of data */
+    size_t size;                      /* bytes of data */
     const char *fail;
 };
 

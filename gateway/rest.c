@@ -18,16 +18,15 @@
 #include <string.h>
 
 #define BATCH_MESSAGES_MAX 1000 /* messages in one POST /v1/messages */
-#define WRITE_PIECE        (64 * 1024) /* bytes of an answer written per WRITEABLE */
 #define QUERY_ARG_MAX      4097 /* lws keeps at most 4096 bytes of head: any argument fits */
 /* An idempotency key is stored under its caller's name, so that a co-publisher cannot take
  * a key first: "s/" for the API key, "u<len>:<sub>/" for a token, nothing with auth off. */
-#define KEY_SPACE_MAX  (JWT_AUTH_SUB_MAX + 8)
-#define STORED_KEY_MAX (KEY_SPACE_MAX + IDEMPOTENCY_KEY_MAX)
-#define MSG_REFUSED    "the message was refused"
+#define KEY_SPACE_MAX   (JWT_AUTH_SUB_MAX + 8)
+#define STORED_KEY_MAX  (KEY_SPACE_MAX + IDEMPOTENCY_KEY_MAX)
+#define MSG_REFUSED     "the message was refused"
 #define MSG_UNAVAILABLE "the history is unavailable"
 #define MSG_ROUTES                                                                                 \
-    "routes: GET and POST /v1/channels/{channel}/messages (channel: 1-200 bytes of A-Z a-z 0-9 " \
+    "routes: GET and POST /v1/channels/{channel}/messages (channel: 1-200 bytes of A-Z a-z 0-9 "   \
     "_ - . : @ =), POST /v1/messages"
 
 struct batch;
@@ -101,7 +100,7 @@ static void session_reset(struct herald *app, struct http_session *s)
     release_body(app, s);
     free(s->response);
     s->response = NULL;
-    s->response_len = s->response_sent = 0;
+    s->response_len = 0;
     s->phase = REST_IDLE;
     s->refused = false;
 }
@@ -109,6 +108,14 @@ static void session_reset(struct herald *app, struct http_session *s)
 struct http_session *rest_session(struct lws *wsi)
 {
     return lws_get_opaque_user_data(wsi);
+}
+
+struct http_session *rest_session_make(struct lws *wsi)
+{
+    struct http_session *s = rest_session(wsi);
+    if (!s && (s = calloc(1, sizeof *s)))
+        lws_set_opaque_user_data(wsi, s);
+    return s;
 }
 
 void rest_session_free(struct herald *app, struct lws *wsi)
@@ -121,67 +128,80 @@ void rest_session_free(struct herald *app, struct lws *wsi)
     lws_set_opaque_user_data(wsi, NULL);
 }
 
-/* Input where none belongs (see rest.h). While PostgreSQL has the request, the connection
- * stops reading, or lws would fire the same event again for the same bytes on every turn;
- * it reads again once the answer is ready, and closes after writing it. */
-static void stray(struct lws *wsi, struct http_session *s)
+/* Input where none belongs (see rest.h): the connection closes after the answer. */
+static void stray(struct http_session *s)
 {
     s->stray = true;
-    if (s->phase == REST_WAIT)
-        lws_rx_flow_control(wsi, 0);
 }
 
-/* Stores the whole answer, leaving room for its head (written with the first piece, when
- * it is known whether the connection closes after it). While a refused request's body is
- * still arriving it waits for the body's end; otherwise it goes as soon as the socket can
- * take it. */
+/* Room for an answer's body of len bytes, with headroom for lws and the head in front;
+ * NULL when out of memory. */
 #define HEAD_ROOM 256
 
-/* Room for an answer's body of len bytes; NULL when out of memory. */
 static char *answer_room(struct http_session *s, size_t len)
 {
     free(s->response);
     s->response = malloc(LWS_PRE + HEAD_ROOM + len);
-    s->response_len = s->response_sent = 0;
+    s->response_len = 0;
     if (!s->response)
         return NULL;
     s->response_len = len;
     return s->response + LWS_PRE + HEAD_ROOM;
 }
 
-/* The body is in place: send it with status (a missing body hangs up). */
-static void answer_send(struct lws *wsi, struct http_session *s, unsigned status)
+/* Writes the answer now, whole: what the socket does not take, lws keeps and sends as it
+ * drains (then completes the transaction). The connection has read nothing since the
+ * request was whole, so a following request is parsed only now, after the answer; a
+ * stray one (see rest.h) closes it. */
+static void write_now(struct herald *app, struct lws *wsi, struct http_session *s)
+{
+    bool hang_up = s->stray || !s->response;
+    if (s->response) {
+        char head[HEAD_ROOM];
+        size_t h = http_json_head(head, sizeof head, s->status, s->response_len, hang_up, NULL);
+        char *start = s->response + LWS_PRE + HEAD_ROOM - h;
+        memcpy(start, head, h);
+        if (lws_write(wsi, (unsigned char *)start, h + s->response_len, LWS_WRITE_RAW) < 0)
+            hang_up = true;
+    }
+    session_reset(app, s);
+    s->stray = false;
+    if (hang_up || lws_http_transaction_completed(wsi)) {
+        /* closed from the connection's next WRITEABLE, once lws has sent what it kept */
+        s->hang_up = true;
+        lws_rx_flow_control(wsi, 1);
+        lws_callback_on_writable(wsi);
+        return;
+    }
+    lws_rx_flow_control(wsi, 1); /* s may be gone: lws bound the connection again */
+}
+
+int rest_writable(struct lws *wsi)
+{
+    struct http_session *s = rest_session(wsi);
+    return s && s->hang_up ? -1 : 0;
+}
+
+/* The body is in place: send it with status. While a refused request's body is still
+ * arriving it waits for the body's end. */
+static void answer_send(struct herald *app, struct lws *wsi, struct http_session *s,
+                        unsigned status)
 {
     s->status = status;
-    if (!s->response)
-        s->stray = true; /* out of memory: the writable callback hangs up */
     if (s->phase == REST_BODY) {
         s->refused = true;
         return;
     }
-    if (s->stray) /* lws 4.1 never calls WRITEABLE on an h1 connection that does not read */
-        lws_rx_flow_control(wsi, 1);
-    s->phase = REST_REPLY;
-    lws_callback_on_writable(wsi);
+    write_now(app, wsi, s);
 }
 
-static void answer(struct lws *wsi, struct http_session *s, unsigned status, const char *body,
-                   size_t len)
+static void answer(struct herald *app, struct lws *wsi, struct http_session *s, unsigned status,
+                   const char *body, size_t len)
 {
     char *room = answer_room(s, len);
     if (room)
         memcpy(room, body, len);
-    answer_send(wsi, s, status);
-}
-
-/* Puts the head right in front of the body; the answer then starts at s->response_start. */
-static void write_head(struct http_session *s)
-{
-    char head[HEAD_ROOM];
-    size_t h = http_json_head(head, sizeof head, s->status, s->response_len, s->stray, NULL);
-    s->response_start = LWS_PRE + HEAD_ROOM - h;
-    memcpy(s->response + s->response_start, head, h);
-    s->response_len += h;
+    answer_send(app, wsi, s, status);
 }
 
 static void answer_error(struct herald *app, struct lws *wsi, struct http_session *s,
@@ -189,33 +209,7 @@ static void answer_error(struct herald *app, struct lws *wsi, struct http_sessio
 {
     app->metrics.client_errors[code]++;
     char body[768];
-    answer(wsi, s, status, body, http_error_body(body, sizeof body, code, message));
-}
-
-int rest_writable(struct herald *app, struct lws *wsi, struct http_session *s)
-{
-    if (s->phase != REST_REPLY)
-        return 0; /* a WRITEABLE nobody asked for */
-    if (!s->response)
-        return -1;
-    if (s->response_sent == 0)
-        write_head(s);
-    size_t n = s->response_len - s->response_sent;
-    n = n < WRITE_PIECE ? n : WRITE_PIECE;
-    if (lws_write(wsi, (unsigned char *)s->response + s->response_start + s->response_sent, n,
-                  LWS_WRITE_RAW) < 0)
-        return -1;
-    s->response_sent += n;
-    if (s->response_sent < s->response_len) {
-        lws_callback_on_writable(wsi);
-        return 0;
-    }
-    bool hang_up = s->stray;
-    session_reset(app, s);
-    s->stray = false;
-    if (hang_up || lws_http_transaction_completed(wsi))
-        return -1;
-    return 0;
+    answer(app, wsi, s, status, body, http_error_body(body, sizeof body, code, message));
 }
 
 /* The session the answer is for, or NULL when the connection closed meanwhile. */
@@ -259,17 +253,18 @@ static void answer_page(struct lws *wsi, struct http_session *s, const struct re
     int n = snprintf(start, sizeof start, "{\"channel\":\"%s\",\"seq\":%llu%s%s%s", c->channel,
                      (unsigned long long)page->head, page->exists ? ",\"epoch\":\"" : "",
                      page->exists ? page->epoch : "", page->exists ? "\"" : "");
-    int m = code ? snprintf(end, sizeof end,
-                            ",\"recovered\":false,\"code\":\"%s\",\"more\":false,\"messages\":[]}\n",
-                            code)
-                 : snprintf(end, sizeof end, ",\"recovered\":true,\"more\":%s,\"messages\":[",
-                            page->cut ? "true" : "false");
+    int m = code
+                ? snprintf(end, sizeof end,
+                           ",\"recovered\":false,\"code\":\"%s\",\"more\":false,\"messages\":[]}\n",
+                           code)
+                : snprintf(end, sizeof end, ",\"recovered\":true,\"more\":%s,\"messages\":[",
+                           page->cut ? "true" : "false");
     size_t size = (size_t)n + (size_t)m + 3;
     for (size_t i = 0; !code && i < page->n; i++)
         size += page->rows[i].len + 1;
     char *body = answer_room(s, size);
     if (!body) {
-        answer_send(wsi, s, 503);
+        answer_send(c->app, wsi, s, 503);
         return;
     }
     size_t len = 0;
@@ -288,7 +283,7 @@ static void answer_page(struct lws *wsi, struct http_session *s, const struct re
         len += 3;
     }
     s->response_len = len;
-    answer_send(wsi, s, 200);
+    answer_send(c->app, wsi, s, 200);
 }
 
 /* A page of catch-up: all or nothing, like a WebSocket resume. */
@@ -316,9 +311,8 @@ static int read_query(struct lws *wsi, struct query_history *q, char *err, size_
         return -1;
     }
     int rc = 0, n;
-    for (int i = 0;
-         rc == 0 && (n = lws_hdr_copy_fragment(wsi, frag, QUERY_ARG_MAX, WSI_TOKEN_HTTP_URI_ARGS,
-                                               i)) >= 0;
+    for (int i = 0; rc == 0 && (n = lws_hdr_copy_fragment(wsi, frag, QUERY_ARG_MAX,
+                                                          WSI_TOKEN_HTTP_URI_ARGS, i)) >= 0;
          i++) {
         const char *eq = memchr(frag, '=', (size_t)n);
         size_t klen = eq ? (size_t)(eq - frag) : (size_t)n;
@@ -429,22 +423,26 @@ static bool reserve_body(struct herald *app, struct http_session *s, uint64_t de
     return true;
 }
 
-int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
+int rest_stray_request(struct lws *wsi)
 {
     struct http_session *s = rest_session(wsi);
-    if (!s) {
-        if (!(s = calloc(1, sizeof *s)))
-            return -1;
-        lws_set_opaque_user_data(wsi, s);
-    }
-    if (s->phase != REST_IDLE) {
-        stray(wsi, s); /* a head while a request is open: lws ran the same head again */
+    if (!s || s->phase == REST_IDLE)
         return 0;
-    }
+    stray(s);
+    return 1;
+}
+
+int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
+{
+    struct http_session *s = rest_session_make(wsi);
+    if (!s)
+        return -1;
     char channel[CHANNEL_NAME_MAX + 1], err[160];
     bool post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
     bool batch = post && strcmp(uri, "/v1/messages") == 0;
     s->started_ms = herald_now_ms(app);
+    if (!post) /* the request is whole: read nothing more until it is answered */
+        lws_rx_flow_control(wsi, 0);
     /* lws delivers a POST's body (even an empty one) after this: it is read either way */
     s->phase = post ? REST_BODY : REST_IDLE;
     if (!batch && !route_channel(uri, channel)) {
@@ -490,7 +488,7 @@ int rest_body(struct herald *app, struct lws *wsi, struct http_session *s, const
               size_t len)
 {
     if (s->phase != REST_BODY) {
-        stray(wsi, s);
+        stray(s);
         return 0;
     }
     if (herald_now_ms(app) - s->started_ms > (uint64_t)app->cfg->body_timeout_ms) {
@@ -532,7 +530,7 @@ static void on_published(void *arg, const struct publish_result *res)
         char body[320];
         int n = snprintf(body, sizeof body, "{\"channel\":\"%s\",\"seq\":%llu,\"epoch\":\"%s\"}\n",
                          c->channel, (unsigned long long)res->seq, res->epoch);
-        answer(c->wsi, s, 201, body, (size_t)n);
+        answer(c->app, c->wsi, s, 201, body, (size_t)n);
     }
     call_free(c);
 }
@@ -557,19 +555,19 @@ static json_t *batch_parse(const struct rest_call *c, const char *body, size_t l
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(msgs, i), *ch = json_object_get(m, "channel");
         json_t *key = json_object_get(m, "idempotency_key");
-        const char *bad = !json_is_object(m) ? "is not an object"
-                          : !json_is_string(ch) ||
-                                  !channel_name_valid(json_string_value(ch), json_string_length(ch))
-                              ? "needs a valid channel (1-200 bytes of A-Z a-z 0-9 _ - . : @ =)"
-                          : !json_object_get(m, "data") ? "needs data"
-                          : key && (!json_is_string(key) ||
-                                    !idempotency_key_valid(json_string_value(key),
-                                                           json_string_length(key)))
-                              ? "has an idempotency_key that is not 1 to 200 visible ASCII "
-                                "characters"
-                          : json_object_size(m) != 2u + (key != NULL)
-                              ? "has members other than channel, data and idempotency_key"
-                              : NULL;
+        const char *bad =
+            !json_is_object(m) ? "is not an object"
+            : !json_is_string(ch) ||
+                    !channel_name_valid(json_string_value(ch), json_string_length(ch))
+                ? "needs a valid channel (1-200 bytes of A-Z a-z 0-9 _ - . : @ =)"
+            : !json_object_get(m, "data") ? "needs data"
+            : key && (!json_is_string(key) ||
+                      !idempotency_key_valid(json_string_value(key), json_string_length(key)))
+                ? "has an idempotency_key that is not 1 to 200 visible ASCII "
+                  "characters"
+            : json_object_size(m) != 2u + (key != NULL)
+                ? "has members other than channel, data and idempotency_key"
+                : NULL;
         if (!bad && c->has_who &&
             !auth_may_publish(&c->who, json_string_value(ch), json_string_length(ch))) {
             *status = 403;
@@ -626,7 +624,7 @@ static void batch_answer(struct rest_call *c)
     if (out) {
         if (failed)
             c->app->metrics.client_errors[code]++;
-        answer(c->wsi, s, !failed ? 201 : unavailable ? 503 : 400, out, len);
+        answer(c->app, c->wsi, s, !failed ? 201 : unavailable ? 503 : 400, out, len);
     } else if (s) {
         answer_error(c->app, c->wsi, s, 503, ERR_INTERNAL, "out of memory");
     }
@@ -730,19 +728,21 @@ static void single_body_done(struct herald *app, struct lws *wsi, struct http_se
 int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s)
 {
     if (s->phase != REST_BODY) {
-        stray(wsi, s);
+        stray(s);
         return 0;
     }
+    lws_rx_flow_control(wsi, 0); /* the request is whole: read nothing more until answered */
+    http_guard_request_whole(wsi);
     if (!s->refused && !s->body && !(s->body = calloc(1, 1)))
         return -1;
     if (!s->refused && s->call && s->call->is_batch)
         batch_body_done(app, wsi, s, s->call);
     else if (!s->refused && s->call)
         single_body_done(app, wsi, s, s->call);
-    release_body(app, s); /* publish_durable copied what it needs */
+    release_body(app, s);        /* publish_durable copied what it needs */
     if (s->phase == REST_BODY) { /* refused, before or just now */
         s->phase = REST_REPLY;
-        lws_callback_on_writable(wsi);
+        write_now(app, wsi, s);
     }
     return 0;
 }

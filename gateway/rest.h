@@ -2,14 +2,17 @@
  * POST /v1/channels/{C}/messages (durable publish, Idempotency-Key) and POST /v1/messages
  * (a batch). Every answer is written from the connection's HTTP_WRITEABLE callback.
  *
- * One request at a time per connection, answered exactly once. lws 4.1 re-fires a
- * request's callbacks when bytes arrive while it is pending (BODY_COMPLETION again after a
- * POST, the whole head again after a GET, with a rebind that frees the protocol's session
- * memory), so the session lives outside lws (the connection's opaque pointer) and every
- * event that does not fit the request's phase only marks it stray: no second run, no second
- * answer; the answer then says `connection: close` and the connection closes after it. A
- * request refused before its body (401, 403, 404, 503) has the body read and thrown away,
- * never kept. */
+ * One request at a time per connection, answered exactly once. From the moment a request is
+ * whole (a GET's head, a POST's body) the connection reads nothing (lws rx flow control)
+ * until the answer has been written, so the bytes that follow (a pipelined request, a
+ * stray CRLF) wait in the socket and are parsed afterwards as the next request. The answer
+ * is written at once, whole, when it is ready: lws 4.1 never calls WRITEABLE on an h1
+ * connection that does not read, and keeps and sends itself what the socket does not take.
+ * The session lives outside lws (the connection's opaque pointer), since lws frees a
+ * protocol's session memory when it binds the connection again; an event that does not
+ * fit the request's phase only marks it stray: no second run, no second answer, and the
+ * connection closes after the one answer. A request refused before its body (401, 403,
+ * 404, 503) has the body read and thrown away, never kept. */
 #ifndef HERALD_REST_H
 #define HERALD_REST_H
 
@@ -25,14 +28,18 @@ enum rest_phase {
     REST_IDLE,  /* no request yet */
     REST_BODY,  /* a POST's body is arriving (kept, or thrown away when refused) */
     REST_WAIT,  /* handed to PostgreSQL */
-    REST_REPLY, /* the answer is ready and being written */
+    REST_REPLY, /* the answer is being written */
 };
 
-/* The REST state of one connection, created by its first /v1 request. */
+/* The HTTP state of one connection, created by its first request. */
 struct http_session {
     enum rest_phase phase;
-    bool refused;           /* the answer is decided: the body is only thrown away */
-    bool stray;             /* input came where none belongs: close after the answer */
+    bool refused;    /* the answer is decided: the body is only thrown away */
+    bool stray;      /* input came where none belongs: close after the answer */
+    bool hang_up;    /* the last answer is out: close at the next WRITEABLE */
+    bool seen_whole; /* a request of this connection was whole once (http_guard.c) */
+    bool consumed_known;
+    uint64_t consumed;      /* socket bytes lws had read when that request was whole */
     struct rest_call *call; /* the request, until its answer is prepared */
     char *body;             /* the POST body gathered so far */
     size_t body_len;
@@ -40,11 +47,18 @@ struct http_session {
     uint64_t started_ms;
     unsigned status;
     char *response; /* headroom (LWS_PRE and the head), then the answer's body */
-    size_t response_start, response_len, response_sent;
+    size_t response_len;
 };
 
-/* The connection's session, or NULL before its first /v1 request. */
+/* The connection's session, or NULL before its first request; rest_session_make creates
+ * it (NULL when out of memory). */
 struct http_session *rest_session(struct lws *wsi);
+struct http_session *rest_session_make(struct lws *wsi);
+
+/* LWS_CALLBACK_HTTP on any path: true when the connection's /v1 request is still open, so
+ * that this one is not served (it is stray: the connection closes after the open one's
+ * answer). */
+int rest_stray_request(struct lws *wsi);
 
 /* LWS_CALLBACK_HTTP on a /v1 path. Returns what the callback returns. */
 int rest_begin(struct herald *app, struct lws *wsi, const char *uri);
@@ -54,8 +68,8 @@ int rest_body(struct herald *app, struct lws *wsi, struct http_session *s, const
               size_t len);
 int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s);
 
-/* LWS_CALLBACK_HTTP_WRITEABLE: writes the prepared answer, a bounded piece at a time. */
-int rest_writable(struct herald *app, struct lws *wsi, struct http_session *s);
+/* LWS_CALLBACK_HTTP_WRITEABLE: -1 (close) once an answer that ends the connection is out. */
+int rest_writable(struct lws *wsi);
 
 /* LWS_CALLBACK_WSI_DESTROY: frees the session (a PostgreSQL answer still on its way is
  * dropped when it comes). */

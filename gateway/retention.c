@@ -3,17 +3,20 @@
 #include "herald.h"
 #include "log.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <uv.h>
 
 #define PRUNE_BATCH 1000
 
-/* One batch per statement, under a transaction-scoped advisory lock: instances that meet
- * here skip (-1) instead of deleting the same rows, and the lock cannot outlive the
- * statement on a pooled connection. */
-static const char prune_sql[] = "SELECT CASE WHEN pg_try_advisory_xact_lock(x'48657261'::bigint) "
-                                "THEN herald_prune($1::bigint, $2::bigint, $3::int) ELSE -1 END";
+/* One bounded step per statement (common/sql/005_idle_channels.sql): it deletes old messages,
+ * messages past the limit and idle channel rows, and says whether more is waiting. Instances
+ * that meet here do not both work: a step returns (0, 0, false) at once while another one
+ * holds retention's state row, a lock that cannot outlive the statement on a pooled
+ * connection. */
+static const char prune_sql[] =
+    "SELECT messages, channels, more FROM herald_prune_step($1::bigint, $2::bigint, $3::int)";
 
 struct retention {
     struct herald *app;
@@ -21,7 +24,8 @@ struct retention {
     struct db_request q;
     bool busy; /* a prune statement is in flight: q is the db's until on_pruned */
     bool closing;
-    uint64_t pruned;
+    uint64_t pruned;          /* messages */
+    uint64_t channels_pruned; /* idle channel rows */
 };
 
 static void prune_batch(struct retention *r);
@@ -39,13 +43,17 @@ static void on_pruned(void *arg, const PGresult *res, const char *err)
         return;
     }
     long n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    long channels = strtol(PQgetvalue(res, 0, 1), NULL, 10);
+    bool more = PQgetvalue(res, 0, 2)[0] == 't';
     if (n > 0)
         r->pruned += (uint64_t)n;
-    if (n == PRUNE_BATCH)
-        prune_batch(r); /* more to do: keep going, one bounded batch at a time */
-    else if (r->pruned && n >= 0)
-        log_debug("pruned", "history pruned (%llu messages since start)",
-                  (unsigned long long)r->pruned);
+    if (channels > 0)
+        r->channels_pruned += (uint64_t)channels;
+    if (more)
+        prune_batch(r); /* more to do: keep going, one bounded step at a time */
+    else if (r->pruned || r->channels_pruned)
+        log_debug("pruned", "history pruned (%llu messages, %llu idle channels since start)",
+                  (unsigned long long)r->pruned, (unsigned long long)r->channels_pruned);
 }
 
 static void prune_batch(struct retention *r)

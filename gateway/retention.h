@@ -1,6 +1,7 @@
 /* History retention: every HERALD_PRUNE_INTERVAL, messages older than HERALD_HISTORY_TTL or
  * beyond the newest HERALD_HISTORY_MAX of their channel are deleted in bounded batches, by
- * one instance at a time. last_seq is never lowered. */
+ * one instance at a time, and so are channel rows left without a message (idle: a later
+ * publish starts them again with a new epoch). last_seq is never lowered. */
 #ifndef HERALD_RETENTION_H
 #define HERALD_RETENTION_H
 

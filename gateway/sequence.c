@@ -39,7 +39,13 @@ struct seq {
     bool heads_in_flight;
     struct chan_list lru; /* channels with a recent cache, most recently grown first */
     size_t recent_bytes;  /* of every recent cache */
+    struct history_key_request key_read;
+    bool key_in_flight;
+    uint64_t key_retry_ms; /* when the envelope key is asked for again */
+    bool key_warned;
 };
+
+#define KEY_RETRY_MS 5000
 
 /* A history query for one channel. */
 struct fetch {
@@ -315,20 +321,58 @@ static void drain_held(struct seq *s, struct channel *ch, bool skip_gap)
     stop_holding_if_done(s, ch);
 }
 
-/* Whether a sequenced payload is what PostgreSQL stored; *len is then the length of the
- * envelope inside it. */
+static void fill_gap(struct seq *s, struct channel *ch);
+
+/* Whether a sequenced payload carries the signature of the envelope PostgreSQL stored
+ * (envelope_sig.h): only then does it count. */
 static bool authentic(const struct seq *s, const struct channel *ch, const char *payload,
-                      size_t *len)
+                      size_t len)
 {
-    (void)s;
-    (void)ch;
-    (void)payload;
-    (void)len;
-    return true;
+    return s->app->has_envelope_key &&
+           envelope_sig_verify(&s->app->envelope_key, ch->epoch, payload, len);
 }
 
-void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_t len,
-                 uint64_t seq)
+/* The envelope inside a signed payload, as the frame clients get (the bytes stored). */
+static struct frame *envelope_frame(const char *payload, size_t len)
+{
+    size_t n = len - ENVELOPE_SIG_SUFFIX_LEN;
+    struct frame *f = frame_new(n + 1);
+    if (f) {
+        memcpy(frame_payload(f), payload, n);
+        frame_payload(f)[n] = '}';
+    }
+    return f;
+}
+
+static void on_key(void *arg, const unsigned char *key, size_t len, const char *err)
+{
+    struct seq *s = arg;
+    s->key_in_flight = false;
+    if (!key || envelope_key_init(&s->app->envelope_key, key, len) < 0) {
+        if (!s->key_warned)
+            log_warn("envelope_key",
+                     "cannot read the envelope key (%s): sequenced messages "
+                     "come from PostgreSQL only until it can (run herald "
+                     "migrate)",
+                     err ? err : "bad key");
+        s->key_warned = true;
+        s->key_retry_ms = herald_now_ms(s->app) + KEY_RETRY_MS;
+        return;
+    }
+    s->app->has_envelope_key = true;
+    log_info("envelope_key", "envelope key read: sequenced messages from Redis are verified");
+}
+
+/* The key is read once, as soon as PostgreSQL answers, and kept for the process's life. */
+static void want_key(struct seq *s, uint64_t now)
+{
+    if (s->app->has_envelope_key || s->key_in_flight || now < s->key_retry_ms)
+        return;
+    s->key_in_flight = true;
+    history_read_key(s->app, &s->key_read, on_key, s);
+}
+
+void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_t len, uint64_t seq)
 {
     struct seq *s = hub_seq(hub);
     struct herald *app = s->app;
@@ -343,14 +387,15 @@ void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_
         app->metrics.duplicates_dropped++;
         return;
     }
-    size_t envelope_len = len;
-    if (!ch->baseline || !authentic(s, ch, payload, &envelope_len)) {
-        if (ch->baseline)
-            app->metrics.unverified_envelopes++;
+    if (!ch->baseline || !authentic(s, ch, payload, len)) {
         hint(s, ch, seq);
+        if (ch->baseline && !ch->epoch[0]) /* no epoch to check it with yet (the channel had */
+            fill_gap(s, ch); /* no message when subscribed): fetched at once, epoch and all */
+        else if (ch->baseline && app->has_envelope_key)
+            app->metrics.unverified_envelopes++;
         return;
     }
-    struct frame *f = frame_from(payload, envelope_len);
+    struct frame *f = envelope_frame(payload, len);
     if (!f)
         return;
     f->seq = seq;
@@ -730,7 +775,7 @@ static void apply_page(struct seq *s, struct channel *ch, const struct history_p
             continue;
         if (rows[i]->seq != ch->last_seq + 1)
             s->app->metrics.gaps_skipped++; /* pruned before it could be delivered */
-        advance(s, ch, rows[i]); /* gap repair: live members get what they missed */
+        advance(s, ch, rows[i]);            /* gap repair: live members get what they missed */
     }
     /* resumes take what they need from the page itself: it may not join the cache */
     ch->page = rows;
@@ -812,7 +857,10 @@ void seq_tick(struct hub *hub, uint64_t now, bool heads)
         next = ch->holding.next; /* releasing may take ch off the list */
         release_if_due(s, ch, now);
     }
-    if (!heads || !history_on(s) || !db_up(s->app->db))
+    if (!history_on(s) || !db_up(s->app->db))
+        return;
+    want_key(s, now);
+    if (!heads)
         return;
     struct tick *t = malloc(sizeof *t);
     if (!t)

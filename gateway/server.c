@@ -132,6 +132,8 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
         http_guard_refuse(app, wsi, 405, ERR_BAD_REQUEST, "method not allowed: GET and POST only");
         return -1;
     case LWS_CALLBACK_HTTP:
+        if (rest_stray_request(wsi))
+            return 0;
         if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_POST_URI) <= 0)
             lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
         if (strncmp(uri, "/v1/", 4) == 0)
@@ -142,8 +144,8 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return s ? rest_body_done(app, wsi, s) : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE:
-        if (s && s->phase == REST_REPLY)
-            return rest_writable(app, wsi, s);
+        if (rest_writable(wsi) < 0)
+            return -1;
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     case LWS_CALLBACK_WSI_DESTROY:
         rest_session_free(app, wsi);

@@ -67,8 +67,9 @@ static void post_framing(void **state)
 
 static void content_length_is_one_number(void **state)
 {
-    const char *bad[] = {"",      "5,5",  "5,100", "+5", "-1", "0x10", "5 5", " 5",
-                         "5 ",    "1e3",  "５",    "12345678901234567890", "too long"};
+    const char *bad[] = {"",        "5,5", "5,100", "+5",  "-1", "0x10",
+                         "5 5",     " 5",  "5 ",    "1e3", "５", "12345678901234567890",
+                         "too long"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(check(head(HTTP_POST, true, bad[i], false), NULL), 400);
         uint64_t v = 7;
@@ -117,9 +118,12 @@ static void idempotency_keys(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(plain_requests_pass), cmocka_unit_test(methods),
-        cmocka_unit_test(bodies_where_none_belong), cmocka_unit_test(post_framing),
-        cmocka_unit_test(content_length_is_one_number), cmocka_unit_test(subprotocols),
+        cmocka_unit_test(plain_requests_pass),
+        cmocka_unit_test(methods),
+        cmocka_unit_test(bodies_where_none_belong),
+        cmocka_unit_test(post_framing),
+        cmocka_unit_test(content_length_is_one_number),
+        cmocka_unit_test(subprotocols),
         cmocka_unit_test(idempotency_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
