@@ -101,7 +101,7 @@ def herald_settings():
 def gateway_routes():
     """Exact paths the gateway answers (not counting /v1/... and static files)."""
     routes = set()
-    for name in ("http_api.c", "server.c"):
+    for name in ("http_api.c", "http_guard.c", "server.c"):
         with open(os.path.join(REPO, "gateway", name)) as f:
             routes |= set(re.findall(r'strcmp\(uri, "(/[a-z0-9/]*)"\) [!=]= 0', f.read()))
     if not {"/healthz", "/readyz", "/ws"} <= routes:
