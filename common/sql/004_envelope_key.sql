@@ -22,11 +22,11 @@
 --
 -- The key is as secret as the database: Herald runs everything as one role (docs/OPERATIONS.md,
 -- "The history database"), so whoever may call herald_publish may read herald_keys and sign.
--- A deployment that gives producers a role of their own should let it EXECUTE the functions
--- it needs and keep SELECT on herald_keys (and the table in backups and dumps) away from
--- anyone who must not forge messages. Changing the key: UPDATE all four of key, ipad, opad
--- (herald_hmac_pad below; the CHECK refuses stale pads), then restart the gateways so that
--- they load the new key.
+-- herald_sign runs with its caller's rights, so a producer's role needs SELECT on herald_keys
+-- to sign: give it only to roles that may publish anyway, and keep the table (and backups and
+-- dumps of it) away from anyone who must not forge messages. Changing the key: UPDATE key,
+-- ipad and opad together (herald_hmac_pad below; the CHECK refuses stale pads), then restart
+-- the gateways so that they load the new key.
 
 -- key padded to the 64-byte SHA-256 block and XORed with p_byte (0x36: ipad, 0x5c: opad), as
 -- HMAC (RFC 2104) does for keys of at most 64 bytes. Called at migration time and by the CHECK
