@@ -372,6 +372,18 @@ static void want_key(struct seq *s, uint64_t now)
     history_read_key(s->app, &s->key_read, on_key, s);
 }
 
+/* The channel had no message when subscribed, so there is no epoch to check a payload with:
+ * the first one is fetched at once, epoch and all. Forged payloads cannot make that more than
+ * one query per HOLD_MS; the hint covers the ones in between. */
+static void probe_epoch(struct seq *s, struct channel *ch)
+{
+    uint64_t now = herald_now_ms(s->app);
+    if (ch->epoch_probe_ms && now - ch->epoch_probe_ms < HOLD_MS)
+        return;
+    ch->epoch_probe_ms = now;
+    fill_gap(s, ch);
+}
+
 void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_t len, uint64_t seq)
 {
     struct seq *s = hub_seq(hub);
@@ -389,8 +401,10 @@ void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_
     }
     if (!ch->baseline || !authentic(s, ch, payload, len)) {
         hint(s, ch, seq);
-        if (ch->baseline && !ch->epoch[0]) /* no epoch to check it with yet (the channel had */
-            fill_gap(s, ch); /* no message when subscribed): fetched at once, epoch and all */
+        if (!ch->baseline && ch->head_failed && (!ch->headless_from || seq < ch->headless_from))
+            ch->headless_from = seq;
+        else if (ch->baseline && !ch->epoch[0])
+            probe_epoch(s, ch);
         else if (ch->baseline && app->has_envelope_key)
             app->metrics.unverified_envelopes++;
         return;
@@ -460,10 +474,21 @@ static void set_baseline(struct seq *s, struct channel *ch, uint64_t head, const
     ch->last_seq = head;
     snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
     ch->first_kept = first_kept;
+    /* members answered while the lookup failed get what Redis announced meanwhile (within
+     * REPLAY_MAX: a forged low seq must not replay the whole channel to them) */
+    uint64_t from = head;
+    if (ch->headless_from && ch->headless_from <= head) {
+        from = ch->headless_from - 1;
+        if (head - from > (uint64_t)s->app->cfg->replay_max)
+            from = head - (uint64_t)s->app->cfg->replay_max;
+        ch->last_seq = from;
+        hint(s, ch, head);
+    }
+    ch->headless_from = 0;
     for (uint32_t i = 0; i < ch->nmembers; i++)
-        if (ch->members[i].last_seq < head)
-            ch->members[i].last_seq = head;
-    if (ch->hint_seq > head) /* announced while the head was unknown */
+        if (ch->members[i].last_seq < from)
+            ch->members[i].last_seq = from;
+    if (ch->hint_seq > ch->last_seq) /* announced while the head was unknown */
         fill_gap(s, ch);
 }
 
@@ -488,7 +513,7 @@ static void on_new_heads(struct seq *s, struct heads_query *q, const struct hist
         if (!ch)
             continue;
         if (!ch->baseline && err) {
-            ch->head_failed = true; /* live only; the tick asks again */
+            ch->head_failed = true; /* waiters are answered; the tick asks again */
             list_remove(&s->heads, ch, HEADS);
         } else if (!ch->baseline) {
             set_baseline(s, ch, 0, "", 0); /* nothing was ever published */

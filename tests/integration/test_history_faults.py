@@ -1,10 +1,11 @@
 """Faults around the history: PostgreSQL stopped and started (live goes on, catch-up
-degrades, then recovers) and Redis stopped while publishes commit (the gap is repaired)."""
+degrades, then recovers), Redis stopped while publishes commit (the gap is repaired) and one
+gateway cut off from PostgreSQL while others publish (its members miss nothing)."""
 
 import asyncio
 import json
 
-from harness import main, recv_json, subscribe
+from harness import free_port, main, recv_json, subscribe
 from pg import HistoryTestCase
 from test_history import get, post
 
@@ -68,6 +69,82 @@ class HistoryFaultTest(HistoryTestCase):
         self.assertEqual([m["seq"] for m in got], [2, 3, 4, 5, 6])
         await asyncio.to_thread(post, h, "jobs", {"i": 7})
         self.assertEqual((await recv_json(ws, 10))["seq"], 7)
+
+    async def test_head_lookup_failed_members_get_what_was_announced_meanwhile(self):
+        """A gateway whose PostgreSQL link is down answers a subscribe without a position;
+        messages other producers commit meanwhile reach Redis but cannot be verified. Once
+        the link is back the head is learnt and those messages are delivered from PostgreSQL:
+        nothing published after the subscribe is lost."""
+        redis = self.start_redis()
+        pg = self.start_postgres()
+        link = TcpLink(pg.port)
+        await link.start()
+        try:
+            h = await asyncio.to_thread(  # the link is served by this loop meanwhile
+                self.start_herald_with_history, redis, pg, "--database-url",
+                pg.url.replace(str(pg.port), str(link.port)))
+            await asyncio.to_thread(h.wait_ready)
+            await link.cut()
+            await asyncio.to_thread(h.wait_metric, "herald_db_up", lambda v: v == 0)
+            ws = await self.connect(h)
+            reply = await subscribe(ws, "cut")
+            self.assertNotIn("epoch", reply)  # no head: no position to give
+            for i in (1, 2):  # another producer, straight to PostgreSQL and Redis
+                await asyncio.to_thread(self.herald_cli, "publish", "cut", json.dumps({"i": i}),
+                                        pg=pg, redis=redis)
+            await asyncio.sleep(0.5)  # announced while the head is unknown
+            await link.start()
+            got = [await recv_json(ws, 20) for _ in range(2)]
+            self.assertEqual([(m["seq"], m["data"]) for m in got], [(1, {"i": 1}), (2, {"i": 2})])
+            await asyncio.to_thread(self.herald_cli, "publish", "cut", '{"i":3}', pg=pg,
+                                    redis=redis)
+            self.assertEqual((await recv_json(ws, 10))["seq"], 3)
+        finally:
+            await link.cut()
+
+
+class TcpLink:
+    """A TCP forwarder to 127.0.0.1:port that can be cut (listener and connections closed)
+    and restored on the same port: one gateway loses PostgreSQL while others keep it."""
+
+    def __init__(self, target):
+        self.target = target
+        self.port = free_port()
+        self.server = None
+        self.writers = set()
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
+                                                 reuse_address=True)
+
+    async def cut(self):
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+
+    async def _serve(self, reader, writer):
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers.update((writer, up_w))
+
+        async def pump(r, w):
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                w.transport.abort()
+
+        await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
 
 
 if __name__ == "__main__":

@@ -320,6 +320,27 @@ class TestRawPayloads(RedisCase):
         self.assertEqual(seqs, [2, 3])
         self.unharmed(heads={ch: 3}, metrics={UNVERIFIED: 300})
 
+    def test_forgeries_on_a_channel_without_an_epoch_are_fetched_at_a_bounded_rate(self):
+        """M4/M7: a channel with no message yet has no epoch to check a signature with, so
+        the first envelope is fetched from PostgreSQL at once. 100 forged ones spread over
+        a second must not each cost a query: at most one at once per 100 ms plus the held
+        hint's one per 100 ms (and head checks). None is delivered, none counted
+        unverified (nothing to verify with), and the first real messages come in order."""
+        ch = self.ch()
+        ws = self.subscriber(ch)
+        q0 = self.metric_now("herald_db_queries_total")
+        t0 = time.monotonic()
+        with H.RedisConn(self.redis.port) as r:
+            for i in range(100):
+                r.pipeline([("PUBLISH", ch, envelope(ch, 1 + i, {"f": i}))])
+                time.sleep(0.01)
+        elapsed = time.monotonic() - t0
+        queries = self.metric_now("herald_db_queries_total") - q0
+        self.assertLessEqual(queries, 2 * elapsed / 0.1 + elapsed / 2 + 4,
+                             f"{queries} queries in {elapsed:.1f}s")
+        self.assertEqual(self.expect_real_next(ws, ch, 2), [1, 2])
+        self.unharmed(heads={ch: 2}, exact_metrics={UNVERIFIED: 0})
+
 
 if __name__ == "__main__":
     H.run_module()
