@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* memfd_create, SEEK_DATA */
 #include "iplimit.h"
 #include "log.h"
 
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #define KEY_BYTES 16
 
@@ -34,6 +36,7 @@ struct table {
 struct iplimit {
     struct table *tab;
     size_t bytes; /* of the mapping */
+    int fd;       /* the memory file behind it: tells which pages were ever written */
     int slot;
 };
 
@@ -155,14 +158,18 @@ struct iplimit *iplimit_new(long max_connections, int workers)
     size_t entry_bytes = sizeof(struct entry) + (size_t)workers * sizeof(uint32_t);
     size_t bytes = offsetof(struct table, entries) + cap * entry_bytes;
     struct iplimit *t = calloc(1, sizeof *t);
-    /* shared, so that the workers forked later count in this same table; NORESERVE: only the
-     * pages that addresses land on take memory */
-    void *m = t ? mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                       MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-                : MAP_FAILED;
+    /* shared, so that the workers forked later count in this same table; a memory file
+     * rather than an anonymous mapping so that iplimit_clear_slot can skip its holes: only
+     * the pages that addresses land on take memory */
+    int fd = t ? memfd_create("herald-iplimit", MFD_CLOEXEC) : -1;
+    void *m = fd >= 0 && ftruncate(fd, (off_t)bytes) == 0
+                  ? mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)
+                  : MAP_FAILED;
     if (m == MAP_FAILED) {
         log_error("iplimit", "cannot map %zu bytes for the per-address connection counts: %s",
                   bytes, strerror(errno));
+        if (fd >= 0)
+            close(fd);
         free(t);
         return NULL;
     }
@@ -178,6 +185,7 @@ struct iplimit *iplimit_new(long max_connections, int workers)
     pthread_mutexattr_destroy(&a);
     t->tab = tab;
     t->bytes = bytes;
+    t->fd = fd;
     return t;
 }
 
@@ -187,6 +195,7 @@ void iplimit_free(struct iplimit *t)
     if (!t)
         return;
     munmap(t->tab, t->bytes);
+    close(t->fd);
     free(t);
 }
 
@@ -195,12 +204,30 @@ void iplimit_set_slot(struct iplimit *t, int slot)
     t->slot = slot;
 }
 
+/* Only entries whose count sits on a page that was ever written can hold one: the holes of
+ * the file are skipped, since reading them would make the kernel allocate the whole table. */
 void iplimit_clear_slot(struct iplimit *t, int slot)
 {
     struct table *tab = lock(t);
-    for (size_t i = 0; i < tab->cap; i++)
-        while (at(tab, i)->count[slot]) /* drop may move another entry into i */
-            drop(tab, i, slot, at(tab, i)->count[slot]);
+    off_t end = (off_t)t->bytes;
+    off_t count0 = (off_t)(offsetof(struct table, entries) + sizeof(struct entry) +
+                           (size_t)slot * sizeof(uint32_t)); /* of entry 0 */
+    off_t step = (off_t)tab->entry_bytes;
+    for (off_t data = 0; data < end;) {
+        off_t hole = end;
+        data = lseek(t->fd, data, SEEK_DATA);
+        if (data < 0 && errno == ENXIO)
+            break; /* no data past here */
+        if (data < 0)
+            data = 0; /* cannot tell: every entry */
+        else if ((hole = lseek(t->fd, data, SEEK_HOLE)) < 0)
+            hole = end;
+        size_t i = data <= count0 ? 0 : (size_t)((data - count0 + step - 1) / step);
+        for (; i < tab->cap && count0 + (off_t)i * step < hole; i++)
+            while (at(tab, i)->count[slot]) /* drop may move another entry into i */
+                drop(tab, i, slot, at(tab, i)->count[slot]);
+        data = hole;
+    }
     unlock(t);
 }
 
