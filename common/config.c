@@ -369,6 +369,13 @@ static int finish(struct herald_config *cfg, char *err, size_t errlen)
                  cfg->client_queue_bytes, cfg->max_publish_bytes, CONFIG_ENVELOPE_OVERHEAD);
         return -1;
     }
+    if (cfg->body_buffer_bytes < cfg->max_publish_bytes) {
+        snprintf(err, errlen,
+                 "HERALD_BODY_BUFFER_BYTES (%ld) must be at least HERALD_MAX_PUBLISH_BYTES "
+                 "(%ld), or the largest request body could never be read",
+                 cfg->body_buffer_bytes, cfg->max_publish_bytes);
+        return -1;
+    }
     if (!cfg->instance_id[0]) {
         char host[64] = "herald";
         gethostname(host, sizeof host - 1);

@@ -78,6 +78,26 @@ static void bad_values_are_reported(void **state)
     assert_non_null(strstr(err, "TLS"));
 }
 
+/* Settings that are valid alone but not together refuse to start, naming both. */
+static void limits_that_cannot_hold_the_largest_message_are_refused(void **state)
+{
+    (void)state;
+    struct herald_config cfg;
+    char err[256];
+    char *q[] = {"herald", "--max-publish-bytes", "64k", "--client-queue-bytes", "64k"};
+    assert_int_equal(load(&cfg, 5, q, err), CONFIG_ERROR);
+    assert_non_null(strstr(err, "HERALD_CLIENT_QUEUE_BYTES"));
+    assert_non_null(strstr(err, "HERALD_MAX_PUBLISH_BYTES"));
+    char *q_ok[] = {"herald", "--max-publish-bytes", "63k", "--client-queue-bytes", "64k"};
+    assert_int_equal(load(&cfg, 5, q_ok, err), CONFIG_OK);
+    char *b[] = {"herald", "--max-publish-bytes", "128k", "--body-buffer-bytes", "127k"};
+    assert_int_equal(load(&cfg, 5, b, err), CONFIG_ERROR);
+    assert_non_null(strstr(err, "HERALD_BODY_BUFFER_BYTES"));
+    assert_non_null(strstr(err, "HERALD_MAX_PUBLISH_BYTES"));
+    char *b_ok[] = {"herald", "--max-publish-bytes", "128k", "--body-buffer-bytes", "128k"};
+    assert_int_equal(load(&cfg, 5, b_ok, err), CONFIG_OK);
+}
+
 static void help_and_version_exit(void **state)
 {
     struct herald_config cfg;
@@ -163,6 +183,7 @@ int main(void)
         cmocka_unit_test_setup(defaults_match_the_contract, clean_env),
         cmocka_unit_test_setup(flags_win_over_environment, clean_env),
         cmocka_unit_test_setup(bad_values_are_reported, clean_env),
+        cmocka_unit_test_setup(limits_that_cannot_hold_the_largest_message_are_refused, clean_env),
         cmocka_unit_test_setup(help_and_version_exit, clean_env),
         cmocka_unit_test(sizes_parse_binary_units),
         cmocka_unit_test(listen_addresses_parse),
