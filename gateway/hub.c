@@ -444,20 +444,26 @@ static void note_invalid(struct hub *hub, const struct channel *ch, const char *
 }
 
 /* One parse per message per process: sequenced envelopes go through the sequencer; raw
- * payloads are wrapped and delivered at once. A payload over HERALD_MAX_PUBLISH_BYTES is
- * no message any publisher could send: dropped, so that no queue has to take it. */
+ * payloads are wrapped and delivered at once. Data over HERALD_MAX_PUBLISH_BYTES (a raw
+ * payload is its own data; an envelope may add CONFIG_ENVELOPE_OVERHEAD around it) is no
+ * message any publisher could send: dropped, so that every queue can take what is left. */
 void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload, size_t plen)
 {
     struct channel *ch = hub_find(hub, name, len);
     if (!ch || ch->nmembers == 0)
         return;
     hub->app->metrics.redis_messages++;
-    if (plen > (size_t)hub->app->cfg->max_publish_bytes + CONFIG_ENVELOPE_OVERHEAD) {
+    size_t max = (size_t)hub->app->cfg->max_publish_bytes;
+    if (plen > max + CONFIG_ENVELOPE_OVERHEAD) { /* not even parsed */
         note_invalid(hub, ch, "payload larger than HERALD_MAX_PUBLISH_BYTES");
         return;
     }
     struct payload_info info;
     envelope_classify(ch->name, ch->len, payload, plen, &info);
+    if (info.kind == PAYLOAD_RAW && plen > max) {
+        info.kind = PAYLOAD_INVALID;
+        info.error = "payload larger than HERALD_MAX_PUBLISH_BYTES";
+    }
     if (info.kind == PAYLOAD_INVALID) {
         note_invalid(hub, ch, info.error);
         return;

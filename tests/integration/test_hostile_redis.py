@@ -268,13 +268,20 @@ class TestRawPayloads(RedisCase):
         self.unharmed(heads={ch: 1}, metrics={INVALID: 1})
 
     def test_raw_payload_over_the_publish_limit_is_dropped(self):
-        """Spec 5: a raw payload larger than HERALD_MAX_PUBLISH_BYTES (64k here): dropped,
-        counted invalid, not delivered."""
+        """Spec 5: a raw payload larger than HERALD_MAX_PUBLISH_BYTES (64k here), by far or
+        by less than the 1 KiB an envelope may add around its data: dropped, counted
+        invalid, not delivered. One of exactly 64k is delivered."""
         ch = self.ch()
         ws = self.subscriber(ch)
         self.redis.publish(ch, json.dumps({"big": "x" * 70000}))
+        self.redis.publish(ch, json.dumps({"big": "x" * (65536 + 500 - 11)}))
+        exact = json.dumps({"big": "x" * (65536 - 11)})
+        self.assertEqual(len(exact), 65536)
+        self.redis.publish(ch, exact)
+        m = ws_next_json(ws, 10)
+        self.assertEqual((m.get("seq"), len(m["data"]["big"])), (None, 65536 - 11))
         self.expect_real_next(ws, ch, 1)
-        self.unharmed(heads={ch: 1}, metrics={INVALID: 1})
+        self.unharmed(heads={ch: 1}, exact_metrics={INVALID: 2})
 
     def test_raw_payload_within_limits_is_delivered_raw(self):
         """Control: a raw JSON object (no op/seq) is delivered as a raw message, no seq."""
