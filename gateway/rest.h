@@ -1,6 +1,6 @@
 /* The /v1 REST routes: GET /v1/channels/{C}/messages (catch-up with paging),
  * POST /v1/channels/{C}/messages (durable publish, Idempotency-Key) and POST /v1/messages
- * (a batch). Every answer is written from the connection's HTTP_WRITEABLE callback.
+ * (a batch).
  *
  * One request at a time per connection, answered exactly once. From the moment a request is
  * whole (a GET's head, a POST's body) the connection reads nothing (lws rx flow control)
