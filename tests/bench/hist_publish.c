@@ -2,8 +2,9 @@
  * hist-publish: durable publish throughput and publish-to-delivery latency of Herald's history.
  *
  *   --mode sql      N threads, each with its own libpq connection and hiredis connection:
- *                   SELECT seq, envelope FROM herald_publish($1,$2,$3) (prepared), then
- *                   PUBLISH <prefix+channel> <envelope>; as fast as possible for D seconds.
+ *                   SELECT seq, herald_sign(epoch, envelope) FROM herald_publish($1,$2,$3)
+ *                   (prepared), then PUBLISH <prefix+channel> <signed envelope>; as fast
+ *                   as possible for D seconds.
  *                   With --batch B, each call is herald_publish_batch over B messages (one
  *                   statement, one COMMIT), then B pipelined PUBLISHes.
  *   --mode rest     N threads, each with one keep-alive HTTP/1.1 connection to the gateway:
@@ -33,10 +34,12 @@
 
 enum mode { M_SQL, M_REST, M_LATENCY };
 
+/* what a producer PUBLISHes is the signed envelope (docs/PROTOCOL.md): an unsigned one is
+ * only a hint to the gateways, which would fetch the message from PostgreSQL instead */
 static const char publish_sql[] =
-    "SELECT seq, envelope FROM herald_publish($1::text, $2::json, $3::text)";
-static const char batch_sql[] =
-    "SELECT seq, envelope FROM herald_publish_batch($1::text[], $2::json[], $3::text[])";
+    "SELECT seq, herald_sign(epoch, envelope) FROM herald_publish($1::text, $2::json, $3::text)";
+static const char batch_sql[] = "SELECT seq, herald_sign(epoch, envelope) FROM "
+                                "herald_publish_batch($1::text[], $2::json[], $3::text[])";
 
 struct opts {
     enum mode mode;
