@@ -37,8 +37,9 @@ struct seq {
     struct chan_list holding; /* channels with held frames or an open hint */
     struct chan_list heads;   /* channels waiting for a head lookup */
     bool heads_in_flight;
-    struct chan_list lru; /* channels with a recent cache, most recently grown first */
-    size_t recent_bytes;  /* of every recent cache */
+    size_t checks_in_flight; /* periodic head checks: a round starts when none is left */
+    struct chan_list lru;    /* channels with a recent cache, most recently grown first */
+    size_t recent_bytes;     /* of every recent cache */
     struct history_key_request key_read;
     bool key_in_flight;
     uint64_t key_retry_ms; /* when the envelope key is asked for again */
@@ -538,6 +539,7 @@ static void on_heads(void *arg, const struct history_head *heads, size_t n, cons
     struct heads_query *q = arg;
     struct seq *s = q->s;
     if (q->check) {
+        s->checks_in_flight--;
         if (!err) /* PostgreSQL down: the next check tries again */
             on_check_heads(s, heads, n);
     } else {
@@ -574,7 +576,9 @@ static void query_heads(struct seq *s, struct channel **chs, size_t n, bool chec
     for (size_t i = 0; i < n; i++)
         if ((names[q->n] = strdup(chs[i]->name)))
             q->n++;
-    if (!check)
+    if (check)
+        s->checks_in_flight++;
+    else
         s->heads_in_flight = true;
     history_heads(s->app, &q->r, (const char *const *)q->names, q->n, on_heads, q);
 }
@@ -855,6 +859,7 @@ static void release_if_due(struct seq *s, struct channel *ch, uint64_t now)
 }
 
 struct tick {
+    bool check; /* no check round is still in flight: start one */
     struct channel *batch[HISTORY_HEADS_MAX];
     size_t n;
 };
@@ -868,7 +873,8 @@ static void check_channel(struct hub *hub, struct channel *ch, void *arg)
         want_head(s, ch);
         return;
     }
-    if (ch->baseline && ch->redis == R_ACTIVE && !ch->fetching && ch->nmembers && !ch->nheld) {
+    if (t->check && ch->baseline && ch->redis == R_ACTIVE && !ch->fetching && ch->nmembers &&
+        !ch->nheld) {
         t->batch[t->n++] = ch;
         if (t->n == HISTORY_HEADS_MAX) {
             query_heads(s, t->batch, t->n, true);
@@ -893,6 +899,7 @@ void seq_tick(struct hub *hub, uint64_t now, bool heads)
     if (!t)
         return;
     t->n = 0;
+    t->check = s->checks_in_flight == 0; /* a slow PostgreSQL is not sent a second round */
     hub_each(hub, check_channel, t);
     if (t->n)
         query_heads(s, t->batch, t->n, true);

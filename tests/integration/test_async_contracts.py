@@ -149,6 +149,34 @@ class AsyncContractTest(HistoryTestCase):
             self.assertEqual((status, [m["seq"] for m in body["messages"]]), (200, [1]), body)
         self.assertEqual(h.metric("herald_db_queued"), 0)
 
+    async def test_a_slow_postgres_gets_one_round_of_head_checks_at_a_time(self):
+        """The periodic head check (every 2 s) while herald_channels is locked for 7 s: the
+        first round waits in PostgreSQL and no other round is sent until it is answered;
+        then the checks go on."""
+        redis, pg = self.start_redis(), self.start_postgres()
+        # no pruning in the window: only head checks
+        h = self.start_herald_with_history(redis, pg, "--prune-interval", "1h")
+        ws = await self.connect(h)
+        await subscribe(ws, "slow")
+        self.assertEqual(post(h, "slow", {"x": 1})[0], 201)
+        self.assertEqual((await recv_json(ws, 10))["seq"], 1)
+        await asyncio.sleep(2.5)  # the key read and a first check are done
+
+        def sent():
+            return h.metric("herald_db_queries_total") + h.metric("herald_db_queued")
+
+        lock = LockSession(pg, "LOCK TABLE herald_channels IN ACCESS EXCLUSIVE MODE")
+        self.addCleanup(lock.release)
+        before = sent()
+        await asyncio.sleep(7)  # three or four check ticks
+        during = sent() - before
+        lock.release()
+        self.assertLessEqual(during, 1, f"{during} head checks sent to a PostgreSQL that "
+                             "has not answered the first")
+        await asyncio.to_thread(wait_for, lambda: sent() - before >= during + 2, 10,
+                                what="head checks going on after the lock")
+        self.assertEqual(h.healthz(), 200)
+
     async def test_postgres_killed_with_requests_in_flight(self):
         """PostgreSQL killed while publishes and catch-ups are in flight and queued: each
         is answered once (stored, or 503), live delivery goes on, and after a restart every
