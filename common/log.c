@@ -58,3 +58,15 @@ void log_emit(enum log_level level, const char *event, const char *fmt, ...)
     if (len > 0 && len < (int)sizeof line)
         fwrite(line, 1, (size_t)len, stderr);
 }
+
+bool log_limit_pass(struct log_limit *l, uint64_t now_ms, uint64_t *skipped)
+{
+    if (l->last_ms && now_ms - l->last_ms < 1000) {
+        l->skipped++;
+        return false;
+    }
+    *skipped = l->skipped;
+    l->last_ms = now_ms;
+    l->skipped = 0;
+    return true;
+}

@@ -23,8 +23,7 @@ struct hub {
     size_t count;
     uv_timer_t timer;
     uint64_t last_head_check_ms;
-    uint64_t last_invalid_log_ms;
-    uint64_t invalid_unlogged;
+    struct log_limit invalid_log;
 };
 
 static uint32_t hash_name(const char *s, size_t n)
@@ -428,19 +427,15 @@ void hub_deliver(struct hub *hub, struct channel *ch, struct frame *f)
     }
 }
 
-/* Logs a dropped payload at most once a second, with how many went unlogged. */
+/* Counts a dropped payload and logs it at most once a second. */
 static void note_invalid(struct hub *hub, const struct channel *ch, const char *why)
 {
     hub->app->metrics.invalid_payloads++;
-    uint64_t now = herald_now_ms(hub->app);
-    if (now - hub->last_invalid_log_ms < 1000 && hub->last_invalid_log_ms) {
-        hub->invalid_unlogged++;
-        return;
-    }
-    log_warn("invalid_payload", "dropped a payload on channel %s: %s (%llu more since last log)",
-             ch->name, why, (unsigned long long)hub->invalid_unlogged);
-    hub->last_invalid_log_ms = now;
-    hub->invalid_unlogged = 0;
+    uint64_t skipped;
+    if (log_limit_pass(&hub->invalid_log, herald_now_ms(hub->app), &skipped))
+        log_warn("invalid_payload",
+                 "dropped a payload on channel %s: %s (%llu more since last log)", ch->name, why,
+                 (unsigned long long)skipped);
 }
 
 /* One parse per message per process: sequenced envelopes go through the sequencer; raw

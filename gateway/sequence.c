@@ -44,6 +44,7 @@ struct seq {
     bool key_in_flight;
     uint64_t key_retry_ms; /* when the envelope key is asked for again */
     bool key_warned;
+    struct log_limit gap_log, query_log;
 };
 
 #define KEY_RETRY_MS 5000
@@ -302,10 +303,15 @@ static void drain_held(struct seq *s, struct channel *ch, bool skip_gap)
         struct frame *f = ch->held[i];
         if (f->seq > ch->last_seq + 1 && !skip_gap)
             break;
+        uint64_t skipped;
         if (f->seq > ch->last_seq + 1) {
             s->app->metrics.gaps_skipped++;
-            log_warn("gap_skipped", "channel %s: seq %llu..%llu could not be recovered", ch->name,
-                     (unsigned long long)ch->last_seq + 1, (unsigned long long)f->seq - 1);
+            if (log_limit_pass(&s->gap_log, herald_now_ms(s->app), &skipped))
+                log_warn("gap_skipped",
+                         "channel %s: seq %llu..%llu could not be recovered (%llu more gaps "
+                         "since last log)",
+                         ch->name, (unsigned long long)ch->last_seq + 1,
+                         (unsigned long long)f->seq - 1, (unsigned long long)skipped);
         }
         if (f->seq > ch->last_seq)
             advance(s, ch, f);
@@ -835,7 +841,10 @@ static void on_fetch(void *arg, const struct history_page *page, const char *err
     if (page) {
         apply_page(s, ch, page);
     } else {
-        log_warn("history_query", "channel %s: %s", ch->name, err);
+        uint64_t skipped;
+        if (log_limit_pass(&s->query_log, herald_now_ms(s->app), &skipped))
+            log_warn("history_query", "channel %s: %s (%llu more failures since last log)",
+                     ch->name, err, (unsigned long long)skipped);
         fetch_failed(s, ch);
     }
     seq_progress(s->hub, ch);
