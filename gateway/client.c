@@ -337,9 +337,10 @@ static void flush_one(struct client *c)
         outq_clear(&c->q);
         return;
     }
-    if (!lws_partial_buffered(c->wsi))
+    bool partial = lws_partial_buffered(c->wsi); /* check_drained only queues: it stays */
+    if (!partial)
         check_drained(c);
-    if (!outq_empty(&c->q) || lws_partial_buffered(c->wsi))
+    if (partial || !outq_empty(&c->q))
         wait_writable(c);
 }
 
