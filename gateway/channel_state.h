@@ -86,7 +86,8 @@ struct channel {
     struct seq_link lru;     /* has a recent cache; the least recently grown is trimmed first */
     struct frame **page;     /* a fetched page of history, during its callback only */
     size_t npage;
-    struct outq recent; /* newest delivered frames, contiguous by seq, bounded in bytes */
+    uint64_t page_since; /* the page has the rows after this seq that PostgreSQL still has */
+    struct outq recent;  /* newest delivered frames, contiguous by seq, bounded in bytes */
     size_t len;
     char name[];
 };

@@ -695,11 +695,12 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
         answer(ch, w, true, true, NULL);
         return STEP_DONE;
     }
-    /* the frames after since are neither in the cache nor in the page: pruned, when the
-     * page starts past them (retention by age can cut a hole in a channel's history) */
+    /* the frames after since are neither in the cache nor in the page: pruned, when a page
+     * asked for them starts past them (retention by age can cut a hole in a channel's
+     * history); a page for a later position (gap repair) says nothing about them */
     if (ch->last_seq - w->since > (uint64_t)s->app->cfg->replay_max ||
         (ch->first_kept && w->since + 1 < ch->first_kept) ||
-        (ch->npage && ch->page[0]->seq > w->since + 1))
+        (ch->npage && ch->page_since <= w->since && ch->page[0]->seq > w->since + 1))
         code = "history_expired";
     else if (w->attempts >= MAX_ATTEMPTS || !db_up(s->app->db))
         code = "history_unavailable";
@@ -798,7 +799,9 @@ static struct frame **page_frames(const struct history_page *page, size_t *n)
     return rows;
 }
 
-static void apply_page(struct seq *s, struct channel *ch, const struct history_page *page)
+/* The page of the query for rows after since. */
+static void apply_page(struct seq *s, struct channel *ch, const struct history_page *page,
+                       uint64_t since)
 {
     if (ch->baseline && page->exists && ch->epoch[0] && strcmp(ch->epoch, page->epoch) != 0)
         reset_epoch(s, ch, page);
@@ -817,6 +820,7 @@ static void apply_page(struct seq *s, struct channel *ch, const struct history_p
     /* resumes take what they need from the page itself: it may not join the cache */
     ch->page = rows;
     ch->npage = n;
+    ch->page_since = since;
     seq_progress(s->hub, ch);
     ch->page = NULL;
     ch->npage = 0;
@@ -835,11 +839,12 @@ static void on_fetch(void *arg, const struct history_page *page, const char *err
     struct fetch *ft = arg;
     struct seq *s = ft->s;
     struct channel *ch = ft->ch;
+    uint64_t since = ft->since;
     free(ft);
     ch->fetching = false;
     ch->queries--;
     if (page) {
-        apply_page(s, ch, page);
+        apply_page(s, ch, page, since);
     } else {
         uint64_t skipped;
         if (log_limit_pass(&s->query_log, herald_now_ms(s->app), &skipped))
