@@ -2,6 +2,8 @@
 
 import asyncio
 import os
+import re
+import socket
 import ssl
 import subprocess
 import urllib.request
@@ -44,6 +46,36 @@ class TlsTest(HistoryTestCase):
         # plain HTTP on the TLS port gets nothing useful
         with self.assertRaises(Exception):
             urllib.request.urlopen(f"http://127.0.0.1:{h.port}/healthz", timeout=5).read()
+        # no HTTP/2 over TLS either: ALPN settles on http/1.1, and an HTTP/2 preface is not
+        # read as HTTP/2 (an HTTP/1.1 refusal or a close, never a SETTINGS frame)
+        alpn, answer = await asyncio.to_thread(self.h2_attempt, h.port, cert)
+        self.assertEqual(alpn, "http/1.1")
+        self.assertTrue(answer == b"" or re.match(rb"HTTP/1\.[01] 4\d\d ", answer), answer)
+        status, _ = await asyncio.to_thread(https, "/healthz")
+        self.assertEqual(status, 200)
+
+    @staticmethod
+    def h2_attempt(port, cert):
+        """Offers h2 then http/1.1 by ALPN and sends the HTTP/2 connection preface: returns
+        the protocol the server chose and what it answered."""
+        ctx = ssl.create_default_context(cafile=cert)
+        ctx.check_hostname = False
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                chosen = tls.selected_alpn_protocol()
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                data = b""
+                try:
+                    while len(data) < 4096:
+                        chunk = tls.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                except (OSError, ssl.SSLError):
+                    pass
+                return chosen, data
 
 
 if __name__ == "__main__":
