@@ -62,8 +62,8 @@ struct channel {
     uint32_t nwaiters;
     uint8_t redis;
     bool baseline;       /* last_seq and epoch come from PostgreSQL */
-    bool head_failed;    /* the head lookup failed: members are answered (without a position)
-                          * and get what was announced meanwhile once the head is known */
+    bool head_failed;    /* the head lookup failed: the tick asks again */
+    bool headless;       /* members were answered without a position (a lookup failed) */
     bool fetching;       /* a history query for this channel is in flight */
     uint32_t queries;    /* queries in flight that point at this channel */
     uint64_t last_seq;   /* highest seq delivered live (or the head when subscribed) */
@@ -77,8 +77,8 @@ struct channel {
     /* the highest seq Redis announced that this process could not take (not authentic, or
      * past the hold budget): PostgreSQL is asked whether it exists */
     uint64_t hint_seq;
-    /* the lowest seq Redis announced while head_failed: delivered from there on once the
-     * head is known, so members answered meanwhile miss nothing published after they were */
+    /* the lowest seq Redis announced while headless: delivered from there on once the head
+     * is known, so members answered meanwhile miss nothing published after they were */
     uint64_t headless_from;
     uint64_t epoch_probe_ms; /* last immediate fetch for a channel with no epoch yet */
     struct seq_link holding; /* has held frames or an open hint */

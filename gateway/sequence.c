@@ -408,7 +408,7 @@ void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_
     }
     if (!ch->baseline || !authentic(s, ch, payload, len)) {
         hint(s, ch, seq);
-        if (!ch->baseline && ch->head_failed && (!ch->headless_from || seq < ch->headless_from))
+        if (!ch->baseline && ch->headless && (!ch->headless_from || seq < ch->headless_from))
             ch->headless_from = seq;
         else if (ch->baseline && !ch->epoch[0])
             probe_epoch(s, ch);
@@ -492,6 +492,7 @@ static void set_baseline(struct seq *s, struct channel *ch, uint64_t head, const
         hint(s, ch, head);
     }
     ch->headless_from = 0;
+    ch->headless = false;
     for (uint32_t i = 0; i < ch->nmembers; i++)
         if (ch->members[i].last_seq < from)
             ch->members[i].last_seq = from;
@@ -520,7 +521,7 @@ static void on_new_heads(struct seq *s, struct heads_query *q, const struct hist
         if (!ch)
             continue;
         if (!ch->baseline && err) {
-            ch->head_failed = true; /* waiters are answered; the tick asks again */
+            ch->head_failed = ch->headless = true; /* waiters are answered; the tick asks again */
             list_remove(&s->heads, ch, HEADS);
         } else if (!ch->baseline) {
             set_baseline(s, ch, 0, "", 0); /* nothing was ever published */
@@ -561,7 +562,7 @@ static void heads_failed(struct seq *s, struct channel **chs, size_t n)
 {
     s->heads_in_flight = false;
     for (size_t i = 0; i < n; i++) {
-        chs[i]->head_failed = true;
+        chs[i]->head_failed = chs[i]->headless = true;
         seq_progress(s->hub, chs[i]);
     }
 }
