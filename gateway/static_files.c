@@ -68,9 +68,11 @@ int static_serve(struct herald *app, struct lws *wsi, const char *uri)
         strncmp(real, root, rlen) != 0 || real[rlen] != '/' || strstr(real + rlen, "/.") ||
         stat(real, &st) != 0 || !S_ISREG(st.st_mode))
         return not_found(wsi);
+    /* lws 4.1.6 looks for cache-control in these with strstr: they must end in a NUL */
     uint8_t headers[128], *p = headers;
-    if (add_nosniff(wsi, &p, headers + sizeof headers))
+    if (add_nosniff(wsi, &p, headers + sizeof headers - 1))
         return -1;
+    *p = '\0';
     const char *mime = lws_get_mimetype(path, NULL); /* by the name asked for */
     int r = lws_serve_http_file(wsi, real, mime ? mime : "application/octet-stream",
                                 (const char *)headers, (int)(p - headers));
