@@ -34,7 +34,7 @@ struct herald {
     struct db *db;               /* NULL without HERALD_DATABASE_URL */
     struct publisher *publisher; /* durable publish; NULL without the db */
     struct retention *retention;
-    struct rest *rest; /* REST sessions reading a body */
+    struct rest *rest;   /* REST sessions reading a body */
     struct iplimit *ips; /* connections per client address */
     struct metrics metrics;
     struct later_queue later; /* completions and kicks run from the loop (later.h) */

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <uv.h>
 
-#define BATCH_MESSAGES_MAX 1000 /* messages in one POST /v1/messages */
+#define BATCH_MESSAGES_MAX 1000                /* messages in one POST /v1/messages */
 #define QUERY_ARG_MAX      (HTTP_HEAD_MAX + 1) /* any argument of a head lws kept fits */
 /* An idempotency key is stored under its caller's name, so that a co-publisher cannot take
  * a key first: "s/" for the API key, "u<len>:<sub>/" for a token, nothing with auth off. */
