@@ -153,10 +153,12 @@ size_t envelope_sig_sign(const struct envelope_key *k, const char *epoch, const 
     return (size_t)(p - out);
 }
 
-size_t envelope_sig_strip(char *payload, size_t len)
+size_t envelope_sig_strip(const char *payload, size_t len, char *out)
 {
     if (!envelope_sig_present(payload, len))
         return 0;
-    payload[len - ENVELOPE_SIG_SUFFIX_LEN] = '}';
-    return len - (ENVELOPE_SIG_SUFFIX_LEN - 1);
+    size_t n = len - ENVELOPE_SIG_SUFFIX_LEN;
+    memmove(out, payload, n); /* out may be payload itself */
+    out[n] = '}';
+    return n + 1;
 }

@@ -76,9 +76,9 @@ bool envelope_sig_verify(const struct envelope_key *k, const char *epoch, const 
 size_t envelope_sig_sign(const struct envelope_key *k, const char *epoch, const char *envelope,
                          size_t len, char *out);
 
-/* Turns a payload whose sig is present back into its envelope, in place (the sig's first
- * byte becomes the final '}'), and returns the envelope's length, len - 73. Returns 0 and
- * changes nothing when envelope_sig_present(payload, len) is false. */
-size_t envelope_sig_strip(char *payload, size_t len);
+/* Writes the envelope of a payload whose sig is present into out (len - 73 bytes, no NUL
+ * added; out may be payload itself) and returns its length, len - 73. Returns 0 and writes
+ * nothing when envelope_sig_present(payload, len) is false. */
+size_t envelope_sig_strip(const char *payload, size_t len, char *out);
 
 #endif

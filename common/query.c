@@ -1,4 +1,5 @@
 #include "query.h"
+#include "hex.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -31,18 +32,6 @@ int query_parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out)
     return 0;
 }
 
-/* 0..15 for a hex digit, -1 otherwise. */
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes s[0..n) (%XX escapes, `+` as space) into out (cap bytes, not NUL-terminated).
  * Returns the decoded length, -1 for a bad escape, -2 when it does not fit. */
 static long decode(const char *s, size_t n, char *out, size_t cap)
@@ -51,11 +40,11 @@ static long decode(const char *s, size_t n, char *out, size_t cap)
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '%') {
-            if (n - i < 3 || hexval((unsigned char)s[i + 1]) < 0 ||
-                hexval((unsigned char)s[i + 2]) < 0)
+            if (n - i < 3 || hex_digit((unsigned char)s[i + 1]) < 0 ||
+                hex_digit((unsigned char)s[i + 2]) < 0)
                 return -1;
-            c = (unsigned char)(hexval((unsigned char)s[i + 1]) * 16 +
-                                hexval((unsigned char)s[i + 2]));
+            c = (unsigned char)(hex_digit((unsigned char)s[i + 1]) * 16 +
+                                hex_digit((unsigned char)s[i + 2]));
             i += 2;
         } else if (c == '+') {
             c = ' ';

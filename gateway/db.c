@@ -3,7 +3,6 @@
 #include "log.h"
 #include "resolve.h"
 
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -507,12 +506,12 @@ size_t db_queued(const struct db *db)
 
 static void run_kick(struct later *item)
 {
-    dispatch((struct db *)((char *)item - offsetof(struct db, kick)));
+    dispatch(LATER_OWNER(item, struct db, kick));
 }
 
 static void run_failure(struct later *item)
 {
-    struct db_request *r = (struct db_request *)((char *)item - offsetof(struct db_request, later));
+    struct db_request *r = LATER_OWNER(item, struct db_request, later);
     complete(r->db, r, NULL, r->fail);
 }
 

@@ -1,6 +1,7 @@
 #include "history.h"
 #include "db.h"
 #include "herald.h"
+#include "hex.h"
 #include "pg_array.h"
 
 #include <stdio.h>
@@ -83,7 +84,6 @@ static void heads_done(void *p, const PGresult *r, const char *err)
         err = "out of memory";
     for (int i = 0; !err && i < rows; i++)
         heads[i] = (struct history_head){.name = PQgetvalue(r, i, 0),
-                                         .exists = true,
                                          .head = u64(r, i, 1),
                                          .epoch = PQgetvalue(r, i, 2),
                                          .first_kept = u64(r, i, 3)};
@@ -115,11 +115,6 @@ void history_heads(struct herald *app, struct history_request *r, const char *co
 
 static const char key_sql[] = "SELECT encode(key, 'hex') FROM herald_keys WHERE id = 1";
 
-static int hexval(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 static void key_done(void *p, const PGresult *r, const char *err)
 {
     struct history_key_request *req = p;
@@ -128,7 +123,8 @@ static void key_done(void *p, const PGresult *r, const char *err)
     if (!err && (!hex || strlen(hex) != 2 * sizeof key))
         err = "herald_keys holds no key of 32 bytes";
     for (size_t i = 0; !err && i < sizeof key; i++) {
-        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        int hi = hex_digit((unsigned char)hex[2 * i]),
+            lo = hex_digit((unsigned char)hex[2 * i + 1]);
         if (hi < 0 || lo < 0)
             err = "herald_keys holds no key of 32 bytes";
         else

@@ -39,7 +39,6 @@ typedef void (*history_page_cb)(void *arg, const struct history_page *page, cons
 
 struct history_head {
     const char *name;
-    bool exists;
     uint64_t head;
     const char *epoch;
     uint64_t first_kept;

@@ -4,13 +4,17 @@
  * the loop, never before the call that started the work has returned.
  *
  * The item is embedded in the caller's own request struct (no allocation, so posting cannot
- * fail) and `run` recovers it with container_of-style arithmetic. */
+ * fail) and `run` recovers it with LATER_OWNER. */
 #ifndef HERALD_LATER_H
 #define HERALD_LATER_H
 
 #include <assert.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <uv.h>
+
+/* The struct of type `type` whose `member` is the item a run callback got. */
+#define LATER_OWNER(item, type, member) ((type *)((char *)(item)-offsetof(type, member)))
 
 struct later {
     struct later *next;

@@ -314,13 +314,12 @@ static void pump(struct publisher *p)
 
 static void run_kick(struct later *item)
 {
-    pump((struct publisher *)((char *)item - offsetof(struct publisher, kick)));
+    pump(LATER_OWNER(item, struct publisher, kick));
 }
 
 static void run_failure(struct later *item)
 {
-    struct publish_request *r =
-        (struct publish_request *)((char *)item - offsetof(struct publish_request, later));
+    struct publish_request *r = LATER_OWNER(item, struct publish_request, later);
     struct publish_result res = {.err = r->fail};
     r->cb(r->arg, &res);
 }

@@ -567,11 +567,6 @@ int rest_body(struct herald *app, struct lws *wsi, struct http_session *s, const
         stray(s);
         return 0;
     }
-    if (herald_now_ms(app) - s->started_ms > (uint64_t)app->cfg->body_timeout_ms) {
-        http_guard_refuse(app, wsi, 408, ERR_BAD_REQUEST,
-                          "the body did not arrive within HERALD_BODY_TIMEOUT");
-        return -1;
-    }
     if (s->refused || len == 0)
         return 0; /* thrown away */
     if (!s->body && !(s->body = malloc(s->reserved + 1)))

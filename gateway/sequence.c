@@ -342,11 +342,10 @@ static bool authentic(const struct seq *s, const struct channel *ch, const char 
 /* The envelope inside a signed payload, as the frame clients get (the bytes stored). */
 static struct frame *envelope_frame(const char *payload, size_t len)
 {
-    size_t n = len - ENVELOPE_SIG_SUFFIX_LEN;
-    struct frame *f = frame_new(n + 1);
-    if (f) {
-        memcpy(frame_payload(f), payload, n);
-        frame_payload(f)[n] = '}';
+    struct frame *f = frame_new(len - (ENVELOPE_SIG_SUFFIX_LEN - 1));
+    if (f && !envelope_sig_strip(payload, len, (char *)frame_payload(f))) {
+        frame_unref(f); /* cannot happen: the signature was checked */
+        f = NULL;
     }
     return f;
 }
