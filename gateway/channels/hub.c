@@ -1,6 +1,6 @@
 #include "hub.h"
 #include "bus.h"
-#include "channel_state.h"
+#include "registry.h"
 #include "client.h"
 #include "envelope.h"
 #include "frame.h"

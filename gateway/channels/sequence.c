@@ -8,7 +8,7 @@
  * HERALD_RECENT_TOTAL_BYTES in all), a history page (HERALD_PAGE_BYTES). Head lookups of new
  * channels go out in batches, one batch at a time, whatever the subscribe churn. */
 #include "bus.h"
-#include "channel_state.h"
+#include "registry.h"
 #include "client.h"
 #include "db.h"
 #include "envelope.h"
