@@ -131,6 +131,9 @@ class AsyncContractTest(HistoryTestCase):
         h = self.start_herald_with_history(redis, pg, "--db-pool", "1", "--db-queue-max", "1")
         self.assertEqual(post(h, "dq", {"x": 1})[0], 201)
         self.assertEqual(get(h, "/v1/channels/dq/messages")[0], 200)  # prepared
+        # the gateway reads its envelope key on its first tick with PostgreSQL up: that read
+        # must not be the query queued behind the lock
+        wait_for(lambda: "envelope key read" in h.log_text(), what="the envelope key read")
         lock = LockSession(pg, "LOCK TABLE herald_messages IN ACCESS EXCLUSIVE MODE")
         self.addCleanup(lock.release)
         loop = asyncio.get_running_loop()
