@@ -3,6 +3,8 @@
 #include "cli.h"
 #include "migrate.h"
 #include "client.h"
+#include "protocol.h"
+#include "sink.h"
 #include "db.h"
 #include "frame.h"
 #include "publish.h"
@@ -198,6 +200,14 @@ static void warn_about_security(const struct herald_config *cfg)
                                  "WebSocket with a user's token");
 }
 
+/* How the channel core reaches the WebSocket clients above it (channels/sink.h). */
+static const struct hub_sink client_sink = {
+    .deliver = client_deliver,
+    .has_room = client_has_room,
+    .notify_drained = client_notify_drained,
+    .answered = protocol_answered,
+};
+
 /* One gateway process, counting its connections per address in ips (the caller's): runs
  * until drained or stopped and returns 0; a server that cannot start exits 1 at once. */
 static int serve(struct herald_config *cfg, struct iplimit *ips)
@@ -207,8 +217,12 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     struct herald app = {.cfg = cfg, .loop = &loop, .started_ms = uv_now(&loop)};
     later_init(&app.later, &loop);
     app.write_buf = malloc(HERALD_WRITE_BATCH);
-    app.hub = hub_new(&app);
-    app.bus = bus_new(&app);
+    app.hub = hub_new(&app, &client_sink);
+    if (app.hub) {
+        struct bus_events to_hub;
+        hub_bus_events(app.hub, &to_hub);
+        app.bus = bus_new(&app, &to_hub);
+    }
     app.ips = ips;
     app.rest = rest_new(&app);
     if (cfg->database_url[0]) {

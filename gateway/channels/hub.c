@@ -1,12 +1,11 @@
 #include "hub.h"
 #include "bus.h"
-#include "registry.h"
-#include "client.h"
 #include "envelope.h"
 #include "frame.h"
 #include "herald.h"
 #include "log.h"
-#include "protocol.h"
+#include "registry.h"
+#include "sequence.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -17,35 +16,23 @@
 
 struct hub {
     struct herald *app;
-    struct channel **buckets;
-    uint32_t nbuckets; /* a power of two */
-    struct seq *seq;   /* ordering, holds, caches and head lookups (sequence.c) */
-    size_t count;
+    struct registry *reg;
+    struct seq *seq; /* ordering, holds, caches, head lookups and delivery (sequence.c) */
     uv_timer_t timer;
     uint64_t last_head_check_ms;
     struct log_limit invalid_log;
 };
 
-static uint32_t hash_name(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
-}
-
-struct hub *hub_new(struct herald *app)
+struct hub *hub_new(struct herald *app, const struct hub_sink *sink)
 {
     struct hub *hub = calloc(1, sizeof *hub);
     if (!hub)
         return NULL;
     hub->app = app;
-    hub->nbuckets = 1024;
-    hub->buckets = calloc(hub->nbuckets, sizeof *hub->buckets);
-    hub->seq = seq_new(hub);
-    if (!hub->buckets || !hub->seq) {
-        free(hub->buckets);
-        seq_free(hub->seq);
+    hub->reg = registry_new();
+    hub->seq = hub->reg ? seq_new(app, hub->reg, sink) : NULL;
+    if (!hub->seq) {
+        registry_free(hub->reg, NULL, NULL);
         free(hub);
         return NULL;
     }
@@ -54,16 +41,19 @@ struct hub *hub_new(struct herald *app)
     return hub;
 }
 
-static void on_tick(uv_timer_t *t)
+void hub_tick(struct hub *hub, uint64_t now)
 {
-    struct hub *hub = t->data;
-    uint64_t now = herald_now_ms(hub->app);
     bool heads = now - hub->last_head_check_ms >= HUB_HEAD_CHECK_MS;
     if (heads)
         hub->last_head_check_ms = now;
-    seq_tick(hub, now, heads);
+    seq_tick(hub->seq, now, heads);
 }
 
+static void on_tick(uv_timer_t *t)
+{
+    struct hub *hub = t->data;
+    hub_tick(hub, herald_now_ms(hub->app));
+}
 void hub_start(struct hub *hub)
 {
     uv_timer_start(&hub->timer, on_tick, HUB_TICK_MS, HUB_TICK_MS);
@@ -75,119 +65,23 @@ void hub_stop(struct hub *hub)
     uv_close((uv_handle_t *)&hub->timer, NULL);
 }
 
-static void channel_free(struct hub *hub, struct channel *ch)
+static void release(struct channel *ch, void *arg)
 {
-    for (uint32_t i = 0; i < ch->nwaiters; i++)
-        free(ch->waiters[i].id_json);
-    seq_release(hub, ch);
-    free(ch->waiters);
-    free(ch->members);
-    free(ch);
+    seq_release(arg, ch);
 }
 
 void hub_free(struct hub *hub)
 {
     if (!hub)
         return;
-    for (uint32_t b = 0; b < hub->nbuckets; b++) {
-        struct channel *ch = hub->buckets[b];
-        while (ch) {
-            struct channel *next = ch->next;
-            channel_free(hub, ch);
-            ch = next;
-        }
-    }
-    free(hub->buckets);
+    registry_free(hub->reg, release, hub->seq);
     seq_free(hub->seq);
     free(hub);
 }
 
-struct herald *hub_app(const struct hub *hub)
-{
-    return hub->app;
-}
-
 size_t hub_channel_count(const struct hub *hub)
 {
-    return hub->count;
-}
-
-struct channel *hub_find(const struct hub *hub, const char *name, size_t len)
-{
-    uint32_t h = hash_name(name, len);
-    for (struct channel *ch = hub->buckets[h & (hub->nbuckets - 1)]; ch; ch = ch->next)
-        if (ch->hash == h && ch->len == len && memcmp(ch->name, name, len) == 0)
-            return ch;
-    return NULL;
-}
-
-struct seq *hub_seq(const struct hub *hub)
-{
-    return hub->seq;
-}
-
-void hub_each(struct hub *hub, void (*fn)(struct hub *hub, struct channel *ch, void *arg),
-              void *arg)
-{
-    for (uint32_t b = 0; b < hub->nbuckets; b++) {
-        struct channel *ch = hub->buckets[b];
-        while (ch) {
-            struct channel *next = ch->next; /* fn may forget ch */
-            fn(hub, ch, arg);
-            ch = next;
-        }
-    }
-}
-
-/* Doubles the bucket array when the table is more than 75% full. */
-static void maybe_grow(struct hub *hub)
-{
-    if (hub->count * 4 < (size_t)hub->nbuckets * 3)
-        return;
-    uint32_t n = hub->nbuckets * 2;
-    struct channel **b = calloc(n, sizeof *b);
-    if (!b)
-        return; /* longer chains, still correct */
-    for (uint32_t i = 0; i < hub->nbuckets; i++) {
-        struct channel *ch = hub->buckets[i];
-        while (ch) {
-            struct channel *next = ch->next;
-            ch->next = b[ch->hash & (n - 1)];
-            b[ch->hash & (n - 1)] = ch;
-            ch = next;
-        }
-    }
-    free(hub->buckets);
-    hub->buckets = b;
-    hub->nbuckets = n;
-}
-
-static struct channel *channel_create(struct hub *hub, const char *name, size_t len)
-{
-    struct channel *ch = calloc(1, sizeof *ch + len + 1);
-    if (!ch)
-        return NULL;
-    ch->hash = hash_name(name, len);
-    ch->len = len;
-    memcpy(ch->name, name, len);
-    maybe_grow(hub);
-    struct channel **head = &hub->buckets[ch->hash & (hub->nbuckets - 1)];
-    ch->next = *head;
-    *head = ch;
-    hub->count++;
-    return ch;
-}
-
-void hub_maybe_forget(struct hub *hub, struct channel *ch)
-{
-    if (ch->nmembers > 0 || ch->redis != R_IDLE || ch->queries > 0)
-        return;
-    struct channel **p = &hub->buckets[ch->hash & (hub->nbuckets - 1)];
-    while (*p != ch)
-        p = &(*p)->next;
-    *p = ch->next;
-    hub->count--;
-    channel_free(hub, ch);
+    return registry_count(hub->reg);
 }
 
 /* Asks Redis for the subscription when the bus can take commands; otherwise the channel
@@ -209,163 +103,70 @@ static void channel_release(struct hub *hub, struct channel *ch)
         else
             ch->redis = R_IDLE; /* the bus is down: nothing to undo */
     }
-    hub_maybe_forget(hub, ch);
+    seq_maybe_forget(hub->seq, ch);
     /* SUBSCRIBING / UNSUBSCRIBING: decided when Redis answers */
 }
 
-static bool has_waiter(const struct channel *ch, const struct client *c)
+bool hub_is_member(const struct subscriber *s, const char *name, size_t len)
 {
-    for (uint32_t i = 0; i < ch->nwaiters; i++)
-        if (ch->waiters[i].c == c)
-            return true;
-    return false;
+    return registry_has(s, name, len);
 }
 
-static int add_waiter(struct channel *ch, struct client *c, const char *id_json,
-                      const struct resume *resume)
+static void leave(struct hub *hub, struct subscriber *s, int slot)
 {
-    struct waiter *w = realloc(ch->waiters, (ch->nwaiters + 1) * sizeof *w);
-    if (!w)
-        return -1;
-    ch->waiters = w;
-    char *id = id_json ? strdup(id_json) : NULL;
-    if (id_json && !id)
-        return -1;
-    struct waiter *nw = &w[ch->nwaiters++];
-    *nw = (struct waiter){.c = c, .id_json = id, .resume = resume != NULL};
-    if (resume) {
-        nw->since = resume->since;
-        snprintf(nw->epoch, sizeof nw->epoch, "%s", resume->epoch ? resume->epoch : "");
-    }
-    return 0;
+    struct channel *ch = s->refs[slot].ch;
+    registry_unwait(ch, s);
+    registry_leave(s, slot);
+    hub->app->metrics.subscriptions--;
+    channel_release(hub, ch);
 }
 
-static void drop_waiters(struct channel *ch, struct client *c)
-{
-    uint32_t j = 0;
-    for (uint32_t i = 0; i < ch->nwaiters; i++) {
-        if (ch->waiters[i].c == c)
-            free(ch->waiters[i].id_json);
-        else
-            ch->waiters[j++] = ch->waiters[i];
-    }
-    ch->nwaiters = j;
-}
-
-static int find_slot(const struct client *c, const struct channel *ch)
-{
-    for (int i = 0; i < c->nsubs; i++)
-        if (c->subs[i].ch == ch)
-            return i;
-    return -1;
-}
-
-struct member *hub_member(struct channel *ch, const struct client *c)
-{
-    int slot = find_slot(c, ch);
-    return slot < 0 ? NULL : &ch->members[c->subs[slot].pos];
-}
-
-bool hub_is_member(const struct client *c, const char *name, size_t len)
-{
-    for (int i = 0; i < c->nsubs; i++)
-        if (c->subs[i].ch->len == len && memcmp(c->subs[i].ch->name, name, len) == 0)
-            return true;
-    return false;
-}
-
-/* Adds the pair to both indexes. */
-static int link_member(struct channel *ch, struct client *c)
-{
-    if (ch->nmembers == ch->cap) {
-        uint32_t cap = ch->cap ? ch->cap * 2 : 4;
-        struct member *m = realloc(ch->members, cap * sizeof *m);
-        if (!m)
-            return -1;
-        ch->members = m;
-        ch->cap = cap;
-    }
-    if (c->nsubs == c->subcap) {
-        uint16_t cap = c->subcap ? (uint16_t)(c->subcap * 2) : 2;
-        struct sub_ref *s = realloc(c->subs, cap * sizeof *s);
-        if (!s)
-            return -1;
-        c->subs = s;
-        c->subcap = cap;
-    }
-    ch->members[ch->nmembers] = (struct member){.c = c, .slot = c->nsubs};
-    c->subs[c->nsubs++] = (struct sub_ref){ch, ch->nmembers++};
-    c->app->metrics.subscriptions++;
-    return 0;
-}
-
-/* Removes the pair at client slot `slot` from both indexes (swap with the last entry on
- * each side, fixing the moved entry's back-reference). */
-static void unlink_member(struct client *c, int slot)
-{
-    struct channel *ch = c->subs[slot].ch;
-    uint32_t pos = c->subs[slot].pos;
-
-    struct member last_m = ch->members[--ch->nmembers];
-    if (pos != ch->nmembers) {
-        ch->members[pos] = last_m;
-        last_m.c->subs[last_m.slot].pos = pos;
-    }
-    struct sub_ref last_s = c->subs[--c->nsubs];
-    if ((uint32_t)slot != c->nsubs) {
-        c->subs[slot] = last_s;
-        last_s.ch->members[last_s.pos].slot = (uint32_t)slot;
-    }
-    c->app->metrics.subscriptions--;
-}
-
-int hub_subscribe(struct hub *hub, struct client *c, const char *name, size_t len,
+int hub_subscribe(struct hub *hub, struct subscriber *s, const char *name, size_t len,
                   const char *id_json, const struct resume *resume)
 {
-    struct channel *ch = hub_find(hub, name, len);
-    if (!ch && !(ch = channel_create(hub, name, len)))
+    struct channel *ch = registry_find(hub->reg, name, len);
+    if (!ch && !(ch = registry_create(hub->reg, name, len)))
         return -1;
-    struct member *m = hub_member(ch, c);
-    if (m && has_waiter(ch, c))
+    struct member *m = registry_member(ch, s);
+    if (m && registry_waiting(ch, s))
         return HUB_PENDING;
-    if (!m && link_member(ch, c) < 0) {
-        channel_release(hub, ch);
+    if (registry_wait(ch, s, id_json, resume != NULL, resume ? resume->since : 0,
+                      resume ? resume->epoch : NULL) < 0 ||
+        (!m && registry_join(ch, s) < 0)) {
+        registry_unwait(ch, s);
+        channel_release(hub, ch); /* a channel created for nothing goes again */
         return -1;
     }
     if (m)
         m->ready = false; /* a second subscribe is answered like the first */
-    if (add_waiter(ch, c, id_json, resume) < 0)
-        return -1;
+    else
+        hub->app->metrics.subscriptions++;
     if (ch->redis == R_IDLE)
         request_subscribe(hub, ch);
     else if (ch->redis == R_ACTIVE)
-        seq_progress(hub, ch);
+        seq_answer_waiters(hub->seq, ch);
     return 0;
 }
 
-void hub_unsubscribe(struct hub *hub, struct client *c, const char *name, size_t len)
+void hub_unsubscribe(struct hub *hub, struct subscriber *s, const char *name, size_t len)
 {
-    struct channel *ch = hub_find(hub, name, len);
-    int slot = ch ? find_slot(c, ch) : -1;
-    if (slot < 0)
-        return;
-    drop_waiters(ch, c);
-    unlink_member(c, slot);
-    channel_release(hub, ch);
+    struct channel *ch = registry_find(hub->reg, name, len);
+    int slot = ch ? registry_slot(s, ch) : -1;
+    if (slot >= 0)
+        leave(hub, s, slot);
 }
 
-void hub_client_gone(struct hub *hub, struct client *c)
+void hub_client_gone(struct hub *hub, struct subscriber *s)
 {
-    while (c->nsubs > 0) {
-        struct channel *ch = c->subs[c->nsubs - 1].ch;
-        drop_waiters(ch, c);
-        unlink_member(c, c->nsubs - 1);
-        channel_release(hub, ch);
-    }
+    while (s->n > 0)
+        leave(hub, s, s->n - 1);
+    free(s->refs);
+    *s = (struct subscriber){0};
 }
 
-static void resubscribe(struct hub *hub, struct channel *ch, void *arg)
+static void resubscribe(struct channel *ch, void *arg)
 {
+    struct hub *hub = arg;
     if (ch->redis == R_IDLE && ch->nmembers > 0)
         request_subscribe(hub, ch);
 }
@@ -373,58 +174,53 @@ static void resubscribe(struct hub *hub, struct channel *ch, void *arg)
 /* Every channel that has members gets its subscription back after a (re)connect. */
 void hub_on_bus_up(struct hub *hub)
 {
-    hub_each(hub, resubscribe, NULL);
+    registry_each(hub->reg, resubscribe, hub);
 }
 
-static void unsubscribed(struct hub *hub, struct channel *ch, void *arg)
+struct shard_down {
+    struct hub *hub;
+    int shard;
+};
+
+static void unsubscribed(struct channel *ch, void *arg)
 {
-    if (bus_shard_of(hub->app->bus, ch->name, ch->len) != *(const int *)arg)
+    const struct shard_down *d = arg;
+    struct hub *hub = d->hub;
+    if (bus_shard_of(hub->app->bus, ch->name, ch->len) != d->shard)
         return;
     ch->redis = R_IDLE;
-    hub_maybe_forget(hub, ch);
+    seq_maybe_forget(hub->seq, ch);
 }
 
 /* A Redis server's connection is gone and every subscription it carried; those channels
  * without members go. The others are untouched. */
 void hub_on_bus_down(struct hub *hub, int shard)
 {
-    hub_each(hub, unsubscribed, &shard);
+    registry_each(hub->reg, unsubscribed, &(struct shard_down){hub, shard});
 }
 
 void hub_on_subscribed(struct hub *hub, const char *name, size_t len)
 {
-    struct channel *ch = hub_find(hub, name, len);
+    struct channel *ch = registry_find(hub->reg, name, len);
     if (!ch || ch->redis != R_SUBSCRIBING)
         return;
     ch->redis = R_ACTIVE;
     if (ch->nmembers == 0)
         channel_release(hub, ch);
     else
-        seq_on_active(hub, ch);
+        seq_on_active(hub->seq, ch);
 }
 
 void hub_on_unsubscribed(struct hub *hub, const char *name, size_t len)
 {
-    struct channel *ch = hub_find(hub, name, len);
+    struct channel *ch = registry_find(hub->reg, name, len);
     if (!ch || ch->redis != R_UNSUBSCRIBING)
         return;
     ch->redis = R_IDLE;
     if (ch->nmembers > 0)
         request_subscribe(hub, ch);
     else
-        hub_maybe_forget(hub, ch);
-}
-
-void hub_deliver(struct hub *hub, struct channel *ch, struct frame *f)
-{
-    for (uint32_t i = 0; i < ch->nmembers; i++) {
-        struct member *m = &ch->members[i];
-        if (!m->ready || (f->seq && f->seq <= m->last_seq))
-            continue;
-        client_send(m->c, f);
-        if (f->seq)
-            m->last_seq = f->seq;
-    }
+        seq_maybe_forget(hub->seq, ch);
 }
 
 /* Counts a dropped payload and logs it at most once a second. */
@@ -444,7 +240,7 @@ static void note_invalid(struct hub *hub, const struct channel *ch, const char *
  * message any publisher could send: dropped, so that every queue can take what is left. */
 void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload, size_t plen)
 {
-    struct channel *ch = hub_find(hub, name, len);
+    struct channel *ch = registry_find(hub->reg, name, len);
     if (!ch || ch->nmembers == 0)
         return;
     hub->app->metrics.redis_messages++;
@@ -464,20 +260,56 @@ void hub_on_message(struct hub *hub, const char *name, size_t len, const char *p
         return;
     }
     if (info.kind == PAYLOAD_SEQUENCED) {
-        seq_on_live(hub, ch, payload, plen, info.seq);
+        seq_on_live(hub->seq, ch, payload, plen, info.seq);
         return;
     }
     struct frame *f = frame_new(envelope_raw_size(ch->len, plen));
     if (f) {
         envelope_write_raw((char *)frame_payload(f), ch->name, ch->len, payload, plen);
-        hub_deliver(hub, ch, f);
+        seq_deliver(hub->seq, ch, f);
     }
     frame_unref(f);
 }
 
-void hub_client_drained(struct hub *hub, struct client *c)
+void hub_client_drained(struct hub *hub, struct subscriber *s)
 {
-    for (int i = c->nsubs - 1; i >= 0; i--)
-        if (i < c->nsubs)
-            seq_client_drained(hub, c->subs[i].ch, c);
+    for (int i = s->n - 1; i >= 0; i--)
+        if (i < s->n) /* a replay answered may have ended a subscription */
+            seq_drained(hub->seq, s->refs[i].ch, s);
+}
+
+/* The bus_events table: arg is the hub. */
+static void ev_up(void *arg)
+{
+    hub_on_bus_up(arg);
+}
+
+static void ev_down(void *arg, int shard)
+{
+    hub_on_bus_down(arg, shard);
+}
+
+static void ev_subscribed(void *arg, const char *name, size_t len)
+{
+    hub_on_subscribed(arg, name, len);
+}
+
+static void ev_unsubscribed(void *arg, const char *name, size_t len)
+{
+    hub_on_unsubscribed(arg, name, len);
+}
+
+static void ev_message(void *arg, const char *name, size_t len, const char *payload, size_t plen)
+{
+    hub_on_message(arg, name, len, payload, plen);
+}
+
+void hub_bus_events(struct hub *hub, struct bus_events *ev)
+{
+    *ev = (struct bus_events){.arg = hub,
+                              .up = ev_up,
+                              .down = ev_down,
+                              .subscribed = ev_subscribed,
+                              .unsubscribed = ev_unsubscribed,
+                              .message = ev_message};
 }

@@ -1,6 +1,8 @@
-/* The channel registry of one process: channel -> member clients and client -> channels,
- * kept in step; the Redis subscription state of each channel; fan-out of Redis messages as
- * one shared frame per message. */
+/* The channel core's front: what the layers around it call. Connections above (ws/, http/)
+ * subscribe and unsubscribe through it; the Redis bus below reports its events to it
+ * through the bus_events table it fills (hub_bus_events). It keeps each channel's Redis
+ * subscription in step with its members, classifies each Redis message (raw or sequenced)
+ * once per process and hands it to sequence.c, which delivers it. */
 #ifndef HERALD_HUB_H
 #define HERALD_HUB_H
 
@@ -9,17 +11,24 @@
 #include <stdint.h>
 
 struct herald;
-struct client;
 struct hub;
+struct hub_sink;
+struct subscriber;
+struct bus_events;
 
-struct hub *hub_new(struct herald *app);
+/* sink: how frames and replies reach a subscriber (kept, not copied: it must outlive the
+ * hub). */
+struct hub *hub_new(struct herald *app, const struct hub_sink *sink);
 void hub_free(struct hub *hub);
+
+/* The table bus_new takes: the bus's events come to this hub. */
+void hub_bus_events(struct hub *hub, struct bus_events *ev);
 
 /* Number of channels with members or a Redis request in flight. */
 size_t hub_channel_count(const struct hub *hub);
 
-/* True when c is a member of the channel name[0..len). */
-bool hub_is_member(const struct client *c, const char *name, size_t len);
+/* True when s is a member of the channel name[0..len). */
+bool hub_is_member(const struct subscriber *s, const char *name, size_t len);
 
 /* A resume request: replay every message with seq > since (of this epoch, when given). */
 struct resume {
@@ -27,28 +36,31 @@ struct resume {
     const char *epoch; /* NULL or "" when the client did not say */
 };
 
-/* Joins c to a channel. The `subscribed` reply (carrying id_json) goes out once Redis has
+/* Joins s to a channel. The `subscribed` answer (carrying id_json) goes out once Redis has
  * confirmed the channel's subscription and, with history, once the channel's head is known
- * (and, for a resume, after the replay). -1: out of memory; HUB_PENDING: c's previous
- * subscribe to the channel is not answered yet (nothing changed). */
+ * (and, for a resume, after the replay). -1: out of memory (nothing changed); HUB_PENDING:
+ * s's previous subscribe to the channel is not answered yet (nothing changed). */
 #define HUB_PENDING (-2)
-int hub_subscribe(struct hub *hub, struct client *c, const char *name, size_t len,
+int hub_subscribe(struct hub *hub, struct subscriber *s, const char *name, size_t len,
                   const char *id_json, const struct resume *resume);
 
-/* Starts the periodic work (gap repair, head checks); stops it before shutdown. */
+/* Removes s from a channel (nothing happens when it is not a member). */
+void hub_unsubscribe(struct hub *hub, struct subscriber *s, const char *name, size_t len);
+
+/* s's queue drained (hub_sink.notify_drained asked for it): its paused resumes go on. */
+void hub_client_drained(struct hub *hub, struct subscriber *s);
+
+/* Removes s from every channel and frees its refs: the connection is closing. */
+void hub_client_gone(struct hub *hub, struct subscriber *s);
+
+/* Starts the periodic work (gap repair, head checks, every 50 ms); stops it before
+ * shutdown. hub_tick is one round of it at time now (ms on the loop's clock). */
 void hub_start(struct hub *hub);
 void hub_stop(struct hub *hub);
+void hub_tick(struct hub *hub, uint64_t now);
 
-/* Removes c from a channel (nothing happens when it is not a member). */
-void hub_unsubscribe(struct hub *hub, struct client *c, const char *name, size_t len);
-
-/* c's send queue drained: its paused resumes go on. */
-void hub_client_drained(struct hub *hub, struct client *c);
-
-/* Removes c from every channel: the connection is closing. */
-void hub_client_gone(struct hub *hub, struct client *c);
-
-/* Events from the bus (the Redis subscriber). Names are Herald channel names (no prefix). */
+/* The bus's events (hub_bus_events points the table at these). Names are Herald channel
+ * names (no prefix). */
 void hub_on_bus_up(struct hub *hub);
 void hub_on_bus_down(struct hub *hub, int shard);
 void hub_on_subscribed(struct hub *hub, const char *name, size_t len);

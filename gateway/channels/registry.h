@@ -1,46 +1,48 @@
-/* The state of one channel inside a process, shared by hub.c (registry, membership, Redis
- * subscription, fan-out) and sequence.c (order, gap repair, recent cache, resume). Nothing
- * outside those two files includes it. */
-#ifndef HERALD_CHANNEL_STATE_H
-#define HERALD_CHANNEL_STATE_H
+/* The channels of one process and who is subscribed to them: a hash table of channels by
+ * name, each with its members, and each subscriber's list of channels, kept in step. It
+ * owns the memory of a channel; it neither sends nor decides anything.
+ *
+ * struct channel is shared inside the channel core only (channels/): registry.c writes the
+ * table, the member arrays and the subscribers' refs; hub.c writes `redis`; sequence.c
+ * writes the ordering state (from `baseline` on), the members' `ready`/`last_seq` and the
+ * waiters' progress. Nothing outside channels/ sees the struct. */
+#ifndef HERALD_REGISTRY_H
+#define HERALD_REGISTRY_H
 
 #include "frame.h"
 #include "history.h"
 #include "outq.h"
+#include "sink.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-
-struct client;
-struct hub;
-struct seq;
 
 /* Where the channel's Redis subscription stands. A new SUBSCRIBE or UNSUBSCRIBE is sent only
  * from IDLE or ACTIVE: hiredis 0.14 keys its callbacks by channel name, so overlapping
  * requests for one channel would lose the callback. */
 enum redis_state { R_IDLE, R_SUBSCRIBING, R_ACTIVE, R_UNSUBSCRIBING };
 
-/* A channel's side of a subscription. `slot` is the index in the client's subs array;
- * `last_seq` is the highest seq this client was sent, so a message that reaches it twice
- * (replay then live, or live then gap fill) goes out once. Until `ready`, the client waits
- * for its `subscribed` reply and gets no live messages. */
+/* A channel's side of a subscription. `slot` is the index in the subscriber's refs;
+ * `last_seq` is the highest seq this subscriber was sent, so a message that reaches it twice
+ * (replay then live, or live then gap fill) goes out once. Until `ready`, the subscriber
+ * waits for its `subscribed` reply and gets no live messages. */
 struct member {
-    struct client *c;
+    struct subscriber *sub;
     uint32_t slot;
     bool ready;
     uint64_t last_seq;
 };
 
-/* A client waiting for its `subscribed` reply: at most one per client and channel. A
- * resume replays from `since` (which moves on as frames go out) as fast as the client's
+/* A subscriber waiting for its `subscribed` reply: at most one per subscriber and channel. A
+ * resume replays from `since` (which moves on as frames go out) as fast as the subscriber's
  * queue drains, then is answered. */
 struct waiter {
-    struct client *c;
+    struct subscriber *sub;
     char *id_json;
     bool resume;
     bool checked;     /* the resume passed its checks: its frames are going out */
-    bool paused;      /* the client's queue is full: waiting for it to drain */
+    bool paused;      /* the subscriber's queue is full: waiting for it to drain */
     uint8_t attempts; /* history queries made for it without progress */
     uint64_t since;
     uint64_t replayed;
@@ -60,7 +62,7 @@ struct channel {
     struct member *members;
     struct waiter *waiters;
     uint32_t nwaiters;
-    uint8_t redis;
+    uint8_t redis;       /* enum redis_state (hub.c) */
     bool baseline;       /* last_seq and epoch come from PostgreSQL */
     bool head_failed;    /* the head lookup failed: the tick asks again */
     bool headless;       /* members were answered without a position (a lookup failed) */
@@ -92,37 +94,41 @@ struct channel {
     char name[];
 };
 
-/* hub.c */
-struct herald *hub_app(const struct hub *hub);
-struct seq *hub_seq(const struct hub *hub);
-struct channel *hub_find(const struct hub *hub, const char *name, size_t len);
-/* Sends f to every ready member that has not had its seq yet. */
-void hub_deliver(struct hub *hub, struct channel *ch, struct frame *f);
-/* The member entry of client c, or NULL. */
-struct member *hub_member(struct channel *ch, const struct client *c);
-/* Forgets a channel nobody needs any more (no members, Redis idle, no query in flight). */
-void hub_maybe_forget(struct hub *hub, struct channel *ch);
-/* Calls fn on every channel. */
-void hub_each(struct hub *hub, void (*fn)(struct hub *hub, struct channel *ch, void *arg),
-              void *arg);
+struct registry;
 
-/* sequence.c */
-struct seq *seq_new(struct hub *hub);
-void seq_free(struct seq *s);
-/* A sequenced envelope from Redis (payload as received, seq already read from it):
- * delivered in order when authentic, held across a gap, or taken as a hint. */
-void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_t len,
-                 uint64_t seq);
-/* Redis confirmed the channel: learn the head, catch up, answer waiters. */
-void seq_on_active(struct hub *hub, struct channel *ch);
-/* Answers the waiters that can be answered now; queries PostgreSQL for the others. */
-void seq_progress(struct hub *hub, struct channel *ch);
-/* Client c's queue drained: its paused replays on ch go on. */
-void seq_client_drained(struct hub *hub, struct channel *ch, struct client *c);
-/* Periodic work: fill gaps held too long; with heads, compare every channel's head with
- * PostgreSQL (a PUBLISH may have been lost). */
-void seq_tick(struct hub *hub, uint64_t now, bool heads);
-/* Frees the channel's held frames and recent cache and takes it off every list. */
-void seq_release(struct hub *hub, struct channel *ch);
+struct registry *registry_new(void);
+/* Frees the table; release runs first on every channel still in it (its other owners'
+ * state), then the channel goes. */
+void registry_free(struct registry *r, void (*release)(struct channel *ch, void *arg), void *arg);
+
+/* Channels in the table. */
+size_t registry_count(const struct registry *r);
+
+struct channel *registry_find(const struct registry *r, const char *name, size_t len);
+/* A new, empty channel in the table; NULL when out of memory. */
+struct channel *registry_create(struct registry *r, const char *name, size_t len);
+/* Takes ch out of the table and frees it with its members and waiters: the caller has
+ * checked nobody needs it and released the ordering state. */
+void registry_remove(struct registry *r, struct channel *ch);
+/* Calls fn on every channel; fn may remove the channel it is given. */
+void registry_each(struct registry *r, void (*fn)(struct channel *ch, void *arg), void *arg);
+
+/* Membership. registry_join adds the pair to both sides (-1: out of memory, nothing
+ * changed); registry_leave removes the pair at s->refs[slot]. */
+int registry_join(struct channel *ch, struct subscriber *s);
+void registry_leave(struct subscriber *s, int slot);
+/* s's index of ch in s->refs, or -1. */
+int registry_slot(const struct subscriber *s, const struct channel *ch);
+/* The member entry of s in ch, or NULL. */
+struct member *registry_member(struct channel *ch, const struct subscriber *s);
+/* True when s is a member of the channel name[0..len). */
+bool registry_has(const struct subscriber *s, const char *name, size_t len);
+
+/* Waiters. registry_wait copies id_json and the resume position (-1: out of memory,
+ * nothing changed). */
+int registry_wait(struct channel *ch, struct subscriber *s, const char *id_json, bool resume,
+                  uint64_t since, const char *epoch);
+bool registry_waiting(const struct channel *ch, const struct subscriber *s);
+void registry_unwait(struct channel *ch, const struct subscriber *s);
 
 #endif

@@ -1,22 +1,16 @@
-/* Sequenced messages of one channel in one process: delivered in seq order with no gap and
- * no duplicate (gaps are filled from PostgreSQL), the newest kept in a bounded cache, and
- * resumes (`subscribe` with `since`) replayed from that cache or from PostgreSQL, paced by
- * the client's queue.
- *
- * Every memory this keeps is bounded: frames held across a gap (HERALD_HOLD_BYTES per
+/* Every memory this keeps is bounded: frames held across a gap (HERALD_HOLD_BYTES per
  * channel: past it, frames are left to a history query), the recent caches (per channel and
  * HERALD_RECENT_TOTAL_BYTES in all), a history page (HERALD_PAGE_BYTES). Head lookups of new
  * channels go out in batches, one batch at a time, whatever the subscribe churn. */
-#include "bus.h"
-#include "registry.h"
-#include "client.h"
+#include "sequence.h"
 #include "db.h"
 #include "envelope.h"
 #include "herald.h"
-#include "hub.h"
+#include "history.h"
 #include "log.h"
-#include "protocol.h"
+#include "registry.h"
 
+#include <assert.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +26,9 @@ struct chan_list {
 };
 
 struct seq {
-    struct hub *hub;
     struct herald *app;
+    struct registry *reg;
+    const struct hub_sink *sink;
     struct chan_list holding; /* channels with held frames or an open hint */
     struct chan_list heads;   /* channels waiting for a head lookup */
     bool heads_in_flight;
@@ -110,13 +105,11 @@ static void list_push_front(struct chan_list *l, struct channel *ch, size_t off)
     l->n++;
 }
 
-struct seq *seq_new(struct hub *hub)
+struct seq *seq_new(struct herald *app, struct registry *reg, const struct hub_sink *sink)
 {
     struct seq *s = calloc(1, sizeof *s);
-    if (s) {
-        s->hub = hub;
-        s->app = hub_app(hub);
-    }
+    if (s)
+        *s = (struct seq){.app = app, .reg = reg, .sink = sink};
     return s;
 }
 
@@ -214,12 +207,25 @@ static struct frame *cache_find(const struct channel *ch, uint64_t seq)
 /* ------------------------------------------------------------------------------------------
  * Live delivery, holds and hints */
 
+void seq_deliver(struct seq *s, struct channel *ch, struct frame *f)
+{
+    void (*deliver)(struct subscriber *, struct frame *) = s->sink->deliver;
+    for (uint32_t i = 0; i < ch->nmembers; i++) {
+        struct member *m = &ch->members[i];
+        if (!m->ready || (f->seq && f->seq <= m->last_seq))
+            continue;
+        deliver(m->sub, f);
+        if (f->seq)
+            m->last_seq = f->seq;
+    }
+}
+
 /* Delivers the next frame in order and remembers it. */
 static void advance(struct seq *s, struct channel *ch, struct frame *f)
 {
     cache_push(s, ch, f);
     ch->last_seq = f->seq;
-    hub_deliver(s->hub, ch, f);
+    seq_deliver(s, ch, f);
 }
 
 /* The channel has something to wait for (held frames, a hint): the tick looks at it. */
@@ -390,14 +396,13 @@ static void probe_epoch(struct seq *s, struct channel *ch)
     fill_gap(s, ch);
 }
 
-void seq_on_live(struct hub *hub, struct channel *ch, const char *payload, size_t len, uint64_t seq)
+void seq_on_live(struct seq *s, struct channel *ch, const char *payload, size_t len, uint64_t seq)
 {
-    struct seq *s = hub_seq(hub);
     struct herald *app = s->app;
     if (!history_on(s)) { /* no positions to keep: forwarded as it came */
         struct frame *f = frame_from(payload, len);
         if (f)
-            hub_deliver(hub, ch, f);
+            seq_deliver(s, ch, f);
         frame_unref(f);
         return;
     }
@@ -511,12 +516,12 @@ static void on_new_heads(struct seq *s, struct heads_query *q, const struct hist
                          size_t n, const char *err)
 {
     for (size_t i = 0; !err && i < n; i++) {
-        struct channel *ch = hub_find(s->hub, heads[i].name, strlen(heads[i].name));
+        struct channel *ch = registry_find(s->reg, heads[i].name, strlen(heads[i].name));
         if (ch && !ch->baseline)
             set_baseline(s, ch, heads[i].head, heads[i].epoch, heads[i].first_kept);
     }
     for (size_t i = 0; i < q->n; i++) {
-        struct channel *ch = hub_find(s->hub, q->names[i], strlen(q->names[i]));
+        struct channel *ch = registry_find(s->reg, q->names[i], strlen(q->names[i]));
         if (!ch)
             continue;
         if (!ch->baseline && err) {
@@ -525,15 +530,15 @@ static void on_new_heads(struct seq *s, struct heads_query *q, const struct hist
         } else if (!ch->baseline) {
             set_baseline(s, ch, 0, "", 0); /* nothing was ever published */
         }
-        seq_progress(s->hub, ch);
-        hub_maybe_forget(s->hub, ch);
+        seq_answer_waiters(s, ch);
+        seq_maybe_forget(s, ch);
     }
 }
 
 static void on_check_heads(struct seq *s, const struct history_head *heads, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        struct channel *ch = hub_find(s->hub, heads[i].name, strlen(heads[i].name));
+        struct channel *ch = registry_find(s->reg, heads[i].name, strlen(heads[i].name));
         if (ch && ch->baseline && !ch->fetching && ch->redis == R_ACTIVE &&
             (heads[i].head > ch->last_seq || strcmp(heads[i].epoch, ch->epoch) != 0))
             fill_gap(s, ch); /* a PUBLISH that never came: deliver from PostgreSQL */
@@ -562,7 +567,7 @@ static void heads_failed(struct seq *s, struct channel **chs, size_t n)
     s->heads_in_flight = false;
     for (size_t i = 0; i < n; i++) {
         chs[i]->head_failed = chs[i]->headless = true;
-        seq_progress(s->hub, chs[i]);
+        seq_answer_waiters(s, chs[i]);
     }
 }
 
@@ -616,26 +621,26 @@ static void want_head(struct seq *s, struct channel *ch)
  * Subscribe replies and resumes */
 
 /* {"op":"subscribed",...} for a waiter, and the member starts getting live messages. */
-static void answer(struct channel *ch, struct waiter *w, bool resumed, bool recovered,
-                   const char *code)
+static void answer(struct seq *s, struct channel *ch, struct waiter *w, bool resumed,
+                   bool recovered, const char *code)
 {
-    struct member *m = hub_member(ch, w->c);
+    struct member *m = registry_member(ch, w->sub);
     if (resumed && recovered)
-        w->c->app->metrics.resumes_recovered++;
+        s->app->metrics.resumes_recovered++;
     else if (resumed)
-        w->c->app->metrics.resumes_failed++;
+        s->app->metrics.resumes_failed++;
     if (m) {
         m->ready = true;
         if (m->last_seq < ch->last_seq)
             m->last_seq = ch->last_seq;
     }
-    struct subscribed_reply r = {.seq = ch->last_seq,
-                                 .epoch = ch->baseline && ch->epoch[0] ? ch->epoch : NULL,
-                                 .resumed = resumed,
-                                 .recovered = recovered,
-                                 .replayed = w->replayed,
-                                 .code = code};
-    reply_subscribed(w->c, ch->name, &r, w->id_json);
+    struct hub_answer a = {.seq = ch->last_seq,
+                           .epoch = ch->baseline && ch->epoch[0] ? ch->epoch : NULL,
+                           .resumed = resumed,
+                           .recovered = recovered,
+                           .replayed = w->replayed,
+                           .code = code};
+    s->sink->answered(w->sub, ch->name, &a, w->id_json);
 }
 
 /* Why a resume cannot be served at all, or NULL. */
@@ -671,20 +676,20 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
 {
     const char *code = NULL;
     if (!w->checked && (code = resume_refusal(s, ch, w))) {
-        answer(ch, w, true, false, code);
+        answer(s, ch, w, true, false, code);
         return STEP_DONE;
     }
     w->checked = true;
-    struct member *m = hub_member(ch, w->c);
+    struct member *m = registry_member(ch, w->sub);
     struct frame *f;
     while (w->since < ch->last_seq && (f = next_frame(ch, w))) {
-        if (!client_has_room(w->c, f->len)) {
+        if (!s->sink->has_room(w->sub, f->len)) {
             w->paused = true;
             s->app->metrics.replay_pauses++;
-            client_notify_drained(w->c);
+            s->sink->notify_drained(w->sub);
             return STEP_PAUSED;
         }
-        client_send(w->c, f);
+        s->sink->deliver(w->sub, f);
         w->since = f->seq;
         w->replayed++;
         w->attempts = 0;
@@ -692,7 +697,7 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
             m->last_seq = f->seq;
     }
     if (w->since >= ch->last_seq) {
-        answer(ch, w, true, true, NULL);
+        answer(s, ch, w, true, true, NULL);
         return STEP_DONE;
     }
     /* the frames after since are neither in the cache nor in the page: pruned, when a page
@@ -705,15 +710,14 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
     else if (w->attempts >= MAX_ATTEMPTS || !db_up(s->app->db))
         code = "history_unavailable";
     if (code) {
-        answer(ch, w, true, false, code);
+        answer(s, ch, w, true, false, code);
         return STEP_DONE;
     }
     return STEP_FETCH;
 }
 
-void seq_progress(struct hub *hub, struct channel *ch)
+void seq_answer_waiters(struct seq *s, struct channel *ch)
 {
-    struct seq *s = hub_seq(hub);
     if (ch->redis != R_ACTIVE)
         return;
     if (history_on(s) && !ch->baseline && !ch->head_failed) {
@@ -726,7 +730,7 @@ void seq_progress(struct hub *hub, struct channel *ch)
         struct waiter *w = &ch->waiters[i];
         enum step step = STEP_DONE;
         if (!w->resume)
-            answer(ch, w, false, false, NULL);
+            answer(s, ch, w, false, false, NULL);
         else if (w->paused)
             step = STEP_PAUSED;
         else
@@ -748,26 +752,26 @@ void seq_progress(struct hub *hub, struct channel *ch)
     }
 }
 
-void seq_client_drained(struct hub *hub, struct channel *ch, struct client *c)
+void seq_drained(struct seq *s, struct channel *ch, struct subscriber *sub)
 {
     bool any = false;
     for (uint32_t i = 0; i < ch->nwaiters; i++)
-        if (ch->waiters[i].c == c && ch->waiters[i].paused) {
+        if (ch->waiters[i].sub == sub && ch->waiters[i].paused) {
             ch->waiters[i].paused = false;
             any = true;
         }
     if (any) {
-        seq_progress(hub, ch);
-        cache_trim(hub_seq(hub), ch);
+        seq_answer_waiters(s, ch);
+        cache_trim(s, ch);
     }
 }
 
-void seq_on_active(struct hub *hub, struct channel *ch)
+void seq_on_active(struct seq *s, struct channel *ch)
 {
     /* after a Redis reconnect, catch up on what was published while it was down */
     if (ch->baseline)
-        fill_gap(hub_seq(hub), ch);
-    seq_progress(hub, ch);
+        fill_gap(s, ch);
+    seq_answer_waiters(s, ch);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -821,7 +825,7 @@ static void apply_page(struct seq *s, struct channel *ch, const struct history_p
     ch->page = rows;
     ch->npage = n;
     ch->page_since = since;
-    seq_progress(s->hub, ch);
+    seq_answer_waiters(s, ch);
     ch->page = NULL;
     ch->npage = 0;
     cache_prepend(s, ch, rows, n);
@@ -841,6 +845,7 @@ static void on_fetch(void *arg, const struct history_page *page, const char *err
     struct channel *ch = ft->ch;
     uint64_t since = ft->since;
     free(ft);
+    assert(ch->queries > 0);
     ch->fetching = false;
     ch->queries--;
     if (page) {
@@ -852,9 +857,9 @@ static void on_fetch(void *arg, const struct history_page *page, const char *err
                      ch->name, err, (unsigned long long)skipped);
         fetch_failed(s, ch);
     }
-    seq_progress(s->hub, ch);
+    seq_answer_waiters(s, ch);
     cache_trim(s, ch);
-    hub_maybe_forget(s->hub, ch);
+    seq_maybe_forget(s, ch);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -873,15 +878,16 @@ static void release_if_due(struct seq *s, struct channel *ch, uint64_t now)
 }
 
 struct tick {
+    struct seq *s;
     bool check; /* no check round is still in flight: start one */
     struct channel *batch[HISTORY_HEADS_MAX];
     size_t n;
 };
 
-static void check_channel(struct hub *hub, struct channel *ch, void *arg)
+static void check_channel(struct channel *ch, void *arg)
 {
-    struct seq *s = hub_seq(hub);
     struct tick *t = arg;
+    struct seq *s = t->s;
     if (ch->head_failed && ch->redis == R_ACTIVE) {
         ch->head_failed = false; /* PostgreSQL is back: learn the head again */
         want_head(s, ch);
@@ -897,9 +903,8 @@ static void check_channel(struct hub *hub, struct channel *ch, void *arg)
     }
 }
 
-void seq_tick(struct hub *hub, uint64_t now, bool heads)
+void seq_tick(struct seq *s, uint64_t now, bool heads)
 {
-    struct seq *s = hub_seq(hub);
     for (struct channel *ch = s->holding.first, *next; ch; ch = next) {
         next = ch->holding.next; /* releasing may take ch off the list */
         release_if_due(s, ch, now);
@@ -912,17 +917,26 @@ void seq_tick(struct hub *hub, uint64_t now, bool heads)
     struct tick *t = malloc(sizeof *t);
     if (!t)
         return;
+    t->s = s;
     t->n = 0;
     t->check = s->checks_in_flight == 0; /* a slow PostgreSQL is not sent a second round */
-    hub_each(hub, check_channel, t);
+    registry_each(s->reg, check_channel, t);
     if (t->n)
         query_heads(s, t->batch, t->n, true);
     free(t);
 }
 
-void seq_release(struct hub *hub, struct channel *ch)
+bool seq_maybe_forget(struct seq *s, struct channel *ch)
 {
-    struct seq *s = hub_seq(hub);
+    if (ch->nmembers > 0 || ch->redis != R_IDLE || ch->queries > 0)
+        return false;
+    seq_release(s, ch);
+    registry_remove(s->reg, ch);
+    return true;
+}
+
+void seq_release(struct seq *s, struct channel *ch)
+{
     list_remove(&s->holding, ch, HOLDING);
     list_remove(&s->heads, ch, HEADS);
     for (uint32_t i = 0; i < ch->nheld; i++) {

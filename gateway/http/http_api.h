@@ -1,35 +1,13 @@
-/* The HTTP side: /healthz, /readyz, /metrics and JSON answers. The checks made before any
- * route or WebSocket upgrade are http_guard.c; static files are static_files.c. */
+/* The HTTP routes of the gateway itself: /healthz, /readyz, /metrics, then static files
+ * (static_files.c); server.c sends /v1 to rest.c. The checks made before any route or WebSocket
+ * upgrade are http_guard.c; the shape of every answer is http_reply.c. */
 #ifndef HERALD_HTTP_API_H
 #define HERALD_HTTP_API_H
-
-#include "errcode.h"
-
-#include <stdbool.h>
-#include <stddef.h>
 
 struct lws;
 struct herald;
 
 /* LWS_CALLBACK_HTTP: answers the request; returns what the callback returns. */
 int http_api_serve(struct herald *app, struct lws *wsi);
-
-/* Writes a whole response. Returns 0, or -1 when the connection failed. */
-int http_respond(struct lws *wsi, unsigned status, const char *content_type, const char *body,
-                 size_t len);
-
-/* {"error":{"code":K,"message":M}} and a newline into out (cap bytes), the message escaped;
- * returns its length. Every JSON error of the HTTP side has this shape. */
-size_t http_error_body(char *out, size_t cap, enum errcode code, const char *message);
-
-/* The head of a JSON response written raw (refusals, /v1 answers): status line, content
- * type and length, no-store, nosniff, Retry-After on 503 and 429, Connection: close when
- * close is set, and extra (NULL, or whole header lines). Returns its length, 0 when it does
- * not fit. */
-size_t http_json_head(char *out, size_t cap, unsigned status, size_t body_len, bool close,
-                      const char *extra);
-
-/* {"error":{"code":..,"message":..}} with the status that goes with the code. */
-int http_respond_error(struct lws *wsi, unsigned status, enum errcode code, const char *message);
 
 #endif

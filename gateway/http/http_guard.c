@@ -1,10 +1,10 @@
 #include "http_guard.h"
 #include "herald.h"
-#include "http_api.h"
+#include "http_reply.h"
 #include "http_framing.h"
 #include "iplimit.h"
 #include "log.h"
-#include "rest.h"
+#include "http_session.h"
 
 #include "sock_input.h"
 
@@ -67,7 +67,7 @@ static int socket_consumed(struct lws *wsi, uint64_t *out)
 
 void http_guard_request_whole(struct lws *wsi)
 {
-    struct http_session *s = rest_session_make(wsi);
+    struct http_session *s = http_session_make(wsi);
     if (!s)
         return;
     s->seen_whole = true;
@@ -81,7 +81,7 @@ void http_guard_request_whole(struct lws *wsi)
  * socket since the previous request was whole came from that buffer. */
 static bool pipelined(struct lws *wsi)
 {
-    struct http_session *s = rest_session(wsi);
+    struct http_session *s = http_session_get(wsi);
     uint64_t now;
     if (!s || !s->seen_whole)
         return false; /* the connection's first request */

@@ -3,7 +3,7 @@
 #include "channel.h"
 #include "herald.h"
 #include "history.h"
-#include "http_api.h"
+#include "http_reply.h"
 #include "http_framing.h"
 #include "http_guard.h"
 #include "json_text.h"
@@ -180,22 +180,9 @@ static void session_reset(struct herald *app, struct http_session *s)
     s->refused = false;
 }
 
-struct http_session *rest_session(struct lws *wsi)
-{
-    return lws_get_opaque_user_data(wsi);
-}
-
-struct http_session *rest_session_make(struct lws *wsi)
-{
-    struct http_session *s = rest_session(wsi);
-    if (!s && (s = calloc(1, sizeof *s)))
-        lws_set_opaque_user_data(wsi, s);
-    return s;
-}
-
 void rest_session_free(struct herald *app, struct lws *wsi)
 {
-    struct http_session *s = rest_session(wsi);
+    struct http_session *s = http_session_get(wsi);
     if (!s)
         return;
     session_reset(app, s);
@@ -253,7 +240,7 @@ static void write_now(struct herald *app, struct lws *wsi, struct http_session *
 
 int rest_writable(struct lws *wsi)
 {
-    struct http_session *s = rest_session(wsi);
+    struct http_session *s = http_session_get(wsi);
     return s && s->hang_up ? -1 : 0;
 }
 
@@ -500,7 +487,7 @@ static bool reserve_body(struct herald *app, struct http_session *s, uint64_t de
 
 int rest_stray_request(struct lws *wsi)
 {
-    struct http_session *s = rest_session(wsi);
+    struct http_session *s = http_session_get(wsi);
     if (!s || s->phase == REST_IDLE)
         return 0;
     stray(s);
@@ -509,7 +496,7 @@ int rest_stray_request(struct lws *wsi)
 
 int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
 {
-    struct http_session *s = rest_session_make(wsi);
+    struct http_session *s = http_session_make(wsi);
     if (!s)
         return -1;
     char channel[CHANNEL_NAME_MAX + 1], err[160];

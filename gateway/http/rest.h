@@ -16,6 +16,8 @@
 #ifndef HERALD_REST_H
 #define HERALD_REST_H
 
+#include "http_session.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -23,45 +25,12 @@
 struct lws;
 struct herald;
 struct rest;
-struct rest_call;
 
-enum rest_phase {
-    REST_IDLE,  /* no request yet */
-    REST_BODY,  /* a POST's body is arriving (kept, or thrown away when refused) */
-    REST_WAIT,  /* handed to PostgreSQL */
-    REST_REPLY, /* the answer is being written */
-};
-
-/* The HTTP state of one connection, created by its first request. */
-struct http_session {
-    enum rest_phase phase;
-    bool refused;    /* the answer is decided: the body is only thrown away */
-    bool stray;      /* input came where none belongs: close after the answer */
-    bool hang_up;    /* the last answer is out: close at the next WRITEABLE */
-    bool seen_whole; /* a request of this connection was whole once (http_guard.c) */
-    bool consumed_known;
-    uint64_t consumed;      /* socket bytes lws had read when that request was whole */
-    struct rest_call *call; /* the request, until its answer is prepared */
-    char *body;             /* the POST body gathered so far */
-    size_t body_len;
-    size_t reserved; /* bytes of HERALD_BODY_BUFFER_BYTES held for the body */
-    uint64_t started_ms;
-    struct lws *wsi;
-    struct http_session *body_prev, *body_next; /* while reading a body (REST_BODY) */
-    unsigned status;
-    char *response; /* headroom (LWS_PRE and the head), then the answer's body */
-    size_t response_len;
-};
-
-/* The REST side of a process: the sweep that closes bodies past HERALD_BODY_TIMEOUT.
- * rest_free closes its timer (the loop must run afterwards). */
 struct rest *rest_new(struct herald *app);
 void rest_free(struct rest *r);
 
 /* The connection's session, or NULL before its first request; rest_session_make creates
  * it (NULL when out of memory). */
-struct http_session *rest_session(struct lws *wsi);
-struct http_session *rest_session_make(struct lws *wsi);
 
 /* LWS_CALLBACK_HTTP on any path: true when the connection's /v1 request is still open, so
  * that this one is not served (it is stray: the connection closes after the open one's

@@ -1,5 +1,6 @@
 #include "server.h"
 #include "client.h"
+#include "protocol.h"
 #include "herald.h"
 #include "http_api.h"
 #include "http_guard.h"
@@ -77,6 +78,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         break;
     case LWS_CALLBACK_CLOSED:
         if (c && c->app) {
+            protocol_client_gone(c);
             client_destroy(c);
             app->metrics.connections--;
         }
@@ -95,7 +97,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     case LWS_CALLBACK_RECEIVE:
         if (c && c->app)
             client_on_receive(c, in, len, lws_is_first_fragment(wsi), lws_is_final_fragment(wsi),
-                              lws_frame_is_binary(wsi));
+                              lws_frame_is_binary(wsi), protocol_handle);
         /* lws 4.1 inflates a compressed message 1 KiB per pass and, on a libuv loop, runs
          * the pass that delivers the rest from an idle handler it stops after one pass:
          * the tail would wait for the next input. Waking its service pipe runs one more
@@ -113,7 +115,7 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
                          size_t len)
 {
     struct herald *app = lws_context_user(lws_get_context(wsi));
-    struct http_session *s = rest_session(wsi);
+    struct http_session *s = http_session_get(wsi);
     char uri[256] = "";
     int rc;
     if (front_door(app, wsi, reason, &rc))

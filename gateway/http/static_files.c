@@ -1,6 +1,6 @@
 #include "static_files.h"
 #include "herald.h"
-#include "http_api.h"
+#include "http_reply.h"
 
 #include <libwebsockets.h>
 #include <limits.h>

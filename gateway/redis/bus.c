@@ -1,6 +1,5 @@
 #include "bus.h"
 #include "herald.h"
-#include "hub.h"
 #include "log.h"
 #include "redis_uv.h"
 #include "resolve.h"
@@ -39,6 +38,7 @@ struct shard {
 
 struct bus {
     struct herald *app;
+    struct bus_events ev; /* what the bus reports, to the layer above that handed it */
     struct shard shards[REDIS_URL_MAX];
     int nshards;
     uv_timer_t timer; /* heartbeats, liveness checks, reconnects */
@@ -79,8 +79,8 @@ static void drop_context(redisAsyncContext **ac)
     }
 }
 
-/* Both connections go; the hub forgets the subscriptions this server carried; a retry is
- * scheduled with exponential backoff and full jitter over its upper half. */
+/* Both connections go; the layer above forgets (`down`) the subscriptions this server
+ * carried; a retry is scheduled with exponential backoff and full jitter over its upper half. */
 static void go_down(struct shard *sh, const char *why)
 {
     struct bus *bus = sh->bus;
@@ -106,7 +106,7 @@ static void go_down(struct shard *sh, const char *why)
     else
         log_warn("redis_retry", "Redis %s:%d unavailable (%s); retrying in %llu ms", sh->url->host,
                  sh->url->port, why, (unsigned long long)delay);
-    hub_on_bus_down(bus->app->hub, sh->index);
+    bus->ev.down(bus->ev.arg, sh->index);
 }
 
 static void publish_beat(struct shard *sh)
@@ -129,7 +129,7 @@ static void maybe_up(struct shard *sh)
     sh->ever_up = true;
     log_info("redis_up", "connected to Redis at %s:%d", sh->url->host, sh->url->port);
     publish_beat(sh);
-    hub_on_bus_up(bus->app->hub);
+    bus->ev.up(bus->ev.arg);
 }
 
 /* One callback for every reply on the subscriber connection: subscribe and unsubscribe
@@ -161,11 +161,11 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
     const char *name = full + bus->prefix_len;
     size_t len = full_len - bus->prefix_len;
     if (strcmp(kind, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING)
-        hub_on_message(bus->app->hub, name, len, reply->element[2]->str, reply->element[2]->len);
+        bus->ev.message(bus->ev.arg, name, len, reply->element[2]->str, reply->element[2]->len);
     else if (strcmp(kind, "subscribe") == 0)
-        hub_on_subscribed(bus->app->hub, name, len);
+        bus->ev.subscribed(bus->ev.arg, name, len);
     else if (strcmp(kind, "unsubscribe") == 0)
-        hub_on_unsubscribed(bus->app->hub, name, len);
+        bus->ev.unsubscribed(bus->ev.arg, name, len);
 }
 
 /* The reply to AUTH or SELECT while a connection is being set up. */
@@ -323,12 +323,13 @@ static void on_tick(uv_timer_t *t)
         tick_shard(&bus->shards[i], now);
 }
 
-struct bus *bus_new(struct herald *app)
+struct bus *bus_new(struct herald *app, const struct bus_events *ev)
 {
     struct bus *bus = calloc(1, sizeof *bus);
     if (!bus)
         return NULL;
     bus->app = app;
+    bus->ev = *ev;
     bus->prefix_len = strlen(app->cfg->redis_prefix);
     snprintf(bus->beat_channel, sizeof bus->beat_channel, "%sherald#heartbeat#%s",
              app->cfg->redis_prefix, app->cfg->instance_id);

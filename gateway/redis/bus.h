@@ -15,17 +15,33 @@
 struct herald;
 struct bus;
 
-struct bus *bus_new(struct herald *app);
+/* What the bus reports to the layer above, which hands the table to bus_new (the bus never
+ * includes that layer's headers). Every event runs from the loop, never inside a bus_*
+ * call. Names are Herald channel names (no prefix). */
+struct bus_events {
+    void *arg; /* the first argument of every event */
+    /* a server's connections are up (again): subscribe what should be */
+    void (*up)(void *arg);
+    /* server `shard` is gone, with every subscription it carried */
+    void (*down)(void *arg, int shard);
+    void (*subscribed)(void *arg, const char *name, size_t len);
+    void (*unsubscribed)(void *arg, const char *name, size_t len);
+    /* a message as Redis gave it (valid during the call) */
+    void (*message)(void *arg, const char *name, size_t len, const char *payload, size_t plen);
+};
+
+/* ev is copied. */
+struct bus *bus_new(struct herald *app, const struct bus_events *ev);
 
 /* Starts connecting; the bus keeps itself connected from then on. */
 void bus_start(struct bus *bus);
 
-/* Closes both connections (no more hub events); the loop must run afterwards so libuv can
+/* Closes both connections (no more events); the loop must run afterwards so libuv can
  * close their handles. */
 void bus_free(struct bus *bus);
 
-/* Sends SUBSCRIBE / UNSUBSCRIBE for a Herald channel name. -1: the bus is not up (the hub
- * resubscribes everything on hub_on_bus_up). */
+/* Sends SUBSCRIBE / UNSUBSCRIBE for a Herald channel name. -1: the bus is not up (the layer
+ * above subscribes everything again on the `up` event). */
 int bus_subscribe(struct bus *bus, const char *name, size_t len);
 int bus_unsubscribe(struct bus *bus, const char *name, size_t len);
 

@@ -5,9 +5,9 @@
 #include "iplimit.h"
 #include "json_text.h"
 #include "log.h"
-#include "protocol.h"
 
 #include <libwebsockets.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +16,7 @@
 /* Seconds a closing client gets to take its close frame before the socket is dropped. */
 #define CLOSE_GRACE_SECONDS 5
 
-void client_init(struct client *c, struct lws *wsi, struct herald *app)
+static void client_init(struct client *c, struct lws *wsi, struct herald *app)
 {
     bool deflate = c->deflate; /* agreed during the handshake, before ESTABLISHED */
     memset(c, 0, sizeof *c);
@@ -64,8 +64,7 @@ void client_destroy(struct client *c)
     if (!c->app)
         return;
     unmark_dirty(c);
-    protocol_client_gone(c);
-    hub_client_gone(c->app->hub, c);
+    hub_client_gone(c->app->hub, &c->sub);
     iplimit_release(c->app->ips, c->ip);
     if (c->auth) {
         auth_release(c->auth);
@@ -74,9 +73,7 @@ void client_destroy(struct client *c)
     c->auth = NULL;
     c->ip = NULL;
     outq_clear(&c->q);
-    free(c->subs);
     free(c->rx);
-    c->subs = NULL;
     c->rx = NULL;
     c->app = NULL;
 }
@@ -94,8 +91,9 @@ void client_close(struct client *c, uint16_t code, bool drop_queue)
     wait_writable(c);
 }
 
-void client_send(struct client *c, struct frame *f)
+void client_deliver(struct subscriber *s, struct frame *f)
 {
+    struct client *c = client_of(s);
     if (c->close_code)
         return;
     if (c->deflate && frame_deflated(f))
@@ -115,14 +113,15 @@ void client_send(struct client *c, struct frame *f)
     mark_dirty(c);
 }
 
-bool client_has_room(const struct client *c, size_t len)
+bool client_has_room(const struct subscriber *s, size_t len)
 {
+    const struct client *c = client_of((struct subscriber *)s);
     return c->q.bytes == 0 || c->q.bytes + len <= (size_t)c->app->cfg->client_queue_bytes / 2;
 }
 
-void client_notify_drained(struct client *c)
+void client_notify_drained(struct subscriber *s)
 {
-    c->drain_wanted = true;
+    client_of(s)->drain_wanted = true;
 }
 
 /* After a write: a paused resume goes on once the queue is low enough. */
@@ -131,7 +130,7 @@ static void check_drained(struct client *c)
     if (c->drain_wanted && !c->close_code &&
         c->q.bytes <= (size_t)c->app->cfg->client_queue_bytes / 4) {
         c->drain_wanted = false;
-        hub_client_drained(c->app->hub, c);
+        hub_client_drained(c->app->hub, &c->sub);
     }
 }
 
@@ -140,7 +139,7 @@ void client_send_text(struct client *c, const char *text, size_t len)
     struct frame *f = frame_from(text, len);
     if (!f)
         return;
-    client_send(c, f);
+    client_deliver(&c->sub, f);
     frame_unref(f);
 }
 
@@ -382,7 +381,7 @@ static void gather(struct client *c, const void *in, size_t len)
 }
 
 void client_on_receive(struct client *c, const void *in, size_t len, bool first, bool final,
-                       bool binary)
+                       bool binary, client_message_cb handle)
 {
     if (c->close_code)
         return;
@@ -407,7 +406,7 @@ void client_on_receive(struct client *c, const void *in, size_t len, bool first,
     else if (c->rx_binary)
         client_send_error(c, ERR_BAD_REQUEST, NULL, "binary frames are not supported");
     else
-        protocol_handle(c, msg, msglen);
+        handle(c, msg, msglen);
     free(c->rx);
     c->rx = NULL;
     c->rx_len = 0;

@@ -33,9 +33,10 @@ static void reply(struct client *c, const char *id_json, const char *fmt, ...)
     client_send_text(c, buf, (size_t)n);
 }
 
-void reply_subscribed(struct client *c, const char *channel, const struct subscribed_reply *r,
-                      const char *id_json)
+void protocol_answered(struct subscriber *s, const char *channel, const struct hub_answer *r,
+                       const char *id_json)
 {
+    struct client *c = client_of(s);
     char epoch[HISTORY_EPOCH_MAX + 16] = "", tail[64] = "";
     if (r->epoch && r->epoch[0])
         snprintf(epoch, sizeof epoch, ",\"epoch\":\"%s\"", r->epoch);
@@ -47,7 +48,7 @@ void reply_subscribed(struct client *c, const char *channel, const struct subscr
           channel, (unsigned long long)r->seq, epoch, r->recovered ? "true" : "false", tail);
 }
 
-void reply_unsubscribed(struct client *c, const char *channel, const char *id_json)
+static void reply_unsubscribed(struct client *c, const char *channel, const char *id_json)
 {
     reply(c, id_json, "{\"op\":\"unsubscribed\",\"channel\":\"%s\"", channel);
 }
@@ -59,8 +60,8 @@ static void op_subscribe(struct client *c, const struct request *rq)
         client_send_error(c, ERR_FORBIDDEN, id, "the token does not allow this channel");
         return;
     }
-    if (c->nsubs >= c->app->cfg->max_subscriptions &&
-        !hub_is_member(c, rq->channel, rq->channel_len)) {
+    if (c->sub.n >= c->app->cfg->max_subscriptions &&
+        !hub_is_member(&c->sub, rq->channel, rq->channel_len)) {
         char msg[96];
         snprintf(msg, sizeof msg, "subscription limit of %ld channels reached",
                  c->app->cfg->max_subscriptions);
@@ -68,7 +69,7 @@ static void op_subscribe(struct client *c, const struct request *rq)
         return;
     }
     struct resume resume = {rq->since, rq->epoch};
-    int rc = hub_subscribe(c->app->hub, c, rq->channel, rq->channel_len, id,
+    int rc = hub_subscribe(c->app->hub, &c->sub, rq->channel, rq->channel_len, id,
                            rq->resume ? &resume : NULL);
     if (rc == HUB_PENDING)
         client_send_error(c, ERR_BAD_REQUEST, id,
@@ -79,7 +80,7 @@ static void op_subscribe(struct client *c, const struct request *rq)
 
 static void op_unsubscribe(struct client *c, const struct request *rq)
 {
-    hub_unsubscribe(c->app->hub, c, rq->channel, rq->channel_len);
+    hub_unsubscribe(c->app->hub, &c->sub, rq->channel, rq->channel_len);
     reply_unsubscribed(c, rq->channel, rq->id[0] ? rq->id : NULL);
 }
 
@@ -97,7 +98,7 @@ static void unhook(struct pending_publish *p)
 {
     if (!p->c)
         return;
-    struct pending_publish **pp = (struct pending_publish **)&p->c->publishes;
+    struct pending_publish **pp = &p->c->publishes;
     while (*pp && *pp != p)
         pp = &(*pp)->next;
     if (*pp)

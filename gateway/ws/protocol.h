@@ -1,5 +1,6 @@
-/* Client frames (PROTOCOL: 3. WebSocket endpoint): parsing, dispatch by "op", and the
- * replies the hub sends back later. */
+/* What a client's messages ask for (PROTOCOL: 3. WebSocket endpoint): each message, parsed
+ * by common/request.c, dispatched by "op" to the hub or the durable publish, and the replies,
+ * including those the channel core gives later through hub_sink.answered. */
 #ifndef HERALD_PROTOCOL_H
 #define HERALD_PROTOCOL_H
 
@@ -8,28 +9,18 @@
 #include <stdint.h>
 
 struct client;
+struct subscriber;
+struct hub_answer;
 
 /* Handles one whole text message from a client; every invalid one gets an error reply. */
 void protocol_handle(struct client *c, const char *msg, size_t len);
 
-struct subscribed_reply {
-    uint64_t seq;      /* the last seq the client has now seen on the channel */
-    const char *epoch; /* NULL when the channel has no history */
-    bool resumed;      /* the client asked with `since` */
-    bool recovered;
-    uint64_t replayed;
-    const char *code; /* why a resume was not recovered */
-};
-
-/* {"op":"subscribed","channel":C,"seq":H[,"epoch":E],"recovered":B[,"replayed":N]
- *  [,"code":K][,"id":..]} */
-void reply_subscribed(struct client *c, const char *channel, const struct subscribed_reply *r,
-                      const char *id_json);
+/* hub_sink.answered: {"op":"subscribed","channel":C,"seq":H[,"epoch":E],"recovered":B
+ * [,"replayed":N][,"code":K][,"id":..]} to the client that embeds s. */
+void protocol_answered(struct subscriber *s, const char *channel, const struct hub_answer *a,
+                       const char *id_json);
 
 /* The client is closing: publish replies still owed to it are dropped. */
 void protocol_client_gone(struct client *c);
-
-/* {"op":"unsubscribed","channel":C[,"id":..]} */
-void reply_unsubscribed(struct client *c, const char *channel, const char *id_json);
 
 #endif

@@ -1,0 +1,51 @@
+/* What the channel core needs from the connections above it, handed down as a table the top
+ * level fills (app/main.c), the way libuv hands read_cb to a stream: the core never includes
+ * a connection's header and calls upward only through these pointers. */
+#ifndef HERALD_SINK_H
+#define HERALD_SINK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct channel;
+struct frame;
+
+/* One subscription seen from the connection: `pos` is its index in the channel's member
+ * array, so either side removes the pair in O(1). */
+struct sub_ref {
+    struct channel *ch;
+    uint32_t pos;
+};
+
+/* A connection's side of its subscriptions. The connection embeds it (and gets back to
+ * itself with container_of); only the channel core (registry.c) writes it. */
+struct subscriber {
+    struct sub_ref *refs;
+    uint16_t n, cap;
+};
+
+/* What a `subscribed` reply says. */
+struct hub_answer {
+    uint64_t seq;      /* the last seq the client has now seen on the channel */
+    const char *epoch; /* NULL when the channel has no history */
+    bool resumed;      /* the client asked with `since` */
+    bool recovered;
+    uint64_t replayed;
+    const char *code; /* why a resume was not recovered */
+};
+
+struct hub_sink {
+    /* Queues a shared frame for the subscriber (it takes its own reference). A subscriber
+     * whose queue is full closes itself; the core goes on with the others. */
+    void (*deliver)(struct subscriber *s, struct frame *f);
+    /* Whether a replay may queue a frame of len bytes now without crowding live messages. */
+    bool (*has_room)(const struct subscriber *s, size_t len);
+    /* Asks for hub_client_drained once the subscriber's queue has drained. */
+    void (*notify_drained)(struct subscriber *s);
+    /* The subscribe that carried id_json (NULL: none) is answered. */
+    void (*answered)(struct subscriber *s, const char *channel, const struct hub_answer *a,
+                     const char *id_json);
+};
+
+#endif

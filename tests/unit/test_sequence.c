@@ -1,0 +1,550 @@
+/* The channel core alone (gateway/channels/: hub.c, registry.c, sequence.c, with frame.c and
+ * outq.c): linked without a connection, a Redis bus or PostgreSQL. What it calls below
+ * (history_*, db_up, bus_*) is faked here at link time and answers only when a test says so,
+ * the way the real ones answer later from the loop; what it calls above goes through a
+ * recording hub_sink. Each test checks what every subscriber received, in order: replayed
+ * frames, then its `subscribed` answer, then live frames, with no gap and no duplicate. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bus.h"
+#include "db.h"
+#include "frame.h"
+#include "herald.h"
+#include "history.h"
+#include "hub.h"
+#include "sink.h"
+
+#define HOLD_MS 100 /* sequence.c's wait for a missing frame */
+#define EPOCH   "e1"
+#define MAXSEQ  64
+
+/* ------------------------------------------------------------------------------------------
+ * What the core calls below: recorded, answered by the tests */
+
+struct pending_fetch {
+    char channel[64];
+    uint64_t since;
+    long limit;
+    history_page_cb cb;
+    void *arg;
+};
+
+struct pending_heads {
+    size_t n;
+    char names[8][64];
+    history_heads_cb cb;
+    void *arg;
+};
+
+static struct world {
+    uv_loop_t loop;
+    struct herald_config cfg;
+    struct herald app;
+    struct hub *hub;
+    bool db_is_up;
+    struct pending_fetch fetches[16];
+    size_t nfetches;
+    struct pending_heads heads[16];
+    size_t nheads;
+    int subscribes, unsubscribes;
+    /* the channel "c" as PostgreSQL has it: envelopes 1..stored */
+    char envelopes[MAXSEQ + 1][128];
+    uint64_t stored;
+} w;
+
+void history_fetch(struct herald *app, struct history_request *r, const char *channel,
+                   uint64_t since, long limit, size_t max_bytes, history_page_cb cb, void *arg)
+{
+    (void)app, (void)r, (void)max_bytes;
+    assert_true(w.nfetches < 16);
+    struct pending_fetch *p = &w.fetches[w.nfetches++];
+    *p = (struct pending_fetch){.since = since, .limit = limit, .cb = cb, .arg = arg};
+    snprintf(p->channel, sizeof p->channel, "%s", channel);
+}
+
+void history_heads(struct herald *app, struct history_request *r, const char *const *names,
+                   size_t n, history_heads_cb cb, void *arg)
+{
+    (void)app, (void)r;
+    assert_true(w.nheads < 16 && n <= 8);
+    struct pending_heads *p = &w.heads[w.nheads++];
+    *p = (struct pending_heads){.n = n, .cb = cb, .arg = arg};
+    for (size_t i = 0; i < n; i++)
+        snprintf(p->names[i], sizeof p->names[i], "%s", names[i]);
+}
+
+void history_read_key(struct herald *app, struct history_key_request *r, history_key_cb cb,
+                      void *arg)
+{
+    (void)app, (void)r, (void)cb, (void)arg;
+    fail_msg("the key is known: it is never read again");
+}
+
+bool db_up(const struct db *db)
+{
+    (void)db;
+    return w.db_is_up;
+}
+
+int bus_subscribe(struct bus *bus, const char *name, size_t len)
+{
+    (void)bus, (void)name, (void)len;
+    w.subscribes++;
+    return 0;
+}
+
+int bus_unsubscribe(struct bus *bus, const char *name, size_t len)
+{
+    (void)bus, (void)name, (void)len;
+    w.unsubscribes++;
+    return 0;
+}
+
+int bus_shard_of(const struct bus *bus, const char *name, size_t len)
+{
+    (void)bus, (void)name, (void)len;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * What the core calls above: a recording sink */
+
+struct fake_sub {
+    struct subscriber sub;
+    char log[2048]; /* "m6 m7 S5/r3 m8 ..." in the order it happened */
+    bool room;      /* has_room's answer */
+    bool drain_asked;
+};
+
+static struct fake_sub *fake_of(struct subscriber *s)
+{
+    return (struct fake_sub *)(void *)((char *)s - offsetof(struct fake_sub, sub));
+}
+
+static void note(struct fake_sub *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(struct fake_sub *f, const char *fmt, ...)
+{
+    size_t n = strlen(f->log);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(f->log + n, sizeof f->log - n, fmt, ap);
+    va_end(ap);
+}
+
+static void sink_deliver(struct subscriber *s, struct frame *f)
+{
+    note(fake_of(s), "%sm%llu", fake_of(s)->log[0] ? " " : "", (unsigned long long)f->seq);
+}
+
+static bool sink_has_room(const struct subscriber *s, size_t len)
+{
+    (void)len;
+    return fake_of((struct subscriber *)s)->room;
+}
+
+static void sink_notify_drained(struct subscriber *s)
+{
+    fake_of(s)->drain_asked = true;
+}
+
+static void sink_answered(struct subscriber *s, const char *channel, const struct hub_answer *a,
+                          const char *id_json)
+{
+    (void)channel, (void)id_json;
+    struct fake_sub *f = fake_of(s);
+    note(f, "%sS%llu", f->log[0] ? " " : "", (unsigned long long)a->seq);
+    if (a->resumed && a->recovered)
+        note(f, "/r%llu", (unsigned long long)a->replayed);
+    else if (a->resumed)
+        note(f, "/%s", a->code);
+}
+
+static const struct hub_sink sink = {sink_deliver, sink_has_room, sink_notify_drained,
+                                     sink_answered};
+
+/* ------------------------------------------------------------------------------------------
+ * Driving the core */
+
+static struct envelope_key key;
+
+static void store_up_to(uint64_t seq)
+{
+    for (uint64_t s = w.stored + 1; s <= seq; s++)
+        snprintf(w.envelopes[s], sizeof w.envelopes[s],
+                 "{\"op\":\"message\",\"channel\":\"c\",\"seq\":%llu,\"ts\":1,\"data\":%llu}",
+                 (unsigned long long)s, (unsigned long long)s);
+    if (seq > w.stored)
+        w.stored = seq;
+}
+
+/* Redis delivers the signed envelope of seq (stored in PostgreSQL first, as publish does). */
+static void live(uint64_t seq)
+{
+    store_up_to(seq);
+    char signed_buf[256];
+    const char *env = w.envelopes[seq];
+    size_t n = envelope_sig_sign(&key, EPOCH, env, strlen(env), signed_buf);
+    assert_true(n > 0);
+    hub_on_message(w.hub, "c", 1, signed_buf, n);
+}
+
+static void subscribe(struct fake_sub *f, const struct resume *resume)
+{
+    assert_int_equal(hub_subscribe(w.hub, &f->sub, "c", 1, NULL, resume), 0);
+}
+
+static void redis_confirms(void)
+{
+    hub_on_subscribed(w.hub, "c", 1);
+}
+
+/* Answers the oldest pending head lookup: "c" has head `head` (0: no counter). */
+static void answer_heads(uint64_t head)
+{
+    assert_true(w.nheads > 0);
+    struct pending_heads p = w.heads[0];
+    memmove(w.heads, w.heads + 1, --w.nheads * sizeof *w.heads);
+    struct history_head h = {.name = "c", .head = head, .epoch = EPOCH, .first_kept = 1};
+    p.cb(p.arg, &h, head ? 1 : 0, NULL);
+}
+
+/* Answers the oldest pending fetch with the stored rows after its `since` (err: fails it). */
+static void answer_fetch(const char *err)
+{
+    assert_true(w.nfetches > 0);
+    struct pending_fetch p = w.fetches[0];
+    memmove(w.fetches, w.fetches + 1, --w.nfetches * sizeof *w.fetches);
+    assert_string_equal(p.channel, "c");
+    if (err) {
+        p.cb(p.arg, NULL, err);
+        return;
+    }
+    struct history_row rows[MAXSEQ];
+    struct history_page page = {.exists = true, .head = w.stored, .first_kept = 1, .rows = rows};
+    snprintf(page.epoch, sizeof page.epoch, "%s", EPOCH);
+    for (uint64_t s = p.since + 1; s <= w.stored && page.n < (size_t)p.limit; s++)
+        rows[page.n++] = (struct history_row){s, w.envelopes[s], strlen(w.envelopes[s])};
+    p.cb(p.arg, &page, NULL);
+}
+
+static void tick_after(uint64_t ms)
+{
+    hub_tick(w.hub, uv_now(&w.loop) + ms);
+}
+
+/* A channel "c" whose head is 5, with f subscribed and answered. */
+static void join_at_head_5(struct fake_sub *f)
+{
+    store_up_to(5);
+    subscribe(f, NULL);
+    assert_int_equal(w.subscribes, 1);
+    redis_confirms();
+    assert_int_equal(w.nheads, 1); /* the head is asked for, not answered inside the call */
+    assert_string_equal(f->log, "");
+    answer_heads(5);
+    assert_string_equal(f->log, "S5");
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&w, 0, sizeof w);
+    uv_loop_init(&w.loop);
+    char err[256];
+    char *argv[] = {"test_sequence", NULL};
+    assert_int_equal(config_load(&w.cfg, 1, argv, stderr, err, sizeof err), CONFIG_OK);
+    w.app = (struct herald){.cfg = &w.cfg, .loop = &w.loop};
+    w.app.db = (struct db *)&w; /* history on: the fakes above stand for it */
+    w.db_is_up = true;
+    static const unsigned char k[ENVELOPE_KEY_LEN] = "0123456789abcdef0123456789abcdef";
+    assert_int_equal(envelope_key_init(&key, k, sizeof k), 0);
+    w.app.envelope_key = key;
+    w.app.has_envelope_key = true;
+    w.hub = hub_new(&w.app, &sink);
+    assert_non_null(w.hub);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    hub_stop(w.hub);
+    uv_run(&w.loop, UV_RUN_NOWAIT); /* closes the timer */
+    hub_free(w.hub);
+    assert_int_equal(uv_loop_close(&w.loop), 0);
+    envelope_key_clear(&key);
+    assert_int_equal(w.app.metrics.held_bytes, 0);
+    return 0;
+}
+
+static void leave(struct fake_sub *f)
+{
+    hub_client_gone(w.hub, &f->sub);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The cases */
+
+static void delivers_in_order(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    live(6);
+    live(7);
+    live(8);
+    assert_string_equal(a.log, "S5 m6 m7 m8");
+    assert_int_equal(w.nfetches, 0);
+    leave(&a);
+}
+
+static void holds_across_a_gap_until_the_missing_one_comes(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    live(6);
+    store_up_to(7); /* 7 is in PostgreSQL, its PUBLISH is late */
+    live(8);
+    live(9);
+    assert_string_equal(a.log, "S5 m6");
+    assert_true(w.app.metrics.held_bytes > 0);
+    live(7);
+    assert_string_equal(a.log, "S5 m6 m7 m8 m9");
+    assert_int_equal(w.app.metrics.held_bytes, 0);
+    assert_int_equal(w.nfetches, 0);
+    leave(&a);
+}
+
+static void a_gap_held_too_long_is_filled_from_history(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    store_up_to(7); /* 6 and 7 never come from Redis */
+    live(8);
+    tick_after(HOLD_MS - 1);
+    assert_int_equal(w.nfetches, 0); /* not yet */
+    tick_after(HOLD_MS);
+    assert_int_equal(w.nfetches, 1);
+    assert_int_equal(w.fetches[0].since, 5);
+    assert_string_equal(a.log, "S5");
+    answer_fetch(NULL);
+    assert_string_equal(a.log, "S5 m6 m7 m8");
+    assert_int_equal(w.app.metrics.gaps_skipped, 0);
+    live(9);
+    assert_string_equal(a.log, "S5 m6 m7 m8 m9");
+    leave(&a);
+}
+
+static void a_gap_history_cannot_fill_is_skipped_and_counted(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    store_up_to(6);
+    live(7);
+    tick_after(HOLD_MS);
+    assert_int_equal(w.nfetches, 1);
+    answer_fetch("PostgreSQL is down");
+    assert_string_equal(a.log, "S5 m7"); /* live delivery goes on past the gap */
+    assert_int_equal(w.app.metrics.gaps_skipped, 1);
+    leave(&a);
+}
+
+static void a_duplicate_is_dropped(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    live(6);
+    live(6);
+    live(5);
+    live(7);
+    assert_string_equal(a.log, "S5 m6 m7");
+    assert_int_equal(w.app.metrics.duplicates_dropped, 2);
+    leave(&a);
+}
+
+static void a_resume_is_served_from_the_cache(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = true};
+    join_at_head_5(&a);
+    for (uint64_t s = 6; s <= 10; s++)
+        live(s);
+    struct resume r = {.since = 7, .epoch = EPOCH};
+    subscribe(&b, &r);
+    assert_string_equal(b.log, "m8 m9 m10 S10/r3");
+    assert_int_equal(w.nfetches, 0); /* nothing asked of PostgreSQL */
+    live(11);
+    assert_string_equal(b.log, "m8 m9 m10 S10/r3 m11");
+    assert_int_equal(w.app.metrics.resumes_recovered, 1);
+    leave(&a);
+    leave(&b);
+}
+
+static void a_resume_is_served_from_history(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = true};
+    join_at_head_5(&a);
+    for (uint64_t s = 6; s <= 8; s++)
+        live(s);
+    struct resume r = {.since = 2, .epoch = EPOCH};
+    subscribe(&b, &r); /* 3..5 are older than the cache */
+    assert_int_equal(w.nfetches, 1);
+    assert_int_equal(w.fetches[0].since, 2);
+    assert_string_equal(b.log, "");
+    answer_fetch(NULL);
+    assert_string_equal(b.log, "m3 m4 m5 m6 m7 m8 S8/r6");
+    assert_string_equal(a.log, "S5 m6 m7 m8"); /* the page gave a nothing twice */
+    leave(&a);
+    leave(&b);
+}
+
+static void a_resume_racing_live_messages_gets_each_once_in_order(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = true};
+    join_at_head_5(&a);
+    live(6);
+    struct resume r = {.since = 1, .epoch = EPOCH};
+    subscribe(&b, &r);
+    assert_int_equal(w.nfetches, 1);
+    live(7); /* published while the page is read */
+    live(8);
+    assert_string_equal(b.log, ""); /* nothing live before its answer */
+    answer_fetch(NULL);             /* the page has rows up to 8 */
+    live(8);                        /* a late duplicate from Redis */
+    live(9);
+    assert_string_equal(b.log, "m2 m3 m4 m5 m6 m7 m8 S8/r7 m9");
+    assert_string_equal(a.log, "S5 m6 m7 m8 m9");
+    leave(&a);
+    leave(&b);
+}
+
+static void a_resume_waits_for_room_in_the_queue(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = false};
+    join_at_head_5(&a);
+    for (uint64_t s = 6; s <= 8; s++)
+        live(s);
+    struct resume r = {.since = 5, .epoch = EPOCH};
+    subscribe(&b, &r);
+    assert_string_equal(b.log, "");
+    assert_true(b.drain_asked);
+    live(9);
+    assert_string_equal(b.log, ""); /* not answered yet: no live message either */
+    b.room = true;
+    hub_client_drained(w.hub, &b.sub);
+    assert_string_equal(b.log, "m6 m7 m8 m9 S9/r4");
+    assert_int_equal(w.app.metrics.replay_pauses, 1);
+    leave(&a);
+    leave(&b);
+}
+
+static void a_resume_past_the_history_is_refused(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = true}, c = {.room = true};
+    join_at_head_5(&a);
+    struct resume other_epoch = {.since = 3, .epoch = "e0"}, ahead = {.since = 9, .epoch = EPOCH};
+    subscribe(&b, &other_epoch);
+    subscribe(&c, &ahead);
+    assert_string_equal(b.log, "S5/history_reset");
+    assert_string_equal(c.log, "S5/history_reset");
+    assert_int_equal(w.app.metrics.resumes_failed, 2);
+    leave(&a);
+    leave(&b);
+    leave(&c);
+}
+
+static void the_channel_forgotten_while_a_query_is_in_flight(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = true};
+    join_at_head_5(&a);
+    struct resume r = {.since = 1, .epoch = EPOCH};
+    subscribe(&b, &r);
+    assert_int_equal(w.nfetches, 1);
+    leave(&a);
+    leave(&b);
+    assert_int_equal(w.unsubscribes, 1);
+    hub_on_unsubscribed(w.hub, "c", 1);
+    /* the query still points at the channel: it stays until the answer */
+    assert_int_equal(hub_channel_count(w.hub), 1);
+    answer_fetch(NULL);
+    assert_int_equal(hub_channel_count(w.hub), 0);
+    assert_string_equal(b.log, ""); /* gone before its answer: nothing sent */
+    assert_string_equal(a.log, "S5");
+}
+
+static void a_head_lookup_answered_after_the_channel_went(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    store_up_to(5);
+    subscribe(&a, NULL);
+    redis_confirms();
+    assert_int_equal(w.nheads, 1);
+    leave(&a);
+    hub_on_unsubscribed(w.hub, "c", 1);
+    assert_int_equal(hub_channel_count(w.hub), 0);
+    answer_heads(5); /* looked up by name: finds nothing, touches nothing */
+    assert_int_equal(hub_channel_count(w.hub), 0);
+    assert_string_equal(a.log, "");
+}
+
+static void a_forged_payload_changes_nothing(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    const char *forged = "{\"op\":\"message\",\"channel\":\"c\",\"seq\":1000000,\"ts\":1,"
+                         "\"data\":0,\"sig\":\"00000000000000000000000000000000000000000000000"
+                         "00000000000000000\"}";
+    hub_on_message(w.hub, "c", 1, forged, strlen(forged));
+    assert_int_equal(w.app.metrics.unverified_envelopes, 1);
+    live(6);
+    assert_string_equal(a.log, "S5 m6"); /* the stream goes on where it was */
+    tick_after(HOLD_MS);
+    assert_int_equal(w.nfetches, 1); /* the hint is checked with PostgreSQL */
+    answer_fetch(NULL);              /* which has nothing past 6 */
+    live(7);
+    assert_string_equal(a.log, "S5 m6 m7");
+    leave(&a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(delivers_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(holds_across_a_gap_until_the_missing_one_comes, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(a_gap_held_too_long_is_filled_from_history, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(a_gap_history_cannot_fill_is_skipped_and_counted, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(a_duplicate_is_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_resume_is_served_from_the_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_resume_is_served_from_history, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_resume_racing_live_messages_gets_each_once_in_order,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(a_resume_waits_for_room_in_the_queue, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_resume_past_the_history_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(the_channel_forgotten_while_a_query_is_in_flight, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(a_head_lookup_answered_after_the_channel_went, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(a_forged_payload_changes_nothing, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
