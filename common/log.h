@@ -8,8 +8,8 @@
 
 enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 
-/* The level is set once at start-up, before the loop runs; it is the only process-wide
- * setting outside main, because every module logs. */
+/* The level is set once at start-up, before the loop runs; it is process-wide because every
+ * module logs (herald.h lists the other process-wide state). */
 void log_set_level(enum log_level level);
 /* Parses "debug", "info", "warn" or "error"; returns 0 or -1. */
 int log_level_parse(const char *s, enum log_level *out);

@@ -12,7 +12,7 @@ uint64_t shard_hash(const char *s, size_t len)
 
 /* Walks the buckets a key would jump to as n grows (a linear congruential step draws each
  * jump) and stops at the last one below n: expected O(log n) steps. */
-int shard_jump(uint64_t key, int n)
+static int jump(uint64_t key, int n)
 {
     int64_t b = -1, j = 0;
     while (j < n) {
@@ -25,5 +25,5 @@ int shard_jump(uint64_t key, int n)
 
 int shard_of(const char *name, size_t len, int n)
 {
-    return n <= 1 ? 0 : shard_jump(shard_hash(name, len), n);
+    return n <= 1 ? 0 : jump(shard_hash(name, len), n);
 }

@@ -17,9 +17,6 @@
 /* FNV-1a, 64 bits, over s[0..len). */
 uint64_t shard_hash(const char *s, size_t len);
 
-/* Bucket of key among n (n >= 1): 0..n-1. */
-int shard_jump(uint64_t key, int n);
-
 /* The server index (0..n-1) of channel name[0..len) among n servers. */
 int shard_of(const char *name, size_t len, int n);
 

@@ -10,6 +10,7 @@
 #include "publish.h"
 #include "rest.h"
 #include "retention.h"
+#include "sigkey.h"
 #include "config.h"
 #include "herald.h"
 #include "hub.h"
@@ -229,10 +230,11 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
         app.db = db_new(&app);
         app.retention = retention_new(&app);
         app.publisher = publisher_new(&app);
+        app.sigkey = sigkey_new(&app);
     }
     struct lifecycle lc = {.app = &app};
     bool ok = app.write_buf && app.hub && app.bus && app.ips && app.rest &&
-              ((app.db && app.retention && app.publisher) || !cfg->database_url[0]);
+              ((app.db && app.retention && app.publisher && app.sigkey) || !cfg->database_url[0]);
     lc.srv = ok ? server_start(&app) : NULL;
     if (lc.srv) {
         bus_start(app.bus);
@@ -266,8 +268,7 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     if (app.lws)
         log_warn("shutdown", "lws context not fully destroyed");
     hub_free(app.hub);
-    if (app.has_envelope_key)
-        envelope_key_clear(&app.envelope_key);
+    sigkey_free(app.sigkey);
     frame_deflate_end();
     free(app.write_buf);
     if (uv_loop_close(&loop) != 0)

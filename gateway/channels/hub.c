@@ -172,7 +172,7 @@ static void resubscribe(struct channel *ch, void *arg)
 }
 
 /* Every channel that has members gets its subscription back after a (re)connect. */
-void hub_on_bus_up(struct hub *hub)
+static void hub_on_bus_up(struct hub *hub)
 {
     registry_each(hub->reg, resubscribe, hub);
 }
@@ -194,12 +194,12 @@ static void unsubscribed(struct channel *ch, void *arg)
 
 /* A Redis server's connection is gone and every subscription it carried; those channels
  * without members go. The others are untouched. */
-void hub_on_bus_down(struct hub *hub, int shard)
+static void hub_on_bus_down(struct hub *hub, int shard)
 {
     registry_each(hub->reg, unsubscribed, &(struct shard_down){hub, shard});
 }
 
-void hub_on_subscribed(struct hub *hub, const char *name, size_t len)
+static void hub_on_subscribed(struct hub *hub, const char *name, size_t len)
 {
     struct channel *ch = registry_find(hub->reg, name, len);
     if (!ch || ch->redis != R_SUBSCRIBING)
@@ -211,7 +211,7 @@ void hub_on_subscribed(struct hub *hub, const char *name, size_t len)
         seq_on_active(hub->seq, ch);
 }
 
-void hub_on_unsubscribed(struct hub *hub, const char *name, size_t len)
+static void hub_on_unsubscribed(struct hub *hub, const char *name, size_t len)
 {
     struct channel *ch = registry_find(hub->reg, name, len);
     if (!ch || ch->redis != R_UNSUBSCRIBING)
@@ -238,7 +238,8 @@ static void note_invalid(struct hub *hub, const struct channel *ch, const char *
  * payloads are wrapped and delivered at once. Data over HERALD_MAX_PUBLISH_BYTES (a raw
  * payload is its own data; an envelope may add CONFIG_ENVELOPE_OVERHEAD around it) is no
  * message any publisher could send: dropped, so that every queue can take what is left. */
-void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload, size_t plen)
+static void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload,
+                           size_t plen)
 {
     struct channel *ch = registry_find(hub->reg, name, len);
     if (!ch || ch->nmembers == 0)

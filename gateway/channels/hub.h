@@ -59,13 +59,4 @@ void hub_start(struct hub *hub);
 void hub_stop(struct hub *hub);
 void hub_tick(struct hub *hub, uint64_t now);
 
-/* The bus's events (hub_bus_events points the table at these). Names are Herald channel
- * names (no prefix). */
-void hub_on_bus_up(struct hub *hub);
-void hub_on_bus_down(struct hub *hub, int shard);
-void hub_on_subscribed(struct hub *hub, const char *name, size_t len);
-void hub_on_unsubscribed(struct hub *hub, const char *name, size_t len);
-void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload,
-                    size_t plen);
-
 #endif

@@ -1,4 +1,5 @@
 #include "registry.h"
+#include "shard.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,12 +11,10 @@ struct registry {
     size_t count;
 };
 
+/* The low 32 bits of the FNV-1a that shard_of() uses too (shard.h). */
 static uint32_t hash_name(const char *s, size_t n)
 {
-    uint32_t h = 2166136261u; /* FNV-1a, 32 bits: the table's own hash, not shard_of's */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
+    return (uint32_t)shard_hash(s, n);
 }
 
 struct registry *registry_new(void)

@@ -3,12 +3,13 @@
  * HERALD_RECENT_TOTAL_BYTES in all), a history page (HERALD_PAGE_BYTES). Head lookups of new
  * channels go out in batches, one batch at a time, whatever the subscribe churn. */
 #include "sequence.h"
+#include "envelope_sig.h"
 #include "db.h"
-#include "envelope.h"
 #include "herald.h"
 #include "history.h"
 #include "log.h"
 #include "registry.h"
+#include "sigkey.h"
 
 #include <assert.h>
 #include <stddef.h>
@@ -35,14 +36,8 @@ struct seq {
     size_t checks_in_flight; /* periodic head checks: a round starts when none is left */
     struct chan_list lru;    /* channels with a recent cache, most recently grown first */
     size_t recent_bytes;     /* of every recent cache */
-    struct history_key_request key_read;
-    bool key_in_flight;
-    uint64_t key_retry_ms; /* when the envelope key is asked for again */
-    bool key_warned;
     struct log_limit gap_log, query_log;
 };
-
-#define KEY_RETRY_MS 5000
 
 /* A history query for one channel. */
 struct fetch {
@@ -341,8 +336,8 @@ static void fill_gap(struct seq *s, struct channel *ch);
 static bool authentic(const struct seq *s, const struct channel *ch, const char *payload,
                       size_t len)
 {
-    return s->app->has_envelope_key &&
-           envelope_sig_verify(&s->app->envelope_key, ch->epoch, payload, len);
+    const struct envelope_key *key = sigkey_get(s->app->sigkey);
+    return key && envelope_sig_verify(key, ch->epoch, payload, len);
 }
 
 /* The envelope inside a signed payload, as the frame clients get (the bytes stored). */
@@ -354,34 +349,6 @@ static struct frame *envelope_frame(const char *payload, size_t len)
         f = NULL;
     }
     return f;
-}
-
-static void on_key(void *arg, const unsigned char *key, size_t len, const char *err)
-{
-    struct seq *s = arg;
-    s->key_in_flight = false;
-    if (!key || envelope_key_init(&s->app->envelope_key, key, len) < 0) {
-        if (!s->key_warned)
-            log_warn("envelope_key",
-                     "cannot read the envelope key (%s): sequenced messages "
-                     "come from PostgreSQL only until it can (run herald "
-                     "migrate)",
-                     err ? err : "bad key");
-        s->key_warned = true;
-        s->key_retry_ms = herald_now_ms(s->app) + KEY_RETRY_MS;
-        return;
-    }
-    s->app->has_envelope_key = true;
-    log_info("envelope_key", "envelope key read: sequenced messages from Redis are verified");
-}
-
-/* The key is read once, as soon as PostgreSQL answers, and kept for the process's life. */
-static void want_key(struct seq *s, uint64_t now)
-{
-    if (s->app->has_envelope_key || s->key_in_flight || now < s->key_retry_ms)
-        return;
-    s->key_in_flight = true;
-    history_read_key(s->app, &s->key_read, on_key, s);
 }
 
 /* The channel had no message when subscribed, so there is no epoch to check a payload with:
@@ -416,7 +383,7 @@ void seq_on_live(struct seq *s, struct channel *ch, const char *payload, size_t 
             ch->headless_from = seq;
         else if (ch->baseline && !ch->epoch[0])
             probe_epoch(s, ch);
-        else if (ch->baseline && app->has_envelope_key)
+        else if (ch->baseline && sigkey_get(app->sigkey))
             app->metrics.unverified_envelopes++;
         return;
     }
@@ -911,7 +878,7 @@ void seq_tick(struct seq *s, uint64_t now, bool heads)
     }
     if (!history_on(s) || !db_up(s->app->db))
         return;
-    want_key(s, now);
+    sigkey_want(s->app->sigkey, now);
     if (!heads)
         return;
     struct tick *t = malloc(sizeof *t);

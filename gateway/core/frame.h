@@ -1,5 +1,5 @@
 /* A WebSocket text frame built once per message and shared, by reference count, by every
- * subscriber's send queue (DESIGN invariant 2). Server frames are unmasked, so the same bytes
+ * subscriber's send queue: no copy per subscriber. Server frames are unmasked, so the same bytes
  * are valid on every connection. Its compressed twin (permessage-deflate) is built once too,
  * on demand, and shared the same way by the connections that negotiated it. */
 #ifndef HERALD_FRAME_H

@@ -1,10 +1,10 @@
 /* The state of one gateway process. main owns it; every module reaches it through the
- * pointer it was given, so there is no global mutable state. */
+ * pointer it was given. The process-wide exceptions, each set or used by the loop's one
+ * thread only: the log level (log.h, set before the loop runs) and frame.c's compressor. */
 #ifndef HERALD_HERALD_H
 #define HERALD_HERALD_H
 
 #include "config.h"
-#include "envelope_sig.h"
 #include "later.h"
 #include "metrics.h"
 
@@ -20,35 +20,41 @@ struct retention;
 struct rest;
 struct publisher;
 struct iplimit;
+struct sigkey;
 struct client;
 
 /* Bytes gathered from a client's queue into one write() per WRITEABLE callback. */
 #define HERALD_WRITE_BATCH (64 * 1024)
 
+/* Each field says who writes it (the way libuv labels a handle's fields): "main" fields are
+ * set by app/main.c before the loop runs and only read afterwards; a module's own fields
+ * are written by that module alone. */
 struct herald {
+    /* main */
     const struct herald_config *cfg;
     uv_loop_t *loop;
-    struct lws_context *lws;
     struct hub *hub;
     struct bus *bus;
     struct db *db;               /* NULL without HERALD_DATABASE_URL */
     struct publisher *publisher; /* durable publish; NULL without the db */
-    struct retention *retention;
-    struct rest *rest;   /* REST sessions reading a body */
-    struct iplimit *ips; /* connections per client address */
-    struct metrics metrics;
-    struct later_queue later; /* completions and kicks run from the loop (later.h) */
-    size_t http_body_bytes;   /* POST body bytes held now (HERALD_BODY_BUFFER_BYTES) */
-    /* PostgreSQL's envelope key (herald_keys), once read: signs what this process publishes
-     * and tells the sequenced envelopes from Redis that PostgreSQL stored */
-    struct envelope_key envelope_key;
-    bool has_envelope_key;
-    uint8_t *write_buf;   /* HERALD_WRITE_BATCH bytes, shared by all connections */
-    struct client *dirty; /* clients with output queued during this loop turn */
-    uv_check_t flush_check;
+    struct retention *retention; /* NULL without the db */
+    struct sigkey *sigkey;       /* PostgreSQL's envelope key; NULL without the db */
+    struct rest *rest;           /* REST sessions reading a body */
+    struct iplimit *ips;         /* connections per client address */
+    uint8_t *write_buf;          /* HERALD_WRITE_BATCH bytes, shared by all connections */
+    uv_check_t flush_check;      /* both run client_flush_dirty */
     uv_prepare_t flush_prepare;
     bool draining;
     uint64_t started_ms;
+    struct later_queue later; /* completions and kicks run from the loop (later.h) */
+    /* every module: each counter is written by the module metrics.h names for it */
+    struct metrics metrics;
+    /* http/server.c (and lws, which clears it once the context is destroyed) */
+    struct lws_context *lws;
+    /* http/rest.c: POST body bytes held now (HERALD_BODY_BUFFER_BYTES) */
+    size_t http_body_bytes;
+    /* ws/client.c: clients with output queued during this loop turn */
+    struct client *dirty;
 };
 
 /* Milliseconds on the loop's clock. */

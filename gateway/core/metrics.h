@@ -1,4 +1,5 @@
-/* Counters of one gateway process, rendered by /metrics in Prometheus text format. */
+/* Counters of one gateway process, rendered by /metrics in Prometheus text format
+ * (http/http_api.c). Each group names the modules that write it; nothing else does. */
 #ifndef HERALD_METRICS_H
 #define HERALD_METRICS_H
 
@@ -7,31 +8,37 @@
 #include <stdint.h>
 
 struct metrics {
-    /* gauges */
-    int64_t connections;
-    int64_t subscriptions;
-    int64_t held_bytes;   /* frames held across gaps, all channels */
-    int64_t recent_bytes; /* recent caches, all channels */
-    /* counters */
+    /* http/server.c */
+    int64_t connections; /* gauge */
     uint64_t connections_total;
+    /* http/http_guard.c */
     uint64_t rejected_connections;
+    /* channels/hub.c */
+    int64_t subscriptions; /* gauge */
     uint64_t redis_messages;
     uint64_t invalid_payloads;
+    /* channels/sequence.c */
+    int64_t held_bytes;   /* gauge: frames held across gaps, all channels */
+    int64_t recent_bytes; /* gauge: recent caches, all channels */
     uint64_t duplicates_dropped;
-    uint64_t frames_out;
-    uint64_t bytes_out;
-    uint64_t writes;
-    uint64_t client_frames_in;
-    uint64_t slow_consumer_closes;
-    uint64_t redis_reconnects;
     uint64_t gaps_skipped;
     uint64_t hold_overflows;       /* frames past HERALD_HOLD_BYTES, left to PostgreSQL */
     uint64_t unverified_envelopes; /* sequenced envelopes without a valid signature */
     uint64_t replay_pauses;        /* resumes that waited for their client's queue */
     uint64_t resumes_recovered;
     uint64_t resumes_failed;
-    uint64_t auth_failures;
+    /* ws/client.c */
+    uint64_t frames_out;
+    uint64_t bytes_out;
+    uint64_t writes;
+    uint64_t client_frames_in;
+    uint64_t slow_consumer_closes;
     uint64_t rate_limit_closes;
+    /* redis/bus.c */
+    uint64_t redis_reconnects;
+    /* ws/client.c and http/rest.c: refusals of their own requests */
+    uint64_t auth_failures;
+    /* ws/client.c, http/rest.c and http/http_guard.c: error answers, by code */
     uint64_t client_errors[ERR_COUNT];
 };
 

@@ -1,5 +1,5 @@
 /* A ring of shared frames with their byte count: a client's send queue, bounded by it
- * (DESIGN invariant 3), and a channel's recent-message cache. It holds one reference to
+ * (HERALD_CLIENT_QUEUE_BYTES), and a channel's recent-message cache. It holds one reference to
  * each frame it contains. */
 #ifndef HERALD_OUTQ_H
 #define HERALD_OUTQ_H

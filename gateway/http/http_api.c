@@ -5,7 +5,6 @@
 #include "herald.h"
 #include "hub.h"
 #include "json_text.h"
-#include "log.h"
 #include "publish.h"
 #include "http_reply.h"
 #include "static_files.h"

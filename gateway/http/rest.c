@@ -7,7 +7,6 @@
 #include "http_framing.h"
 #include "http_guard.h"
 #include "json_text.h"
-#include "log.h"
 #include "publish.h"
 #include "query.h"
 
@@ -30,7 +29,7 @@
     "routes: GET and POST /v1/channels/{channel}/messages (channel: 1-200 bytes of A-Z a-z 0-9 "   \
     "_ - . : @ =), POST /v1/messages"
 
-struct batch;
+struct rest_batch;
 
 /* A request on its way to PostgreSQL. The connection may close first: its session then
  * sets session to NULL, and the answer is dropped when it comes. */
@@ -48,11 +47,11 @@ struct rest_call {
     bool has_who;
     struct history_request read;
     struct publish_request publish;
-    struct batch *batch; /* its messages, once the body was read */
+    struct rest_batch *batch; /* its messages, once the body was read */
 };
 
 /* One message of POST /v1/messages, then its outcome. */
-struct batch_entry {
+struct rest_batch_entry {
     struct rest_call *call;
     const char *channel; /* inside batch->root */
     uint64_t seq;
@@ -61,10 +60,10 @@ struct batch_entry {
     struct publish_request publish;
 };
 
-struct batch {
+struct rest_batch {
     json_t *root; /* the parsed body */
     size_t n, pending;
-    struct batch_entry entries[];
+    struct rest_batch_entry entries[];
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -646,7 +645,7 @@ static json_t *batch_parse(const struct rest_call *c, const char *body, size_t l
  * the caller can retry (with idempotency keys, a retry of the whole batch is safe). */
 static void batch_answer(struct rest_call *c)
 {
-    struct batch *b = c->batch;
+    struct rest_batch *b = c->batch;
     struct http_session *s = call_end(c);
     size_t failed = 0, unavailable = 0;
     for (size_t i = 0; i < b->n; i++) {
@@ -666,7 +665,7 @@ static void batch_answer(struct rest_call *c)
                     errcode_name(code), failed, b->n);
         fputs("\"results\":[", f);
         for (size_t i = 0; i < b->n; i++) {
-            const struct batch_entry *e = &b->entries[i];
+            const struct rest_batch_entry *e = &b->entries[i];
             fprintf(f, "%s{\"channel\":\"%s\",", i ? "," : "", e->channel);
             if (e->outcome != STORED)
                 fprintf(
@@ -692,8 +691,8 @@ static void batch_answer(struct rest_call *c)
 
 static void on_entry_published(void *arg, const struct publish_result *res)
 {
-    struct batch_entry *e = arg;
-    struct batch *b = e->call->batch;
+    struct rest_batch_entry *e = arg;
+    struct rest_batch *b = e->call->batch;
     e->seq = res->seq;
     e->outcome = !res->err ? STORED : res->refused ? REFUSED : UNAVAILABLE;
     if (!res->err)
@@ -710,7 +709,7 @@ static int batch_start(struct herald *app, struct rest_call *c, json_t *root, co
 {
     json_t *msgs = json_object_get(root, "messages");
     size_t n = json_array_size(msgs);
-    struct batch *b = calloc(1, sizeof *b + n * sizeof b->entries[0]);
+    struct rest_batch *b = calloc(1, sizeof *b + n * sizeof b->entries[0]);
     struct json_span *el = malloc(n * sizeof *el);
     struct json_span all;
     if (!b || !el || json_member_span(body, len, 0, "messages", &all) < 0 ||
@@ -726,7 +725,7 @@ static int batch_start(struct herald *app, struct rest_call *c, json_t *root, co
     c->in_flight = true;
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(msgs, i);
-        struct batch_entry *e = &b->entries[i];
+        struct rest_batch_entry *e = &b->entries[i];
         e->call = c;
         e->channel = json_string_value(json_object_get(m, "channel"));
         const char *key = json_string_value(json_object_get(m, "idempotency_key"));

@@ -1,5 +1,6 @@
 #include "bus.h"
 #include "herald.h"
+#include "backoff.h"
 #include "log.h"
 #include "redis_uv.h"
 #include "resolve.h"
@@ -31,8 +32,9 @@ struct shard {
     bool sub_ready, cmd_ready;
     uint64_t state_since_ms;
     uint64_t last_beat_ms; /* 0: none since the last connect */
+    uint64_t beat_seen_ms; /* the last heartbeat ever (kept across reconnects); 0: none */
     uint64_t retry_at_ms;
-    unsigned attempts;
+    struct backoff backoff;
     bool ever_up;
 };
 
@@ -42,21 +44,11 @@ struct bus {
     struct shard shards[REDIS_URL_MAX];
     int nshards;
     uv_timer_t timer; /* heartbeats, liveness checks, reconnects */
-    uint64_t rng;
     /* Full Redis name of this instance's heartbeat channel. '#' cannot occur in a Herald
      * channel name, so no client can subscribe to it or unsubscribe it. */
     char beat_channel[256];
     size_t prefix_len;
 };
-
-/* xorshift64*: jitter only needs to differ between instances, not to be unpredictable */
-static uint64_t next_random(struct bus *bus)
-{
-    bus->rng ^= bus->rng >> 12;
-    bus->rng ^= bus->rng << 25;
-    bus->rng ^= bus->rng >> 27;
-    return bus->rng * 2685821657736338717ULL;
-}
 
 static uint64_t now_ms(const struct bus *bus)
 {
@@ -80,7 +72,7 @@ static void drop_context(redisAsyncContext **ac)
 }
 
 /* Both connections go; the layer above forgets (`down`) the subscriptions this server
- * carried; a retry is scheduled with exponential backoff and full jitter over its upper half. */
+ * carried; a retry is scheduled after the shard's backoff (backoff.h). */
 static void go_down(struct shard *sh, const char *why)
 {
     struct bus *bus = sh->bus;
@@ -93,13 +85,8 @@ static void go_down(struct shard *sh, const char *why)
     sh->sub_ready = sh->cmd_ready = false;
     sh->last_beat_ms = 0;
     set_state(sh, BUS_DOWN);
-    unsigned shift = sh->attempts < 6 ? sh->attempts : 6;
-    uint64_t cap = (uint64_t)BACKOFF_MIN_MS << shift;
-    if (cap > BACKOFF_MAX_MS)
-        cap = BACKOFF_MAX_MS;
-    uint64_t delay = cap / 2 + next_random(bus) % (cap / 2 + 1);
+    uint64_t delay = backoff_next(&sh->backoff);
     sh->retry_at_ms = now_ms(bus) + delay;
-    sh->attempts++;
     if (was_up)
         log_warn("redis_down", "Redis %s:%d connection lost (%s); reconnecting in %llu ms",
                  sh->url->host, sh->url->port, why, (unsigned long long)delay);
@@ -123,7 +110,7 @@ static void maybe_up(struct shard *sh)
     if (sh->state != BUS_CONNECTING || !sh->sub_ready || !sh->cmd_ready)
         return;
     set_state(sh, BUS_UP);
-    sh->attempts = 0;
+    backoff_reset(&sh->backoff);
     if (sh->ever_up)
         bus->app->metrics.redis_reconnects++;
     sh->ever_up = true;
@@ -152,7 +139,7 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
             sh->sub_ready = true;
             maybe_up(sh);
         } else if (strcmp(kind, "message") == 0) {
-            sh->last_beat_ms = now_ms(bus);
+            sh->last_beat_ms = sh->beat_seen_ms = now_ms(bus);
         }
         return;
     }
@@ -333,10 +320,12 @@ struct bus *bus_new(struct herald *app, const struct bus_events *ev)
     bus->prefix_len = strlen(app->cfg->redis_prefix);
     snprintf(bus->beat_channel, sizeof bus->beat_channel, "%sherald#heartbeat#%s",
              app->cfg->redis_prefix, app->cfg->instance_id);
-    bus->rng = (uint64_t)uv_hrtime() ^ ((uint64_t)uv_os_getpid() << 32) ^ 0x9e3779b97f4a7c15ULL;
     bus->nshards = app->cfg->nredis;
-    for (int i = 0; i < bus->nshards; i++)
-        bus->shards[i] = (struct shard){.bus = bus, .index = i, .url = &app->cfg->redis[i]};
+    for (int i = 0; i < bus->nshards; i++) {
+        struct shard *sh = &bus->shards[i];
+        *sh = (struct shard){.bus = bus, .index = i, .url = &app->cfg->redis[i]};
+        backoff_init(&sh->backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, backoff_seed((uintptr_t)sh));
+    }
     uv_timer_init(app->loop, &bus->timer);
     bus->timer.data = bus;
     return bus;
@@ -461,7 +450,7 @@ uint64_t bus_heartbeat_age_ms(const struct bus *bus)
     uint64_t oldest = herald_now_ms(bus->app);
     for (int i = 0; i < bus->nshards; i++) {
         const struct shard *sh = &bus->shards[i];
-        uint64_t since = sh->last_beat_ms ? sh->last_beat_ms : bus->app->started_ms;
+        uint64_t since = sh->beat_seen_ms ? sh->beat_seen_ms : bus->app->started_ms;
         if (since < oldest)
             oldest = since;
     }

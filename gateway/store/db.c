@@ -1,5 +1,6 @@
 #include "db.h"
 #include "herald.h"
+#include "backoff.h"
 #include "log.h"
 #include "resolve.h"
 
@@ -37,7 +38,7 @@ struct conn {
     unsigned prepared;      /* bit i: statement i of db->statements is prepared here */
     uint64_t since_ms;      /* when the current state began */
     uint64_t retry_at_ms;
-    unsigned attempts;
+    struct backoff backoff;
     struct resolve *resolving; /* the host name's lookup, before connecting */
 };
 
@@ -162,11 +163,8 @@ static void conn_down(struct conn *c, const char *reason)
     c->state = C_DOWN;
     c->preparing = false;
     c->prepared = 0; /* a new session prepares again */
-    unsigned shift = c->attempts < 5 ? c->attempts : 5;
-    uint64_t delay = (uint64_t)DB_BACKOFF_MIN << shift;
-    c->retry_at_ms = now_ms(db) + (delay > DB_BACKOFF_MAX ? DB_BACKOFF_MAX : delay);
-    c->attempts++;
-    if (was_ready || c->attempts == 1)
+    c->retry_at_ms = now_ms(db) + backoff_next(&c->backoff);
+    if (was_ready || c->backoff.attempts == 1)
         log_warn("db_down", "PostgreSQL connection lost: %s", why);
     if (!db_up(db)) {
         if (db->was_up)
@@ -180,7 +178,7 @@ static void conn_ready(struct conn *c)
 {
     PQsetnonblocking(c->pg, 1);
     c->state = C_IDLE;
-    c->attempts = 0;
+    backoff_reset(&c->backoff);
     c->since_ms = now_ms(c->db);
     watch(c, UV_READABLE);
     if (!c->db->was_up)
@@ -445,6 +443,8 @@ struct db *db_new(struct herald *app)
     for (int i = 0; i < db->nconns; i++) {
         db->conns[i].db = db;
         db->conns[i].fd = -1;
+        backoff_init(&db->conns[i].backoff, DB_BACKOFF_MIN, DB_BACKOFF_MAX,
+                     backoff_seed((uintptr_t)&db->conns[i]));
     }
     plan_lookup(db, app->cfg->database_url);
     uv_timer_init(app->loop, &db->timer);

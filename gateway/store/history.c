@@ -1,5 +1,6 @@
 #include "history.h"
 #include "db.h"
+#include "envelope_sig.h"
 #include "herald.h"
 #include "hex.h"
 #include "pg_array.h"

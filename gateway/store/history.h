@@ -7,7 +7,6 @@
 #define HERALD_HISTORY_H
 
 #include "db.h"
-#include "envelope_sig.h"
 #include "request.h"
 
 #include <stdbool.h>

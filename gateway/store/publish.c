@@ -1,4 +1,6 @@
 #include "publish.h"
+#include "envelope_sig.h"
+#include "sigkey.h"
 #include "bus.h"
 #include "db.h"
 #include "herald.h"
@@ -18,15 +20,14 @@
 #define GATHER_MS    1
 /* One batch at a time. Batches that share a channel commit one after the other anyway (the
  * channel row stays locked until COMMIT), so a second batch in flight only takes messages
- * away from the next one: with 64 REST publishers over 10 channels, 1 batch in flight
- * measured 15,700/s, 3 in flight 11,000-13,700/s. The other connections of the pool serve
- * catch-up and head queries. */
+ * away from the next one and measured slower (docs/PERFORMANCE.md, durable publish). The
+ * other connections of the pool serve catch-up and head queries. */
 #define MAX_INFLIGHT 1
 
 static const char batch_sql[] = "SELECT ord, seq, envelope, epoch, duplicate "
                                 "FROM herald_publish_batch($1::text[], $2::json[], $3::text[])";
 
-struct batch {
+struct publish_batch {
     struct publisher *p;
     struct publish_request *items; /* in array order */
     size_t n;
@@ -124,7 +125,7 @@ size_t publisher_queued(const struct publisher *p)
 
 /* The three array literals ($1 channels, $2 data, $3 keys) of a batch, in one allocation
  * that lit[0] owns. */
-static int build_literals(const struct batch *b, char *lit[3])
+static int build_literals(const struct publish_batch *b, char *lit[3])
 {
     size_t size[3] = {3, 3, 3};
     for (const struct publish_request *r = b->items; r; r = r->next) {
@@ -185,15 +186,16 @@ static void publish_envelope(struct publisher *p, const char *channel, const cha
 {
     struct herald *app = p->app;
     size_t need = ENVELOPE_SIG_SIGNED_LEN(len);
-    if (app->has_envelope_key && need > p->signed_cap) {
+    const struct envelope_key *key = sigkey_get(app->sigkey);
+    if (key && need > p->signed_cap) {
         char *buf = realloc(p->signed_buf, need);
         if (buf) {
             p->signed_buf = buf;
             p->signed_cap = need;
         }
     }
-    size_t n = app->has_envelope_key && need <= p->signed_cap
-                   ? envelope_sig_sign(&app->envelope_key, epoch, env, len, p->signed_buf)
+    size_t n = key && need <= p->signed_cap
+                   ? envelope_sig_sign(key, epoch, env, len, p->signed_buf)
                    : 0;
     if (n)
         bus_publish(app->bus, channel, p->signed_buf, n);
@@ -201,7 +203,7 @@ static void publish_envelope(struct publisher *p, const char *channel, const cha
         bus_publish(app->bus, channel, env, len);
 }
 
-static void deliver(struct publisher *p, struct batch *b, const PGresult *r)
+static void deliver(struct publisher *p, struct publish_batch *b, const PGresult *r)
 {
     size_t i = 0;
     for (struct publish_request *it = b->items, *next; it; it = next, i++) {
@@ -220,7 +222,7 @@ static void deliver(struct publisher *p, struct batch *b, const PGresult *r)
 
 static void batch_done(void *arg, const PGresult *r, const char *err)
 {
-    struct batch *b = arg;
+    struct publish_batch *b = arg;
     struct publisher *p = b->p;
     p->inflight--;
     if (p->closing) {
@@ -253,9 +255,9 @@ static void batch_done(void *arg, const PGresult *r, const char *err)
 
 /* Takes the next batch off the queue: as many items as fit, or one item that must go
  * alone. */
-static struct batch *take_batch(struct publisher *p)
+static struct publish_batch *take_batch(struct publisher *p)
 {
-    struct batch *b = calloc(1, sizeof *b);
+    struct publish_batch *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
     b->p = p;
@@ -290,7 +292,7 @@ static void pump(struct publisher *p)
         p->gathering = false;
     }
     while (p->head && p->inflight < MAX_INFLIGHT) {
-        struct batch *b = take_batch(p);
+        struct publish_batch *b = take_batch(p);
         if (!b) {
             struct publish_request *all = p->head;
             p->head = p->tail = NULL;

@@ -5,8 +5,10 @@
 #include "iplimit.h"
 #include "json_text.h"
 #include "log.h"
+#include "request.h"
 
 #include <libwebsockets.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,7 +136,7 @@ static void check_drained(struct client *c)
     }
 }
 
-void client_send_text(struct client *c, const char *text, size_t len)
+static void client_send_text(struct client *c, const char *text, size_t len)
 {
     struct frame *f = frame_from(text, len);
     if (!f)
@@ -143,16 +145,30 @@ void client_send_text(struct client *c, const char *text, size_t len)
     frame_unref(f);
 }
 
+void client_reply(struct client *c, const char *id_json, const char *fmt, ...)
+{
+    char buf[1024];
+    size_t room = sizeof buf - REQUEST_ID_JSON_MAX - 8; /* the id and the closing brace */
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, room, fmt, ap);
+    va_end(ap);
+    if (n <= 0 || (size_t)n >= room)
+        return;
+    if (id_json)
+        n += snprintf(buf + n, sizeof buf - (size_t)n, ",\"id\":%s", id_json);
+    buf[n++] = '}';
+    client_send_text(c, buf, (size_t)n);
+}
+
 void client_send_error(struct client *c, enum errcode code, const char *id_json,
                        const char *message)
 {
-    char esc[512], buf[1024];
+    char esc[512];
     json_escape(message, strlen(message), esc, sizeof esc);
-    int n = snprintf(buf, sizeof buf, "{\"op\":\"error\",\"code\":\"%s\",\"message\":\"%s\"%s%s}",
-                     errcode_name(code), esc, id_json ? ",\"id\":" : "", id_json ? id_json : "");
     c->app->metrics.client_errors[code]++;
-    if (n > 0 && (size_t)n < sizeof buf)
-        client_send_text(c, buf, (size_t)n);
+    client_reply(c, id_json, "{\"op\":\"error\",\"code\":\"%s\",\"message\":\"%s\"",
+                 errcode_name(code), esc);
 }
 
 /* Hands one frame larger than the batch buffer straight to lws, which keeps what the socket

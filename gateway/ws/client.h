@@ -65,8 +65,10 @@ bool client_has_room(const struct subscriber *s, size_t len);
 /* Asks for hub_client_drained once the queue is down to a quarter of its limit. */
 void client_notify_drained(struct subscriber *s);
 
-/* Queues a frame built for this client only (replies, errors). */
-void client_send_text(struct client *c, const char *text, size_t len);
+/* Sends the JSON object fmt makes (without its closing brace), then ,"id":id_json when
+ * id_json is not NULL, then the brace. Every reply to a client is made this way. */
+void client_reply(struct client *c, const char *id_json, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Sends {"op":"error","code":..,"message":..[,"id":..]} and counts it. */
 void client_send_error(struct client *c, enum errcode code, const char *id_json,

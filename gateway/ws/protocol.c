@@ -8,30 +8,9 @@
 #include "publish.h"
 #include "hub.h"
 
-#include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Formats a reply, appending the id when there is one, and queues it. */
-static void reply(struct client *c, const char *id_json, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void reply(struct client *c, const char *id_json, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf - REQUEST_ID_JSON_MAX - 8, fmt, ap);
-    va_end(ap);
-    if (n <= 0 || (size_t)n >= sizeof buf - REQUEST_ID_JSON_MAX - 8)
-        return;
-    if (id_json)
-        n += snprintf(buf + n, sizeof buf - (size_t)n, ",\"id\":%s", id_json);
-    buf[n++] = '}';
-    client_send_text(c, buf, (size_t)n);
-}
 
 void protocol_answered(struct subscriber *s, const char *channel, const struct hub_answer *r,
                        const char *id_json)
@@ -44,13 +23,14 @@ void protocol_answered(struct subscriber *s, const char *channel, const struct h
         snprintf(tail, sizeof tail, ",\"replayed\":%llu", (unsigned long long)r->replayed);
     else if (r->resumed && r->code)
         snprintf(tail, sizeof tail, ",\"code\":\"%s\"", r->code);
-    reply(c, id_json, "{\"op\":\"subscribed\",\"channel\":\"%s\",\"seq\":%llu%s,\"recovered\":%s%s",
-          channel, (unsigned long long)r->seq, epoch, r->recovered ? "true" : "false", tail);
+    client_reply(c, id_json,
+                 "{\"op\":\"subscribed\",\"channel\":\"%s\",\"seq\":%llu%s,\"recovered\":%s%s",
+                 channel, (unsigned long long)r->seq, epoch, r->recovered ? "true" : "false", tail);
 }
 
 static void reply_unsubscribed(struct client *c, const char *channel, const char *id_json)
 {
-    reply(c, id_json, "{\"op\":\"unsubscribed\",\"channel\":\"%s\"", channel);
+    client_reply(c, id_json, "{\"op\":\"unsubscribed\",\"channel\":\"%s\"", channel);
 }
 
 static void op_subscribe(struct client *c, const struct request *rq)
@@ -123,8 +103,8 @@ static void on_published(void *arg, const struct publish_result *res)
                           res->refused ? "the history refused the message"
                                        : "the history could not store the message");
     else if (c)
-        reply(c, id, "{\"op\":\"published\",\"channel\":\"%s\",\"seq\":%llu", p->channel,
-              (unsigned long long)res->seq);
+        client_reply(c, id, "{\"op\":\"published\",\"channel\":\"%s\",\"seq\":%llu", p->channel,
+                     (unsigned long long)res->seq);
     free(p);
 }
 
@@ -174,7 +154,7 @@ void protocol_handle(struct client *c, const char *msg, size_t len)
             op_publish(c, &rq);
             break;
         case REQ_PING:
-            reply(c, rq.id[0] ? rq.id : NULL, "{\"op\":\"pong\"");
+            client_reply(c, rq.id[0] ? rq.id : NULL, "{\"op\":\"pong\"");
             break;
         }
     }

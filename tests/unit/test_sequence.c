@@ -1,7 +1,7 @@
 /* The channel core alone (gateway/channels/: hub.c, registry.c, sequence.c, with frame.c and
  * outq.c): linked without a connection, a Redis bus or PostgreSQL. What it calls below
- * (history_*, db_up, bus_*) is faked here at link time and answers only when a test says so,
- * the way the real ones answer later from the loop; what it calls above goes through a
+ * (history_*, db_up, sigkey_*, bus_*) is faked here at link time and answers only when a test says
+ * so, the way the real ones answer later from the loop; what it calls above goes through a
  * recording hub_sink. Each test checks what every subscriber received, in order: replayed
  * frames, then its `subscribed` answer, then live frames, with no gap and no duplicate. */
 #include <setjmp.h>
@@ -14,15 +14,19 @@
 
 #include "bus.h"
 #include "db.h"
+#include "envelope_sig.h"
 #include "frame.h"
 #include "herald.h"
 #include "history.h"
 #include "hub.h"
+#include "sigkey.h"
 #include "sink.h"
 
 #define HOLD_MS 100 /* sequence.c's wait for a missing frame */
 #define EPOCH   "e1"
 #define MAXSEQ  64
+
+static struct envelope_key key; /* PostgreSQL's, known from the start */
 
 /* ------------------------------------------------------------------------------------------
  * What the core calls below: recorded, answered by the tests */
@@ -47,6 +51,7 @@ static struct world {
     struct herald_config cfg;
     struct herald app;
     struct hub *hub;
+    struct bus_events bus; /* how the test plays Redis: the table the hub fills */
     bool db_is_up;
     struct pending_fetch fetches[16];
     size_t nfetches;
@@ -79,11 +84,15 @@ void history_heads(struct herald *app, struct history_request *r, const char *co
         snprintf(p->names[i], sizeof p->names[i], "%s", names[i]);
 }
 
-void history_read_key(struct herald *app, struct history_key_request *r, history_key_cb cb,
-                      void *arg)
+const struct envelope_key *sigkey_get(const struct sigkey *k)
 {
-    (void)app, (void)r, (void)cb, (void)arg;
-    fail_msg("the key is known: it is never read again");
+    (void)k;
+    return &key;
+}
+
+void sigkey_want(struct sigkey *k, uint64_t now)
+{
+    (void)k, (void)now; /* known from the start */
 }
 
 bool db_up(const struct db *db)
@@ -171,8 +180,6 @@ static const struct hub_sink sink = {sink_deliver, sink_has_room, sink_notify_dr
 /* ------------------------------------------------------------------------------------------
  * Driving the core */
 
-static struct envelope_key key;
-
 static void store_up_to(uint64_t seq)
 {
     for (uint64_t s = w.stored + 1; s <= seq; s++)
@@ -191,7 +198,7 @@ static void live(uint64_t seq)
     const char *env = w.envelopes[seq];
     size_t n = envelope_sig_sign(&key, EPOCH, env, strlen(env), signed_buf);
     assert_true(n > 0);
-    hub_on_message(w.hub, "c", 1, signed_buf, n);
+    w.bus.message(w.bus.arg, "c", 1, signed_buf, n);
 }
 
 static void subscribe(struct fake_sub *f, const struct resume *resume)
@@ -201,7 +208,7 @@ static void subscribe(struct fake_sub *f, const struct resume *resume)
 
 static void redis_confirms(void)
 {
-    hub_on_subscribed(w.hub, "c", 1);
+    w.bus.subscribed(w.bus.arg, "c", 1);
 }
 
 /* Answers the oldest pending head lookup: "c" has head `head` (0: no counter). */
@@ -264,10 +271,9 @@ static int setup(void **state)
     w.db_is_up = true;
     static const unsigned char k[ENVELOPE_KEY_LEN] = "0123456789abcdef0123456789abcdef";
     assert_int_equal(envelope_key_init(&key, k, sizeof k), 0);
-    w.app.envelope_key = key;
-    w.app.has_envelope_key = true;
     w.hub = hub_new(&w.app, &sink);
     assert_non_null(w.hub);
+    hub_bus_events(w.hub, &w.bus);
     return 0;
 }
 
@@ -478,7 +484,7 @@ static void the_channel_forgotten_while_a_query_is_in_flight(void **state)
     leave(&a);
     leave(&b);
     assert_int_equal(w.unsubscribes, 1);
-    hub_on_unsubscribed(w.hub, "c", 1);
+    w.bus.unsubscribed(w.bus.arg, "c", 1);
     /* the query still points at the channel: it stays until the answer */
     assert_int_equal(hub_channel_count(w.hub), 1);
     answer_fetch(NULL);
@@ -496,7 +502,7 @@ static void a_head_lookup_answered_after_the_channel_went(void **state)
     redis_confirms();
     assert_int_equal(w.nheads, 1);
     leave(&a);
-    hub_on_unsubscribed(w.hub, "c", 1);
+    w.bus.unsubscribed(w.bus.arg, "c", 1);
     assert_int_equal(hub_channel_count(w.hub), 0);
     answer_heads(5); /* looked up by name: finds nothing, touches nothing */
     assert_int_equal(hub_channel_count(w.hub), 0);
@@ -511,7 +517,7 @@ static void a_forged_payload_changes_nothing(void **state)
     const char *forged = "{\"op\":\"message\",\"channel\":\"c\",\"seq\":1000000,\"ts\":1,"
                          "\"data\":0,\"sig\":\"00000000000000000000000000000000000000000000000"
                          "00000000000000000\"}";
-    hub_on_message(w.hub, "c", 1, forged, strlen(forged));
+    w.bus.message(w.bus.arg, "c", 1, forged, strlen(forged));
     assert_int_equal(w.app.metrics.unverified_envelopes, 1);
     live(6);
     assert_string_equal(a.log, "S5 m6"); /* the stream goes on where it was */
