@@ -54,6 +54,7 @@ static void on_tick(uv_timer_t *t)
     struct hub *hub = t->data;
     hub_tick(hub, herald_now_ms(hub->app));
 }
+
 void hub_start(struct hub *hub)
 {
     uv_timer_start(&hub->timer, on_tick, HUB_TICK_MS, HUB_TICK_MS);
