@@ -40,6 +40,9 @@ struct herald_config {
     long recent_total_bytes;
     long body_buffer_bytes;
     long body_timeout_ms;
+    long ping_interval_ms;
+    long pong_timeout_ms;
+    long http_idle_timeout_ms;
     long db_queue_max;
     long publish_queue_max;
     char jwt_secret[4097];

@@ -5,6 +5,10 @@
  * It reconnects with exponential backoff and full jitter, re-subscribes every channel on a new
  * connection with the `since`/`epoch` it last saw (so the gateway replays what was missed), drops
  * a sequenced message it has already delivered, and matches replies to requests by integer `id`.
+ * A connection that has been silent for `heartbeat` ms gets a `ping` op; one that stays silent
+ * `heartbeatTimeout` ms longer is taken for dead (a vanished network never closes a socket by
+ * itself) and replaced, resuming every channel. Browsers hide WebSocket pings from scripts,
+ * so this heartbeat is the page's own; the gateway's pings serve the other clients.
  *
  *   import { Herald } from "./herald.js";
  *   const herald = new Herald("wss://example.com/ws", { getToken: () => fetchJwt() });
@@ -19,6 +23,8 @@ const DEFAULTS = {
   resetAfter: 10000, // ms: a connection open this long resets the backoff
   rateLimitDelay: 5000, // ms: added to the delay after close 4029
   requestTimeout: 10000, // ms: publish/ping reject with `timeout` after this; 0 = never
+  heartbeat: 25000, // ms: after this long with nothing heard, a ping op goes out; 0 = never
+  heartbeatTimeout: 10000, // ms: nothing heard this much longer: the connection is dead
   storageKey: "herald",
   persistDelay: 1000, // ms: positions are saved at most this often; 0 = after every change
 };
@@ -66,6 +72,9 @@ export class Herald {
     this._ws = null;
     this._openedAt = null; // set while the current socket is open
     this._timer = this._saveTimer = null; // reconnect and persistence timers
+    this._hbTimer = null; // heartbeat check while open
+    this._heardAt = 0; // when the open socket last brought a frame
+    this._pingedAt = null; // when the heartbeat's ping went out (since the last frame)
     this._attempt = 0; // reconnect attempts since the last stable connection
     this._stopped = true;
     this._gen = 0; // bumped on every dial and close(): stale async work checks it
@@ -99,6 +108,7 @@ export class Herald {
     const ws = this._ws;
     this._ws = null;
     this._openedAt = null;
+    this._stopHeartbeat();
     if (ws) try { ws.close(1000); } catch { /* already closing */ }
     this._failPending(() => true, { code: "unavailable", message: "client closed" });
     this._save();
@@ -237,7 +247,9 @@ export class Herald {
   }
 
   _onOpen() {
-    this._openedAt = this._now();
+    this._openedAt = this._heardAt = this._now();
+    this._pingedAt = null;
+    this._armHeartbeat(this._o.heartbeat);
     for (const channel of this._subs.keys()) this._sendSubscribe(channel);
     for (const req of this._pending.values()) if (!req.sent) this._transmit(req);
     this._setState("open");
@@ -245,6 +257,7 @@ export class Herald {
 
   _onClose(code, reason) {
     this._ws = null;
+    this._stopHeartbeat();
     if (this._isOpen() && this._now() - this._openedAt >= this._o.resetAfter) this._attempt = 0;
     this._openedAt = null;
     this._failPending((req) => req.sent, { code: "unavailable", message: `connection closed (${code})` });
@@ -253,6 +266,41 @@ export class Herald {
       return this._halt({ code: "unauthorized", message: "token missing, invalid or expired (4001)" });
     }
     this._retry(code === 4029 ? this._o.rateLimitDelay : 0, code, reason);
+  }
+
+  // ---- heartbeat ----
+
+  _armHeartbeat(ms) {
+    this._stopHeartbeat();
+    if (this._o.heartbeat > 0) this._hbTimer = this._setTimeout(() => this._checkHeartbeat(), ms);
+  }
+
+  _stopHeartbeat() {
+    if (this._hbTimer !== null) this._clearTimeout(this._hbTimer);
+    this._hbTimer = null;
+  }
+
+  // Runs at the next deadline: silent for `heartbeat` -> a ping; no answer (no frame at all)
+  // within `heartbeatTimeout` after it -> the socket is dead: dropped (its late close event is
+  // ignored) and replaced. A frame that came meanwhile only moves the deadline.
+  _checkHeartbeat() {
+    this._hbTimer = null;
+    const { heartbeat, heartbeatTimeout } = this._o;
+    const now = this._now();
+    if (this._pingedAt !== null) {
+      const waited = now - this._pingedAt;
+      if (waited < heartbeatTimeout) return this._armHeartbeat(heartbeatTimeout - waited);
+      const ws = this._ws;
+      this._ws = null;
+      try { ws.close(4000, "heartbeat timeout"); } catch { /* already closing */ }
+      this._emit("error", { code: "timeout", message: `no answer to a ping within ${waited} ms: reconnecting` });
+      return this._onClose(1006, "heartbeat timeout");
+    }
+    const silent = now - this._heardAt;
+    if (silent < heartbeat) return this._armHeartbeat(heartbeat - silent);
+    this._pingedAt = now;
+    this._send({ op: "ping" });
+    this._armHeartbeat(heartbeatTimeout);
   }
 
   // Schedule the next dial: full jitter over an exponentially growing, capped ceiling.
@@ -274,6 +322,7 @@ export class Herald {
     this._stopped = true;
     this._gen++;
     this._cancelReconnect();
+    this._stopHeartbeat();
     this._failPending(() => true, error);
     this._emit("error", error);
     this._setState("closed");
@@ -335,6 +384,8 @@ export class Herald {
   // ---- server frames ----
 
   _onFrame(raw) {
+    this._heardAt = this._now();
+    this._pingedAt = null;
     let m;
     try { m = JSON.parse(typeof raw === "string" ? raw : String(raw)); } catch { return; }
     if (!m || typeof m !== "object") return;

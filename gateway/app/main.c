@@ -77,6 +77,7 @@ static void shut_down(struct lifecycle *lc)
 {
     if (!lc->srv)
         return;
+    client_liveness_stop(lc->app);
     server_stop(lc->srv);
     lc->srv = NULL;
     rest_free(lc->app->rest); /* after the server: closing connections ends their sessions */
@@ -248,6 +249,7 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
         warn_about_security(cfg);
         watch_signals(&lc, &loop);
         start_flushing(&app);
+        client_liveness_start(&app);
         log_info("started", "herald %s (%s) listening on %s, Redis %s:%d%s", HERALD_VERSION,
                  cfg->instance_id, cfg->listen, cfg->redis[0].host, cfg->redis[0].port,
                  cfg->nredis > 1 ? " and more (channels sharded)" : "");

@@ -65,6 +65,16 @@ struct frame *frame_new(size_t payload_len)
     return f;
 }
 
+struct frame *frame_ping(void)
+{
+    struct frame *f = frame_from(FRAME_PING_PAYLOAD, sizeof FRAME_PING_PAYLOAD - 1);
+    if (f) {
+        f->data[0] = 0x89; /* FIN, opcode 9 */
+        f->deflate_tried = true;
+    }
+    return f;
+}
+
 struct frame *frame_from(const void *payload, size_t len)
 {
     struct frame *f = frame_new(len);

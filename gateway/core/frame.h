@@ -36,6 +36,11 @@ size_t frame_write_close(uint8_t *out, uint16_t code, const char *reason);
  * caller fills through frame_payload(). NULL when out of memory or too large. */
 struct frame *frame_new(size_t payload_len);
 
+/* A WebSocket ping (never compressed). Its payload is not empty: lws 4.1 drops an empty
+ * pong before the protocol callback (roles/ws/ops-ws.c:591), and a pong echoes the ping. */
+#define FRAME_PING_PAYLOAD "herald"
+struct frame *frame_ping(void);
+
 /* A frame holding a copy of payload. */
 struct frame *frame_from(const void *payload, size_t len);
 

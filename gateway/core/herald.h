@@ -53,8 +53,11 @@ struct herald {
     struct lws_context *lws;
     /* http/rest.c: POST body bytes held now (HERALD_BODY_BUFFER_BYTES) */
     size_t http_body_bytes;
-    /* ws/client.c: clients with output queued during this loop turn */
+    /* ws/client.c: clients with output queued during this loop turn; every client; the
+     * liveness sweep (pings) */
     struct client *dirty;
+    struct client *clients;
+    uv_timer_t liveness;
 };
 
 /* Milliseconds on the loop's clock. */

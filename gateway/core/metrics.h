@@ -34,6 +34,8 @@ struct metrics {
     uint64_t client_frames_in;
     uint64_t slow_consumer_closes;
     uint64_t rate_limit_closes;
+    uint64_t pings_sent;
+    uint64_t ping_timeouts; /* clients hung up on: no answer to a ping */
     /* redis/bus.c */
     uint64_t redis_reconnects;
     /* ws/client.c and http/rest.c: refusals of their own requests */

@@ -100,6 +100,12 @@ static void render_metrics(struct herald *app, FILE *f)
            (double)m->auth_failures);
     metric(f, "herald_rate_limit_closes_total", "counter",
            "Connections closed with 4029 for ignoring rate_limited.", (double)m->rate_limit_closes);
+    metric(f, "herald_pings_sent_total", "counter",
+           "WebSocket pings sent to clients quiet for HERALD_PING_INTERVAL.",
+           (double)m->pings_sent);
+    metric(f, "herald_ping_timeouts_total", "counter",
+           "Clients hung up on for answering no ping within HERALD_PONG_TIMEOUT.",
+           (double)m->ping_timeouts);
     metric(f, "herald_db_up", "gauge", "1 while a PostgreSQL connection is up.",
            app->db && db_up(app->db) ? 1 : 0);
     metric(f, "herald_history_pruned_total", "counter",

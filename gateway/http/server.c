@@ -88,6 +88,10 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         if (c && c->app)
             client_close(c, LWS_CLOSE_STATUS_NORMAL, true);
         break;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (c && c->app)
+            client_on_pong(c);
+        break;
     case LWS_CALLBACK_TIMER:
         if (c && c->app)
             client_on_timer(c);
@@ -244,6 +248,8 @@ struct server *server_start(struct herald *app)
     if (strchr(host, '.') || strcmp(host, "0.0.0.0") == 0)
         info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
     info.timeout_secs = 20;
+    /* after an answer, lws closes an HTTP keep-alive connection idle this long */
+    info.keepalive_timeout = (int)(app->cfg->http_idle_timeout_ms / 1000);
     /* the whole request head (request line, headers, ?token=) lws keeps while parsing:
      * room for a JWT of several KiB; the memory is held only while a head is parsed */
     info.max_http_header_data = HTTP_HEAD_MAX;

@@ -194,9 +194,8 @@ static void publish_envelope(struct publisher *p, const char *channel, const cha
             p->signed_cap = need;
         }
     }
-    size_t n = key && need <= p->signed_cap
-                   ? envelope_sig_sign(key, epoch, env, len, p->signed_buf)
-                   : 0;
+    size_t n =
+        key && need <= p->signed_cap ? envelope_sig_sign(key, epoch, env, len, p->signed_buf) : 0;
     if (n)
         bus_publish(app->bus, channel, p->signed_buf, n);
     else

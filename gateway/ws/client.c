@@ -61,11 +61,33 @@ static void wait_writable(struct client *c)
     lws_callback_on_writable(c->wsi);
 }
 
+/* Every established client is on herald.clients, for the liveness sweep. */
+static void link_client(struct client *c)
+{
+    c->all_prev = NULL;
+    c->all_next = c->app->clients;
+    if (c->all_next)
+        c->all_next->all_prev = c;
+    c->app->clients = c;
+}
+
+static void unlink_client(struct client *c)
+{
+    if (c->all_prev)
+        c->all_prev->all_next = c->all_next;
+    else if (c->app->clients == c)
+        c->app->clients = c->all_next;
+    if (c->all_next)
+        c->all_next->all_prev = c->all_prev;
+    c->all_prev = c->all_next = NULL;
+}
+
 void client_destroy(struct client *c)
 {
     if (!c->app)
         return;
     unmark_dirty(c);
+    unlink_client(c);
     hub_client_gone(c->app->hub, &c->sub);
     iplimit_release(c->app->ips, c->ip);
     if (c->auth) {
@@ -248,6 +270,8 @@ static bool arm_expiry(struct client *c)
 void client_on_established(struct client *c, struct lws *wsi, struct herald *app)
 {
     client_init(c, wsi, app);
+    c->heard_ms = herald_now_ms(app);
+    link_client(c);
     char ip[64] = "";
     lws_get_peer_simple(wsi, ip, sizeof ip);
     c->ip = iplimit_acquire(app->ips, ip);
@@ -276,6 +300,67 @@ void client_on_established(struct client *c, struct lws *wsi, struct herald *app
     }
     *c->auth = p;
     arm_expiry(c);
+}
+
+/* Any frame from the client answers a ping. */
+static void heard(struct client *c)
+{
+    c->heard_ms = herald_now_ms(c->app);
+    c->ping_ms = 0;
+}
+
+void client_on_pong(struct client *c)
+{
+    heard(c);
+}
+
+static void check_liveness(struct client *c, uint64_t now, struct frame *ping)
+{
+    const struct herald_config *cfg = c->app->cfg;
+    if (c->close_code)
+        return; /* closing already, with its own grace timeout */
+    if (c->ping_ms && now - c->ping_ms >= (uint64_t)cfg->pong_timeout_ms) {
+        c->app->metrics.ping_timeouts++;
+        log_debug("ping_timeout", "no answer to a ping within %ld ms: hanging up",
+                  cfg->pong_timeout_ms);
+        /* nothing more can reach a peer that does not answer: no close handshake */
+        c->close_code = LWS_CLOSE_STATUS_ABNORMAL_CLOSE;
+        outq_clear(&c->q);
+        unmark_dirty(c);
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    } else if (!c->ping_ms && now - c->heard_ms >= (uint64_t)cfg->ping_interval_ms) {
+        c->ping_ms = now;
+        c->app->metrics.pings_sent++;
+        client_deliver(&c->sub, ping);
+    }
+}
+
+static void on_liveness(uv_timer_t *t)
+{
+    struct herald *app = t->data;
+    uint64_t now = herald_now_ms(app);
+    struct frame *ping = frame_ping();
+    if (!ping)
+        return; /* out of memory: the next sweep tries again */
+    for (struct client *c = app->clients, *next; c; c = next) {
+        next = c->all_next;
+        check_liveness(c, now, ping);
+    }
+    frame_unref(ping);
+}
+
+void client_liveness_start(struct herald *app)
+{
+    uv_timer_init(app->loop, &app->liveness);
+    app->liveness.data = app;
+    if (app->cfg->ping_interval_ms > 0)
+        uv_timer_start(&app->liveness, on_liveness, 1000, 1000);
+}
+
+void client_liveness_stop(struct herald *app)
+{
+    uv_timer_stop(&app->liveness);
+    uv_close((uv_handle_t *)&app->liveness, NULL);
 }
 
 void client_on_timer(struct client *c)
@@ -401,6 +486,7 @@ void client_on_receive(struct client *c, const void *in, size_t len, bool first,
 {
     if (c->close_code)
         return;
+    heard(c);
     if (first) {
         c->rx_too_large = false;
         c->rx_binary = binary;

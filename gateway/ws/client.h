@@ -22,6 +22,7 @@ struct client {
     struct herald *app;
     struct outq q;
     struct client *dirty_prev, *dirty_next; /* in herald.dirty while it has output to flush */
+    struct client *all_prev, *all_next;     /* in herald.clients from ESTABLISHED to destroy */
     struct subscriber sub; /* its channels: written by the channel core only (hub.h) */
     uint16_t close_code;   /* nonzero: close with it once the queue is flushed */
     bool dirty;            /* in the dirty list */
@@ -38,6 +39,8 @@ struct client {
     double rl_tokens;                  /* inbound token bucket (HERALD_RATE_LIMIT / _BURST) */
     uint64_t rl_at_ms;
     uint32_t rl_strikes; /* messages refused in a row */
+    uint64_t heard_ms;   /* when the client last sent a frame (a message or a pong) */
+    uint64_t ping_ms;    /* when the unanswered ping went out; 0: none */
     size_t rx_len;
 };
 
@@ -89,6 +92,16 @@ void client_flush_dirty(struct herald *app);
 /* LWS_CALLBACK_ESTABLISHED: counts the address, checks the Origin and the token (a refusal
  * closes with 1008 or 4001) and arms the close at the token's exp. */
 void client_on_established(struct client *c, struct lws *wsi, struct herald *app);
+
+/* LWS_CALLBACK_RECEIVE_PONG: the client is alive. */
+void client_on_pong(struct client *c);
+
+/* Liveness (HERALD_PING_INTERVAL, HERALD_PONG_TIMEOUT): once a second, a WebSocket ping goes
+ * to each client that has sent nothing for the interval, and a client that has answered
+ * nothing for the timeout after its ping is hung up on (herald_ping_timeouts_total). Started
+ * after the server, stopped before shutdown. */
+void client_liveness_start(struct herald *app);
+void client_liveness_stop(struct herald *app);
 
 /* LWS_CALLBACK_TIMER: the token's expiry; closes with 4001 once it has passed. */
 void client_on_timer(struct client *c);

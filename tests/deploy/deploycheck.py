@@ -47,8 +47,10 @@ OVERLAYS = ("dev", "prod")
 # what the compose file must run (issue 5, part 4)
 COMPOSE_SERVICES = ("redis", "postgres", "migrate", "gateway1", "gateway2", "gateway3", "nginx",
                     "publisher")
-# the Ingress must keep a quiet WebSocket open at least this long (seconds)
-MIN_WS_TIMEOUT = 3600
+# the Ingress must not cut a quiet WebSocket between two of the gateway's pings: longer (in
+# seconds) than HERALD_PING_INTERVAL + HERALD_PONG_TIMEOUT at their defaults (25 s + 10 s) and
+# the once-a-second sweep that sends them
+MIN_WS_TIMEOUT = 40
 # what the public balancer must route (the WebSocket and the REST API) and must not: /metrics
 # has no credentials (docs/SECURITY.md)
 PUBLIC_PATHS = ("/ws", "/v1/messages", "/v1/channels/demo/messages")

@@ -172,8 +172,8 @@ class Manifests(unittest.TestCase):
             ("Service", "herald", lambda d: d["spec"].update(selector={"app": "other"}),
              "no Service selects"),
             ("Ingress", "herald", lambda d: d["metadata"]["annotations"].update(
-                {"nginx.ingress.kubernetes.io/proxy-read-timeout": "60"}),
-             "proxy-read-timeout is 60"),
+                {"nginx.ingress.kubernetes.io/proxy-read-timeout": "30"}),
+             "proxy-read-timeout is 30"),
             ("Ingress", "herald", lambda d: d["spec"]["rules"][0]["http"]["paths"][0][
                 "backend"]["service"].update(name="nobody"), "backend nobody is not a Service"),
             ("Ingress", "herald", add_path("/", "Prefix"),

@@ -596,3 +596,65 @@ test("a throwing callback does not stop delivery to the others", () => {
   assert.deepEqual(got, [1]);
   assert.equal(reported.length, 1);
 });
+
+test("heartbeat: a silent connection gets a ping op; any frame keeps it", () => {
+  const t = setup();
+  t.herald.subscribe("room", () => {});
+  t.herald.connect();
+  t.last().open();
+  subscribedAfterOpen(t, "room");
+  t.clock.advance(24999);
+  assert.equal(t.last().ops("ping").length, 0, "no ping before 25 s of silence");
+  t.clock.advance(1);
+  assert.equal(t.last().ops("ping").length, 1);
+  assert.ok(!("id" in t.last().ops("ping")[0]), "the heartbeat's ping is not a request");
+  t.clock.advance(9000);
+  t.last().receive({ op: "pong" });
+  t.clock.advance(20000);
+  assert.equal(t.sockets.length, 1, "answered: the connection stays");
+  assert.equal(t.last().closedWith, null);
+  t.last().receive({ op: "message", channel: "room", seq: 1, data: 1 });
+  t.clock.advance(24999);
+  assert.equal(t.last().ops("ping").length, 1, "a message counts as a sign of life too");
+  t.clock.advance(1);
+  assert.equal(t.last().ops("ping").length, 2);
+  assert.equal(t.herald.state, "open");
+});
+
+test("heartbeat: no answer within the timeout drops the socket and resumes on a new one", () => {
+  const t = setup();
+  t.herald.subscribe("room", () => {});
+  t.herald.connect();
+  const first = t.last();
+  first.open();
+  subscribedAfterOpen(t, "room");
+  first.receive({ op: "message", channel: "room", seq: 7, data: "x" });
+  t.clock.advance(25000);
+  assert.equal(first.ops("ping").length, 1);
+  t.clock.advance(9999);
+  assert.equal(t.herald.state, "open");
+  t.clock.advance(1);
+  assert.equal(first.closedWith, 4000, "the dead socket is closed");
+  assert.equal(t.herald.state, "reconnecting");
+  assert.ok(t.of("error").some((e) => e.code === "timeout"));
+  t.clock.advance(15000);
+  assert.equal(t.sockets.length, 2, "a new connection is dialed");
+  t.last().open();
+  const sub = t.last().ops("subscribe").find((f) => f.channel === "room");
+  assert.equal(sub.since, 7, "the new connection resumes where the dead one stopped");
+});
+
+test("heartbeat: 0 turns it off; closing stops it", () => {
+  const off = setup({ heartbeat: 0 });
+  off.herald.connect();
+  off.last().open();
+  assert.equal(off.clock.pending().length, 0);
+  off.clock.advance(120000);
+  assert.equal(off.last().ops("ping").length, 0);
+  const on = setup();
+  on.herald.connect();
+  on.last().open();
+  assert.equal(on.clock.pending().length, 1, "one heartbeat timer while open");
+  on.herald.close();
+  assert.equal(on.clock.pending().length, 0);
+});
