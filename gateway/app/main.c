@@ -26,7 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define DRAIN_CHECK_MS 50
+#define DRAIN_CHECK_MS 20
 
 /* What SIGTERM and SIGINT act on. */
 struct lifecycle {
@@ -35,6 +35,9 @@ struct lifecycle {
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
     uint64_t deadline_ms;
+    /* the drain closes drain_total clients evenly from drain_start_ms over spread_ms */
+    uint64_t drain_start_ms, spread_ms;
+    size_t drain_total, drain_closed;
 };
 
 static void close_signals(struct lifecycle *lc)
@@ -101,15 +104,25 @@ static void on_drain_tick(uv_timer_t *t)
 {
     struct lifecycle *lc = t->data;
     struct herald *app = lc->app;
-    if (app->metrics.connections == 0 || herald_now_ms(app) >= lc->deadline_ms) {
+    uint64_t now = herald_now_ms(app);
+    uint64_t elapsed = now - lc->drain_start_ms;
+    size_t due = elapsed >= lc->spread_ms
+                     ? lc->drain_total
+                     : (size_t)((double)lc->drain_total * (double)elapsed / (double)lc->spread_ms);
+    if (due > lc->drain_closed)
+        lc->drain_closed += client_drain(app, due - lc->drain_closed);
+    if (app->metrics.connections == 0 || now >= lc->deadline_ms) {
         log_info("drained", "%lld connection(s) left; stopping",
                  (long long)app->metrics.connections);
         shut_down(lc);
     }
 }
 
-/* First signal: /readyz turns 503, new handshakes are refused, every client gets what is
- * queued for it and a 1001 close. A second signal stops at once. */
+/* First signal: /readyz turns 503, new handshakes are refused, and the clients are closed with
+ * 1001 (after what is queued for them) one after the other, evenly over the first four fifths
+ * of HERALD_DRAIN_SECONDS, so that the instances they resume on see a steady stream rather than
+ * all of them in one second; the last fifth leaves time for the close handshakes. A second
+ * signal stops at once. */
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct lifecycle *lc = s->data;
@@ -120,12 +133,15 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     app->draining = true;
-    lc->deadline_ms = herald_now_ms(app) + (uint64_t)app->cfg->drain_seconds * 1000;
+    lc->drain_start_ms = herald_now_ms(app);
+    lc->deadline_ms = lc->drain_start_ms + (uint64_t)app->cfg->drain_seconds * 1000;
+    lc->spread_ms = (uint64_t)app->cfg->drain_seconds * 1000 * 4 / 5;
+    lc->drain_total = (size_t)app->metrics.connections;
+    lc->drain_closed = 0;
     log_info("draining", "signal %d: closing %lld connection(s) within %ld s", signum,
              (long long)app->metrics.connections, app->cfg->drain_seconds);
     if (app->cfg->worker)
         server_stop_listening(lc->srv); /* the kernel sends new connections to the others */
-    server_wake_all(lc->srv);
     uv_timer_start(&lc->drain_timer, on_drain_tick, 0, DRAIN_CHECK_MS);
 }
 

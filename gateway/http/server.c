@@ -289,11 +289,6 @@ void server_stop_listening(struct server *srv)
     srv->listener = NULL;
 }
 
-void server_wake_all(struct server *srv)
-{
-    lws_callback_on_writable_all_protocol(srv->ctx, &protocols[1]);
-}
-
 void server_stop(struct server *srv)
 {
     if (!srv)

@@ -12,9 +12,6 @@ struct server *server_start(struct herald *app);
 /* Stops accepting connections (a worker that drains lets the others take them). */
 void server_stop_listening(struct server *srv);
 
-/* Asks every connection for a WRITEABLE callback, where draining clients are closed. */
-void server_wake_all(struct server *srv);
-
 /* Destroys the context; the loop must run afterwards so libuv can close lws's handles. */
 void server_stop(struct server *srv);
 

@@ -349,6 +349,17 @@ static void on_liveness(uv_timer_t *t)
     frame_unref(ping);
 }
 
+size_t client_drain(struct herald *app, size_t n)
+{
+    size_t closed = 0;
+    for (struct client *c = app->clients; c && closed < n; c = c->all_next)
+        if (!c->close_code) {
+            client_close(c, LWS_CLOSE_STATUS_GOINGAWAY, false);
+            closed++;
+        }
+    return closed;
+}
+
 void client_liveness_start(struct herald *app)
 {
     uv_timer_init(app->loop, &app->liveness);
@@ -400,8 +411,6 @@ static bool rate_allows(struct client *c)
 int client_on_writable(struct client *c)
 {
     c->await_writable = false;
-    if (c->app->draining && !c->close_code)
-        client_close(c, LWS_CLOSE_STATUS_GOINGAWAY, false);
     if (!outq_empty(&c->q) && write_batch(c) < 0)
         return -1;
     check_drained(c);

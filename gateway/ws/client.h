@@ -93,6 +93,10 @@ void client_flush_dirty(struct herald *app);
  * closes with 1008 or 4001) and arms the close at the token's exp. */
 void client_on_established(struct client *c, struct lws *wsi, struct herald *app);
 
+/* The drain: closes up to n clients that are not closing yet with 1001 ("server draining"),
+ * each after what is queued for it. Returns how many it closed (fewer when fewer are left). */
+size_t client_drain(struct herald *app, size_t n);
+
 /* LWS_CALLBACK_RECEIVE_PONG: the client is alive. */
 void client_on_pong(struct client *c);
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Drain: on SIGTERM herald stops being ready (/readyz 503), closes every WebSocket client with
-1001 and exits with status 0 within --drain-seconds (plus slack), also when a client never
-answers the close handshake."""
+1001, spread evenly over most of the window, and exits with status 0 within --drain-seconds
+(plus slack), also when a client never answers the close handshake."""
 
 import asyncio
 import os
@@ -107,6 +107,46 @@ class TestDrain(harness.HeraldTestCase):
             self.assertLess(t503, DRAIN_SECONDS, f"/readyz went 503 only after {t503:.1f}s")
         status = await asyncio.to_thread(h.wait_exit, DRAIN_SECONDS + SLACK)
         self.assertEqual(status, 0, "herald did not exit cleanly within the drain window")
+
+    async def test_the_drain_closes_clients_evenly_over_the_window(self):
+        """200 clients: each gets 1001 "server draining", spread over the first four fifths of
+        the drain window (not all in one moment), and the last before the window ends; the
+        ones still waiting keep getting live messages."""
+        h = self.herald
+        clients = [await self.connect(h) for _ in range(200)]
+        for ws in clients:
+            await subscribe(ws, "drain:all")
+        h.wait_metric("herald_connections", lambda v: v == 200)
+        t0 = time.monotonic()
+        h.signal(signal.SIGTERM)
+
+        async def closed_at(ws):
+            code, reason, frames = await harness.wait_close(ws, DRAIN_SECONDS + SLACK)
+            return time.monotonic() - t0, code, reason, frames
+
+        waits = [asyncio.create_task(closed_at(ws)) for ws in clients]
+        await asyncio.sleep(DRAIN_SECONDS / 4)
+        self.redis.publish("drain:all", '{"during":"drain"}')
+        closes = await asyncio.gather(*waits)
+        self.assertTrue(all(code == 1001 for _, code, _, _ in closes),
+                        {(c, r) for _, c, r, _ in closes})
+        self.assertTrue(all(r == "server draining" for _, _, r, _ in closes))
+        later = [f for t, _, _, f in closes if t > DRAIN_SECONDS / 4 + 0.5]
+        self.assertTrue(later, "every client was closed in the first quarter")
+        self.assertTrue(all(any("during" in m for m in f) for f in later),
+                        "a client still waiting for its turn missed a live message")
+        times = sorted(t for t, _, _, _ in closes)
+        spread = DRAIN_SECONDS * 4 / 5
+        self.assertGreater(times[-1] - times[0], spread / 2,
+                           f"closes between {times[0]:.2f} and {times[-1]:.2f} s: not spread")
+        self.assertLess(times[-1], DRAIN_SECONDS + 1, "the last close came after the window")
+        # evenly: no tenth of the spread closes more than a quarter of the clients
+        for k in range(10):
+            lo, hi = spread * k / 10, spread * (k + 1) / 10
+            n = sum(1 for t in times if lo <= t < hi)
+            self.assertLessEqual(n, 50, f"{n} closes between {lo:.1f} and {hi:.1f} s")
+        status = await asyncio.to_thread(h.wait_exit, DRAIN_SECONDS + SLACK)
+        self.assertEqual(status, 0)
 
     async def test_sigterm_without_clients_exits_promptly(self):
         status = await asyncio.to_thread(self._term_and_wait)
