@@ -111,6 +111,12 @@ static const struct setting settings[] = {
         "comma-separated Origins browsers may connect from; * for any"),
     NUM("HERALD_MAX_CONNECTIONS_PER_IP", max_connections_per_ip, "1000", 1, 10000000,
         "WebSocket connections from one address; more are refused with 429"),
+    STR("HERALD_TRUSTED_PROXIES", trusted_proxies_text, "",
+        "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For names the client"),
+    STR("HERALD_IP_LIMIT_EXEMPT", ip_limit_exempt_text,
+        "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+        "client addresses (CIDRs) HERALD_MAX_CONNECTIONS_PER_IP does not apply to (a balancer "
+        "not named in HERALD_TRUSTED_PROXIES); empty: none"),
     NUM("HERALD_RATE_LIMIT", rate_limit, "50", 1, 1000000,
         "client messages per second per connection (token bucket)"),
     NUM("HERALD_RATE_BURST", rate_burst, "100", 1, 1000000,
@@ -363,6 +369,15 @@ static int finish(struct herald_config *cfg, char *err, size_t errlen)
         redis_url_parse_list(cfg->redis_url_text, cfg->redis, REDIS_URL_MAX, err, (int)errlen);
     if (cfg->nredis < 0)
         return -1;
+    char why[160];
+    if (cidr_list_parse(cfg->trusted_proxies_text, &cfg->trusted_proxies, why, sizeof why)) {
+        snprintf(err, errlen, "HERALD_TRUSTED_PROXIES: %s", why);
+        return -1;
+    }
+    if (cidr_list_parse(cfg->ip_limit_exempt_text, &cfg->ip_limit_exempt, why, sizeof why)) {
+        snprintf(err, errlen, "HERALD_IP_LIMIT_EXEMPT: %s", why);
+        return -1;
+    }
     if (log_level_parse(cfg->log_level_text, &cfg->log_level)) {
         snprintf(err, errlen, "HERALD_LOG_LEVEL: '%s' is not debug, info, warn or error",
                  cfg->log_level_text);

@@ -2,6 +2,7 @@
 #ifndef HERALD_CONFIG_H
 #define HERALD_CONFIG_H
 
+#include "cidr.h"
 #include "log.h"
 #include "redis_url.h"
 
@@ -49,6 +50,10 @@ struct herald_config {
     long jwt_leeway;
     char api_key[512];
     char allowed_origins[2048];
+    char trusted_proxies_text[2048];
+    struct cidr_list trusted_proxies;
+    char ip_limit_exempt_text[2048];
+    struct cidr_list ip_limit_exempt;
     long max_connections_per_ip;
     long rate_limit;
     long rate_burst;

@@ -4,6 +4,7 @@
 #include "http_framing.h"
 #include "iplimit.h"
 #include "log.h"
+#include "peer.h"
 #include "http_session.h"
 
 #include "sock_input.h"
@@ -166,8 +167,8 @@ static const char *admission(struct herald *app, struct lws *wsi, unsigned *stat
         return "this instance is draining: connect to another one";
     if (app->metrics.connections >= app->cfg->max_connections)
         return "connection limit reached";
-    lws_get_peer_simple(wsi, ip, sizeof ip);
-    if (iplimit_full(app->ips, ip, app->cfg->max_connections_per_ip)) {
+    peer_address(app, wsi, ip, sizeof ip);
+    if (peer_limited(app, ip) && iplimit_full(app->ips, ip, app->cfg->max_connections_per_ip)) {
         *status = 429;
         *code = ERR_RATE_LIMITED;
         return "too many connections from this address";

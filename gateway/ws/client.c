@@ -5,6 +5,7 @@
 #include "iplimit.h"
 #include "json_text.h"
 #include "log.h"
+#include "peer.h"
 #include "request.h"
 
 #include <libwebsockets.h>
@@ -272,9 +273,9 @@ void client_on_established(struct client *c, struct lws *wsi, struct herald *app
     client_init(c, wsi, app);
     c->heard_ms = herald_now_ms(app);
     link_client(c);
-    char ip[64] = "";
-    lws_get_peer_simple(wsi, ip, sizeof ip);
-    c->ip = iplimit_acquire(app->ips, ip);
+    char ip[CIDR_ADDR_MAX + 1];
+    peer_address(app, wsi, ip, sizeof ip);
+    c->ip = peer_limited(app, ip) ? iplimit_acquire(app->ips, ip) : NULL;
     c->rl_tokens = (double)app->cfg->rate_burst;
     c->rl_at_ms = herald_now_ms(app);
     if (!auth_origin_allowed(app, wsi)) {
