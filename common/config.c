@@ -109,6 +109,8 @@ static const struct setting settings[] = {
     STR("HERALD_API_KEY", api_key, "", "Bearer key with service access to all of /v1"),
     STR("HERALD_ALLOWED_ORIGINS", allowed_origins, "",
         "comma-separated Origins browsers may connect from; * for any"),
+    STR("HERALD_CORS_ORIGINS", cors_origins, "",
+        "comma-separated Origins whose pages may call /v1 (CORS); * for any; empty: none"),
     NUM("HERALD_MAX_CONNECTIONS_PER_IP", max_connections_per_ip, "1000", 1, 10000000,
         "WebSocket connections from one address; more are refused with 429"),
     STR("HERALD_TRUSTED_PROXIES", trusted_proxies_text, "",

@@ -50,6 +50,7 @@ struct herald_config {
     long jwt_leeway;
     char api_key[512];
     char allowed_origins[2048];
+    char cors_origins[2048];
     char trusted_proxies_text[2048];
     struct cidr_list trusted_proxies;
     char ip_limit_exempt_text[2048];

@@ -1,6 +1,7 @@
 #include "http_framing.h"
 
 #include <string.h>
+#include <strings.h>
 
 int http_content_length(const char *s, uint64_t *out)
 {
@@ -77,4 +78,23 @@ bool http_subprotocols_ok(const char *list)
         p = end;
     }
     return herald;
+}
+
+bool http_origin_listed(const char *list, const char *origin)
+{
+    size_t olen = strlen(origin);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        size_t n = (size_t)(end - p);
+        while (n && p[n - 1] == ' ')
+            n--;
+        if ((n == 1 && *p == '*') || (n && n == olen && strncasecmp(p, origin, n) == 0))
+            return true;
+        p = end;
+    }
+    return false;
 }

@@ -50,4 +50,9 @@ bool http_subprotocols_ok(const char *list);
 #define IDEMPOTENCY_KEY_MAX 200
 bool idempotency_key_valid(const char *s, size_t len);
 
+/* True when origin (an Origin header's value) is in list (comma-separated Origins, compared
+ * without regard to case; "*" is any). An empty list holds nothing: callers decide what that
+ * means. */
+bool http_origin_listed(const char *list, const char *origin);
+
 #endif

@@ -1,4 +1,5 @@
 #include "http_guard.h"
+#include "cors.h"
 #include "herald.h"
 #include "http_reply.h"
 #include "http_framing.h"
@@ -91,6 +92,19 @@ static bool pipelined(struct lws *wsi)
     return !s->consumed_known || socket_consumed(wsi, &now) < 0 || now == s->consumed;
 }
 
+/* A CORS preflight of a /v1 route: answered here, before any route, and closed. */
+static int preflight(struct herald *app, struct lws *wsi)
+{
+    char buf[LWS_PRE + 1024];
+    size_t n = cors_preflight_answer(app, wsi, buf + LWS_PRE, sizeof buf - LWS_PRE);
+    if (n)
+        lws_write(wsi, (unsigned char *)buf + LWS_PRE, n, LWS_WRITE_RAW);
+    else
+        http_guard_refuse(app, wsi, 403, ERR_FORBIDDEN,
+                          "this Origin may not call /v1 (HERALD_CORS_ORIGINS)");
+    return -1;
+}
+
 int http_guard_request(struct herald *app, struct lws *wsi)
 {
     struct http_head head;
@@ -99,6 +113,8 @@ int http_guard_request(struct herald *app, struct lws *wsi)
     uint64_t body;
     read_head(wsi, &head, cl, sizeof cl);
     head.max_body = (uint64_t)app->cfg->max_publish_bytes;
+    if (head.method == HTTP_OTHER && cors_is_preflight(app, wsi))
+        return preflight(app, wsi);
     if (http_framing_check(&head, &body, &no) < 0) {
         log_debug("http_refused", "%u: %s", no.status, no.why);
         http_guard_refuse(app, wsi, no.status, no.code, no.why);

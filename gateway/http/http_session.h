@@ -4,6 +4,8 @@
 #ifndef HERALD_HTTP_SESSION_H
 #define HERALD_HTTP_SESSION_H
 
+#include "cors.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -35,7 +37,8 @@ struct http_session {
     struct lws *wsi;
     struct http_session *body_prev, *body_next; /* while reading a body (REST_BODY) */
     unsigned status;
-    char *response; /* headroom (LWS_PRE and the head), then the answer's body */
+    char cors[CORS_LINES_MAX]; /* CORS header lines of the answer (cors.h), or "" */
+    char *response;            /* headroom (LWS_PRE and the head), then the answer's body */
     size_t response_len;
 };
 

@@ -197,7 +197,7 @@ static void stray(struct http_session *s)
 
 /* Room for an answer's body of len bytes, with headroom for lws and the head in front;
  * NULL when out of memory. */
-#define HEAD_ROOM 256
+#define HEAD_ROOM (256 + CORS_LINES_MAX)
 
 static char *answer_room(struct http_session *s, size_t len)
 {
@@ -219,7 +219,8 @@ static void write_now(struct herald *app, struct lws *wsi, struct http_session *
     bool hang_up = s->stray || !s->response;
     if (s->response) {
         char head[HEAD_ROOM];
-        size_t h = http_json_head(head, sizeof head, s->status, s->response_len, hang_up, NULL);
+        size_t h = http_json_head(head, sizeof head, s->status, s->response_len, hang_up,
+                                  s->cors[0] ? s->cors : NULL);
         char *start = s->response + LWS_PRE + HEAD_ROOM - h;
         memcpy(start, head, h);
         if (lws_write(wsi, (unsigned char *)start, h + s->response_len, LWS_WRITE_RAW) < 0)
@@ -506,6 +507,7 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
         lws_rx_flow_control(wsi, 0);
     /* lws delivers a POST's body (even an empty one) after this: it is read either way */
     s->wsi = wsi;
+    cors_lines(app, wsi, s->cors, sizeof s->cors);
     set_phase(app, s, post ? REST_BODY : REST_IDLE);
     if (!batch && !route_channel(uri, channel)) {
         bool bad = strncmp(uri, "/v1/channels/", 13) == 0;

@@ -1,5 +1,6 @@
 #include "auth.h"
 #include "herald.h"
+#include "http_framing.h"
 
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -107,19 +108,5 @@ bool auth_origin_allowed(const struct herald *app, struct lws *wsi)
         return true; /* not a browser */
     if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) <= 0)
         return false; /* longer than any Origin we could allow */
-    size_t olen = strlen(origin);
-    for (const char *p = list; *p;) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *end = p;
-        while (*end && *end != ',')
-            end++;
-        size_t n = (size_t)(end - p);
-        while (n && p[n - 1] == ' ')
-            n--;
-        if (n == olen && strncasecmp(p, origin, n) == 0)
-            return true;
-        p = end;
-    }
-    return false;
+    return http_origin_listed(list, origin);
 }

@@ -141,11 +141,11 @@ export class Stack {
 
   /** A gateway serving web-demo/ with history; waits until /readyz answers 200 and its
    * PostgreSQL pool is connected (/readyz does not wait for PostgreSQL). */
-  async herald({ redis, pg, port, instance, migrate = false }) {
+  async herald({ redis, pg, port, instance, migrate = false, args = [] }) {
     port = port ?? (await freePort());
     const argv = [heraldBin(), "--listen", `127.0.0.1:${port}`, "--redis-url", redis.url,
       "--database-url", pg.url, "--static-dir", path.join(ROOT, "web-demo"), "--instance-id", instance,
-      "--drain-seconds", "2"];
+      "--drain-seconds", "2", ...args];
     if (migrate) argv.push("--migrate-on-start");
     const p = this._start(`herald-${instance}`, argv, {});
     p.port = port;
