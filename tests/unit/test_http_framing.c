@@ -115,6 +115,24 @@ static void idempotency_keys(void **state)
     assert_false(idempotency_key_valid("a\x7f", 2));
 }
 
+static void origin_lists(void **state)
+{
+    const char *list = "https://app.example, http://127.0.0.1:8080 ,https://b.example";
+    assert_true(http_origin_listed(list, "https://app.example"));
+    assert_true(http_origin_listed(list, "HTTPS://APP.EXAMPLE"));
+    assert_true(http_origin_listed(list, "http://127.0.0.1:8080"));
+    assert_true(http_origin_listed(list, "https://b.example"));
+    assert_false(http_origin_listed(list, "https://app.example.evil"));
+    assert_false(http_origin_listed(list, "https://app.exampl"));
+    assert_false(http_origin_listed(list, "http://127.0.0.1"));
+    assert_false(http_origin_listed(list, ""));
+    assert_false(http_origin_listed(list, "null"));
+    assert_false(http_origin_listed("", "https://app.example"));
+    assert_false(http_origin_listed(" , ", ""));
+    assert_true(http_origin_listed("*", "https://anything.example"));
+    assert_true(http_origin_listed("https://a.example,*", "null"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -125,6 +143,7 @@ int main(void)
         cmocka_unit_test(content_length_is_one_number),
         cmocka_unit_test(subprotocols),
         cmocka_unit_test(idempotency_keys),
+        cmocka_unit_test(origin_lists),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
