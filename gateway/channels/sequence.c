@@ -635,13 +635,29 @@ static struct frame *next_frame(const struct channel *ch, const struct waiter *w
     return cache_find(ch, want);
 }
 
-enum step { STEP_DONE, STEP_PAUSED, STEP_FETCH };
+/* DONE: answered; PAUSED: waits for its client's queue; FETCH: needs the history after its
+ * position; BEHIND: asks for a position this process has not caught up with yet (a gap
+ * being filled): waits for the fill. */
+enum step { STEP_DONE, STEP_PAUSED, STEP_FETCH, STEP_BEHIND };
+
+/* Whether the channel is known to go on past seq while this process has not delivered that
+ * far: Redis announced it (a hint, or frames held behind a gap). Then a resume from seq waits
+ * for the gap fill rather than being told its position does not exist. */
+static bool catching_up_to(const struct channel *ch, uint64_t seq)
+{
+    return ch->baseline && seq > ch->last_seq &&
+           (ch->hint_seq >= seq || (ch->nheld && ch->held[ch->nheld - 1]->seq >= seq));
+}
 
 /* Sends a resume's next frames while the client's queue has room; answers it once it has
  * caught up with the channel. */
 static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w)
 {
     const char *code = NULL;
+    if (!w->checked && catching_up_to(ch, w->since)) {
+        fill_gap(s, ch);
+        return STEP_BEHIND;
+    }
     if (!w->checked && (code = resume_refusal(s, ch, w))) {
         answer(s, ch, w, true, false, code);
         return STEP_DONE;

@@ -201,6 +201,14 @@ static void live(uint64_t seq)
     w.bus.message(w.bus.arg, "c", 1, signed_buf, n);
 }
 
+/* Redis brings the bare envelope of seq (no signature): only a hint that it exists. */
+static void announce_unsigned(uint64_t seq)
+{
+    store_up_to(seq);
+    const char *env = w.envelopes[seq];
+    w.bus.message(w.bus.arg, "c", 1, env, strlen(env));
+}
+
 static void subscribe(struct fake_sub *f, const struct resume *resume)
 {
     assert_int_equal(hub_subscribe(w.hub, &f->sub, "c", 1, NULL, resume), 0);
@@ -473,6 +481,26 @@ static void a_resume_past_the_history_is_refused(void **state)
     leave(&c);
 }
 
+static void a_resume_ahead_of_this_process_waits_for_the_gap_fill(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = true};
+    join_at_head_5(&a);
+    announce_unsigned(9); /* 6..9 are stored; this process has delivered up to 5 */
+    struct resume r = {.since = 8, .epoch = EPOCH};
+    subscribe(&b, &r);
+    assert_string_equal(b.log, ""); /* not refused as a reset: it waits */
+    assert_int_equal(w.nfetches, 1);
+    assert_int_equal(w.fetches[0].since, 5); /* the gap fill, from where the channel is */
+    answer_fetch(NULL);
+    assert_string_equal(a.log, "S5 m6 m7 m8 m9");
+    assert_string_equal(b.log, "m9 S9/r1");
+    assert_int_equal(w.nfetches, 0);
+    assert_int_equal(w.app.metrics.resumes_failed, 0);
+    leave(&a);
+    leave(&b);
+}
+
 static void the_channel_forgotten_while_a_query_is_in_flight(void **state)
 {
     (void)state;
@@ -546,6 +574,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(a_resume_waits_for_room_in_the_queue, setup, teardown),
         cmocka_unit_test_setup_teardown(a_resume_past_the_history_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_resume_ahead_of_this_process_waits_for_the_gap_fill,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(the_channel_forgotten_while_a_query_is_in_flight, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(a_head_lookup_answered_after_the_channel_went, setup,
