@@ -24,6 +24,7 @@ if [ "${1:-}" = "--test" ]; then
     nginx libnginx-mod-nchan     # the load-balanced tests; Nchan in the benchmark suite
     chromium                     # the browser tests
     python3-yaml docker-compose  # the offline checks of the compose file and manifests
+    prometheus                   # promtool: the ops kit's rules, metrics and dashboard checks
   )
   # Node.js runs the browser client's unit tests and npm installs the browser and manifest
   # test tools; use the machine's node when there is one (Debian packages npm apart)
