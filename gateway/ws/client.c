@@ -326,6 +326,7 @@ static void check_liveness(struct client *c, uint64_t now, struct frame *ping)
                   cfg->pong_timeout_ms);
         /* nothing more can reach a peer that does not answer: no close handshake */
         c->close_code = LWS_CLOSE_STATUS_ABNORMAL_CLOSE;
+        c->close_sent = true; /* 1006 never goes on the wire */
         outq_clear(&c->q);
         unmark_dirty(c);
         lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
