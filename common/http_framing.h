@@ -13,6 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Bytes of a request head the gateway has lws keep (request line and headers); longer heads
+ * are refused by lws. */
+#define HTTP_HEAD_MAX 8192
+
 enum http_method { HTTP_GET, HTTP_POST, HTTP_OTHER };
 
 /* What the framing depends on, read from the request's head. */

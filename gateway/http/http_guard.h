@@ -16,10 +16,6 @@
 struct lws;
 struct herald;
 
-/* Bytes of a request head lws keeps (request line and headers); longer heads are refused
- * by lws. */
-#define HTTP_HEAD_MAX 8192
-
 /* LWS_CALLBACK_FILTER_HTTP_CONNECTION: the request's framing (http_framing.h). 0 lets it
  * on to its route; -1 means it was refused. */
 int http_guard_request(struct herald *app, struct lws *wsi);

@@ -3,6 +3,7 @@
 #include "protocol.h"
 #include "herald.h"
 #include "http_api.h"
+#include "http_framing.h"
 #include "http_guard.h"
 #include "listener.h"
 #include "log.h"

@@ -28,31 +28,50 @@ static void client_init(struct client *c, struct lws *wsi, struct herald *app)
     c->app = app;
 }
 
-/* The dirty list is doubly linked so that a closing client leaves it in O(1). */
+/* The process's lists of clients (herald.dirty, herald.clients), each through its own
+ * client_link field (off: its offset). Doubly linked: a closing client leaves in O(1). */
+#define DIRTY offsetof(struct client, dirty_link)
+#define ALL   offsetof(struct client, all_link)
+
+static inline struct client_link *link_of(struct client *c, size_t off)
+{
+    return (struct client_link *)(void *)((char *)c + off);
+}
+
+static inline void list_push(struct client **head, struct client *c, size_t off)
+{
+    *link_of(c, off) = (struct client_link){NULL, *head};
+    if (*head)
+        link_of(*head, off)->prev = c;
+    *head = c;
+}
+
+static inline void list_remove(struct client **head, struct client *c, size_t off)
+{
+    struct client_link *k = link_of(c, off);
+    if (k->prev)
+        link_of(k->prev, off)->next = k->next;
+    else if (*head == c)
+        *head = k->next;
+    if (k->next)
+        link_of(k->next, off)->prev = k->prev;
+    *k = (struct client_link){NULL, NULL};
+}
+
 static void mark_dirty(struct client *c)
 {
     if (c->dirty || c->await_writable)
         return;
     c->dirty = true;
-    c->dirty_prev = NULL;
-    c->dirty_next = c->app->dirty;
-    if (c->dirty_next)
-        c->dirty_next->dirty_prev = c;
-    c->app->dirty = c;
+    list_push(&c->app->dirty, c, DIRTY);
 }
 
 static void unmark_dirty(struct client *c)
 {
     if (!c->dirty)
         return;
-    if (c->dirty_prev)
-        c->dirty_prev->dirty_next = c->dirty_next;
-    else
-        c->app->dirty = c->dirty_next;
-    if (c->dirty_next)
-        c->dirty_next->dirty_prev = c->dirty_prev;
+    list_remove(&c->app->dirty, c, DIRTY);
     c->dirty = false;
-    c->dirty_prev = c->dirty_next = NULL;
 }
 
 /* From here on lws calls WRITEABLE when the socket can take more. */
@@ -62,33 +81,12 @@ static void wait_writable(struct client *c)
     lws_callback_on_writable(c->wsi);
 }
 
-/* Every established client is on herald.clients, for the liveness sweep. */
-static void link_client(struct client *c)
-{
-    c->all_prev = NULL;
-    c->all_next = c->app->clients;
-    if (c->all_next)
-        c->all_next->all_prev = c;
-    c->app->clients = c;
-}
-
-static void unlink_client(struct client *c)
-{
-    if (c->all_prev)
-        c->all_prev->all_next = c->all_next;
-    else if (c->app->clients == c)
-        c->app->clients = c->all_next;
-    if (c->all_next)
-        c->all_next->all_prev = c->all_prev;
-    c->all_prev = c->all_next = NULL;
-}
-
 void client_destroy(struct client *c)
 {
     if (!c->app)
         return;
     unmark_dirty(c);
-    unlink_client(c);
+    list_remove(&c->app->clients, c, ALL);
     hub_client_gone(c->app->hub, &c->sub);
     iplimit_release(c->app->ips, c->ip);
     if (c->auth) {
@@ -272,7 +270,7 @@ void client_on_established(struct client *c, struct lws *wsi, struct herald *app
 {
     client_init(c, wsi, app);
     c->heard_ms = herald_now_ms(app);
-    link_client(c);
+    list_push(&app->clients, c, ALL);
     char ip[CIDR_ADDR_MAX + 1];
     peer_address(app, wsi, ip, sizeof ip);
     c->ip = peer_limited(app, ip) ? iplimit_acquire(app->ips, ip) : NULL;
@@ -345,7 +343,7 @@ static void on_liveness(uv_timer_t *t)
     if (!ping)
         return; /* out of memory: the next sweep tries again */
     for (struct client *c = app->clients, *next; c; c = next) {
-        next = c->all_next;
+        next = c->all_link.next;
         check_liveness(c, now, ping);
     }
     frame_unref(ping);
@@ -354,7 +352,7 @@ static void on_liveness(uv_timer_t *t)
 size_t client_drain(struct herald *app, size_t n)
 {
     size_t closed = 0;
-    for (struct client *c = app->clients; c && closed < n; c = c->all_next)
+    for (struct client *c = app->clients; c && closed < n; c = c->all_link.next)
         if (!c->close_code) {
             client_close(c, LWS_CLOSE_STATUS_GOINGAWAY, false);
             closed++;

@@ -16,19 +16,25 @@ struct herald;
 struct principal;
 struct ipcount;
 struct pending_publish;
+struct client;
+
+/* A place in one of the process's doubly linked lists of clients (O(1) removal). */
+struct client_link {
+    struct client *prev, *next;
+};
 
 struct client {
     struct lws *wsi;
     struct herald *app;
     struct outq q;
-    struct client *dirty_prev, *dirty_next; /* in herald.dirty while it has output to flush */
-    struct client *all_prev, *all_next;     /* in herald.clients from ESTABLISHED to destroy */
-    struct subscriber sub; /* its channels: written by the channel core only (hub.h) */
-    uint16_t close_code;   /* nonzero: close with it once the queue is flushed */
-    bool dirty;            /* in the dirty list */
-    bool close_sent;       /* our close frame is out: waiting for the peer's answer */
-    bool await_writable;   /* the socket was full: lws calls WRITEABLE when it drains */
-    bool rx_too_large;     /* the message being received is over the limit: drop the rest */
+    struct client_link dirty_link; /* in herald.dirty while it has output to flush */
+    struct client_link all_link;   /* in herald.clients from ESTABLISHED to destroy */
+    struct subscriber sub;         /* its channels: written by the channel core only (hub.h) */
+    uint16_t close_code;           /* nonzero: close with it once the queue is flushed */
+    bool dirty;                    /* in the dirty list */
+    bool close_sent;               /* our close frame is out: waiting for the peer's answer */
+    bool await_writable;           /* the socket was full: lws calls WRITEABLE when it drains */
+    bool rx_too_large;             /* the message being received is over the limit: drop the rest */
     bool rx_binary;
     bool deflate;      /* permessage-deflate agreed in the handshake: send compressed twins */
     bool drain_wanted; /* a paused resume waits for the queue to drain (hub_client_drained) */

@@ -1,12 +1,8 @@
 #include "peer.h"
 #include "herald.h"
+#include "http_framing.h"
 
 #include <libwebsockets.h>
-
-/* lws keeps at most this much of a request's head (http_guard.c sets it), so a header that
- * fits nowhere else fits here: a long X-Forwarded-For is read whole, never cut to its left
- * part, which the client could have written. */
-#define HEAD_MAX 8192
 
 void peer_address(const struct herald *app, struct lws *wsi, char *out, size_t cap)
 {
@@ -17,7 +13,9 @@ void peer_address(const struct herald *app, struct lws *wsi, char *out, size_t c
         snprintf(out, cap, "%s", peer);
         return;
     }
-    char xff[HEAD_MAX + 1];
+    /* lws keeps at most HTTP_HEAD_MAX of a head, so X-Forwarded-For is read whole, never
+     * cut to its left part, which the client could have written */
+    char xff[HTTP_HEAD_MAX + 1];
     bool has = lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR) > 0 &&
                lws_hdr_copy(wsi, xff, sizeof xff, WSI_TOKEN_X_FORWARDED_FOR) >= 0;
     cidr_client_address(peer, has ? xff : NULL, trusted, out, cap);

@@ -6,7 +6,9 @@ allow-origin, vary and the exposed Retry-After. OPTIONS that is no preflight, or
 body, stays a refused method, and without HERALD_CORS_ORIGINS nothing changes."""
 
 import os
+import socket
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -85,6 +87,41 @@ class TestCors(CorsBase):
         status, h, _ = self.raw("OPTIONS", "/healthz", PREFLIGHT)
         self.assertEqual(status, 405)
         self.assertNotIn("access-control-allow-origin", h)
+        self.assert_unharmed()
+
+    def read_all(self, sock):
+        data = b""
+        sock.settimeout(10)
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+    async def test_hostile_preflights(self):
+        """At the byte level: a preflight split over writes is answered once; one pipelined
+        with a GET behind it is answered alone and the connection closes (the GET never
+        runs); an Origin longer than any that could be listed is refused."""
+        port = self.herald.port
+        raw = request("OPTIONS", PATH, PREFLIGHT)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            for i in range(0, len(raw), 7):
+                s.sendall(raw[i:i + 7])
+                time.sleep(0.002)
+            data = self.read_all(s)
+        self.assertEqual(data.count(b"HTTP/1.1 "), 1, data)
+        self.assertTrue(data.startswith(b"HTTP/1.1 204"), data[:200])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(raw + request("GET", PATH + "?since=0", [("Origin", APP)]))
+            data = self.read_all(s)
+        self.assertEqual(data.count(b"HTTP/1.1 "), 1, data)
+        self.assertTrue(data.startswith(b"HTTP/1.1 204"), data[:200])
+        long_origin = "https://" + "a" * 600 + ".example"
+        status, h, _ = self.raw("OPTIONS", PATH, [("Origin", long_origin)] + PREFLIGHT[1:])
+        self.assertEqual(status, 403)
+        self.assertNotIn("access-control-allow-origin", h)
+        self.assertEqual(self.herald.metric("herald_client_errors_total",
+                                            {"code": "forbidden"}), 1)
         self.assert_unharmed()
 
     async def test_answers_carry_the_headers_for_a_listed_origin_only(self):

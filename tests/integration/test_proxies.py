@@ -54,6 +54,9 @@ class TestTrustedProxy(ProxyBase):
         await self.refused("203.0.113.77, 198.51.100.1")
         # the proxy's own hops are skipped
         await self.refused("198.51.100.2, 127.0.0.1")
+        # a header filled with forged hops up to the head limit: still the right-most one
+        forged = ", ".join(f"203.0.113.{i % 250}" for i in range(400))
+        await self.refused(forged + ", 198.51.100.1")
         # no header: the proxy itself, limited like anyone
         c = [await self.via() for _ in range(LIMIT)]
         await self.refused()

@@ -42,8 +42,8 @@ static void ranges_match_v4_v6_and_mapped(void **state)
 
 static void bad_ranges_are_refused_with_their_text(void **state)
 {
-    const char *bad[] = {"10.0.0.0/33", "::1/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/-1",
-                         "10.0.0.0/8x", "example.com", "1.2.3.4:80"};
+    const char *bad[] = {"10.0.0.0/33", "::1/129",     "10.0.0/8",    "10.0.0.0/",
+                         "10.0.0.0/-1", "10.0.0.0/8x", "example.com", "1.2.3.4:80"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         struct cidr_list l;
         char err[128] = "";
