@@ -106,9 +106,14 @@ static void on_drain_tick(uv_timer_t *t)
     struct herald *app = lc->app;
     uint64_t now = herald_now_ms(app);
     uint64_t elapsed = now - lc->drain_start_ms;
-    size_t due = elapsed >= lc->spread_ms
-                     ? lc->drain_total
-                     : (size_t)((double)lc->drain_total * (double)elapsed / (double)lc->spread_ms);
+    /* client i (from 0) is due at i/total of the spread: the first at once, so that an
+     * instance with a handful of clients is not kept for most of the window */
+    size_t due =
+        elapsed >= lc->spread_ms
+            ? lc->drain_total
+            : (size_t)((double)lc->drain_total * (double)elapsed / (double)lc->spread_ms) + 1;
+    if (due > lc->drain_total)
+        due = lc->drain_total;
     if (due > lc->drain_closed)
         lc->drain_closed += client_drain(app, due - lc->drain_closed);
     if (app->metrics.connections == 0 || now >= lc->deadline_ms) {

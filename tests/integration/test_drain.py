@@ -148,6 +148,24 @@ class TestDrain(harness.HeraldTestCase):
         status = await asyncio.to_thread(h.wait_exit, DRAIN_SECONDS + SLACK)
         self.assertEqual(status, 0)
 
+    async def test_a_lone_client_is_closed_at_once(self):
+        """Client i of N is due at i/N of the spread, so the first goes at once: an instance
+        with one client is not kept for four fifths of the window (3.2 s here) before its
+        close, nor before its exit."""
+        h = self.herald
+        ws = await self.connect(h)
+        await subscribe(ws, "drain:lone")
+        h.wait_metric("herald_connections", lambda v: v == 1)
+        t0 = time.monotonic()
+        h.signal(signal.SIGTERM)
+        code, reason, _ = await harness.wait_close(ws, DRAIN_SECONDS + SLACK)
+        closed_after = time.monotonic() - t0
+        self.assertEqual((code, reason), (1001, "server draining"))
+        self.assertLess(closed_after, DRAIN_SECONDS * 4 / 5 / 2,
+                        f"the only client was closed {closed_after:.2f} s after SIGTERM")
+        status = await asyncio.to_thread(h.wait_exit, DRAIN_SECONDS + SLACK)
+        self.assertEqual(status, 0)
+
     async def test_sigterm_without_clients_exits_promptly(self):
         status = await asyncio.to_thread(self._term_and_wait)
         self.assertEqual(status, 0)
