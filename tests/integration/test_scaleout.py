@@ -15,18 +15,14 @@ nginx picks and resumes there. Also: nginx's access log names paths without thei
 import asyncio
 import json
 import os
-import random
 import signal
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import websockets  # noqa: E402
-import websockets.exceptions  # noqa: E402
 
+from durable_clients import Client, Publisher, post  # noqa: E402
 from harness import (HeraldTestCase, async_wait_for, close_quietly, main,  # noqa: E402
                      raise_nofile, ws_connect)
 from nginx import Nginx, start_nginx  # noqa: E402
@@ -39,170 +35,6 @@ DRAIN_SECONDS = 5
 PUBLISH_INTERVAL = 0.03   # ~30 messages a second, the whole time
 WAIT = 40                 # bound of every wait (a sanitizer build is slow)
 VERBOSE = bool(os.environ.get("HERALD_TEST_VERBOSE"))
-
-
-def post(base, channel, data, key, timeout=5.0):
-    """POST a durable message; returns (status, parsed body or error text)."""
-    req = urllib.request.Request(f"{base}/v1/channels/{channel}/messages",
-                                 data=json.dumps(data).encode(), method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "Idempotency-Key": key})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()[:200]
-
-
-class Publisher(threading.Thread):
-    """Publishes {"i": k} for k = 0, 1, 2, ... with Idempotency-Key "m-k". Message k goes to
-    targets[k % len(targets)]; a failed attempt is retried with the same key on the next target
-    (a POST whose answer was lost may have been stored: the key makes the retry harmless)."""
-
-    def __init__(self, targets, channel):
-        super().__init__(daemon=True)
-        self.targets = targets          # [(name, base url)]
-        self.channel = channel
-        self.seq_of = {}                # k -> seq
-        self.by_target = {name: 0 for name, _ in targets}
-        self.failures = []              # (target, status or error)
-        self.fatal = None
-        self.head = 0                   # highest seq acknowledged so far
-        self.halt = threading.Event()
-
-    def publish(self, k):
-        key = f"m-{k}"
-        deadline = time.monotonic() + WAIT
-        attempt = 0
-        while True:
-            name, base = self.targets[(k + attempt) % len(self.targets)]
-            try:
-                status, body = post(base, self.channel, {"i": k}, key)
-            except (OSError, urllib.error.URLError, ValueError) as exc:
-                status, body = None, repr(exc)
-            if status in (200, 201) and isinstance(body, dict):
-                self.seq_of[k] = body["seq"]
-                self.head = max(self.head, body["seq"])
-                self.by_target[name] += 1
-                return True
-            self.failures.append((name, status, body))
-            attempt += 1
-            if time.monotonic() > deadline:
-                self.fatal = f"message {k} not published within {WAIT}s: {self.failures[-3:]}"
-                return False
-            time.sleep(0.05)
-
-    def run(self):
-        k = len(self.seq_of)
-        while not self.halt.is_set():
-            if not self.publish(k):
-                return
-            k += 1
-            self.halt.wait(PUBLISH_INTERVAL)
-
-
-class Client:
-    """A WebSocket client that behaves like a real one: connects through nginx, subscribes with
-    since = the last seq it holds (and the epoch once known); on close or error it reconnects
-    with exponential backoff (50 ms to 1 s, jittered) and resumes."""
-
-    def __init__(self, idx, url, test):
-        self.idx, self.url, self.test = idx, url, test
-        self.seqs = []                  # every seq received, in arrival order
-        self.data = {}                  # seq -> data["i"]
-        self.epoch = None
-        self.ws = None
-        self.subscribed = False         # joined on its current connection
-        self.joins = 0                  # successful subscribes (first one included)
-        self.disconnects = []           # (phase, close code or error) after a join
-        self.failed_attempts = []       # (phase, error) connecting or before the join
-        self.problems = []              # anything a correct server never sends
-        self.stopping = False
-        self.task = None
-
-    @property
-    def last(self):
-        return self.seqs[-1] if self.seqs else 0
-
-    async def _sleep_backoff(self, backoff):
-        await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-        return min(backoff * 2, 1.0)
-
-    async def run(self):
-        backoff = 0.05
-        while not self.stopping:
-            try:
-                self.ws = await ws_connect(self.url, open_timeout=10, close_timeout=3)
-            except Exception as exc:  # noqa: BLE001 - refused, 502/503, timeout: retry
-                self.failed_attempts.append((self.test.phase, _describe(exc)))
-                backoff = await self._sleep_backoff(backoff)
-                continue
-            joined, outcome = False, None
-            try:
-                sub = {"op": "subscribe", "channel": CHANNEL, "since": self.last}
-                if self.epoch:
-                    sub["epoch"] = self.epoch
-                await self.ws.send(json.dumps(sub))
-                async for raw in self.ws:
-                    self._on_frame(json.loads(raw))
-                    if self.subscribed and not joined:
-                        joined, backoff = True, 0.05
-                outcome = self.ws.close_code
-            except websockets.exceptions.ConnectionClosed:
-                outcome = self.ws.close_code
-            except Exception as exc:  # noqa: BLE001
-                outcome = _describe(exc)
-            finally:
-                self.subscribed = False
-            if self.stopping:
-                return
-            if joined:
-                self.disconnects.append((self.test.phase, outcome))
-            else:
-                self.failed_attempts.append((self.test.phase, outcome))
-            await close_quietly(self.ws)
-            backoff = await self._sleep_backoff(backoff)
-
-    def _on_frame(self, m):
-        op = m.get("op")
-        if op == "message":
-            seq = m.get("seq")
-            if m.get("channel") != CHANNEL or not isinstance(seq, int):
-                self.problems.append(("bad message", m))
-                return
-            if seq != self.last + 1:
-                self.problems.append(("out of sequence", self.last, seq))
-            self.seqs.append(seq)
-            self.data[seq] = m.get("data", {}).get("i")
-        elif op == "subscribed":
-            if m.get("recovered") is not True:
-                self.problems.append(("resume not recovered", m))
-            if self.epoch and m.get("epoch") != self.epoch:
-                self.problems.append(("epoch changed", self.epoch, m.get("epoch")))
-            self.epoch = m.get("epoch") or self.epoch
-            if m.get("seq") != self.last:
-                self.problems.append(("subscribed seq is not the last one received", m,
-                                      self.last))
-            self.subscribed = True
-            self.joins += 1
-        else:
-            self.problems.append(("unexpected frame", m))
-
-    async def stop(self):
-        self.stopping = True
-        if self.ws is not None:
-            await close_quietly(self.ws)
-        if self.task is not None:
-            try:
-                await asyncio.wait_for(self.task, 10)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self.task.cancel()
-
-
-def _describe(exc):
-    if isinstance(exc, websockets.exceptions.InvalidStatusCode):
-        return f"HTTP {exc.status_code}"
-    return type(exc).__name__
 
 
 class ScaleOutTest(HistoryTestCase):
@@ -311,12 +143,13 @@ class ScaleOutTest(HistoryTestCase):
 
         # the channel has a history (and so an epoch) before the clients come
         self.publisher = Publisher(
-            [("nginx", n.base)] + [(f"herald-{h.n}", h.base) for h in self.instances], CHANNEL)
+            [("nginx", n.base)] + [(f"herald-{h.n}", h.base) for h in self.instances], CHANNEL,
+            wait=WAIT, interval=PUBLISH_INTERVAL)
         self.assertTrue(await asyncio.to_thread(self.publisher.publish, 0))
 
         # dozens of clients through nginx, spread by it over the three instances
         for i in range(CLIENTS):
-            c = Client(i, n.ws_url, self)
+            c = Client(i, n.ws_url, self, CHANNEL)
             c.task = asyncio.create_task(c.run())
             self.clients.append(c)
         gauges = await self.settled("start")
