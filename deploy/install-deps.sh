@@ -25,6 +25,10 @@ if [ "${1:-}" = "--test" ]; then
     chromium                     # the browser tests
     python3-yaml docker-compose  # the offline checks of the compose file and manifests
     prometheus                   # promtool: the ops kit's rules, metrics and dashboard checks
+    # the container test: a Docker engine (started by the test where none runs), debootstrap
+    # for the base images (no registry is reachable), and what docker.io recommends for
+    # running containers
+    docker.io debootstrap apparmor cgroupfs-mount
   )
   # Node.js runs the browser client's unit tests and npm installs the browser and manifest
   # test tools; use the machine's node when there is one (Debian packages npm apart)

@@ -10,6 +10,9 @@ cd "$root"
 bash deploy/install-deps.sh --test
 ulimit -n "$(ulimit -Hn)" || true
 
+# CI must run the container test (tests/deploy/test_container.py), not skip it
+export HERALD_CONTAINER_TESTS=required
+
 status=0
 run_suite() {
   local name=$1 dir=$2

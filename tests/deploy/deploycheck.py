@@ -489,6 +489,14 @@ def dockerfile_problems(text, binary=None):
         p.append(f"build stage is FROM {build['base']}, not debian:bookworm")
     if not re.fullmatch(r"debian:bookworm(-\d+)?-slim", runtime["base"]):
         p.append(f"runtime stage is FROM {runtime['base']}, not debian:bookworm-slim")
+    # `docker build` without --target makes the last stage: the documented command must give
+    # the gateway, not the demo publisher
+    if df.stages[-1] is not runtime:
+        p.append(f"the last stage is {df.stages[-1]['name'] or df.stages[-1]['base']}, not "
+                 "runtime: `docker build` without --target would not build the gateway")
+    # a `# syntax=` directive makes BuildKit pull a frontend image from a registry
+    if re.match(r"\s*#\s*syntax\s*=", text):
+        p.append("a `# syntax=` directive needs a registry to build")
 
     # packages: exist in Debian 12; the build stage brings every pkg-config module CMake asks
     # for; the runtime stage brings every library the binary loads

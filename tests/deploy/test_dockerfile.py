@@ -31,7 +31,7 @@ class Dockerfile(unittest.TestCase):
 
     def test_structure(self):
         df = dc.Dockerfile(self.text)
-        self.assertEqual([s["name"] for s in df.stages], ["build", "runtime", "demo-publisher"])
+        self.assertEqual([s["name"] for s in df.stages], ["build", "demo-publisher", "runtime"])
         rt = df.stage("runtime")
         self.assertEqual(df.entrypoint(rt), ["/usr/local/bin/herald"])
         self.assertEqual(df.cmd(rt), ["serve"])
@@ -75,12 +75,23 @@ class Dockerfile(unittest.TestCase):
             ("syntax", "WORKDIR /src", "WORKDIRR /src", "dockerfile-utils"),
             ("publisher module", "python3 python3-websockets", "python3",
              "demo-publisher.py imports websockets (package python3-websockets)"),
+            ("syntax directive", "# Herald's container image", "# syntax=docker/dockerfile:1\n#",
+             "`# syntax=` directive"),
             ("publisher script", "COPY deploy/demo-publisher.py", "COPY deploy/demo-publisher.sh",
              "runs /usr/local/bin/demo-publisher.py, which no COPY"),
         ]
         for what, old, new, needle in cases:
             with self.subTest(what):
                 self.expect(old, new, needle)
+
+    def test_rejects_publisher_as_default_target(self):
+        # the image the issue found: `docker build` without --target made the demo publisher
+        banner = "#" * 92 + "\n"
+        head, build, pub, runtime = self.text.split(banner)
+        swapped = banner.join([head, build, runtime.rstrip("\n") + "\n\n", pub.rstrip("\n") + "\n"])
+        problems = dc.dockerfile_problems(swapped, self.binary)
+        self.assertTrue(any("the last stage is demo-publisher, not runtime" in p for p in problems),
+                        problems)
 
     def test_dockerignore(self):
         self.assertFalse(dc.dockerignored("gateway/main.c"))
