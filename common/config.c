@@ -68,6 +68,12 @@ static const struct setting settings[] = {
     STR("HERALD_DATABASE_URL", database_url, "",
         "PostgreSQL conninfo or URI for the history; empty: no history"),
     NUM("HERALD_DB_POOL", db_pool, "4", 1, 64, "PostgreSQL connections per process"),
+    DURATION("HERALD_DB_CONNECT_TIMEOUT", db_connect_timeout_ms, "5s", 1000, 3600L * 1000,
+             "a PostgreSQL connect (lookup and login) not done in this time fails, and the next "
+             "host of the URL is tried"),
+    DURATION("HERALD_DB_QUERY_TIMEOUT", db_query_timeout_ms, "10s", 1000, 3600L * 1000,
+             "a PostgreSQL query not answered in this time fails (outcome unknown), and its "
+             "connection is dropped"),
     DURATION("HERALD_HISTORY_TTL", history_ttl_ms, "24h", 1000, 365L * 86400 * 1000,
              "messages older than this are pruned"),
     NUM("HERALD_HISTORY_MAX", history_max, "10000", 1, 1000000000,

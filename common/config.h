@@ -30,6 +30,8 @@ struct herald_config {
     enum log_level log_level;
     char database_url[1024]; /* empty: no history */
     long db_pool;
+    long db_connect_timeout_ms;
+    long db_query_timeout_ms;
     long history_ttl_ms;
     long history_max;
     long replay_max;

@@ -2,6 +2,7 @@
 #include "herald.h"
 #include "backoff.h"
 #include "log.h"
+#include "pg_hosts.h"
 #include "resolve.h"
 
 #include <stdio.h>
@@ -9,12 +10,10 @@
 #include <string.h>
 #include <uv.h>
 
-#define DB_MAX_POOL      64
-#define DB_QUERY_TIMEOUT 10000 /* ms */
-#define DB_BACKOFF_MIN   200
-#define DB_BACKOFF_MAX   5000
-#define DB_MAX_PREPARED  8  /* distinct statements prepared per connection */
-#define DB_MAX_PARAMS    64 /* connection parameters given in HERALD_DATABASE_URL */
+#define DB_MAX_POOL     64
+#define DB_BACKOFF_MIN  200
+#define DB_BACKOFF_MAX  5000
+#define DB_MAX_PREPARED 8 /* distinct statements prepared per connection */
 
 enum conn_state { C_DOWN, C_CONNECTING, C_IDLE, C_BUSY };
 
@@ -40,17 +39,14 @@ struct conn {
     uint64_t retry_at_ms;
     struct backoff backoff;
     struct resolve *resolving; /* the host name's lookup, before connecting */
+    int host;                  /* index in db->hosts of the host tried or connected to */
+    int failed_hosts;          /* hosts that failed in a row since the last success */
 };
 
 struct db {
     struct herald *app;
-    /* HERALD_DATABASE_URL split into parameters when its host is a name: the name is looked
-     * up off the loop before each connect and passed as hostaddr (libpq would look it up on
-     * the loop); host stays for TLS and the password file. */
-    char lookup_host[256]; /* "": libpq connects from the URL as it is */
-    const char *keywords[DB_MAX_PARAMS + 2], *values[DB_MAX_PARAMS + 2];
-    int hostaddr_slot;
-    PQconninfoOption *params; /* owns the strings above */
+    struct pg_hosts hosts; /* HERALD_DATABASE_URL, one host per connect attempt */
+    int good_host;         /* where a connection last succeeded: a new round starts there */
     struct conn conns[DB_MAX_POOL];
     int nconns;
     struct db_request *head, *tail;
@@ -146,12 +142,28 @@ static void fail_queue(struct db *db, const char *err)
 
 static void dispatch(struct db *db);
 
-/* The connection failed: its request fails, it retries later with backoff. */
+/* After a failure the connection tries the next host of the URL at once; only when every host
+ * has failed in a row does it wait (backoff) before the next round. */
+static void next_host(struct conn *c)
+{
+    struct db *db = c->db;
+    uint64_t now = now_ms(db);
+    if (db->hosts.n > 1 && ++c->failed_hosts < db->hosts.n) {
+        c->host = (c->host + 1) % db->hosts.n;
+        c->retry_at_ms = now;
+        return;
+    }
+    c->failed_hosts = 0;
+    c->retry_at_ms = now + backoff_next(&c->backoff);
+}
+
+/* The connection failed: its request fails, it retries on the next host or later. */
 static void conn_down(struct conn *c, const char *reason)
 {
     struct db *db = c->db;
     char why[256]; /* reason often lives inside the PGconn that PQfinish frees below */
     snprintf(why, sizeof why, "%s", reason);
+    int failed_host = c->host;
     bool was_ready = c->state == C_IDLE || c->state == C_BUSY;
     if (c->resolving)
         resolve_cancel(c->resolving);
@@ -163,9 +175,11 @@ static void conn_down(struct conn *c, const char *reason)
     c->state = C_DOWN;
     c->preparing = false;
     c->prepared = 0; /* a new session prepares again */
-    c->retry_at_ms = now_ms(db) + backoff_next(&c->backoff);
-    if (was_ready || c->backoff.attempts == 1)
-        log_warn("db_down", "PostgreSQL connection lost: %s", why);
+    next_host(c);
+    /* every connection's first two rounds of hosts; after that only the summary below */
+    if (was_ready || c->backoff.attempts <= 1)
+        log_warn("db_down", "PostgreSQL connection%s%s lost: %s", db->hosts.n > 1 ? " to " : "",
+                 db->hosts.n > 1 ? db->hosts.hosts[failed_host].host : "", why);
     if (!db_up(db)) {
         if (db->was_up)
             log_error("db_unavailable", "no PostgreSQL connection is up: history unavailable");
@@ -179,10 +193,13 @@ static void conn_ready(struct conn *c)
     PQsetnonblocking(c->pg, 1);
     c->state = C_IDLE;
     backoff_reset(&c->backoff);
+    c->failed_hosts = 0;
+    c->db->good_host = c->host;
     c->since_ms = now_ms(c->db);
     watch(c, UV_READABLE);
     if (!c->db->was_up)
-        log_info("db_up", "connected to PostgreSQL");
+        log_info("db_up", "connected to PostgreSQL%s%s", c->db->hosts.n > 1 ? " at " : "",
+                 c->db->hosts.n > 1 ? c->db->hosts.hosts[c->host].host : "");
     c->db->was_up = true;
 }
 
@@ -206,14 +223,14 @@ static void step_connect(struct conn *c)
     }
 }
 
-/* addr: the address the host name resolved to, or NULL to connect from the URL. */
+/* Connects to the connection's host (at addr, its looked-up address, when not NULL), or from
+ * the URL as it is when the URL could not be split into hosts. */
 static void connect_to(struct conn *c, const char *addr)
 {
     struct db *db = c->db;
-    if (addr) {
-        db->values[db->hostaddr_slot] = addr;
-        c->pg = PQconnectStartParams(db->keywords, db->values, 0);
-        db->values[db->hostaddr_slot] = NULL;
+    if (db->hosts.n > 0) {
+        pg_hosts_params(&db->hosts, c->host, addr);
+        c->pg = PQconnectStartParams(db->hosts.keywords, db->hosts.values, 0);
     } else {
         c->pg = PQconnectStart(db->app->cfg->database_url);
     }
@@ -234,17 +251,20 @@ static void on_resolved(void *arg, const char *addr, const char *err)
         conn_down(c, err);
 }
 
-/* C_CONNECTING covers the lookup too: DB_QUERY_TIMEOUT bounds both. */
+/* C_CONNECTING covers the lookup too: HERALD_DB_CONNECT_TIMEOUT bounds both. A new round of
+ * hosts starts where a connection last succeeded. */
 static void start_connect(struct conn *c)
 {
     struct db *db = c->db;
     c->state = C_CONNECTING;
     c->since_ms = now_ms(db);
-    if (!db->lookup_host[0]) {
+    if (c->failed_hosts == 0)
+        c->host = db->good_host;
+    if (db->hosts.n == 0 || !db->hosts.hosts[c->host].lookup) {
         connect_to(c, NULL);
         return;
     }
-    c->resolving = resolve_start(db->app->loop, db->lookup_host, on_resolved, c);
+    c->resolving = resolve_start(db->app->loop, db->hosts.hosts[c->host].host, on_resolved, c);
     if (!c->resolving)
         conn_down(c, "cannot start the host name lookup");
 }
@@ -388,49 +408,23 @@ static void dispatch(struct db *db)
     }
 }
 
-/* Reconnects connections whose backoff is over; drops those stuck past the deadline. */
+/* Reconnects connections whose backoff is over; drops those stuck past their deadline (the
+ * host then counts as failed, and the next one is tried). */
 static void on_tick(uv_timer_t *t)
 {
     struct db *db = t->data;
+    const struct herald_config *cfg = db->app->cfg;
     uint64_t now = now_ms(db);
     for (int i = 0; i < db->nconns; i++) {
         struct conn *c = &db->conns[i];
         if (c->state == C_DOWN && now >= c->retry_at_ms)
             start_connect(c);
-        else if ((c->state == C_BUSY || c->state == C_CONNECTING) &&
-                 now - c->since_ms > DB_QUERY_TIMEOUT)
-            conn_down(c, c->state == C_BUSY ? "query timed out" : "connect timed out");
+        else if (c->state == C_BUSY && now - c->since_ms > (uint64_t)cfg->db_query_timeout_ms)
+            conn_down(c, "query timed out");
+        else if (c->state == C_CONNECTING &&
+                 now - c->since_ms > (uint64_t)cfg->db_connect_timeout_ms)
+            conn_down(c, "connect timed out");
     }
-}
-
-/* Fills lookup_host, keywords and values when the URL names its host by a name that needs
- * a lookup: one host (not a list), not a socket directory, no hostaddr given. */
-static void plan_lookup(struct db *db, const char *url)
-{
-    PQconninfoOption *opts = PQconninfoParse(url, NULL);
-    const char *host = NULL, *hostaddr = NULL;
-    int n = 0;
-    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
-        if (!o->val || !o->val[0])
-            continue;
-        if (strcmp(o->keyword, "host") == 0)
-            host = o->val;
-        else if (strcmp(o->keyword, "hostaddr") == 0)
-            hostaddr = o->val;
-        if (n < DB_MAX_PARAMS) {
-            db->keywords[n] = o->keyword;
-            db->values[n++] = o->val;
-        }
-    }
-    if (!host || hostaddr || host[0] == '/' || host[0] == '@' || strchr(host, ',') ||
-        resolve_is_numeric(host) || n == DB_MAX_PARAMS || strlen(host) >= sizeof db->lookup_host) {
-        PQconninfoFree(opts); /* a malformed URL is reported by libpq at connect */
-        return;
-    }
-    snprintf(db->lookup_host, sizeof db->lookup_host, "%s", host);
-    db->keywords[n] = "hostaddr";
-    db->hostaddr_slot = n;
-    db->params = opts;
 }
 
 struct db *db_new(struct herald *app)
@@ -446,7 +440,7 @@ struct db *db_new(struct herald *app)
         backoff_init(&db->conns[i].backoff, DB_BACKOFF_MIN, DB_BACKOFF_MAX,
                      backoff_seed((uintptr_t)&db->conns[i]));
     }
-    plan_lookup(db, app->cfg->database_url);
+    pg_hosts_parse(&db->hosts, app->cfg->database_url);
     uv_timer_init(app->loop, &db->timer);
     db->timer.data = db;
     return db;
@@ -480,8 +474,7 @@ void db_free(struct db *db)
     }
     fail_queue(db, "shutting down");
     later_cancel(&db->app->later, &db->kick);
-    PQconninfoFree(db->params);
-    db->params = NULL;
+    pg_hosts_free(&db->hosts);
     uv_timer_stop(&db->timer);
     uv_close((uv_handle_t *)&db->timer, free_db);
 }

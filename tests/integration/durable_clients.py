@@ -47,6 +47,7 @@ class Publisher(threading.Thread):
         self.failures = []              # (target, status or error)
         self.fatal = None
         self.head = 0                   # highest seq acknowledged so far
+        self.acked_at = []              # time.monotonic() of each acknowledgement
         self.halt = threading.Event()
 
     def publish(self, k):
@@ -62,6 +63,7 @@ class Publisher(threading.Thread):
             if status in (200, 201) and isinstance(body, dict):
                 self.seq_of[k] = body["seq"]
                 self.head = max(self.head, body["seq"])
+                self.acked_at.append(time.monotonic())
                 self.by_target[name] += 1
                 return True
             self.failures.append((name, status, body))
@@ -70,6 +72,10 @@ class Publisher(threading.Thread):
                 self.fatal = f"message {k} not published within {self.wait}s: {self.failures[-3:]}"
                 return False
             time.sleep(0.05)
+
+    def first_ack_after(self, t):
+        """When the first message acknowledged after time.monotonic() t was, or None."""
+        return next((a for a in self.acked_at if a >= t), None)
 
     def run(self):
         k = len(self.seq_of)

@@ -6,6 +6,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import time
 
@@ -19,6 +20,23 @@ def pg_bin(name):
     if not found:
         raise RuntimeError(f"PostgreSQL's {name} not found: apt-get install postgresql")
     return found[-1]
+
+
+def child_pids(pid):
+    """The processes whose parent is pid (from /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name (2nd field) may hold spaces: the parent pid follows its ')'
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            children.append(int(entry))
+    return children
 
 
 def os_user():
@@ -44,6 +62,7 @@ class PostgresServer(_Proc):
         self.data = os.path.join(self.dir, "data")
         self.user = os_user()
         self.url = f"postgresql://{PG_USER}@127.0.0.1:{self.port}/herald"
+        self.settings = {}  # extra -c settings of the server, e.g. {"synchronous_commit": "on"}
 
     def _drop_privileges(self):
         _set_pdeathsig()
@@ -69,6 +88,8 @@ class PostgresServer(_Proc):
         argv = [pg_bin("postgres"), "-D", self.data, "-p", str(self.port), "-k", self.dir,
                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
                 "-c", "synchronous_commit=off", "-c", "max_connections=200"]
+        for k, v in self.settings.items():
+            argv += ["-c", f"{k}={v}"]
         # the postmaster itself is the child (no runuser in between), so that signals and
         # the stop by PID reach it
         self.log_path = os.path.join(self.workdir, f"postgres-{self.port}.log")
@@ -98,6 +119,22 @@ class PostgresServer(_Proc):
             raise AssertionError(f"psql failed: {r.stderr.strip()}")
         return r.stdout.strip()
 
+    def freeze(self):
+        """SIGSTOP the postmaster and every process it started: a hung host, where TCP still
+        accepts and nothing answers. Stopping the postmaster alone leaves its backends
+        serving. thaw() undoes it."""
+        self.frozen = [self.pid] + child_pids(self.pid)
+        for pid in self.frozen:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self):
+        for pid in getattr(self, "frozen", []):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.frozen = []
+
     def stop_fast(self):
         """Stops the server (SIGINT = fast shutdown) and waits for it."""
         self.signal(2)
@@ -107,8 +144,9 @@ class PostgresServer(_Proc):
 class HistoryTestCase(HeraldTestCase):
     """A HeraldTestCase that can also start PostgreSQL with the Herald schema."""
 
-    def start_postgres(self, port=None):
+    def start_postgres(self, port=None, settings=None):
         pg = PostgresServer(self.tmp, port)
+        pg.settings = dict(settings or {})
         self._procs.append(pg)
         self.addCleanup(pg.kill)
         pg.init().start().create_db()

@@ -1,0 +1,146 @@
+#!/usr/bin/python3
+"""PostgreSQL failover under a live stream of durable publishes (issue 15, point 3).
+
+A primary and a streaming standby made with pg_basebackup, synchronous replication (a COMMIT
+is acknowledged only once the standby has it), and a gateway whose HERALD_DATABASE_URL lists
+both with target_session_attrs=read-write. A publisher POSTs durable messages the whole time
+(retrying with the same Idempotency-Key on failure) and a WebSocket client counts what it
+gets. Then the primary fails and the standby is promoted:
+
+- frozen (SIGSTOP: a hung host or a cut network, where TCP stays up and nothing answers). libpq
+  bounds nothing in a non-blocking connect, so before Herald timed connects and queries itself
+  and moved on to the next host, the pool kept going back to the frozen primary and no publish
+  ever succeeded again;
+- killed (SIGKILL).
+
+Either way publishes succeed again within seconds of the promotion, every acknowledged message
+is in the new primary under the seq it was acknowledged with, seqs run 1..head without a hole,
+and the client got each exactly once, in order."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from durable_clients import Client, Publisher  # noqa: E402
+from harness import async_wait_for, main  # noqa: E402
+from pg import PG_USER, HistoryTestCase, PostgresServer, pg_bin  # noqa: E402
+
+CHANNEL = "failover:orders"
+CONNECT_TIMEOUT = "1s"  # HERALD_DB_CONNECT_TIMEOUT
+QUERY_TIMEOUT = "2s"    # HERALD_DB_QUERY_TIMEOUT
+WAIT = 60               # bound of every wait (a sanitizer build is slow)
+RESUME_BOUND = 30       # publishes must succeed again this soon after the promotion
+VERBOSE = bool(os.environ.get("HERALD_TEST_VERBOSE"))
+
+
+class PgFailover(HistoryTestCase):
+    def setUp(self):
+        super().setUp()
+        self.phase = "setup"
+        self.redis = self.start_redis()
+        # pg.py turns synchronous_commit off for speed; here a COMMIT must wait for the standby
+        self.primary = self.start_postgres(settings={"synchronous_commit": "on"})
+        self.standby = self.start_standby(self.primary)
+        # synchronous: what was acknowledged is on the standby too
+        self.primary.sql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        self.primary.sql("SELECT pg_reload_conf()")
+        self.wait_sync()
+        url = (f"postgresql://{PG_USER}@127.0.0.1:{self.primary.port},127.0.0.1:"
+               f"{self.standby.port}/herald?target_session_attrs=read-write")
+        self.herald = self.start_herald(
+            self.redis, "--database-url", url, "--migrate-on-start",
+            "--db-connect-timeout", CONNECT_TIMEOUT, "--db-query-timeout", QUERY_TIMEOUT)
+        self.herald.wait_metric("herald_db_up", lambda v: v == 1)
+
+    def start_standby(self, primary):
+        sb = PostgresServer(self.tmp)
+        sb.settings = {"synchronous_commit": "on"}  # it becomes the primary
+        os.makedirs(sb.dir, exist_ok=True)
+        if sb.user:
+            subprocess.run(["chown", sb.user, sb.dir], check=True)
+        subprocess.run(sb._as_user([pg_bin("pg_basebackup"), "-h", "127.0.0.1", "-p",
+                                    str(primary.port), "-U", PG_USER, "-D", sb.data, "-R",
+                                    "-X", "stream", "-c", "fast"]),
+                       check=True, capture_output=True, timeout=WAIT)
+        self._procs.append(sb)
+        self.addCleanup(sb.kill)
+        return sb.start()
+
+    def wait_sync(self):
+        deadline = time.monotonic() + WAIT
+        while self.primary.sql("SELECT count(*) FROM pg_stat_replication "
+                               "WHERE sync_state = 'sync'") != "1":
+            self.assertLess(time.monotonic(), deadline, "the standby never became synchronous")
+            time.sleep(0.1)
+
+    def log(self, text):
+        if VERBOSE:
+            sys.stderr.write(f"\n[{time.strftime('%H:%M:%S')}] {text}")
+
+    async def until(self, predicate, what, timeout=WAIT):
+        return await async_wait_for(predicate, timeout, interval=0.05, what=what)
+
+    async def fail_over(self, how):
+        h = self.herald
+        client = Client(0, h.ws_url, self, CHANNEL)
+        client.task = asyncio.create_task(client.run())
+        self.addAsyncCleanup(client.stop)
+        publisher = Publisher([("herald", h.base)], CHANNEL, wait=WAIT, interval=0.02)
+        self.addCleanup(publisher.halt.set)
+        self.assertTrue(await asyncio.to_thread(publisher.publish, 0))
+        await self.until(lambda: client.subscribed, "the client subscribed")
+        publisher.start()
+        self.phase = "live"
+        await self.until(lambda: publisher.head >= 30, "30 messages before the failure")
+
+        self.phase = how
+        head_before = publisher.head
+        if how == "frozen":
+            self.primary.freeze()
+            self.addCleanup(self.primary.thaw)  # runs before the kill registered earlier
+        else:
+            self.primary.kill()
+        self.standby.sql("SELECT pg_promote(true, 60)")
+        promoted_at = time.monotonic()
+        await self.until(lambda: publisher.head > head_before + 30,
+                         "30 messages acknowledged after the promotion",
+                         timeout=RESUME_BOUND + WAIT)
+        resumed_after = publisher.first_ack_after(promoted_at) - promoted_at
+        self.log(f"{how}: first acknowledged publish {resumed_after:.2f} s after the promotion; "
+                 f"{len(publisher.failures)} failed attempts")
+        self.assertLess(resumed_after, RESUME_BOUND,
+                        f"publishes succeeded again only {resumed_after:.1f} s after promotion")
+
+        publisher.halt.set()
+        await asyncio.to_thread(publisher.join, WAIT)
+        self.assertIsNone(publisher.fatal)
+        if how == "frozen":
+            self.primary.kill()
+            self.primary.thaw()  # its backends see the postmaster gone and exit
+
+        # the new primary holds every acknowledged message under its acknowledged seq
+        rows = self.standby.sql(f"SELECT seq, envelope::json->'data'->>'i' FROM herald_messages "
+                                f"WHERE channel = '{CHANNEL}' ORDER BY seq")
+        stored = {int(s): int(i) for s, i in (r.split("|") for r in rows.splitlines())}
+        head = max(publisher.seq_of.values())
+        self.assertEqual(sorted(stored), list(range(1, head + 1)), "seqs with a hole")
+        self.assertEqual({k: stored[seq] for k, seq in publisher.seq_of.items()},
+                         {k: k for k in publisher.seq_of}, "an acknowledged message is missing")
+        await self.until(lambda: client.last >= head, f"the client at seq {head}")
+        await client.stop()
+        self.assertEqual(client.problems, [])
+        self.assertEqual(client.seqs, list(range(1, head + 1)))
+        self.assertGreaterEqual(self.herald.metric("herald_db_up"), 1)
+
+    async def test_frozen_primary(self):
+        await self.fail_over("frozen")
+
+    async def test_killed_primary(self):
+        await self.fail_over("killed")
+
+
+if __name__ == "__main__":
+    main()
