@@ -219,8 +219,12 @@ test("gateway A is killed while messages keep coming; the page resumes every mes
   assert.ok(firstMissed >= 0, "missed chat messages shown");
   assert.deepEqual(chat.slice(firstMissed, firstMissed + 25), missed);
   assert.equal(chat.filter((t) => t.startsWith("missed message ")).length, 25);
-  const domChat = await pageA.locator("#chat-log li.msg .msg-text").allTextContents();
-  assert.deepEqual(domChat.filter((t) => t.startsWith("missed message ")), missed);
+  // the page renders on a timer after its model changes (40 ms, throttled to 1 s in a
+  // background tab): wait for the list, then check its order
+  const domMissed = async () => (await pageA.locator("#chat-log li.msg .msg-text").allTextContents())
+    .filter((t) => t.startsWith("missed message "));
+  await waitFor(async () => (await domMissed()).length >= 25, { what: "the missed messages rendered" });
+  assert.deepEqual(await domMissed(), missed);
 
   // the page shows the instance it reconnected to, stays live and catches up with the head
   await waitFor(async () => (await pageA.textContent("#instance")) === "gw-a-restarted", { what: "new instance shown" });
