@@ -45,8 +45,10 @@ struct setting {
 static const struct setting settings[] = {
     STR("HERALD_LISTEN", listen, "0.0.0.0:8080", "address:port to listen on"),
     STR("HERALD_REDIS_URL", redis_url_text, "redis://127.0.0.1:6379/0",
-        "redis://[user[:password]@]host[:port][/db], or several separated by commas "
-        "(channels are spread over them by a consistent hash; append new servers last)"),
+        "redis://[user[:password]@]host[:port][/db], or "
+        "redis-sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db]; "
+        "or several separated by commas (channels are spread over them by a consistent hash; "
+        "append new servers last)"),
     STR("HERALD_REDIS_PREFIX", redis_prefix, "", "prefix of every Redis channel name"),
     STR("HERALD_STATIC_DIR", static_dir, "", "serve the web demo from this folder at /"),
     STR("HERALD_INSTANCE_ID", instance_id, "", "name of this instance (default host-pid)"),

@@ -1,6 +1,7 @@
 #include "redis_url.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,79 @@ static int parse_number(const char *s, size_t n, int lo, int hi, int *out)
     return 0;
 }
 
+/* host[:port] in s[0..n), the port defaulting to default_port; IPv6 addresses are not
+ * bracketed in these URLs (hiredis takes them as they are). */
+static int parse_hostport(const char *s, size_t n, struct redis_addr *out, int default_port)
+{
+    const char *colon = memchr(s, ':', n);
+    size_t hostlen = colon ? (size_t)(colon - s) : n;
+    if (hostlen == 0 || hostlen >= sizeof out->host)
+        return -1;
+    for (size_t i = 0; i < hostlen; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr(".-_", s[i]))
+            return -1;
+    memcpy(out->host, s, hostlen);
+    out->host[hostlen] = '\0';
+    out->port = default_port;
+    return colon ? parse_number(colon + 1, n - hostlen - 1, 1, 65535, &out->port) : 0;
+}
+
+/* A sentinel master name: printable, no space, slash or comma. */
+static bool master_name_valid(const char *s, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isgraph((unsigned char)s[i]) || s[i] == '/' || s[i] == ',' || s[i] == '@')
+            return false;
+    return true;
+}
+
+/* redis-sentinel://: the sentinel list up to the first '/', then master-name[/db]. */
+static int parse_sentinel(const char *p, struct redis_url *out, char *err, int errlen)
+{
+    const char *slash = strchr(p, '/');
+    const char *list_end = slash ? slash : p + strlen(p);
+    for (const char *h = p; h < list_end;) {
+        const char *comma = memchr(h, ',', (size_t)(list_end - h));
+        const char *end = comma ? comma : list_end;
+        if (out->nsentinels == REDIS_SENTINELS_MAX) {
+            snprintf(err, (size_t)errlen, "more than %d sentinels", REDIS_SENTINELS_MAX);
+            return -1;
+        }
+        if (parse_hostport(h, (size_t)(end - h), &out->sentinels[out->nsentinels], 26379)) {
+            snprintf(err, (size_t)errlen, "sentinel %d has a bad host or port",
+                     out->nsentinels + 1);
+            return -1;
+        }
+        out->nsentinels++;
+        h = comma ? comma + 1 : list_end;
+    }
+    if (out->nsentinels == 0) {
+        snprintf(err, (size_t)errlen, "redis-sentinel URL names no sentinel");
+        return -1;
+    }
+    const char *name = slash ? slash + 1 : "";
+    const char *name_end = strchr(name, '/');
+    size_t namelen = name_end ? (size_t)(name_end - name) : strlen(name);
+    if (!master_name_valid(name, namelen) || namelen >= sizeof out->master_name) {
+        snprintf(err, (size_t)errlen,
+                 "redis-sentinel URL needs a master name: "
+                 "redis-sentinel://host:port[,host:port...]/master-name");
+        return -1;
+    }
+    memcpy(out->master_name, name, namelen);
+    if (name_end && name_end[1] &&
+        parse_number(name_end + 1, strlen(name_end + 1), 0, 1 << 20, &out->db)) {
+        snprintf(err, (size_t)errlen, "redis URL has a bad database number");
+        return -1;
+    }
+    /* host and port name the first sentinel until the master is known (logs, metrics) */
+    snprintf(out->host, sizeof out->host, "%s", out->sentinels[0].host);
+    out->port = out->sentinels[0].port;
+    return 0;
+}
+
 int redis_url_parse(const char *url, struct redis_url *out, char *err, int errlen)
 {
     memset(out, 0, sizeof *out);
@@ -53,11 +127,18 @@ int redis_url_parse(const char *url, struct redis_url *out, char *err, int errle
                  "reach Redis over a private network or a TLS tunnel (see docs/SECURITY.md)");
         return -1;
     }
-    if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, (size_t)errlen, "redis URL must start with redis://");
+    if (strncmp(url, "redis-cluster://", 16) == 0) {
+        snprintf(err, (size_t)errlen,
+                 "redis-cluster:// is not supported yet: list the "
+                 "servers as redis:// URLs (channels are sharded over them)");
         return -1;
     }
-    const char *p = url + 8;
+    bool sentinel = strncmp(url, "redis-sentinel://", 17) == 0;
+    if (!sentinel && strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, (size_t)errlen, "redis URL must start with redis:// or redis-sentinel://");
+        return -1;
+    }
+    const char *p = url + (sentinel ? 17 : 8);
     const char *at = strrchr(p, '@');
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
@@ -70,26 +151,39 @@ int redis_url_parse(const char *url, struct redis_url *out, char *err, int errle
         }
         p = at + 1;
     }
+    if (sentinel)
+        return parse_sentinel(p, out, err, errlen);
     const char *slash = strchr(p, '/');
     const char *hostport_end = slash ? slash : p + strlen(p);
-    const char *colon = memchr(p, ':', (size_t)(hostport_end - p));
-    const char *host_end = colon ? colon : hostport_end;
-    size_t hostlen = (size_t)(host_end - p);
-    if (hostlen == 0 || hostlen >= sizeof out->host) {
-        snprintf(err, (size_t)errlen, "redis URL has no host");
+    struct redis_addr addr;
+    if (parse_hostport(p, (size_t)(hostport_end - p), &addr, 6379)) {
+        snprintf(err, (size_t)errlen, "redis URL has %s",
+                 p == hostport_end || *p == ':' ? "no host" : "a bad host or port");
         return -1;
     }
-    memcpy(out->host, p, hostlen);
-    if (colon &&
-        parse_number(colon + 1, (size_t)(hostport_end - colon - 1), 1, 65535, &out->port)) {
-        snprintf(err, (size_t)errlen, "redis URL has a bad port");
-        return -1;
-    }
+    memcpy(out->host, addr.host, sizeof out->host);
+    out->port = addr.port;
     if (slash && slash[1] && parse_number(slash + 1, strlen(slash + 1), 0, 1 << 20, &out->db)) {
         snprintf(err, (size_t)errlen, "redis URL has a bad database number");
         return -1;
     }
     return 0;
+}
+
+/* The end of the URL that starts at p: the next comma followed (after spaces) by a scheme
+ * (letters, then "://"), or the end of the text. Commas inside a URL separate a redis-sentinel://
+ * URL's sentinels. */
+static const char *url_end(const char *p)
+{
+    for (const char *c = strchr(p, ','); c; c = strchr(c + 1, ',')) {
+        const char *q = c + 1;
+        while (*q == ' ')
+            q++;
+        size_t scheme = strspn(q, "abcdefghijklmnopqrstuvwxyz0123456789+.-");
+        if (scheme > 0 && strncmp(q + scheme, "://", 3) == 0)
+            return c;
+    }
+    return p + strlen(p);
 }
 
 int redis_url_parse_list(const char *text, struct redis_url *out, int max, char *err, int errlen)
@@ -99,8 +193,8 @@ int redis_url_parse_list(const char *text, struct redis_url *out, int max, char 
     for (;;) {
         while (*p == ' ')
             p++;
-        const char *end = strchr(p, ',');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *end = url_end(p);
+        size_t len = (size_t)(end - p);
         while (len && p[len - 1] == ' ')
             len--;
         char one[1024];
@@ -121,7 +215,7 @@ int redis_url_parse_list(const char *text, struct redis_url *out, int max, char 
             return -1;
         }
         n++;
-        if (!end)
+        if (!*end)
             return n;
         p = end + 1;
     }

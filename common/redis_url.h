@@ -1,13 +1,26 @@
-/* HERALD_REDIS_URL: redis://[user[:password]@]host[:port][/db] */
+/* HERALD_REDIS_URL: redis://[user[:password]@]host[:port][/db], or
+ * redis-sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db]: the
+ * sentinels to ask where the master named master-name is (user and password are the
+ * master's; the sentinels are asked without AUTH). */
 #ifndef HERALD_REDIS_URL_H
 #define HERALD_REDIS_URL_H
 
-struct redis_url {
+#define REDIS_SENTINELS_MAX 8
+
+struct redis_addr {
     char host[256];
+    int port;
+};
+
+struct redis_url {
+    char host[256]; /* redis://: the server; redis-sentinel://: the first sentinel */
     int port;
     char user[128];     /* empty: no ACL user (AUTH with password only) */
     char password[256]; /* empty: no AUTH */
     int db;
+    char master_name[128]; /* "": a plain redis:// server */
+    struct redis_addr sentinels[REDIS_SENTINELS_MAX];
+    int nsentinels;
 };
 
 /* Parses url into out. Returns 0, or -1 with a reason in err (errlen bytes). */
@@ -16,7 +29,8 @@ int redis_url_parse(const char *url, struct redis_url *out, char *err, int errle
 /* Most Redis servers HERALD_REDIS_URL may list. */
 #define REDIS_URL_MAX 16
 
-/* Parses a comma-separated list of URLs (spaces around commas allowed) into out[0..max).
+/* Parses a comma-separated list of URLs (spaces around commas allowed) into out[0..max); a
+ * comma not followed by a URL scheme separates the sentinels of a redis-sentinel:// URL.
  * Returns how many, or -1 with a reason in err. The order matters: see shard.h. */
 int redis_url_parse_list(const char *text, struct redis_url *out, int max, char *err, int errlen);
 

@@ -6,6 +6,7 @@
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int cli_migrate(const struct herald_config *cfg)
@@ -24,13 +25,41 @@ int cli_migrate(const struct herald_config *cfg)
     return 0;
 }
 
+/* A synchronous connection to the server of u: its own, or the master its sentinels name
+ * (the first sentinel that answers). NULL when none could be reached. */
+static redisContext *connect_server(const struct redis_url *u)
+{
+    struct timeval tv = {5, 0};
+    if (!u->master_name[0])
+        return redisConnectWithTimeout(u->host, u->port, tv);
+    for (int i = 0; i < u->nsentinels; i++) {
+        redisContext *sc = redisConnectWithTimeout(u->sentinels[i].host, u->sentinels[i].port, tv);
+        redisReply *r =
+            sc && !sc->err ? redisCommand(sc, "SENTINEL get-master-addr-by-name %s", u->master_name)
+                           : NULL;
+        char host[256] = "";
+        int port = 0;
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_STRING &&
+            r->element[1]->type == REDIS_REPLY_STRING) {
+            snprintf(host, sizeof host, "%s", r->element[0]->str);
+            port = atoi(r->element[1]->str);
+        }
+        freeReplyObject(r);
+        redisFree(sc);
+        if (host[0] && port > 0 && port < 65536)
+            return redisConnectWithTimeout(host, port, tv);
+    }
+    fprintf(stderr, "herald publish: no sentinel named master %s\n", u->master_name);
+    return NULL;
+}
+
 /* PUBLISH over a short-lived synchronous connection to the channel's Redis server, with
  * AUTH and the channel prefix. */
 static int redis_publish(const struct herald_config *cfg, const char *channel, const char *envelope)
 {
     const struct redis_url *u = &cfg->redis[shard_of(channel, strlen(channel), cfg->nredis)];
-    struct timeval tv = {5, 0};
-    redisContext *rc = redisConnectWithTimeout(u->host, u->port, tv);
+    redisContext *rc = connect_server(u);
     if (!rc || rc->err) {
         fprintf(stderr, "herald publish: Redis: %s\n", rc ? rc->errstr : "out of memory");
         redisFree(rc);

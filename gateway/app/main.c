@@ -271,8 +271,9 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
         watch_signals(&lc, &loop);
         start_flushing(&app);
         client_liveness_start(&app);
-        log_info("started", "herald %s (%s) listening on %s, Redis %s:%d%s", HERALD_VERSION,
-                 cfg->instance_id, cfg->listen, cfg->redis[0].host, cfg->redis[0].port,
+        log_info("started", "herald %s (%s) listening on %s, Redis %s%s:%d%s", HERALD_VERSION,
+                 cfg->instance_id, cfg->listen, cfg->redis[0].master_name[0] ? "sentinel " : "",
+                 cfg->redis[0].host, cfg->redis[0].port,
                  cfg->nredis > 1 ? " and more (channels sharded)" : "");
     } else {
         /* Nothing has been served yet. An lws context that failed half-way on a foreign

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "redis_uv.h"
 #include "resolve.h"
+#include "sentinel.h"
 #include "shard.h"
 
 #include <hiredis/async.h>
@@ -25,6 +26,10 @@ struct shard {
     struct bus *bus;
     int index;
     const struct redis_url *url;
+    struct sentinel *sentinel; /* redis-sentinel://: where the master is; NULL: redis:// */
+    char host[256];            /* the server connected to: the URL's, or the master */
+    int port;
+    char label[160];           /* for logs and metrics: "host:port" or "sentinel/<master>" */
     redisAsyncContext *sub;    /* SUBSCRIBE only */
     redisAsyncContext *cmd;    /* PUBLISH and everything else */
     struct resolve *resolving; /* the host name's lookup, before connecting */
@@ -80,6 +85,8 @@ static void go_down(struct shard *sh, const char *why)
     if (sh->resolving)
         resolve_cancel(sh->resolving);
     sh->resolving = NULL;
+    if (sh->sentinel)
+        sentinel_cancel(sh->sentinel);
     drop_context(&sh->sub);
     drop_context(&sh->cmd);
     sh->sub_ready = sh->cmd_ready = false;
@@ -88,11 +95,11 @@ static void go_down(struct shard *sh, const char *why)
     uint64_t delay = backoff_next(&sh->backoff);
     sh->retry_at_ms = now_ms(bus) + delay;
     if (was_up)
-        log_warn("redis_down", "Redis %s:%d connection lost (%s); reconnecting in %llu ms",
-                 sh->url->host, sh->url->port, why, (unsigned long long)delay);
+        log_warn("redis_down", "Redis %s (%s:%d) connection lost (%s); reconnecting in %llu ms",
+                 sh->label, sh->host, sh->port, why, (unsigned long long)delay);
     else
-        log_warn("redis_retry", "Redis %s:%d unavailable (%s); retrying in %llu ms", sh->url->host,
-                 sh->url->port, why, (unsigned long long)delay);
+        log_warn("redis_retry", "Redis %s unavailable (%s); retrying in %llu ms", sh->label, why,
+                 (unsigned long long)delay);
     bus->ev.down(bus->ev.arg, sh->index);
 }
 
@@ -114,7 +121,7 @@ static void maybe_up(struct shard *sh)
     if (sh->ever_up)
         bus->app->metrics.redis_reconnects++;
     sh->ever_up = true;
-    log_info("redis_up", "connected to Redis at %s:%d", sh->url->host, sh->url->port);
+    log_info("redis_up", "connected to Redis %s at %s:%d", sh->label, sh->host, sh->port);
     publish_beat(sh);
     bus->ev.up(bus->ev.arg);
 }
@@ -166,7 +173,7 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
         char why[160];
         snprintf(why, sizeof why, "%s refused: %s", (const char *)privdata,
                  reply ? reply->str : "no reply");
-        log_error("redis_setup", "%s:%d: %s", sh->url->host, sh->url->port, why);
+        log_error("redis_setup", "%s:%d: %s", sh->host, sh->port, why);
         go_down(sh, why);
     }
 }
@@ -195,6 +202,29 @@ static void lost_context(struct shard *sh, redisAsyncContext *ac, const char *fa
     go_down(sh, ac->errstr[0] ? ac->errstr : fallback);
 }
 
+/* A sentinel's answer can be stale (it names a master that has just been demoted): the node
+ * must say it is a master before the shard uses it. */
+static void on_role_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    (void)privdata;
+    struct shard *sh = ac->data;
+    redisReply *reply = r;
+    if (!sh)
+        return;
+    const char *role = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+                               reply->element[0]->type == REDIS_REPLY_STRING
+                           ? reply->element[0]->str
+                           : "unknown";
+    if (strcmp(role, "master") != 0) {
+        char why[320];
+        snprintf(why, sizeof why, "%s:%d is not a master (role %.32s)", sh->host, sh->port, role);
+        go_down(sh, why);
+        return;
+    }
+    sh->cmd_ready = true;
+    maybe_up(sh);
+}
+
 static void on_connect(const redisAsyncContext *cac, int status)
 {
     redisAsyncContext *ac = (redisAsyncContext *)cac;
@@ -208,6 +238,9 @@ static void on_connect(const redisAsyncContext *cac, int status)
     if (ac == sh->sub) {
         send_setup(sh, ac, false);
         redisAsyncCommand(ac, on_sub_reply, NULL, "SUBSCRIBE %s", sh->bus->beat_channel);
+    } else if (sh->sentinel) {
+        send_setup(sh, ac, true);
+        redisAsyncCommand(ac, on_role_reply, NULL, "ROLE");
     } else {
         send_setup(sh, ac, true);
         sh->cmd_ready = true;
@@ -226,12 +259,11 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
 /* addr: u->host, or the address it resolved to (hiredis would resolve on the loop). */
 static redisAsyncContext *open_context(struct shard *sh, const char *addr)
 {
-    const struct redis_url *u = sh->url;
-    redisAsyncContext *ac = redisAsyncConnect(addr, u->port);
+    redisAsyncContext *ac = redisAsyncConnect(addr, sh->port);
     if (!ac)
         return NULL;
     if (ac->err) {
-        log_warn("redis_connect", "cannot connect to %s:%d: %s", u->host, u->port, ac->errstr);
+        log_warn("redis_connect", "cannot connect to %s:%d: %s", sh->host, sh->port, ac->errstr);
         redisAsyncFree(ac);
         return NULL;
     }
@@ -263,17 +295,51 @@ static void on_resolved(void *arg, const char *addr, const char *err)
         go_down(sh, err);
 }
 
-/* CONNECTING covers the lookup too: CONNECT_TIMEOUT_MS bounds both. */
+static void connect_host(struct shard *sh)
+{
+    if (resolve_is_numeric(sh->host)) {
+        connect_to(sh, sh->host);
+        return;
+    }
+    sh->resolving = resolve_start(sh->bus->app->loop, sh->host, on_resolved, sh);
+    if (!sh->resolving)
+        go_down(sh, "cannot start the host name lookup");
+}
+
+static void on_master_found(void *arg, const char *host, int port, const char *err)
+{
+    struct shard *sh = arg;
+    if (!host) {
+        go_down(sh, err);
+        return;
+    }
+    if (strcmp(host, sh->host) != 0 || port != sh->port)
+        log_info("redis_sentinel", "sentinels name %s:%d as master %s", host, port,
+                 sh->url->master_name);
+    snprintf(sh->host, sizeof sh->host, "%s", host);
+    sh->port = port;
+    connect_host(sh);
+}
+
+/* The sentinels name a new master: leave the old one, or stop waiting out the backoff, and
+ * connect on the next tick. */
+static void on_master_switched(void *arg)
+{
+    struct shard *sh = arg;
+    if (sh->state != BUS_DOWN)
+        go_down(sh, "the sentinels switched the master");
+    backoff_reset(&sh->backoff);
+    sh->retry_at_ms = now_ms(sh->bus);
+}
+
+/* CONNECTING covers the sentinels' answer and the lookup too: CONNECT_TIMEOUT_MS bounds all. */
 static void connect_now(struct shard *sh)
 {
     set_state(sh, BUS_CONNECTING);
-    if (resolve_is_numeric(sh->url->host)) {
-        connect_to(sh, sh->url->host);
-        return;
-    }
-    sh->resolving = resolve_start(sh->bus->app->loop, sh->url->host, on_resolved, sh);
-    if (!sh->resolving)
-        go_down(sh, "cannot start the host name lookup");
+    if (sh->sentinel)
+        sentinel_ask(sh->sentinel); /* on_master_found, later */
+    else
+        connect_host(sh);
 }
 
 /* Reconnects when it is time, publishes the heartbeat and declares the link dead when
@@ -323,7 +389,21 @@ struct bus *bus_new(struct herald *app, const struct bus_events *ev)
     bus->nshards = app->cfg->nredis;
     for (int i = 0; i < bus->nshards; i++) {
         struct shard *sh = &bus->shards[i];
-        *sh = (struct shard){.bus = bus, .index = i, .url = &app->cfg->redis[i]};
+        const struct redis_url *u = &app->cfg->redis[i];
+        *sh = (struct shard){.bus = bus, .index = i, .url = u, .port = u->port};
+        if (u->master_name[0]) {
+            sh->sentinel = sentinel_new(app, u, on_master_found, on_master_switched, sh);
+            if (!sh->sentinel) {
+                while (i--)
+                    sentinel_free(bus->shards[i].sentinel);
+                free(bus);
+                return NULL;
+            }
+            snprintf(sh->label, sizeof sh->label, "sentinel/%s", u->master_name);
+        } else {
+            snprintf(sh->host, sizeof sh->host, "%s", u->host);
+            snprintf(sh->label, sizeof sh->label, "%s:%d", u->host, u->port);
+        }
         backoff_init(&sh->backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, backoff_seed((uintptr_t)sh));
     }
     uv_timer_init(app->loop, &bus->timer);
@@ -356,6 +436,7 @@ void bus_free(struct bus *bus)
             resolve_cancel(bus->shards[i].resolving);
         drop_context(&bus->shards[i].sub);
         drop_context(&bus->shards[i].cmd);
+        sentinel_free(bus->shards[i].sentinel);
     }
     uv_timer_stop(&bus->timer);
     uv_close((uv_handle_t *)&bus->timer, free_bus);
@@ -440,9 +521,9 @@ bool bus_shard_ready(const struct bus *bus, int i)
     return shard_ready(&bus->shards[i]);
 }
 
-const struct redis_url *bus_shard_url(const struct bus *bus, int i)
+const char *bus_shard_label(const struct bus *bus, int i)
 {
-    return bus->shards[i].url;
+    return bus->shards[i].label;
 }
 
 uint64_t bus_heartbeat_age_ms(const struct bus *bus)

@@ -2,7 +2,8 @@
  * subscriber connection that carries every channel of that server, a second connection for
  * commands (a subscribed hiredis context may send nothing else), reconnect with exponential
  * backoff and jitter, and a heartbeat the process publishes to itself so that liveness is
- * proven, not assumed. A channel lives on the server shard_of() names (shard.h). */
+ * proven, not assumed. A channel lives on the server shard_of() names (shard.h). A server
+ * given as redis-sentinel:// is wherever its sentinels say the master is (sentinel.h). */
 #ifndef HERALD_BUS_H
 #define HERALD_BUS_H
 
@@ -59,10 +60,11 @@ bool bus_ready(const struct bus *bus);
 /* True while at least one server's did (/readyz with HERALD_READY_ANY_SHARD). */
 bool bus_any_ready(const struct bus *bus);
 
-/* Per server, for /metrics: how many, whether one is ready, and its address. */
+/* Per server, for /metrics: how many, whether one is ready, and its name: "host:port", or
+ * "sentinel/<master-name>" (stable across failovers). */
 int bus_shards(const struct bus *bus);
 bool bus_shard_ready(const struct bus *bus, int i);
-const struct redis_url *bus_shard_url(const struct bus *bus, int i);
+const char *bus_shard_label(const struct bus *bus, int i);
 
 /* Milliseconds since the last heartbeat came back from the server that is furthest behind
  * (since start if none has). */

@@ -328,6 +328,7 @@ class RedisServer(_Proc):
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = os.path.join(workdir, f"redis-{self.port}")
         os.makedirs(self.dir, exist_ok=True)
+        self.args = []  # extra redis-server arguments, e.g. ["--replicaof", "127.0.0.1", "6379"]
 
     def start(self, timeout=DEFAULT_TIMEOUT):
         argv = [
@@ -338,7 +339,7 @@ class RedisServer(_Proc):
             "--appendonly", "no",
             "--daemonize", "no",
             "--dir", self.dir,
-        ]
+        ] + self.args
         self._spawn(argv, f"redis-{self.port}.log")
 
         def ready():

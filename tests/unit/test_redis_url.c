@@ -84,12 +84,92 @@ static void bad_lists_are_refused(void **state)
     assert_non_null(strstr(err, "URL 2"));
 }
 
+static void sentinel_urls_parse(void **state)
+{
+    (void)state;
+    struct redis_url u;
+    char err[200];
+    assert_int_equal(redis_url_parse("redis-sentinel://app:pw@s1.svc:26380,10.0.0.2,s3:5000"
+                                     "/mymaster/2",
+                                     &u, err, 200),
+                     0);
+    assert_string_equal(u.master_name, "mymaster");
+    assert_int_equal(u.nsentinels, 3);
+    assert_string_equal(u.sentinels[0].host, "s1.svc");
+    assert_int_equal(u.sentinels[0].port, 26380);
+    assert_string_equal(u.sentinels[1].host, "10.0.0.2");
+    assert_int_equal(u.sentinels[1].port, 26379); /* the sentinel default */
+    assert_int_equal(u.sentinels[2].port, 5000);
+    assert_string_equal(u.user, "app"); /* the master's credentials */
+    assert_string_equal(u.password, "pw");
+    assert_int_equal(u.db, 2);
+    /* host and port name the first sentinel until the master is known */
+    assert_string_equal(u.host, "s1.svc");
+    assert_int_equal(u.port, 26380);
+    assert_int_equal(redis_url_parse("redis-sentinel://h/m", &u, err, 200), 0);
+    assert_int_equal(u.nsentinels, 1);
+    assert_int_equal(u.db, 0);
+    /* a plain URL has no master name */
+    assert_int_equal(redis_url_parse("redis://h", &u, err, 200), 0);
+    assert_string_equal(u.master_name, "");
+    assert_int_equal(u.nsentinels, 0);
+}
+
+static void bad_sentinel_urls_are_refused(void **state)
+{
+    (void)state;
+    struct redis_url u;
+    char err[200];
+    const char *bad[] = {
+        "redis-sentinel://h:26379",             /* no master name */
+        "redis-sentinel://h:26379/",            /* empty master name */
+        "redis-sentinel:///m",                  /* no sentinel */
+        "redis-sentinel://a,,b/m",              /* an empty sentinel */
+        "redis-sentinel://a:0/m",               /* bad port */
+        "redis-sentinel://a/m/x",               /* bad db */
+        "redis-sentinel://a/m a",               /* a space in the name */
+        "redis-sentinel://1,2,3,4,5,6,7,8,9/m", /* more than REDIS_SENTINELS_MAX */
+        "redis-cluster://a:7000,b:7000",        /* not built yet: said so */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(redis_url_parse(bad[i], &u, err, 200), -1);
+        assert_true(err[0] != '\0');
+    }
+    redis_url_parse("redis-cluster://a:7000", &u, err, 200);
+    assert_non_null(strstr(err, "not supported"));
+}
+
+/* A list may mix plain and sentinel URLs; a comma before a scheme starts the next URL, any
+ * other comma separates sentinels. */
+static void sentinel_urls_in_lists(void **state)
+{
+    (void)state;
+    struct redis_url u[3];
+    char err[200];
+    assert_int_equal(redis_url_parse_list("redis-sentinel://a:1,b:2/m1, redis://c:3,"
+                                          "redis-sentinel://d/m2/1",
+                                          u, 3, err, 200),
+                     3);
+    assert_int_equal(u[0].nsentinels, 2);
+    assert_string_equal(u[0].master_name, "m1");
+    assert_string_equal(u[1].host, "c");
+    assert_string_equal(u[1].master_name, "");
+    assert_string_equal(u[2].master_name, "m2");
+    assert_int_equal(u[2].db, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(full_urls_parse),       cmocka_unit_test(parts_are_optional),
-        cmocka_unit_test(bad_urls_are_refused),  cmocka_unit_test(lists_parse_in_order),
+        cmocka_unit_test(full_urls_parse),
+        cmocka_unit_test(parts_are_optional),
+        cmocka_unit_test(bad_urls_are_refused),
+        cmocka_unit_test(lists_parse_in_order),
         cmocka_unit_test(bad_lists_are_refused),
+        cmocka_unit_test(sentinel_urls_parse),
+        cmocka_unit_test(bad_sentinel_urls_are_refused),
+        cmocka_unit_test(sentinel_urls_in_lists),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
