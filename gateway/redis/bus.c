@@ -29,7 +29,7 @@ struct shard {
     struct sentinel *sentinel; /* redis-sentinel://: where the master is; NULL: redis:// */
     char host[256];            /* the server connected to: the URL's, or the master */
     int port;
-    char label[160];           /* for logs and metrics: "host:port" or "sentinel/<master>" */
+    char label[300];           /* for logs and metrics: "host:port" or "sentinel/<master>" */
     redisAsyncContext *sub;    /* SUBSCRIBE only */
     redisAsyncContext *cmd;    /* PUBLISH and everything else */
     struct resolve *resolving; /* the host name's lookup, before connecting */
