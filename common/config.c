@@ -69,6 +69,8 @@ static const struct setting settings[] = {
     STR("HERALD_LOG_LEVEL", log_level_text, "info", "debug, info, warn or error"),
     STR("HERALD_DATABASE_URL", database_url, "",
         "PostgreSQL conninfo or URI for the history; empty: no history"),
+    STR("HERALD_DATABASE_READ_URL", database_read_url, "",
+        "a streaming standby of it: catch-up pages are read there when it has caught up"),
     NUM("HERALD_DB_POOL", db_pool, "4", 1, 64, "PostgreSQL connections per process"),
     DURATION("HERALD_DB_CONNECT_TIMEOUT", db_connect_timeout_ms, "5s", 1000, 3600L * 1000,
              "a PostgreSQL connect (lookup and login) not done in this time fails, and the next "
@@ -379,6 +381,10 @@ static int finish(struct herald_config *cfg, char *err, size_t errlen)
         redis_url_parse_list(cfg->redis_url_text, cfg->redis, REDIS_URL_MAX, err, (int)errlen);
     if (cfg->nredis < 0)
         return -1;
+    if (cfg->database_read_url[0] && !cfg->database_url[0]) {
+        snprintf(err, errlen, "HERALD_DATABASE_READ_URL needs HERALD_DATABASE_URL (the primary)");
+        return -1;
+    }
     char why[160];
     if (cidr_list_parse(cfg->trusted_proxies_text, &cfg->trusted_proxies, why, sizeof why)) {
         snprintf(err, errlen, "HERALD_TRUSTED_PROXIES: %s", why);

@@ -28,7 +28,8 @@ struct herald_config {
     long ready_any_shard; /* /readyz: one live Redis server is enough */
     char log_level_text[16];
     enum log_level log_level;
-    char database_url[1024]; /* empty: no history */
+    char database_url[1024];      /* empty: no history */
+    char database_read_url[1024]; /* empty: every read on the primary */
     long db_pool;
     long db_connect_timeout_ms;
     long db_query_timeout_ms;

@@ -89,6 +89,8 @@ static void shut_down(struct lifecycle *lc)
     lc->app->retention = NULL;
     publisher_free(lc->app->publisher);
     lc->app->publisher = NULL;
+    db_free(lc->app->db_read); /* a page failed there goes to the primary, failed next */
+    lc->app->db_read = NULL;
     db_free(lc->app->db); /* fails queries in flight: their callbacks still find the hub */
     lc->app->db = NULL;
     hub_stop(lc->app->hub);
@@ -249,19 +251,24 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     app.ips = ips;
     app.rest = rest_new(&app);
     if (cfg->database_url[0]) {
-        app.db = db_new(&app);
+        app.db = db_new(&app, cfg->database_url, "PostgreSQL");
+        if (cfg->database_read_url[0])
+            app.db_read = db_new(&app, cfg->database_read_url, "the PostgreSQL standby");
         app.retention = retention_new(&app);
         app.publisher = publisher_new(&app);
         app.sigkey = sigkey_new(&app);
     }
     struct lifecycle lc = {.app = &app};
     bool ok = app.write_buf && app.hub && app.bus && app.ips && app.rest &&
-              ((app.db && app.retention && app.publisher && app.sigkey) || !cfg->database_url[0]);
+              ((app.db && app.retention && app.publisher && app.sigkey) || !cfg->database_url[0]) &&
+              (app.db_read || !cfg->database_read_url[0]);
     lc.srv = ok ? server_start(&app) : NULL;
     if (lc.srv) {
         bus_start(app.bus);
         if (app.db) {
             db_start(app.db);
+            if (app.db_read)
+                db_start(app.db_read);
             retention_start(app.retention);
         } else
             log_warn("no_history", "HERALD_DATABASE_URL is not set: no sequence numbers, "

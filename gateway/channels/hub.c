@@ -85,6 +85,12 @@ size_t hub_channel_count(const struct hub *hub)
     return registry_count(hub->reg);
 }
 
+uint64_t hub_known_head(const struct hub *hub, const char *name, size_t len)
+{
+    const struct channel *ch = registry_find(hub->reg, name, len);
+    return ch && ch->baseline ? seq_known_head(ch) : 0;
+}
+
 /* Asks Redis for the subscription when the bus can take commands; otherwise the channel
  * stays IDLE and hub_on_bus_up subscribes it. */
 static void request_subscribe(struct hub *hub, struct channel *ch)

@@ -27,6 +27,10 @@ void hub_bus_events(struct hub *hub, struct bus_events *ev);
 /* Number of channels with members or a Redis request in flight. */
 size_t hub_channel_count(const struct hub *hub);
 
+/* The furthest seq this process knows the channel name has reached; 0 when it does not
+ * follow the channel. */
+uint64_t hub_known_head(const struct hub *hub, const char *name, size_t len);
+
 /* True when s is a member of the channel name[0..len). */
 bool hub_is_member(const struct subscriber *s, const char *name, size_t len);
 

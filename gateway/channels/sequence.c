@@ -416,6 +416,18 @@ static void fetch_failed(struct seq *s, struct channel *ch)
             ch->waiters[i].attempts = MAX_ATTEMPTS;
 }
 
+/* The furthest this process knows the channel has gone: delivered, held behind a gap, or
+ * announced by Redis. A standby that has not reached it cannot answer for it. */
+uint64_t seq_known_head(const struct channel *ch)
+{
+    uint64_t head = ch->last_seq;
+    if (ch->hint_seq > head)
+        head = ch->hint_seq;
+    if (ch->nheld && ch->held[ch->nheld - 1]->seq > head)
+        head = ch->held[ch->nheld - 1]->seq;
+    return head;
+}
+
 /* One history query for the channel at a time: resumers and gap repair share it. */
 static void start_fetch(struct seq *s, struct channel *ch, uint64_t since)
 {
@@ -429,8 +441,8 @@ static void start_fetch(struct seq *s, struct channel *ch, uint64_t since)
     *ft = (struct fetch){.s = s, .ch = ch, .since = since};
     ch->fetching = true;
     ch->queries++;
-    history_fetch(s->app, &ft->r, ch->name, since, PAGE_ROWS, (size_t)s->app->cfg->page_bytes,
-                  on_fetch, ft);
+    history_fetch(s->app, &ft->r, ch->name, since, seq_known_head(ch), PAGE_ROWS,
+                  (size_t)s->app->cfg->page_bytes, on_fetch, ft);
 }
 
 static void fill_gap(struct seq *s, struct channel *ch)

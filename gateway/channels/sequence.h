@@ -32,6 +32,9 @@ void seq_deliver(struct seq *s, struct channel *ch, struct frame *f);
  * delivered in order when authentic, held across a gap, or taken as a hint. */
 void seq_on_live(struct seq *s, struct channel *ch, const char *payload, size_t len, uint64_t seq);
 
+/* The furthest seq of the channel this process knows of (delivered, held, or announced). */
+uint64_t seq_known_head(const struct channel *ch);
+
 /* Redis confirmed the channel: learn the head, catch up, answer waiters. */
 void seq_on_active(struct seq *s, struct channel *ch);
 

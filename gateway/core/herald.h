@@ -36,6 +36,7 @@ struct herald {
     struct hub *hub;
     struct bus *bus;
     struct db *db;               /* NULL without HERALD_DATABASE_URL */
+    struct db *db_read;          /* a standby's pool; NULL without HERALD_DATABASE_READ_URL */
     struct publisher *publisher; /* durable publish; NULL without the db */
     struct retention *retention; /* NULL without the db */
     struct sigkey *sigkey;       /* PostgreSQL's envelope key; NULL without the db */

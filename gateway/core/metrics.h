@@ -38,6 +38,9 @@ struct metrics {
     uint64_t ping_timeouts; /* clients hung up on: no answer to a ping */
     /* redis/bus.c */
     uint64_t redis_reconnects;
+    /* store/history.c: catch-up pages with HERALD_DATABASE_READ_URL */
+    uint64_t standby_reads;     /* answered by the standby */
+    uint64_t standby_fallbacks; /* asked of the primary: the standby lagged or failed */
     /* ws/client.c and http/rest.c: refusals of their own requests */
     uint64_t auth_failures;
     /* ws/client.c, http/rest.c and http/http_guard.c: error answers, by code */

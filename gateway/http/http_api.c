@@ -107,6 +107,14 @@ static void render_metrics(struct herald *app, FILE *f)
            (double)m->ping_timeouts);
     metric(f, "herald_db_up", "gauge", "1 while a PostgreSQL connection is up.",
            app->db && db_up(app->db) ? 1 : 0);
+    metric(f, "herald_db_read_up", "gauge",
+           "1 while a connection to the standby of HERALD_DATABASE_READ_URL is up.",
+           app->db_read && db_up(app->db_read) ? 1 : 0);
+    metric(f, "herald_history_standby_reads_total", "counter",
+           "Catch-up pages the standby answered.", (double)m->standby_reads);
+    metric(f, "herald_history_standby_fallbacks_total", "counter",
+           "Catch-up pages asked of the primary because the standby lagged or failed.",
+           (double)m->standby_fallbacks);
     metric(f, "herald_history_pruned_total", "counter",
            "Messages this instance pruned from the history.",
            (double)retention_pruned(app->retention));

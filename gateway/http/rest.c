@@ -3,6 +3,7 @@
 #include "channel.h"
 #include "herald.h"
 #include "history.h"
+#include "hub.h"
 #include "http_reply.h"
 #include "http_framing.h"
 #include "http_guard.h"
@@ -540,8 +541,9 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     }
     set_phase(app, s, REST_WAIT);
     c->in_flight = true;
-    history_fetch(app, &c->read, channel, c->q.since, c->q.limit, (size_t)app->cfg->page_bytes,
-                  on_page, c);
+    history_fetch(app, &c->read, channel, c->q.since,
+                  hub_known_head(app->hub, channel, strlen(channel)), c->q.limit,
+                  (size_t)app->cfg->page_bytes, on_page, c);
     return 0;
 }
 

@@ -45,6 +45,8 @@ struct conn {
 
 struct db {
     struct herald *app;
+    const char *url;
+    const char *name;      /* "PostgreSQL", or "the PostgreSQL standby" */
     struct pg_hosts hosts; /* HERALD_DATABASE_URL, one host per connect attempt */
     int good_host;         /* where a connection last succeeded: a new round starts there */
     struct conn conns[DB_MAX_POOL];
@@ -178,11 +180,11 @@ static void conn_down(struct conn *c, const char *reason)
     next_host(c);
     /* every connection's first two rounds of hosts; after that only the summary below */
     if (was_ready || c->backoff.attempts <= 1)
-        log_warn("db_down", "PostgreSQL connection%s%s lost: %s", db->hosts.n > 1 ? " to " : "",
+        log_warn("db_down", "%s connection%s%s lost: %s", db->name, db->hosts.n > 1 ? " to " : "",
                  db->hosts.n > 1 ? db->hosts.hosts[failed_host].host : "", why);
     if (!db_up(db)) {
         if (db->was_up)
-            log_error("db_unavailable", "no PostgreSQL connection is up: history unavailable");
+            log_error("db_unavailable", "no connection to %s is up", db->name);
         db->was_up = false;
         fail_queue(db, "history unavailable");
     }
@@ -198,7 +200,7 @@ static void conn_ready(struct conn *c)
     c->since_ms = now_ms(c->db);
     watch(c, UV_READABLE);
     if (!c->db->was_up)
-        log_info("db_up", "connected to PostgreSQL%s%s", c->db->hosts.n > 1 ? " at " : "",
+        log_info("db_up", "connected to %s%s%s", c->db->name, c->db->hosts.n > 1 ? " at " : "",
                  c->db->hosts.n > 1 ? c->db->hosts.hosts[c->host].host : "");
     c->db->was_up = true;
 }
@@ -232,7 +234,7 @@ static void connect_to(struct conn *c, const char *addr)
         pg_hosts_params(&db->hosts, c->host, addr);
         c->pg = PQconnectStartParams(db->hosts.keywords, db->hosts.values, 0);
     } else {
-        c->pg = PQconnectStart(db->app->cfg->database_url);
+        c->pg = PQconnectStart(db->url);
     }
     if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_down(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
@@ -427,12 +429,14 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
-struct db *db_new(struct herald *app)
+struct db *db_new(struct herald *app, const char *url, const char *name)
 {
     struct db *db = calloc(1, sizeof *db);
     if (!db)
         return NULL;
     db->app = app;
+    db->url = url;
+    db->name = name;
     db->nconns = (int)(app->cfg->db_pool < DB_MAX_POOL ? app->cfg->db_pool : DB_MAX_POOL);
     for (int i = 0; i < db->nconns; i++) {
         db->conns[i].db = db;
@@ -440,7 +444,7 @@ struct db *db_new(struct herald *app)
         backoff_init(&db->conns[i].backoff, DB_BACKOFF_MIN, DB_BACKOFF_MAX,
                      backoff_seed((uintptr_t)&db->conns[i]));
     }
-    pg_hosts_parse(&db->hosts, app->cfg->database_url);
+    pg_hosts_parse(&db->hosts, url);
     uv_timer_init(app->loop, &db->timer);
     db->timer.data = db;
     return db;

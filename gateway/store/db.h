@@ -39,7 +39,9 @@ struct db_request {
     const char *fail; /* why it failed before it was sent */
 };
 
-struct db *db_new(struct herald *app);
+/* A pool for url (HERALD_DATABASE_URL, or HERALD_DATABASE_READ_URL for a standby's); name
+ * says which in the logs. url must outlive the pool. */
+struct db *db_new(struct herald *app, const char *url, const char *name);
 void db_start(struct db *db);
 /* Fails every pending query and closes the connections; the loop must run afterwards. */
 void db_free(struct db *db);

@@ -33,9 +33,36 @@ static uint64_t u64(const PGresult *r, int row, int col)
     return PQgetisnull(r, row, col) ? 0 : strtoull(PQgetvalue(r, row, col), NULL, 10);
 }
 
+static void fetch_done(void *p, const PGresult *r, const char *err);
+
+static void send_fetch(struct history_request *r, struct db *db)
+{
+    const char *params[] = {r->channel, r->params[0], r->params[1], r->params[2]};
+    db_query(db, &r->q, fetch_sql, 4, params, fetch_done, r);
+}
+
+/* Whether the standby's answer cannot be used: it failed, it does not know the channel (new,
+ * or not replayed yet), or its head is behind what the caller knows or asks for. */
+static bool standby_lags(const struct history_request *req, const PGresult *r, const char *err)
+{
+    if (err || PQntuples(r) == 0)
+        return true;
+    uint64_t head = u64(r, 0, 0);
+    return head < req->min_head || head < strtoull(req->params[0], NULL, 10);
+}
+
 static void fetch_done(void *p, const PGresult *r, const char *err)
 {
     struct history_request *req = p;
+    if (req->on_standby) {
+        req->on_standby = false;
+        if (standby_lags(req, r, err)) {
+            req->app->metrics.standby_fallbacks++;
+            send_fetch(req, req->app->db);
+            return;
+        }
+        req->app->metrics.standby_reads++;
+    }
     if (err) {
         req->page_cb(req->arg, NULL, err);
         return;
@@ -65,15 +92,16 @@ static void fetch_done(void *p, const PGresult *r, const char *err)
 }
 
 void history_fetch(struct herald *app, struct history_request *r, const char *channel,
-                   uint64_t since, long limit, size_t max_bytes, history_page_cb cb, void *arg)
+                   uint64_t since, uint64_t min_head, long limit, size_t max_bytes,
+                   history_page_cb cb, void *arg)
 {
-    char s[24], l[24], b[24];
-    snprintf(s, sizeof s, "%llu", (unsigned long long)since);
-    snprintf(l, sizeof l, "%ld", limit);
-    snprintf(b, sizeof b, "%zu", max_bytes);
-    const char *params[] = {channel, s, l, b};
-    *r = (struct history_request){.page_cb = cb, .arg = arg};
-    db_query(app->db, &r->q, fetch_sql, 4, params, fetch_done, r);
+    *r = (struct history_request){.page_cb = cb, .arg = arg, .app = app, .min_head = min_head};
+    snprintf(r->channel, sizeof r->channel, "%s", channel);
+    snprintf(r->params[0], sizeof r->params[0], "%llu", (unsigned long long)since);
+    snprintf(r->params[1], sizeof r->params[1], "%ld", limit);
+    snprintf(r->params[2], sizeof r->params[2], "%zu", max_bytes);
+    r->on_standby = app->db_read && db_up(app->db_read);
+    send_fetch(r, r->on_standby ? app->db_read : app->db);
 }
 
 static void heads_done(void *p, const PGresult *r, const char *err)

@@ -1,11 +1,14 @@
 /* The history reads of the gateway, all through the async pool (db.c): catch-up pages and
- * channel heads. Durable publish is publish.c.
+ * channel heads. Durable publish is publish.c. With HERALD_DATABASE_READ_URL, catch-up pages
+ * are read from the standby when it has caught up with what the caller needs, and from the
+ * primary otherwise.
  *
  * Like db.c, a read is a struct history_request the caller owns and leaves alone until its
  * callback has run; the callback runs exactly once, later, from the loop. */
 #ifndef HERALD_HISTORY_H
 #define HERALD_HISTORY_H
 
+#include "channel.h"
 #include "db.h"
 #include "request.h"
 
@@ -52,13 +55,22 @@ struct history_request {
     history_page_cb page_cb;
     history_heads_cb heads_cb;
     void *arg;
+    /* a page read from the standby first: what to ask the primary when it lags */
+    struct herald *app;
+    bool on_standby;
+    uint64_t min_head;
+    char channel[CHANNEL_NAME_MAX + 1];
+    char params[3][24]; /* since, limit, max_bytes */
 };
 
 /* Messages of channel with seq > since: at most limit of them and at most max_bytes of
  * envelopes (the first always comes, even alone over max_bytes), with the channel's
- * head, epoch and oldest kept seq. */
+ * head, epoch and oldest kept seq. min_head is the head the caller knows the channel has
+ * reached (0: none known): a standby whose head is below it, or below since, lags, and the
+ * primary answers instead, as it does when the standby fails or does not know the channel. */
 void history_fetch(struct herald *app, struct history_request *r, const char *channel,
-                   uint64_t since, long limit, size_t max_bytes, history_page_cb cb, void *arg);
+                   uint64_t since, uint64_t min_head, long limit, size_t max_bytes,
+                   history_page_cb cb, void *arg);
 
 /* Head, epoch and oldest kept seq of each named channel that has a counter (at most
  * HISTORY_HEADS_MAX names). */

@@ -152,6 +152,22 @@ class HistoryTestCase(HeraldTestCase):
         pg.init().start().create_db()
         return pg
 
+    def start_standby(self, primary, settings=None):
+        """A streaming standby of primary, made with pg_basebackup -R (asynchronous unless the
+        primary sets synchronous_standby_names), started and registered for cleanup."""
+        sb = PostgresServer(self.tmp)
+        sb.settings = dict(settings or {})
+        os.makedirs(sb.dir, exist_ok=True)
+        if sb.user:
+            shutil.chown(sb.dir, sb.user)
+        subprocess.run(sb._as_user([pg_bin("pg_basebackup"), "-h", "127.0.0.1", "-p",
+                                    str(primary.port), "-U", PG_USER, "-D", sb.data, "-R",
+                                    "-X", "stream", "-c", "fast"]),
+                       check=True, capture_output=True, timeout=60)
+        self._procs.append(sb)
+        self.addCleanup(sb.kill)
+        return sb.start()
+
     def restart_postgres(self, old):
         """Starts the stopped server `old` again on the same data directory and port."""
         pg = PostgresServer(self.tmp, old.port)

@@ -19,14 +19,13 @@ and the client got each exactly once, in order."""
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from durable_clients import Client, Publisher  # noqa: E402
 from harness import async_wait_for, main  # noqa: E402
-from pg import PG_USER, HistoryTestCase, PostgresServer, pg_bin  # noqa: E402
+from pg import PG_USER, HistoryTestCase  # noqa: E402
 
 CHANNEL = "failover:orders"
 CONNECT_TIMEOUT = "1s"  # HERALD_DB_CONNECT_TIMEOUT
@@ -43,7 +42,7 @@ class PgFailover(HistoryTestCase):
         self.redis = self.start_redis()
         # pg.py turns synchronous_commit off for speed; here a COMMIT must wait for the standby
         self.primary = self.start_postgres(settings={"synchronous_commit": "on"})
-        self.standby = self.start_standby(self.primary)
+        self.standby = self.start_standby(self.primary, settings={"synchronous_commit": "on"})
         # synchronous: what was acknowledged is on the standby too
         self.primary.sql("ALTER SYSTEM SET synchronous_standby_names = '*'")
         self.primary.sql("SELECT pg_reload_conf()")
@@ -54,20 +53,6 @@ class PgFailover(HistoryTestCase):
             self.redis, "--database-url", url, "--migrate-on-start",
             "--db-connect-timeout", CONNECT_TIMEOUT, "--db-query-timeout", QUERY_TIMEOUT)
         self.herald.wait_metric("herald_db_up", lambda v: v == 1)
-
-    def start_standby(self, primary):
-        sb = PostgresServer(self.tmp)
-        sb.settings = {"synchronous_commit": "on"}  # it becomes the primary
-        os.makedirs(sb.dir, exist_ok=True)
-        if sb.user:
-            subprocess.run(["chown", sb.user, sb.dir], check=True)
-        subprocess.run(sb._as_user([pg_bin("pg_basebackup"), "-h", "127.0.0.1", "-p",
-                                    str(primary.port), "-U", PG_USER, "-D", sb.data, "-R",
-                                    "-X", "stream", "-c", "fast"]),
-                       check=True, capture_output=True, timeout=WAIT)
-        self._procs.append(sb)
-        self.addCleanup(sb.kill)
-        return sb.start()
 
     def wait_sync(self):
         deadline = time.monotonic() + WAIT

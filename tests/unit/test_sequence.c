@@ -64,9 +64,10 @@ static struct world {
 } w;
 
 void history_fetch(struct herald *app, struct history_request *r, const char *channel,
-                   uint64_t since, long limit, size_t max_bytes, history_page_cb cb, void *arg)
+                   uint64_t since, uint64_t min_head, long limit, size_t max_bytes,
+                   history_page_cb cb, void *arg)
 {
-    (void)app, (void)r, (void)max_bytes;
+    (void)app, (void)r, (void)max_bytes, (void)min_head;
     assert_true(w.nfetches < 16);
     struct pending_fetch *p = &w.fetches[w.nfetches++];
     *p = (struct pending_fetch){.since = since, .limit = limit, .cb = cb, .arg = arg};
