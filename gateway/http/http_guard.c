@@ -76,11 +76,21 @@ void http_guard_request_whole(struct lws *wsi)
     s->consumed_known = socket_consumed(wsi, &s->consumed) == 0;
 }
 
+/* While lws sends a file it keeps reading the socket and stashes what comes in its buffer,
+ * to parse once the file is out; the next request then comes from that buffer. Counting
+ * from the file's end, a request whose head comes while lws has read nothing more came
+ * from there (pipelined() below), as after a request answered at once. */
+void http_guard_file_done(struct lws *wsi)
+{
+    http_guard_request_whole(wsi);
+}
+
 /* lws 4.1 reads a POST whose head it takes from its own buffer (the request came in one
- * read with the one before it: pipelined) from the wrong place, then loops forever in
- * lws_http_action: such a POST must never reach a route. lws reads the socket only once
- * its buffer is empty, so a request whose head comes while lws has read nothing from the
- * socket since the previous request was whole came from that buffer. */
+ * read with the one before it, or while a file was being sent: pipelined) from the wrong
+ * place, then loops forever in lws_http_action: such a POST must never reach a route. lws
+ * reads the socket only once its buffer is empty, so a request whose head comes while lws
+ * has read nothing from the socket since the previous request was whole (or, for a file,
+ * since the file was out) came from that buffer. */
 static bool pipelined(struct lws *wsi)
 {
     struct http_session *s = http_session_get(wsi);

@@ -24,6 +24,10 @@ int http_guard_request(struct herald *app, struct lws *wsi);
  * remembers how far lws had read the socket, for the pipelining check. */
 void http_guard_request_whole(struct lws *wsi);
 
+/* LWS_CALLBACK_HTTP_FILE_COMPLETION: a static file is out; what lws read meanwhile waits in
+ * its buffer, and the pipelining check counts from here. */
+void http_guard_file_done(struct lws *wsi);
+
 /* The body length a request that passed http_guard_request declared (0 without one). */
 uint64_t http_guard_body_length(struct lws *wsi);
 

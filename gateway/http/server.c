@@ -151,6 +151,9 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
         if (rest_writable(wsi) < 0)
             return -1;
         return lws_callback_http_dummy(wsi, reason, user, in, len);
+    case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+        http_guard_file_done(wsi);
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
     case LWS_CALLBACK_WSI_DESTROY:
         rest_session_free(app, wsi);
         return 0;

@@ -643,6 +643,8 @@ class TestStaticFiles(HttpCase):
             f.write("SECRET=outside\n")
         os.symlink(os.path.join(cls.outside, "secret.txt"), os.path.join(cls.static, "link.txt"))
         os.symlink(cls.outside, os.path.join(cls.static, "linkdir"))
+        with open(os.path.join(cls.static, "big.bin"), "wb") as f:
+            f.write(os.urandom(1 << 22))
         cls.herald_args = ("--static-dir", cls.static)
         super().setUpClass()
 
@@ -669,6 +671,27 @@ class TestStaticFiles(HttpCase):
                 self.assertNotIn(b"SECRET", r.body, r)
                 self.assertEqual(r.status, 404, r)
                 self.assertEqual(r.headers.get("x-content-type-options"), "nosniff", r)
+        self.unharmed()
+
+    def test_post_sent_while_a_file_is_sent_is_refused_not_looped_on(self):
+        """A POST that arrives while lws is still sending a file: lws reads it meanwhile
+        and keeps it in its own buffer, and lws 4.1.6 would read that POST's body from the
+        wrong place and spin forever in lws_http_action (found by the live fuzzer under
+        ASan). It is refused like any pipelined POST (400, connection: close); the file
+        arrives whole before it, and the process goes on answering."""
+        c = RawHTTP(self.h.port, timeout=20, rcvbuf=4096)
+        self.addCleanup(c.close)
+        c.send(request_bytes("GET", "/big.bin"))
+        time.sleep(0.3)  # the socket is full: lws is in the middle of the file
+        c.send(post_bytes("/v1/channels/hh:during-file/messages", b'{"n":1}', cred=API_KEY))
+        time.sleep(0.3)  # lws has read the POST and keeps it
+        r = c.read_response(20)
+        self.assertEqual((r.status, len(r.body)), (200, 1 << 22), r)
+        r2 = c.read_response(20)
+        self.assertIsNotNone(r2, "the POST was never answered")
+        self.assertEqual((r2.status, r2.error_code()), (400, "bad_request"), r2)
+        self.assertIn("pipelined", r2.json()["error"]["message"])
+        self.assertTrue(c.closed_within(H.CLOSE_WITHIN))
         self.unharmed()
 
 
