@@ -162,3 +162,19 @@ size_t envelope_sig_strip(const char *payload, size_t len, char *out)
     out[n] = '}';
     return n + 1;
 }
+
+void envelope_md5_hex(const void *data, size_t len, char out[33])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    if (!EVP_Digest(data, len, md, &n, EVP_md5(), NULL) || n != 16) {
+        out[0] = '\0'; /* matches no digest: the check then reports nothing */
+        return;
+    }
+    static const char digits[] = "0123456789abcdef";
+    for (unsigned i = 0; i < 16; i++) {
+        out[2 * i] = digits[md[i] >> 4];
+        out[2 * i + 1] = digits[md[i] & 15];
+    }
+    out[32] = '\0';
+}

@@ -81,4 +81,8 @@ size_t envelope_sig_sign(const struct envelope_key *k, const char *epoch, const 
  * nothing when envelope_sig_present(payload, len) is false. */
 size_t envelope_sig_strip(const char *payload, size_t len, char *out);
 
+/* md5 of an envelope in lowercase hex, as PostgreSQL's md5(envelope) gives it: how the head
+ * check compares the message it delivered with the row stored under that seq. */
+void envelope_md5_hex(const void *data, size_t len, char out[33]);
+
 #endif

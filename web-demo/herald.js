@@ -432,6 +432,9 @@ export class Herald {
     this._dirty();
     if (m.recovered) this._emit("recovered", { channel, replayed: m.replayed ?? 0 });
     else if (req?.resumed) this._emit("recovery_failed", { channel, code: m.code || "history_unavailable" });
+    // Unasked: the server found the channel's history lost in part (a database failover) and
+    // moved it to a new epoch while we were live; what we hold may be gone: reload.
+    else if (!req && reset) this._emit("recovery_failed", { channel, code: m.code || "history_reset" });
   }
 
   _onError(m, req) {

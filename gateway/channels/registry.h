@@ -88,8 +88,12 @@ struct channel {
     struct seq_link lru;     /* has a recent cache; the least recently grown is trimmed first */
     struct frame **page;     /* a fetched page of history, during its callback only */
     size_t npage;
-    uint64_t page_since; /* the page has the rows after this seq that PostgreSQL still has */
-    struct outq recent;  /* newest delivered frames, contiguous by seq, bounded in bytes */
+    uint64_t page_since;      /* the page has the rows after this seq that PostgreSQL still has */
+    struct outq recent;       /* newest delivered frames, contiguous by seq, bounded in bytes */
+    struct frame *last_frame; /* the frame of last_seq, when delivered here: checked against
+                               * PostgreSQL's row by the periodic head check */
+    bool diverging;           /* a new epoch is being asked for (history_new_epoch) */
+    bool verifying;           /* a duplicate's check of the history is in flight */
     size_t len;
     char name[];
 };

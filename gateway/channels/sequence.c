@@ -54,6 +54,15 @@ struct heads_query {
     bool check; /* the periodic check, not a first lookup */
     size_t n;
     char **names;
+    uint64_t *seqs;        /* the check: each channel's last_seq when asked (its digest) */
+    struct frame **frames; /* the check: the frame delivered under that seq, or NULL */
+    struct history_request r;
+};
+
+/* The request for a channel's new epoch, by name. */
+struct epoch_query {
+    struct seq *s;
+    char *name;
     struct history_request r;
 };
 
@@ -216,10 +225,19 @@ void seq_deliver(struct seq *s, struct channel *ch, struct frame *f)
 }
 
 /* Delivers the next frame in order and remembers it. */
+static void set_last_frame(struct channel *ch, struct frame *f)
+{
+    if (f)
+        frame_ref(f);
+    frame_unref(ch->last_frame);
+    ch->last_frame = f;
+}
+
 static void advance(struct seq *s, struct channel *ch, struct frame *f)
 {
     cache_push(s, ch, f);
     ch->last_seq = f->seq;
+    set_last_frame(ch, f);
     seq_deliver(s, ch, f);
 }
 
@@ -363,6 +381,34 @@ static void probe_epoch(struct seq *s, struct channel *ch)
     fill_gap(s, ch);
 }
 
+static void query_heads(struct seq *s, struct channel **chs, size_t n, bool check);
+static void history_diverged(struct seq *s, struct channel *ch, const struct history_head *h);
+
+/* A signed message with a seq this process delivered already: a copy of it (a gap fill
+ * raced Redis), or another message PostgreSQL gave that seq after losing ours in a
+ * failover. The cache tells at once; otherwise PostgreSQL's row at our last seq is
+ * compared with what we delivered (one such check per channel at a time). */
+static void check_duplicate(struct seq *s, struct channel *ch, const char *payload, size_t len,
+                            uint64_t seq)
+{
+    struct frame *mine = cache_find(ch, seq);
+    if (mine) {
+        struct frame *got = envelope_frame(payload, len);
+        bool same = got && got->len - got->hdr == mine->len - mine->hdr &&
+                    memcmp(got->data + got->hdr, mine->data + mine->hdr, got->len - got->hdr) == 0;
+        frame_unref(got);
+        if (!same && got) {
+            struct history_head h = {.head = seq, .epoch = ch->epoch};
+            history_diverged(s, ch, &h);
+        }
+        return;
+    }
+    if (!ch->verifying && ch->last_frame) {
+        ch->verifying = true;
+        query_heads(s, &ch, 1, true);
+    }
+}
+
 void seq_on_live(struct seq *s, struct channel *ch, const char *payload, size_t len, uint64_t seq)
 {
     struct herald *app = s->app;
@@ -375,6 +421,8 @@ void seq_on_live(struct seq *s, struct channel *ch, const char *payload, size_t 
     }
     if (seq <= ch->last_seq && ch->baseline) {
         app->metrics.duplicates_dropped++;
+        if (ch->epoch[0] && authentic(s, ch, payload, len))
+            check_duplicate(s, ch, payload, len, seq);
         return;
     }
     if (!ch->baseline || !authentic(s, ch, payload, len)) {
@@ -462,6 +510,7 @@ static void set_baseline(struct seq *s, struct channel *ch, uint64_t head, const
     list_remove(&s->heads, ch, HEADS);
     ch->baseline = true;
     ch->last_seq = head;
+    set_last_frame(ch, NULL); /* not delivered here: nothing to compare it with */
     snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
     ch->first_kept = first_kept;
     /* members answered while the lookup failed get what Redis announced meanwhile (within
@@ -485,9 +534,14 @@ static void set_baseline(struct seq *s, struct channel *ch, uint64_t head, const
 
 static void free_heads_query(struct heads_query *q)
 {
-    for (size_t i = 0; i < q->n; i++)
+    for (size_t i = 0; i < q->n; i++) {
         free(q->names[i]);
+        if (q->frames && q->frames[i])
+            frame_unref(q->frames[i]);
+    }
     free(q->names);
+    free(q->seqs);
+    free(q->frames);
     free(q);
 }
 
@@ -514,12 +568,75 @@ static void on_new_heads(struct seq *s, struct heads_query *q, const struct hist
     }
 }
 
-static void on_check_heads(struct seq *s, const struct history_head *heads, size_t n)
+/* Whether PostgreSQL no longer has what this process delivered under the channel's epoch:
+ * its head is below our last seq, or its row at a seq we delivered is another message (a
+ * standby that missed the last commits was promoted, and issued those seqs again). f is
+ * the frame we delivered under the seq the check asked about. */
+static bool diverged(const struct channel *ch, const struct history_head *h, const struct frame *f)
+{
+    if (strcmp(h->epoch, ch->epoch) != 0)
+        return false; /* a new epoch: fill_gap restarts the stream from it */
+    if (h->head < ch->last_seq || (f && h->head < f->seq))
+        return true;
+    if (!h->digest || !f)
+        return false; /* nothing to compare (pruned, or not delivered here) */
+    char hex[33];
+    envelope_md5_hex(f->data + f->hdr, f->len - f->hdr, hex); /* the envelope: no header */
+    return strcmp(hex, h->digest) != 0;
+}
+
+static void on_new_epoch(void *arg, const char *err)
+{
+    struct epoch_query *q = arg;
+    struct channel *ch = registry_find(q->s->reg, q->name, strlen(q->name));
+    if (ch) {
+        ch->diverging = false;
+        ch->queries--;
+        if (!err)
+            fill_gap(q->s, ch); /* the page has the new epoch: reset_epoch tells the members */
+        seq_maybe_forget(q->s, ch);
+    }
+    free(q->name);
+    free(q);
+}
+
+/* The history this process delivered is gone from PostgreSQL: the channel gets a new epoch,
+ * so that every instance restarts its stream and tells its clients to reload (a live
+ * client would otherwise drop the new messages that reuse those seqs as duplicates). */
+static void history_diverged(struct seq *s, struct channel *ch, const struct history_head *h)
+{
+    if (ch->diverging)
+        return;
+    s->app->metrics.history_divergences++;
+    log_warn("history_diverged",
+             "channel %s: PostgreSQL's head is %llu, this instance delivered %llu under epoch %s: "
+             "a new epoch",
+             ch->name, (unsigned long long)h->head, (unsigned long long)ch->last_seq, ch->epoch);
+    struct epoch_query *q = calloc(1, sizeof *q);
+    if (!q || !(q->name = strdup(ch->name))) {
+        free(q);
+        return; /* the next check finds it again */
+    }
+    q->s = s;
+    ch->diverging = true;
+    ch->queries++;
+    history_new_epoch(s->app, &q->r, ch->name, ch->epoch, on_new_epoch, q);
+}
+
+static void on_check_heads(struct seq *s, const struct heads_query *q,
+                           const struct history_head *heads, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         struct channel *ch = registry_find(s->reg, heads[i].name, strlen(heads[i].name));
-        if (ch && ch->baseline && !ch->fetching && ch->redis == R_ACTIVE &&
-            (heads[i].head > ch->last_seq || strcmp(heads[i].epoch, ch->epoch) != 0))
+        if (!ch || !ch->baseline || ch->fetching || ch->redis != R_ACTIVE)
+            continue;
+        const struct frame *f = NULL;
+        for (size_t j = 0; j < q->n; j++)
+            if (q->frames && strcmp(q->names[j], heads[i].name) == 0)
+                f = q->frames[j];
+        if (diverged(ch, &heads[i], f))
+            history_diverged(s, ch, &heads[i]);
+        else if (heads[i].head > ch->last_seq || strcmp(heads[i].epoch, ch->epoch) != 0)
             fill_gap(s, ch); /* a PUBLISH that never came: deliver from PostgreSQL */
     }
 }
@@ -530,8 +647,13 @@ static void on_heads(void *arg, const struct history_head *heads, size_t n, cons
     struct seq *s = q->s;
     if (q->check) {
         s->checks_in_flight--;
+        for (size_t i = 0; i < q->n; i++) {
+            struct channel *ch = registry_find(s->reg, q->names[i], strlen(q->names[i]));
+            if (ch)
+                ch->verifying = false;
+        }
         if (!err) /* PostgreSQL down: the next check tries again */
-            on_check_heads(s, heads, n);
+            on_check_heads(s, q, heads, n);
     } else {
         s->heads_in_flight = false;
         on_new_heads(s, q, heads, n, err);
@@ -562,15 +684,27 @@ static void query_heads(struct seq *s, struct channel **chs, size_t n, bool chec
             heads_failed(s, chs, n);
         return;
     }
-    *q = (struct heads_query){.s = s, .check = check, .names = names};
+    uint64_t *seqs = check ? calloc(n, sizeof *seqs) : NULL;
+    struct frame **frames = seqs ? calloc(n, sizeof *frames) : NULL;
+    if (check && !frames) {
+        free(seqs);
+        seqs = NULL; /* a check without digests: heads only */
+    }
+    *q = (struct heads_query){
+        .s = s, .check = check, .names = names, .seqs = seqs, .frames = frames};
     for (size_t i = 0; i < n; i++)
-        if ((names[q->n] = strdup(chs[i]->name)))
+        if ((names[q->n] = strdup(chs[i]->name))) {
+            if (seqs) {
+                seqs[q->n] = chs[i]->last_seq;
+                frames[q->n] = chs[i]->last_frame ? frame_ref(chs[i]->last_frame) : NULL;
+            }
             q->n++;
+        }
     if (check)
         s->checks_in_flight++;
     else
         s->heads_in_flight = true;
-    history_heads(s->app, &q->r, (const char *const *)q->names, q->n, on_heads, q);
+    history_heads(s->app, &q->r, (const char *const *)q->names, q->seqs, q->n, on_heads, q);
 }
 
 /* Sends the next batch of waiting head lookups unless one is in flight. */
@@ -772,15 +906,27 @@ void seq_on_active(struct seq *s, struct channel *ch)
 /* ------------------------------------------------------------------------------------------
  * A page of history comes back */
 
-/* The history was lost and started again: the stream restarts from the new head. */
+/* The history was lost and started again: the stream restarts from the new head, and each
+ * member is told so ({"op":"subscribed",...,"recovered":false,"code":"history_reset"} with the
+ * new epoch): what it holds of the channel may be gone or differ, it must reload. */
 static void reset_epoch(struct seq *s, struct channel *ch, const struct history_page *page)
 {
     log_warn("history_reset", "channel %s: epoch %s -> %s, head %llu", ch->name, ch->epoch,
              page->epoch, (unsigned long long)page->head);
     cache_clear(s, ch);
+    set_last_frame(ch, NULL);
     ch->last_seq = page->head;
-    for (uint32_t i = 0; i < ch->nmembers; i++)
-        ch->members[i].last_seq = page->head;
+    struct hub_answer a = {.seq = page->head,
+                           .epoch = page->epoch,
+                           .resumed = true,
+                           .recovered = false,
+                           .code = "history_reset"};
+    for (uint32_t i = 0; i < ch->nmembers; i++) {
+        struct member *m = &ch->members[i];
+        m->last_seq = page->head;
+        if (m->ready)
+            s->sink->answered(m->sub, ch->name, &a, NULL);
+    }
 }
 
 /* The rows as shared frames; n is how many could be made. */
@@ -942,4 +1088,5 @@ void seq_release(struct seq *s, struct channel *ch)
     ch->held = NULL;
     ch->nheld = ch->heldcap = 0;
     cache_clear(s, ch);
+    set_last_frame(ch, NULL);
 }

@@ -27,6 +27,7 @@ struct metrics {
     uint64_t replay_pauses;        /* resumes that waited for their client's queue */
     uint64_t resumes_recovered;
     uint64_t resumes_failed;
+    uint64_t history_divergences; /* channels PostgreSQL lost delivered history of: new epoch */
     /* ws/client.c */
     uint64_t frames_out;
     uint64_t bytes_out;

@@ -110,6 +110,10 @@ static void render_metrics(struct herald *app, FILE *f)
     metric(f, "herald_db_read_up", "gauge",
            "1 while a connection to the standby of HERALD_DATABASE_READ_URL is up.",
            app->db_read && db_up(app->db_read) ? 1 : 0);
+    metric(f, "herald_history_divergences_total", "counter",
+           "Channels whose delivered history PostgreSQL no longer has (a failover lost commits): "
+           "given a new epoch, their clients told to reload.",
+           (double)m->history_divergences);
     metric(f, "herald_history_standby_reads_total", "counter",
            "Catch-up pages the standby answered.", (double)m->standby_reads);
     metric(f, "herald_history_standby_fallbacks_total", "counter",

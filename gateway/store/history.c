@@ -24,9 +24,19 @@ static const char fetch_sql[] =
     " WHERE upto <= $4::bigint OR nth = 1) m ON true "
     "WHERE c.name = $1 ORDER BY m.seq";
 
-static const char heads_sql[] = "SELECT c.name, c.last_seq, c.epoch, "
-                                "(SELECT min(seq) FROM herald_messages m WHERE m.channel = c.name) "
-                                "FROM herald_channels c WHERE c.name = ANY($1::text[])";
+/* The digest is of the row at the seq the gateway last delivered: a standby promoted after
+ * missing commits has another message there, or none (history_new_epoch). */
+static const char heads_sql[] =
+    "SELECT c.name, c.last_seq, c.epoch, "
+    "(SELECT min(seq) FROM herald_messages m WHERE m.channel = c.name), md5(x.envelope) "
+    "FROM unnest($1::text[], $2::bigint[]) AS t(name, seq) "
+    "JOIN herald_channels c ON c.name = t.name "
+    "LEFT JOIN herald_messages x ON x.channel = t.name AND x.seq = t.seq";
+
+static const char new_epoch_sql[] =
+    "UPDATE herald_channels "
+    "SET epoch = substr(md5(random()::text || clock_timestamp()::text), 1, 16) "
+    "WHERE name = $1 AND epoch = $2";
 
 static uint64_t u64(const PGresult *r, int row, int col)
 {
@@ -112,34 +122,59 @@ static void heads_done(void *p, const PGresult *r, const char *err)
     if (rows && !heads)
         err = "out of memory";
     for (int i = 0; !err && i < rows; i++)
-        heads[i] = (struct history_head){.name = PQgetvalue(r, i, 0),
-                                         .head = u64(r, i, 1),
-                                         .epoch = PQgetvalue(r, i, 2),
-                                         .first_kept = u64(r, i, 3)};
+        heads[i] =
+            (struct history_head){.name = PQgetvalue(r, i, 0),
+                                  .head = u64(r, i, 1),
+                                  .epoch = PQgetvalue(r, i, 2),
+                                  .first_kept = u64(r, i, 3),
+                                  .digest = PQgetisnull(r, i, 4) ? NULL : PQgetvalue(r, i, 4)};
     req->heads_cb(req->arg, err ? NULL : heads, err ? 0 : (size_t)rows, err);
     free(heads);
 }
 
 void history_heads(struct herald *app, struct history_request *r, const char *const *names,
-                   size_t n, history_heads_cb cb, void *arg)
+                   const uint64_t *seqs, size_t n, history_heads_cb cb, void *arg)
 {
     *r = (struct history_request){.heads_cb = cb, .arg = arg};
     size_t size = 3;
     for (size_t i = 0; i < n; i++)
         size += pg_array_room(names[i]);
     char *list = malloc(size);
-    if (!list) {
+    char *nums = malloc(3 + n * 21); /* up to 20 digits and a comma each */
+    if (!list || !nums) {
+        free(list);
+        free(nums);
         db_fail(app->db, &r->q, "out of memory", heads_done, r);
         return;
     }
-    char *p = list;
+    char *p = list, *q = nums;
     *p++ = '{';
-    for (size_t i = 0; i < n; i++)
+    *q++ = '{';
+    for (size_t i = 0; i < n; i++) {
         p = pg_array_put(p, names[i], i == 0);
+        q += sprintf(q, "%s%llu", i ? "," : "", (unsigned long long)(seqs ? seqs[i] : 0));
+    }
     memcpy(p, "}", 2);
-    const char *params[] = {list};
-    db_query(app->db, &r->q, heads_sql, 1, params, heads_done, r);
+    memcpy(q, "}", 2);
+    const char *params[] = {list, nums};
+    db_query(app->db, &r->q, heads_sql, 2, params, heads_done, r);
     free(list);
+    free(nums);
+}
+
+static void new_epoch_done(void *p, const PGresult *r, const char *err)
+{
+    (void)r;
+    struct history_request *req = p;
+    req->done_cb(req->arg, err);
+}
+
+void history_new_epoch(struct herald *app, struct history_request *r, const char *channel,
+                       const char *epoch, history_done_cb cb, void *arg)
+{
+    *r = (struct history_request){.done_cb = cb, .arg = arg};
+    const char *params[] = {channel, epoch};
+    db_query(app->db, &r->q, new_epoch_sql, 2, params, new_epoch_done, r);
 }
 
 static const char key_sql[] = "SELECT encode(key, 'hex') FROM herald_keys WHERE id = 1";

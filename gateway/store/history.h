@@ -44,16 +44,23 @@ struct history_head {
     uint64_t head;
     const char *epoch;
     uint64_t first_kept;
+    /* md5 (hex) of the envelope stored under the seq the caller gave for this channel, or
+     * NULL when that row is not there (or no seq was given) */
+    const char *digest;
 };
 
 /* heads has an entry for each named channel that has a counter; err set on failure. */
 typedef void (*history_heads_cb)(void *arg, const struct history_head *heads, size_t n,
                                  const char *err);
 
+/* err is NULL when the statement ran. */
+typedef void (*history_done_cb)(void *arg, const char *err);
+
 struct history_request {
     struct db_request q;
     history_page_cb page_cb;
     history_heads_cb heads_cb;
+    history_done_cb done_cb;
     void *arg;
     /* a page read from the standby first: what to ask the primary when it lags */
     struct herald *app;
@@ -73,10 +80,17 @@ void history_fetch(struct herald *app, struct history_request *r, const char *ch
                    history_page_cb cb, void *arg);
 
 /* Head, epoch and oldest kept seq of each named channel that has a counter (at most
- * HISTORY_HEADS_MAX names). */
+ * HISTORY_HEADS_MAX names), and the digest of its envelope at seqs[i] (seqs may be NULL:
+ * no digest). */
 #define HISTORY_HEADS_MAX 1000
 void history_heads(struct herald *app, struct history_request *r, const char *const *names,
-                   size_t n, history_heads_cb cb, void *arg);
+                   const uint64_t *seqs, size_t n, history_heads_cb cb, void *arg);
+
+/* The channel's history was lost in part (a failover to a standby that missed commits):
+ * gives the channel a new epoch, unless another instance did it first (its epoch is no
+ * longer `epoch`). cb runs once, later, with err set on failure. */
+void history_new_epoch(struct herald *app, struct history_request *r, const char *channel,
+                       const char *epoch, history_done_cb cb, void *arg);
 
 /* The envelope key (herald_keys, migration 004): key and len on success, err set
  * otherwise (PostgreSQL down, or a schema without the table). */

@@ -18,13 +18,14 @@ is in the new primary under the seq it was acknowledged with, seqs run 1..head w
 and the client got each exactly once, in order."""
 
 import asyncio
+import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from durable_clients import Client, Publisher  # noqa: E402
-from harness import async_wait_for, main  # noqa: E402
+from harness import async_wait_for, main, ws_connect  # noqa: E402
 from pg import PG_USER, HistoryTestCase  # noqa: E402
 
 CHANNEL = "failover:orders"
@@ -33,6 +34,18 @@ QUERY_TIMEOUT = "2s"    # HERALD_DB_QUERY_TIMEOUT
 WAIT = 60               # bound of every wait (a sanitizer build is slow)
 RESUME_BOUND = 30       # publishes must succeed again this soon after the promotion
 VERBOSE = bool(os.environ.get("HERALD_TEST_VERBOSE"))
+
+
+def start_gateway_on_both(test):
+    """A gateway whose HERALD_DATABASE_URL lists test.primary and test.standby and asks for
+    the writable one, with short connect and query timeouts."""
+    url = (f"postgresql://{PG_USER}@127.0.0.1:{test.primary.port},127.0.0.1:"
+           f"{test.standby.port}/herald?target_session_attrs=read-write")
+    h = test.start_herald(test.redis, "--database-url", url, "--migrate-on-start",
+                          "--db-connect-timeout", CONNECT_TIMEOUT,
+                          "--db-query-timeout", QUERY_TIMEOUT)
+    h.wait_metric("herald_db_up", lambda v: v == 1)
+    return h
 
 
 class PgFailover(HistoryTestCase):
@@ -47,12 +60,7 @@ class PgFailover(HistoryTestCase):
         self.primary.sql("ALTER SYSTEM SET synchronous_standby_names = '*'")
         self.primary.sql("SELECT pg_reload_conf()")
         self.wait_sync()
-        url = (f"postgresql://{PG_USER}@127.0.0.1:{self.primary.port},127.0.0.1:"
-               f"{self.standby.port}/herald?target_session_attrs=read-write")
-        self.herald = self.start_herald(
-            self.redis, "--database-url", url, "--migrate-on-start",
-            "--db-connect-timeout", CONNECT_TIMEOUT, "--db-query-timeout", QUERY_TIMEOUT)
-        self.herald.wait_metric("herald_db_up", lambda v: v == 1)
+        self.herald = start_gateway_on_both(self)
 
     def wait_sync(self):
         deadline = time.monotonic() + WAIT
@@ -125,6 +133,88 @@ class PgFailover(HistoryTestCase):
 
     async def test_killed_primary(self):
         await self.fail_over("killed")
+
+
+
+class AsyncReplicationLoss(HistoryTestCase):
+    """Asynchronous replication: the standby misses the last commits (it is frozen while
+    they are made), then the primary dies and the standby is promoted. The messages the
+    client got last are gone, and their seqs are issued again to new messages. The gateway's
+    head check finds that PostgreSQL no longer has what it delivered, gives the channel a new
+    epoch, and the client is told to reload (an unasked subscribed with history_reset); from
+    there it gets every new message once, in order. Without this the client would drop the
+    new messages with the reused seqs as duplicates, silently."""
+
+    def setUp(self):
+        super().setUp()
+        self.redis = self.start_redis()
+        self.primary = self.start_postgres()
+        self.standby = self.start_standby(self.primary)
+        self.herald = start_gateway_on_both(self)
+
+    async def test_lost_commits_give_the_channel_a_new_epoch_and_clients_reload(self):
+        h = self.herald
+        ws = await ws_connect(h.ws_url)
+        self.addAsyncCleanup(ws.close)
+        frames = []
+
+        async def read():
+            async for raw in ws:
+                frames.append(json.loads(raw))
+        reader = asyncio.create_task(read())
+        self.addCleanup(reader.cancel)
+        await ws.send(json.dumps({"op": "subscribe", "channel": CHANNEL}))
+        publisher = Publisher([("herald", h.base)], CHANNEL, wait=WAIT, interval=0.02)
+        for k in range(20):
+            self.assertTrue(await asyncio.to_thread(publisher.publish, k))
+        head = lambda pg: int(pg.sql(  # noqa: E731
+            f"SELECT coalesce(max(last_seq), 0) FROM herald_channels WHERE name = '{CHANNEL}'"))
+        await async_wait_for(lambda: head(self.standby) == 20, WAIT, what="the standby at 20")
+        epoch = self.primary.sql(f"SELECT epoch FROM herald_channels WHERE name = '{CHANNEL}'")
+
+        # the standby misses the next six commits; the client gets them
+        self.standby.freeze()
+        self.addCleanup(self.standby.thaw)
+        for k in range(20, 26):
+            self.assertTrue(await asyncio.to_thread(publisher.publish, k))
+        seqs = lambda: [f["seq"] for f in frames if f.get("op") == "message"]  # noqa: E731
+        await async_wait_for(lambda: seqs()[-1:] == [26], WAIT, what="the client at 26")
+
+        # failover to the standby that lacks 21..26
+        self.primary.kill()
+        self.standby.thaw()
+        self.standby.sql("SELECT pg_promote(true, 60)")
+        self.assertEqual(head(self.standby), 20)
+        for k in range(26, 40):
+            self.assertTrue(await asyncio.to_thread(publisher.publish, k))
+        resets = lambda: [f for f in frames if f.get("op") == "subscribed" and  # noqa: E731
+                          f.get("code") == "history_reset"]
+        await async_wait_for(lambda: resets(), WAIT, what="the client told to reload")
+        reset = resets()[0]
+        new_epoch = self.standby.sql(f"SELECT epoch FROM herald_channels WHERE name = '{CHANNEL}'")
+        self.assertNotEqual(new_epoch, epoch)
+        self.assertEqual((reset["epoch"], reset["recovered"]), (new_epoch, False))
+        self.assertGreaterEqual(h.metric("herald_history_divergences_total"), 1)
+
+        # after the reset: every message published after the failover and not covered by
+        # the reset's head arrives once, in order
+        final = max(publisher.seq_of.values())
+        await async_wait_for(lambda: seqs()[-1:] == [final] or reset["seq"] >= final, WAIT,
+                             what=f"the client at {final}")
+        at = frames.index(reset)
+        after = [f["seq"] for f in frames[at + 1:] if f.get("op") == "message"]
+        self.assertEqual(after, list(range(reset["seq"] + 1, final + 1)))
+        before = seqs()[:len(seqs()) - len(after)]
+        self.assertEqual(before, list(range(1, 27)), "before the reset: what the old primary had")
+
+        # a client resuming from the lost history is told to reload as well
+        ws2 = await ws_connect(h.ws_url)
+        self.addAsyncCleanup(ws2.close)
+        await ws2.send(json.dumps({"op": "subscribe", "channel": CHANNEL, "since": 26,
+                                   "epoch": epoch}))
+        answer = json.loads(await asyncio.wait_for(ws2.recv(), WAIT))
+        self.assertEqual((answer["op"], answer["recovered"], answer["code"], answer["epoch"]),
+                         ("subscribed", False, "history_reset", new_epoch))
 
 
 if __name__ == "__main__":

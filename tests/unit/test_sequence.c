@@ -42,7 +42,14 @@ struct pending_fetch {
 struct pending_heads {
     size_t n;
     char names[8][64];
+    uint64_t seqs[8]; /* the check's: each channel's last seq when asked */
     history_heads_cb cb;
+    void *arg;
+};
+
+struct pending_epoch {
+    char channel[64], epoch[32];
+    history_done_cb cb;
     void *arg;
 };
 
@@ -57,6 +64,9 @@ static struct world {
     size_t nfetches;
     struct pending_heads heads[16];
     size_t nheads;
+    struct pending_epoch epochs[4];
+    size_t nepochs;
+    char epoch[32]; /* the channel's epoch in PostgreSQL */
     int subscribes, unsubscribes;
     /* the channel "c" as PostgreSQL has it: envelopes 1..stored */
     char envelopes[MAXSEQ + 1][128];
@@ -75,14 +85,27 @@ void history_fetch(struct herald *app, struct history_request *r, const char *ch
 }
 
 void history_heads(struct herald *app, struct history_request *r, const char *const *names,
-                   size_t n, history_heads_cb cb, void *arg)
+                   const uint64_t *seqs, size_t n, history_heads_cb cb, void *arg)
 {
     (void)app, (void)r;
     assert_true(w.nheads < 16 && n <= 8);
     struct pending_heads *p = &w.heads[w.nheads++];
     *p = (struct pending_heads){.n = n, .cb = cb, .arg = arg};
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         snprintf(p->names[i], sizeof p->names[i], "%s", names[i]);
+        p->seqs[i] = seqs ? seqs[i] : 0;
+    }
+}
+
+void history_new_epoch(struct herald *app, struct history_request *r, const char *channel,
+                       const char *epoch, history_done_cb cb, void *arg)
+{
+    (void)app, (void)r;
+    assert_true(w.nepochs < 4);
+    struct pending_epoch *p = &w.epochs[w.nepochs++];
+    *p = (struct pending_epoch){.cb = cb, .arg = arg};
+    snprintf(p->channel, sizeof p->channel, "%s", channel);
+    snprintf(p->epoch, sizeof p->epoch, "%s", epoch);
 }
 
 const struct envelope_key *sigkey_get(const struct sigkey *k)
@@ -226,7 +249,13 @@ static void answer_heads(uint64_t head)
     assert_true(w.nheads > 0);
     struct pending_heads p = w.heads[0];
     memmove(w.heads, w.heads + 1, --w.nheads * sizeof *w.heads);
-    struct history_head h = {.name = "c", .head = head, .epoch = EPOCH, .first_kept = 1};
+    struct history_head h = {.name = "c", .head = head, .epoch = w.epoch, .first_kept = 1};
+    /* the digest of the row at the seq asked about, as PostgreSQL's md5(envelope) */
+    char hex[33];
+    if (p.seqs[0] && p.seqs[0] <= w.stored) {
+        envelope_md5_hex(w.envelopes[p.seqs[0]], strlen(w.envelopes[p.seqs[0]]), hex);
+        h.digest = hex;
+    }
     p.cb(p.arg, &h, head ? 1 : 0, NULL);
 }
 
@@ -243,7 +272,7 @@ static void answer_fetch(const char *err)
     }
     struct history_row rows[MAXSEQ];
     struct history_page page = {.exists = true, .head = w.stored, .first_kept = 1, .rows = rows};
-    snprintf(page.epoch, sizeof page.epoch, "%s", EPOCH);
+    snprintf(page.epoch, sizeof page.epoch, "%s", w.epoch);
     for (uint64_t s = p.since + 1; s <= w.stored && page.n < (size_t)p.limit; s++)
         rows[page.n++] = (struct history_row){s, w.envelopes[s], strlen(w.envelopes[s])};
     p.cb(p.arg, &page, NULL);
@@ -271,6 +300,7 @@ static int setup(void **state)
 {
     (void)state;
     memset(&w, 0, sizeof w);
+    snprintf(w.epoch, sizeof w.epoch, "%s", EPOCH);
     uv_loop_init(&w.loop);
     char err[256];
     char *argv[] = {"test_sequence", NULL};
@@ -379,9 +409,14 @@ static void a_duplicate_is_dropped(void **state)
     struct fake_sub a = {.room = true};
     join_at_head_5(&a);
     live(6);
-    live(6);
-    live(5);
+    live(6); /* the cached 6: nothing to check */
+    assert_int_equal(w.nheads, 0);
+    live(5); /* before this process's time: PostgreSQL's row at 6 is checked */
+    assert_int_equal(w.nheads, 1);
+    assert_int_equal(w.heads[0].seqs[0], 6);
     live(7);
+    answer_heads(7); /* the same 6: the history is intact */
+    assert_int_equal(w.nepochs, 0);
     assert_string_equal(a.log, "S5 m6 m7");
     assert_int_equal(w.app.metrics.duplicates_dropped, 2);
     leave(&a);
@@ -558,6 +593,131 @@ static void a_forged_payload_changes_nothing(void **state)
     leave(&a);
 }
 
+/* A failover to a standby that missed the last commits: PostgreSQL's history no longer
+ * has what the member got (seq 7 is gone, seq 6 is another message). The new seq 6 comes
+ * live: a duplicate by number, but not the message in the cache, so the channel gets a new
+ * epoch and the member is told to reload (history_reset with the new epoch) instead of
+ * dropping the new messages that reuse those seqs. */
+static void failover_lost_history(void)
+{
+    w.stored = 5; /* the promoted standby had 1..5; a new publish got 6 */
+    store_up_to(6);
+    snprintf(w.envelopes[6], sizeof w.envelopes[6],
+             "{\"op\":\"message\",\"channel\":\"c\",\"seq\":6,\"ts\":2,\"data\":\"new\"}");
+}
+
+static void new_epoch_then_reset(struct fake_sub *a, const char *log)
+{
+    assert_int_equal(w.nepochs, 1);
+    assert_string_equal(w.epochs[0].epoch, EPOCH);
+    assert_int_equal(w.app.metrics.history_divergences, 1);
+    snprintf(w.epoch, sizeof w.epoch, "e2"); /* PostgreSQL gives it a new epoch */
+    struct pending_epoch e = w.epochs[--w.nepochs];
+    e.cb(e.arg, NULL);
+    assert_int_equal(w.nfetches, 1); /* then reads the new epoch's head */
+    answer_fetch(NULL);
+    assert_string_equal(a->log, log);
+}
+
+static void a_history_lost_in_a_failover_gets_a_new_epoch(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    live(6);
+    live(7);
+    assert_string_equal(a.log, "S5 m6 m7");
+    failover_lost_history();
+    live(6); /* not the 6 in the cache */
+    assert_string_equal(a.log, "S5 m6 m7");
+    new_epoch_then_reset(&a, "S5 m6 m7 S6/history_reset");
+    live(7); /* signed under the old epoch: not authentic any more */
+    assert_string_equal(a.log, "S5 m6 m7 S6/history_reset");
+    leave(&a);
+}
+
+/* Without a recent cache the duplicate cannot be compared: PostgreSQL's row at the last seq
+ * delivered is checked against the frame delivered (one check at a time). */
+static void without_a_cache_a_duplicate_makes_the_history_checked(void **state)
+{
+    (void)state;
+    w.cfg.recent_bytes = 0;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    live(6);
+    live(7);
+    failover_lost_history();
+    live(6);
+    live(6); /* a second copy does not ask twice */
+    assert_int_equal(w.nheads, 1);
+    assert_int_equal(w.heads[0].seqs[0], 7);
+    assert_int_equal(w.nepochs, 0);
+    answer_heads(6); /* head 6 < 7: what was delivered is gone */
+    new_epoch_then_reset(&a, "S5 m6 m7 S6/history_reset");
+    leave(&a);
+}
+
+/* A copy of a message delivered already (a gap fill raced Redis) is only a duplicate. */
+static void a_true_copy_is_only_a_duplicate(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    live(6);
+    live(7);
+    live(6);
+    assert_int_equal(w.app.metrics.duplicates_dropped, 1);
+    assert_int_equal(w.nepochs + w.nheads + w.nfetches, 0);
+    assert_int_equal(w.app.metrics.history_divergences, 0);
+    leave(&a);
+}
+
+/* New messages already went past what the member got (head 8 > 7): only the row at 7 tells,
+ * by its digest, that 6 and 7 are not the messages delivered. */
+static void a_replaced_history_past_the_delivered_seq_is_caught_by_its_digest(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    live(6);
+    live(7);
+    w.stored = 5;
+    for (uint64_t s = 6; s <= 8; s++) {
+        store_up_to(s);
+        snprintf(w.envelopes[s], sizeof w.envelopes[s],
+                 "{\"op\":\"message\",\"channel\":\"c\",\"seq\":%llu,\"ts\":2,\"data\":\"new\"}",
+                 (unsigned long long)s);
+    }
+    tick_after(2000);
+    answer_heads(8);
+    assert_int_equal(w.nepochs, 1); /* not a gap fill from 7: that would skip the new 6 and 7 */
+    assert_int_equal(w.nfetches, 0);
+    snprintf(w.epoch, sizeof w.epoch, "e2");
+    struct pending_epoch e = w.epochs[--w.nepochs];
+    e.cb(e.arg, NULL);
+    answer_fetch(NULL);
+    assert_string_equal(a.log, "S5 m6 m7 S8/history_reset");
+    leave(&a);
+}
+
+/* The same check on a history that is intact asks for nothing. */
+static void an_intact_history_passes_the_check(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    live(6);
+    tick_after(2000);
+    assert_int_equal(w.nheads, 1);
+    answer_heads(6);
+    assert_int_equal(w.nepochs, 0);
+    assert_int_equal(w.nfetches, 0);
+    assert_int_equal(w.app.metrics.history_divergences, 0);
+    live(7);
+    assert_string_equal(a.log, "S5 m6 m7");
+    leave(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -582,6 +742,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(a_head_lookup_answered_after_the_channel_went, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(a_forged_payload_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_history_lost_in_a_failover_gets_a_new_epoch, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(without_a_cache_a_duplicate_makes_the_history_checked,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(a_true_copy_is_only_a_duplicate, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            a_replaced_history_past_the_delivered_seq_is_caught_by_its_digest, setup, teardown),
+        cmocka_unit_test_setup_teardown(an_intact_history_passes_the_check, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

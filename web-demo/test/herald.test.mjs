@@ -365,6 +365,24 @@ test("recovery_failed after a failed resume, then live from the new position", (
   assert.deepEqual([again.since, again.epoch], [3, "e2"]);
 });
 
+test("an unasked history_reset while live (the server lost history in a failover) asks for a reload", () => {
+  const t = setup();
+  const got = [];
+  t.herald.subscribe("ch", (d) => got.push(d));
+  t.herald.connect();
+  t.last().open();
+  subscribedAfterOpen(t, "ch", { seq: 5, epoch: "e1" });
+  t.last().receive({ op: "message", channel: "ch", seq: 6, ts: 0, data: "m6" });
+  t.last().receive({ op: "message", channel: "ch", seq: 7, ts: 0, data: "m7" });
+  // No request of ours: the server moved the channel to a new epoch at head 6.
+  t.last().receive({ op: "subscribed", channel: "ch", seq: 6, epoch: "e2", recovered: false, code: "history_reset" });
+  assert.deepEqual(t.of("recovery_failed"), [{ channel: "ch", code: "history_reset" }]);
+  assert.deepEqual(t.herald.position("ch"), { seq: 6, epoch: "e2" });
+  // seq 7 of the new epoch is a new message, not the old 7: it is delivered
+  t.last().receive({ op: "message", channel: "ch", seq: 7, ts: 0, data: "new7" });
+  assert.deepEqual(got, ["m6", "m7", "new7"]);
+});
+
 test("history_expired keeps the position: a later copy of an old seq is still dropped", () => {
   const t = setup();
   const got = [];
