@@ -141,6 +141,21 @@ class PostgresServer(_Proc):
         return self.wait_exit(30)
 
 
+def make_standby(workdir, primary, settings=None):
+    """A streaming standby of primary, made with pg_basebackup -R (asynchronous unless the
+    primary sets synchronous_standby_names); not started."""
+    sb = PostgresServer(workdir)
+    sb.settings = dict(settings or {})
+    os.makedirs(sb.dir, exist_ok=True)
+    if sb.user:
+        shutil.chown(sb.dir, sb.user)
+    subprocess.run(sb._as_user([pg_bin("pg_basebackup"), "-h", "127.0.0.1", "-p",
+                                str(primary.port), "-U", PG_USER, "-D", sb.data, "-R",
+                                "-X", "stream", "-c", "fast"]),
+                   check=True, capture_output=True, timeout=60)
+    return sb
+
+
 class HistoryTestCase(HeraldTestCase):
     """A HeraldTestCase that can also start PostgreSQL with the Herald schema."""
 
@@ -153,17 +168,8 @@ class HistoryTestCase(HeraldTestCase):
         return pg
 
     def start_standby(self, primary, settings=None):
-        """A streaming standby of primary, made with pg_basebackup -R (asynchronous unless the
-        primary sets synchronous_standby_names), started and registered for cleanup."""
-        sb = PostgresServer(self.tmp)
-        sb.settings = dict(settings or {})
-        os.makedirs(sb.dir, exist_ok=True)
-        if sb.user:
-            shutil.chown(sb.dir, sb.user)
-        subprocess.run(sb._as_user([pg_bin("pg_basebackup"), "-h", "127.0.0.1", "-p",
-                                    str(primary.port), "-U", PG_USER, "-D", sb.data, "-R",
-                                    "-X", "stream", "-c", "fast"]),
-                       check=True, capture_output=True, timeout=60)
+        """make_standby, registered for cleanup."""
+        sb = make_standby(self.tmp, primary, settings)
         self._procs.append(sb)
         self.addCleanup(sb.kill)
         return sb.start()
