@@ -382,7 +382,7 @@ static void probe_epoch(struct seq *s, struct channel *ch)
 }
 
 static void query_heads(struct seq *s, struct channel **chs, size_t n, bool check);
-static void history_diverged(struct seq *s, struct channel *ch, const struct history_head *h);
+static void history_diverged(struct seq *s, struct channel *ch, const char *why);
 
 /* A signed message with a seq this process delivered already: a copy of it (a gap fill
  * raced Redis), or another message PostgreSQL gave that seq after losing ours in a
@@ -397,10 +397,8 @@ static void check_duplicate(struct seq *s, struct channel *ch, const char *paylo
         bool same = got && got->len - got->hdr == mine->len - mine->hdr &&
                     memcmp(got->data + got->hdr, mine->data + mine->hdr, got->len - got->hdr) == 0;
         frame_unref(got);
-        if (!same && got) {
-            struct history_head h = {.head = seq, .epoch = ch->epoch};
-            history_diverged(s, ch, &h);
-        }
+        if (!same && got)
+            history_diverged(s, ch, "Redis brought another message under a seq delivered here");
         return;
     }
     if (!ch->verifying && ch->last_frame) {
@@ -568,21 +566,25 @@ static void on_new_heads(struct seq *s, struct heads_query *q, const struct hist
     }
 }
 
-/* Whether PostgreSQL no longer has what this process delivered under the channel's epoch:
- * its head is below our last seq, or its row at a seq we delivered is another message (a
- * standby that missed the last commits was promoted, and issued those seqs again). f is
- * the frame we delivered under the seq the check asked about. */
-static bool diverged(const struct channel *ch, const struct history_head *h, const struct frame *f)
+/* Why PostgreSQL no longer has what this process delivered under the channel's epoch, or
+ * NULL: its head is below the seq we had delivered when the check was sent (every seq
+ * delivered was committed before, so the head cannot be lower), or its row at that seq is
+ * another message (a standby that missed the last commits was promoted, and issued those
+ * seqs again). f is the frame we delivered under that seq, NULL when not delivered here. */
+static const char *diverged(const struct channel *ch, const struct history_head *h, uint64_t asked,
+                            const struct frame *f)
 {
     if (strcmp(h->epoch, ch->epoch) != 0)
-        return false; /* a new epoch: fill_gap restarts the stream from it */
-    if (h->head < ch->last_seq || (f && h->head < f->seq))
-        return true;
+        return NULL; /* a new epoch: fill_gap restarts the stream from it */
+    if (h->head < asked)
+        return "PostgreSQL's head is below a seq delivered here";
     if (!h->digest || !f)
-        return false; /* nothing to compare (pruned, or not delivered here) */
+        return NULL; /* nothing to compare (pruned, or not delivered here) */
     char hex[33];
     envelope_md5_hex(f->data + f->hdr, f->len - f->hdr, hex); /* the envelope: no header */
-    return strcmp(hex, h->digest) != 0;
+    return strcmp(hex, h->digest) != 0 ? "PostgreSQL holds another message under a seq "
+                                         "delivered here"
+                                       : NULL;
 }
 
 static void on_new_epoch(void *arg, const char *err)
@@ -603,15 +605,14 @@ static void on_new_epoch(void *arg, const char *err)
 /* The history this process delivered is gone from PostgreSQL: the channel gets a new epoch,
  * so that every instance restarts its stream and tells its clients to reload (a live
  * client would otherwise drop the new messages that reuse those seqs as duplicates). */
-static void history_diverged(struct seq *s, struct channel *ch, const struct history_head *h)
+static void history_diverged(struct seq *s, struct channel *ch, const char *why)
 {
     if (ch->diverging)
         return;
     s->app->metrics.history_divergences++;
     log_warn("history_diverged",
-             "channel %s: PostgreSQL's head is %llu, this instance delivered %llu under epoch %s: "
-             "a new epoch",
-             ch->name, (unsigned long long)h->head, (unsigned long long)ch->last_seq, ch->epoch);
+             "channel %s: %s (delivered up to %llu under epoch %s): history lost, a new epoch",
+             ch->name, why, (unsigned long long)ch->last_seq, ch->epoch);
     struct epoch_query *q = calloc(1, sizeof *q);
     if (!q || !(q->name = strdup(ch->name))) {
         free(q);
@@ -631,11 +632,15 @@ static void on_check_heads(struct seq *s, const struct heads_query *q,
         if (!ch || !ch->baseline || ch->fetching || ch->redis != R_ACTIVE)
             continue;
         const struct frame *f = NULL;
+        uint64_t asked = 0;
         for (size_t j = 0; j < q->n; j++)
-            if (q->frames && strcmp(q->names[j], heads[i].name) == 0)
+            if (q->seqs && strcmp(q->names[j], heads[i].name) == 0) {
                 f = q->frames[j];
-        if (diverged(ch, &heads[i], f))
-            history_diverged(s, ch, &heads[i]);
+                asked = q->seqs[j];
+            }
+        const char *why = diverged(ch, &heads[i], asked, f);
+        if (why)
+            history_diverged(s, ch, why);
         else if (heads[i].head > ch->last_seq || strcmp(heads[i].epoch, ch->epoch) != 0)
             fill_gap(s, ch); /* a PUBLISH that never came: deliver from PostgreSQL */
     }
@@ -682,6 +687,8 @@ static void query_heads(struct seq *s, struct channel **chs, size_t n, bool chec
         free(q);
         if (!check)
             heads_failed(s, chs, n);
+        for (size_t i = 0; i < n; i++)
+            chs[i]->verifying = false; /* a later duplicate may ask again */
         return;
     }
     uint64_t *seqs = check ? calloc(n, sizeof *seqs) : NULL;

@@ -258,6 +258,10 @@ class ScaleOutTest(HistoryTestCase):
             self.assertEqual(c.seqs, expected, f"client {c.idx}: seqs not exactly 1..{head}")
             self.assertEqual(c.data, k_of, f"client {c.idx}: data differs from what was sent")
 
+        # no instance took the live stream racing its head checks for lost history
+        for h in self.instances:
+            self.assertEqual(h.metric("herald_history_divergences_total"), 0, f"herald-{h.n}")
+
         reconnects = sum(c.joins - 1 for c in self.clients)
         self.log(f"{head} messages, {CLIENTS} clients, {reconnects} reconnects, "
                  f"{len(self.publisher.failures)} publish retries, publishes per target "
