@@ -58,7 +58,7 @@ static bool standby_lags(const struct history_request *req, const PGresult *r, c
     if (err || PQntuples(r) == 0)
         return true;
     uint64_t head = u64(r, 0, 0);
-    return head < req->min_head || head < strtoull(req->params[0], NULL, 10);
+    return head < req->min_head || head < req->since;
 }
 
 static void fetch_done(void *p, const PGresult *r, const char *err)
@@ -105,7 +105,8 @@ void history_fetch(struct herald *app, struct history_request *r, const char *ch
                    uint64_t since, uint64_t min_head, long limit, size_t max_bytes,
                    history_page_cb cb, void *arg)
 {
-    *r = (struct history_request){.page_cb = cb, .arg = arg, .app = app, .min_head = min_head};
+    *r = (struct history_request){
+        .page_cb = cb, .arg = arg, .app = app, .since = since, .min_head = min_head};
     snprintf(r->channel, sizeof r->channel, "%s", channel);
     snprintf(r->params[0], sizeof r->params[0], "%llu", (unsigned long long)since);
     snprintf(r->params[1], sizeof r->params[1], "%ld", limit);

@@ -65,7 +65,7 @@ struct history_request {
     /* a page read from the standby first: what to ask the primary when it lags */
     struct herald *app;
     bool on_standby;
-    uint64_t min_head;
+    uint64_t since, min_head;
     char channel[CHANNEL_NAME_MAX + 1];
     char params[3][24]; /* since, limit, max_bytes */
 };

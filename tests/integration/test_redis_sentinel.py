@@ -204,6 +204,9 @@ class SentinelTest(HistoryTestCase):
 
     async def test_lying_and_broken_sentinels(self):
         master, (replica,), sentinels = start_sentinel_group(self, sentinels=1)
+        # a "master" that answers +OK to everything, ROLE and SUBSCRIBE included
+        fake_master = FakeSentinel(b"+OK\r\n")
+        self.addCleanup(fake_master.close)
         answers = {
             "names the replica": resp_array(b"127.0.0.1", str(replica.port).encode()),
             "error": b"-ERR No such master with that name\r\n",
@@ -214,6 +217,7 @@ class SentinelTest(HistoryTestCase):
             "three elements": resp_array(b"127.0.0.1", b"6379", b"x"),
             "huge bulk": b"$99999999999\r\n",
             "silence": None,
+            "names a fake master": resp_array(b"127.0.0.1", str(fake_master.port).encode()),
         }
         # a URL names at most 8 sentinels: the fakes in two groups, each before the real one
         names = list(answers)
@@ -243,10 +247,18 @@ class SentinelTest(HistoryTestCase):
             self.assertIn("gave no usable address", text)
         if "silence" in names:
             self.assertIn("did not answer in 1000 ms", text)
+        if "names a fake master" in names:
+            self.assertIn(f"127.0.0.1:{fake_master_port(answers)} is not a master (role unknown)",
+                          text)
         self.assertTrue(h.alive())
         status, _, body = http_get(f"{h.base}/readyz")
         self.assertEqual(status, 200, body)
         await asyncio.to_thread(h.stop)
+
+
+def fake_master_port(answers):
+    """The port the "names a fake master" answer names."""
+    return int(answers["names a fake master"].split(b"\r\n")[-2])
 
 
 def heartbeats(server):
