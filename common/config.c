@@ -45,10 +45,14 @@ struct setting {
 static const struct setting settings[] = {
     STR("HERALD_LISTEN", listen, "0.0.0.0:8080", "address:port to listen on"),
     STR("HERALD_REDIS_URL", redis_url_text, "redis://127.0.0.1:6379/0",
-        "redis://[user[:password]@]host[:port][/db], or "
-        "redis-sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db]; "
-        "or several separated by commas (channels are spread over them by a consistent hash; "
-        "append new servers last)"),
+        "redis://[user[:password]@]host[:port][/db], "
+        "redis-sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db], or "
+        "redis-cluster://[user[:password]@]host[:port][,host[:port]...]; "
+        "or several redis:// and redis-sentinel:// separated by commas (channels are spread "
+        "over them by a consistent hash; append new servers last)"),
+    STR("HERALD_REDIS_PUBSUB", redis_pubsub, "classic",
+        "classic (SUBSCRIBE/PUBLISH) or sharded (SSUBSCRIBE/SPUBLISH on each channel's slot "
+        "owner; needs a redis-cluster:// URL)"),
     STR("HERALD_REDIS_PREFIX", redis_prefix, "", "prefix of every Redis channel name"),
     STR("HERALD_STATIC_DIR", static_dir, "", "serve the web demo from this folder at /"),
     STR("HERALD_INSTANCE_ID", instance_id, "", "name of this instance (default host-pid)"),
@@ -381,6 +385,25 @@ static int finish(struct herald_config *cfg, char *err, size_t errlen)
         redis_url_parse_list(cfg->redis_url_text, cfg->redis, REDIS_URL_MAX, err, (int)errlen);
     if (cfg->nredis < 0)
         return -1;
+    if (strcmp(cfg->redis_pubsub, "classic") != 0 && strcmp(cfg->redis_pubsub, "sharded") != 0) {
+        snprintf(err, errlen, "HERALD_REDIS_PUBSUB: '%s' is not classic or sharded",
+                 cfg->redis_pubsub);
+        return -1;
+    }
+    cfg->redis_pubsub_sharded = strcmp(cfg->redis_pubsub, "sharded") == 0;
+    bool cluster = false;
+    for (int i = 0; i < cfg->nredis; i++)
+        cluster |= cfg->redis[i].cluster;
+    if (cluster && cfg->nredis > 1) {
+        snprintf(err, errlen,
+                 "HERALD_REDIS_URL: a redis-cluster:// URL must be the only one "
+                 "(the cluster spreads the channels itself)");
+        return -1;
+    }
+    if (cfg->redis_pubsub_sharded && !cluster) {
+        snprintf(err, errlen, "HERALD_REDIS_PUBSUB=sharded needs a redis-cluster:// URL");
+        return -1;
+    }
     if (cfg->database_read_url[0] && !cfg->database_url[0]) {
         snprintf(err, errlen, "HERALD_DATABASE_READ_URL needs HERALD_DATABASE_URL (the primary)");
         return -1;

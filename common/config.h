@@ -6,6 +6,7 @@
 #include "log.h"
 #include "redis_url.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -17,6 +18,8 @@ struct herald_config {
     struct redis_url redis[REDIS_URL_MAX]; /* channels spread over them: shard.h */
     int nredis;
     char redis_prefix[64];
+    char redis_pubsub[16];     /* HERALD_REDIS_PUBSUB: "classic" or "sharded" */
+    bool redis_pubsub_sharded; /* sharded: SSUBSCRIBE/SPUBLISH on a cluster's slot owners */
     char static_dir[512];
     char instance_id[128];
     long max_connections;

@@ -72,30 +72,54 @@ static bool master_name_valid(const char *s, size_t n)
     return true;
 }
 
+/* The comma-separated host[:port] list in p[0..end), into out->hosts. */
+static int parse_hosts(const char *p, const char *end, struct redis_url *out, int default_port,
+                       const char *what, char *err, int errlen)
+{
+    for (const char *h = p; h < end;) {
+        const char *comma = memchr(h, ',', (size_t)(end - h));
+        const char *stop = comma ? comma : end;
+        if (out->nhosts == REDIS_URL_HOSTS_MAX) {
+            snprintf(err, (size_t)errlen, "more than %d %ss", REDIS_URL_HOSTS_MAX, what);
+            return -1;
+        }
+        if (parse_hostport(h, (size_t)(stop - h), &out->hosts[out->nhosts], default_port)) {
+            snprintf(err, (size_t)errlen, "%s %d has a bad host or port", what, out->nhosts + 1);
+            return -1;
+        }
+        out->nhosts++;
+        h = comma ? comma + 1 : end;
+    }
+    if (out->nhosts == 0) {
+        snprintf(err, (size_t)errlen, "the URL names no %s", what);
+        return -1;
+    }
+    /* host and port name the first one until the server is known (logs, metrics) */
+    snprintf(out->host, sizeof out->host, "%s", out->hosts[0].host);
+    out->port = out->hosts[0].port;
+    return 0;
+}
+
+/* redis-cluster://: the seed nodes, then nothing or "/0" (a cluster has only database 0). */
+static int parse_cluster(const char *p, struct redis_url *out, char *err, int errlen)
+{
+    const char *slash = strchr(p, '/');
+    if (parse_hosts(p, slash ? slash : p + strlen(p), out, 6379, "cluster node", err, errlen))
+        return -1;
+    if (slash && slash[1] && strcmp(slash, "/0") != 0) {
+        snprintf(err, (size_t)errlen, "a Redis Cluster has only database 0");
+        return -1;
+    }
+    out->cluster = true;
+    return 0;
+}
+
 /* redis-sentinel://: the sentinel list up to the first '/', then master-name[/db]. */
 static int parse_sentinel(const char *p, struct redis_url *out, char *err, int errlen)
 {
     const char *slash = strchr(p, '/');
-    const char *list_end = slash ? slash : p + strlen(p);
-    for (const char *h = p; h < list_end;) {
-        const char *comma = memchr(h, ',', (size_t)(list_end - h));
-        const char *end = comma ? comma : list_end;
-        if (out->nsentinels == REDIS_SENTINELS_MAX) {
-            snprintf(err, (size_t)errlen, "more than %d sentinels", REDIS_SENTINELS_MAX);
-            return -1;
-        }
-        if (parse_hostport(h, (size_t)(end - h), &out->sentinels[out->nsentinels], 26379)) {
-            snprintf(err, (size_t)errlen, "sentinel %d has a bad host or port",
-                     out->nsentinels + 1);
-            return -1;
-        }
-        out->nsentinels++;
-        h = comma ? comma + 1 : list_end;
-    }
-    if (out->nsentinels == 0) {
-        snprintf(err, (size_t)errlen, "redis-sentinel URL names no sentinel");
+    if (parse_hosts(p, slash ? slash : p + strlen(p), out, 26379, "sentinel", err, errlen))
         return -1;
-    }
     const char *name = slash ? slash + 1 : "";
     const char *name_end = strchr(name, '/');
     size_t namelen = name_end ? (size_t)(name_end - name) : strlen(name);
@@ -111,9 +135,6 @@ static int parse_sentinel(const char *p, struct redis_url *out, char *err, int e
         snprintf(err, (size_t)errlen, "redis URL has a bad database number");
         return -1;
     }
-    /* host and port name the first sentinel until the master is known (logs, metrics) */
-    snprintf(out->host, sizeof out->host, "%s", out->sentinels[0].host);
-    out->port = out->sentinels[0].port;
     return 0;
 }
 
@@ -127,18 +148,14 @@ int redis_url_parse(const char *url, struct redis_url *out, char *err, int errle
                  "reach Redis over a private network or a TLS tunnel (see docs/SECURITY.md)");
         return -1;
     }
-    if (strncmp(url, "redis-cluster://", 16) == 0) {
-        snprintf(err, (size_t)errlen,
-                 "redis-cluster:// is not supported yet: list the "
-                 "servers as redis:// URLs (channels are sharded over them)");
-        return -1;
-    }
     bool sentinel = strncmp(url, "redis-sentinel://", 17) == 0;
-    if (!sentinel && strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, (size_t)errlen, "redis URL must start with redis:// or redis-sentinel://");
+    bool cluster = strncmp(url, "redis-cluster://", 16) == 0;
+    if (!sentinel && !cluster && strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, (size_t)errlen,
+                 "redis URL must start with redis://, redis-sentinel:// or redis-cluster://");
         return -1;
     }
-    const char *p = url + (sentinel ? 17 : 8);
+    const char *p = url + (sentinel ? 17 : cluster ? 16 : 8);
     const char *at = strrchr(p, '@');
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
@@ -153,6 +170,8 @@ int redis_url_parse(const char *url, struct redis_url *out, char *err, int errle
     }
     if (sentinel)
         return parse_sentinel(p, out, err, errlen);
+    if (cluster)
+        return parse_cluster(p, out, err, errlen);
     const char *slash = strchr(p, '/');
     const char *hostport_end = slash ? slash : p + strlen(p);
     struct redis_addr addr;
@@ -171,8 +190,8 @@ int redis_url_parse(const char *url, struct redis_url *out, char *err, int errle
 }
 
 /* The end of the URL that starts at p: the next comma followed (after spaces) by a scheme
- * (letters, then "://"), or the end of the text. Commas inside a URL separate a redis-sentinel://
- * URL's sentinels. */
+ * (letters, then "://"), or the end of the text. Commas inside a URL separate the hosts of a
+ * redis-sentinel:// or redis-cluster:// URL. */
 static const char *url_end(const char *p)
 {
     for (const char *c = strchr(p, ','); c; c = strchr(c + 1, ',')) {

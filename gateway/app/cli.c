@@ -32,8 +32,8 @@ static redisContext *connect_server(const struct redis_url *u)
     struct timeval tv = {5, 0};
     if (!u->master_name[0])
         return redisConnectWithTimeout(u->host, u->port, tv);
-    for (int i = 0; i < u->nsentinels; i++) {
-        redisContext *sc = redisConnectWithTimeout(u->sentinels[i].host, u->sentinels[i].port, tv);
+    for (int i = 0; i < u->nhosts; i++) {
+        redisContext *sc = redisConnectWithTimeout(u->hosts[i].host, u->hosts[i].port, tv);
         redisReply *r =
             sc && !sc->err ? redisCommand(sc, "SENTINEL get-master-addr-by-name %s", u->master_name)
                            : NULL;

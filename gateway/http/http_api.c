@@ -65,8 +65,10 @@ static void render_metrics(struct herald *app, FILE *f)
     fprintf(f, "# HELP herald_redis_shard_up 1 while this Redis server's heartbeat comes back.\n"
                "# TYPE herald_redis_shard_up gauge\n");
     for (int i = 0; i < bus_shards(app->bus); i++) {
-        fprintf(f, "herald_redis_shard_up{shard=\"%d\",server=\"%s\"} %d\n", i,
-                bus_shard_label(app->bus, i), bus_shard_ready(app->bus, i) ? 1 : 0);
+        const char *label = bus_shard_label(app->bus, i);
+        if (label) /* NULL: a cluster node no longer in the slot map */
+            fprintf(f, "herald_redis_shard_up{shard=\"%d\",server=\"%s\"} %d\n", i, label,
+                    bus_shard_ready(app->bus, i) ? 1 : 0);
     }
     metric(f, "herald_held_bytes", "gauge",
            "Bytes of sequenced messages held across gaps (HERALD_HOLD_BYTES per channel).",

@@ -1,6 +1,7 @@
 #include "bus.h"
 #include "herald.h"
 #include "backoff.h"
+#include "cluster.h"
 #include "log.h"
 #include "redis_uv.h"
 #include "resolve.h"
@@ -27,6 +28,7 @@ struct shard {
     int index;
     const struct redis_url *url;
     struct sentinel *sentinel; /* redis-sentinel://: where the master is; NULL: redis:// */
+    int next_node;             /* redis-cluster:// in classic mode: the seed to try next */
     char host[256];            /* the server connected to: the URL's, or the master */
     int port;
     char label[300];           /* for logs and metrics: "host:port" or "sentinel/<master>" */
@@ -48,6 +50,10 @@ struct bus {
     struct bus_events ev; /* what the bus reports, to the layer above that handed it */
     struct shard shards[REDIS_URL_MAX];
     int nshards;
+    /* redis-cluster:// with HERALD_REDIS_PUBSUB=sharded: the cluster does all the work;
+     * in classic mode the cluster is one shard on any of its nodes (PUBLISH reaches every
+     * node) */
+    struct cluster *cluster;
     uv_timer_t timer; /* heartbeats, liveness checks, reconnects */
     /* Full Redis name of this instance's heartbeat channel. '#' cannot occur in a Herald
      * channel name, so no client can subscribe to it or unsubscribe it. */
@@ -332,14 +338,21 @@ static void on_master_switched(void *arg)
     sh->retry_at_ms = now_ms(sh->bus);
 }
 
-/* CONNECTING covers the sentinels' answer and the lookup too: CONNECT_TIMEOUT_MS bounds all. */
+/* CONNECTING covers the sentinels' answer and the lookup too: CONNECT_TIMEOUT_MS bounds all.
+ * A cluster in classic mode is reached through any node: the next seed at each attempt. */
 static void connect_now(struct shard *sh)
 {
     set_state(sh, BUS_CONNECTING);
-    if (sh->sentinel)
+    if (sh->sentinel) {
         sentinel_ask(sh->sentinel); /* on_master_found, later */
-    else
-        connect_host(sh);
+        return;
+    }
+    if (sh->url->cluster) {
+        const struct redis_addr *a = &sh->url->hosts[sh->next_node++ % sh->url->nhosts];
+        snprintf(sh->host, sizeof sh->host, "%s", a->host);
+        sh->port = a->port;
+    }
+    connect_host(sh);
 }
 
 /* Reconnects when it is time, publishes the heartbeat and declares the link dead when
@@ -386,6 +399,14 @@ struct bus *bus_new(struct herald *app, const struct bus_events *ev)
     bus->prefix_len = strlen(app->cfg->redis_prefix);
     snprintf(bus->beat_channel, sizeof bus->beat_channel, "%sherald#heartbeat#%s",
              app->cfg->redis_prefix, app->cfg->instance_id);
+    if (app->cfg->redis_pubsub_sharded) { /* config.c: then the one URL is a cluster */
+        bus->cluster = cluster_new(app, &app->cfg->redis[0], &bus->ev, bus->beat_channel);
+        if (!bus->cluster) {
+            free(bus);
+            return NULL;
+        }
+        return bus;
+    }
     bus->nshards = app->cfg->nredis;
     for (int i = 0; i < bus->nshards; i++) {
         struct shard *sh = &bus->shards[i];
@@ -400,6 +421,8 @@ struct bus *bus_new(struct herald *app, const struct bus_events *ev)
                 return NULL;
             }
             snprintf(sh->label, sizeof sh->label, "sentinel/%s", u->master_name);
+        } else if (u->cluster) {
+            snprintf(sh->label, sizeof sh->label, "cluster/%s:%d", u->host, u->port);
         } else {
             snprintf(sh->host, sizeof sh->host, "%s", u->host);
             snprintf(sh->label, sizeof sh->label, "%s:%d", u->host, u->port);
@@ -413,6 +436,10 @@ struct bus *bus_new(struct herald *app, const struct bus_events *ev)
 
 void bus_start(struct bus *bus)
 {
+    if (bus->cluster) {
+        cluster_start(bus->cluster);
+        return;
+    }
     uint64_t tick = (uint64_t)bus->app->cfg->heartbeat_ms;
     /* the tick also paces reconnects: keep it fine enough for the shortest backoff */
     if (tick > BACKOFF_MIN_MS)
@@ -431,6 +458,11 @@ void bus_free(struct bus *bus)
 {
     if (!bus)
         return;
+    if (bus->cluster) {
+        cluster_free(bus->cluster);
+        free(bus);
+        return;
+    }
     for (int i = 0; i < bus->nshards; i++) {
         if (bus->shards[i].resolving)
             resolve_cancel(bus->shards[i].resolving);
@@ -442,8 +474,20 @@ void bus_free(struct bus *bus)
     uv_close((uv_handle_t *)&bus->timer, free_bus);
 }
 
+/* The Redis name of a Herald channel: HERALD_REDIS_PREFIX before it. -1 if it does not fit. */
+static int full_name(const struct bus *bus, const char *name, size_t len, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s%.*s", bus->app->cfg->redis_prefix, (int)len, name);
+    return n < 0 || (size_t)n >= cap ? -1 : n;
+}
+
 int bus_shard_of(const struct bus *bus, const char *name, size_t len)
 {
+    if (bus->cluster) {
+        char full[512];
+        int n = full_name(bus, name, len, full, sizeof full);
+        return n < 0 ? -1 : cluster_shard_of(bus->cluster, full, (size_t)n);
+    }
     return shard_of(name, len, bus->nshards);
 }
 
@@ -454,12 +498,15 @@ static struct shard *shard_for(struct bus *bus, const char *name, size_t len)
 
 static int send_sub_command(struct bus *bus, const char *verb, const char *name, size_t len)
 {
+    char full[512];
+    int n = full_name(bus, name, len, full, sizeof full);
+    if (n < 0)
+        return -1;
+    if (bus->cluster)
+        return verb[0] == 'S' ? cluster_subscribe(bus->cluster, full, (size_t)n)
+                              : cluster_unsubscribe(bus->cluster, full, (size_t)n);
     struct shard *sh = shard_for(bus, name, len);
     if (sh->state != BUS_UP)
-        return -1;
-    char full[512];
-    int n = snprintf(full, sizeof full, "%s%.*s", bus->app->cfg->redis_prefix, (int)len, name);
-    if (n < 0 || (size_t)n >= sizeof full)
         return -1;
     return redisAsyncCommand(sh->sub, on_sub_reply, NULL, "%s %b", verb, full, (size_t)n) ==
                    REDIS_OK
@@ -469,6 +516,11 @@ static int send_sub_command(struct bus *bus, const char *verb, const char *name,
 
 int bus_publish(struct bus *bus, const char *name, const char *payload, size_t len)
 {
+    if (bus->cluster) {
+        char full[512];
+        int n = full_name(bus, name, strlen(name), full, sizeof full);
+        return n < 0 ? -1 : cluster_publish(bus->cluster, full, (size_t)n, payload, len);
+    }
     struct shard *sh = shard_for(bus, name, strlen(name));
     if (!sh->cmd_ready)
         return -1;
@@ -497,6 +549,8 @@ static bool shard_ready(const struct shard *sh)
 
 bool bus_ready(const struct bus *bus)
 {
+    if (bus->cluster)
+        return cluster_ready(bus->cluster);
     for (int i = 0; i < bus->nshards; i++)
         if (!shard_ready(&bus->shards[i]))
             return false;
@@ -505,6 +559,8 @@ bool bus_ready(const struct bus *bus)
 
 bool bus_any_ready(const struct bus *bus)
 {
+    if (bus->cluster)
+        return cluster_any_ready(bus->cluster);
     for (int i = 0; i < bus->nshards; i++)
         if (shard_ready(&bus->shards[i]))
             return true;
@@ -513,21 +569,23 @@ bool bus_any_ready(const struct bus *bus)
 
 int bus_shards(const struct bus *bus)
 {
-    return bus->nshards;
+    return bus->cluster ? cluster_nodes(bus->cluster) : bus->nshards;
 }
 
 bool bus_shard_ready(const struct bus *bus, int i)
 {
-    return shard_ready(&bus->shards[i]);
+    return bus->cluster ? cluster_node_ready(bus->cluster, i) : shard_ready(&bus->shards[i]);
 }
 
 const char *bus_shard_label(const struct bus *bus, int i)
 {
-    return bus->shards[i].label;
+    return bus->cluster ? cluster_node_label(bus->cluster, i) : bus->shards[i].label;
 }
 
 uint64_t bus_heartbeat_age_ms(const struct bus *bus)
 {
+    if (bus->cluster)
+        return cluster_heartbeat_age_ms(bus->cluster);
     uint64_t oldest = herald_now_ms(bus->app);
     for (int i = 0; i < bus->nshards; i++) {
         const struct shard *sh = &bus->shards[i];

@@ -3,7 +3,9 @@
  * commands (a subscribed hiredis context may send nothing else), reconnect with exponential
  * backoff and jitter, and a heartbeat the process publishes to itself so that liveness is
  * proven, not assumed. A channel lives on the server shard_of() names (shard.h). A server
- * given as redis-sentinel:// is wherever its sentinels say the master is (sentinel.h). */
+ * given as redis-sentinel:// is wherever its sentinels say the master is (sentinel.h). A
+ * redis-cluster:// URL is one server reached through any of its nodes in classic pub/sub mode,
+ * or, with HERALD_REDIS_PUBSUB=sharded, each channel on the master of its slot (cluster.h). */
 #ifndef HERALD_BUS_H
 #define HERALD_BUS_H
 
@@ -51,7 +53,8 @@ int bus_unsubscribe(struct bus *bus, const char *name, size_t len);
  * delivers it within seconds. */
 int bus_publish(struct bus *bus, const char *name, const char *payload, size_t len);
 
-/* The shard (index into HERALD_REDIS_URL's list) that carries a channel. */
+/* The shard (index into HERALD_REDIS_URL's list, or a cluster node's) that carries a channel;
+ * -1 when none does (a cluster slot without a master). */
 int bus_shard_of(const struct bus *bus, const char *name, size_t len);
 
 /* True while every server's heartbeat came back within 3 intervals. */
@@ -60,8 +63,9 @@ bool bus_ready(const struct bus *bus);
 /* True while at least one server's did (/readyz with HERALD_READY_ANY_SHARD). */
 bool bus_any_ready(const struct bus *bus);
 
-/* Per server, for /metrics: how many, whether one is ready, and its name: "host:port", or
- * "sentinel/<master-name>" (stable across failovers). */
+/* Per server, for /metrics: how many, whether one is ready, and its name: "host:port",
+ * "sentinel/<master-name>" or "cluster/<first seed>" (stable across failovers), or a cluster
+ * master's "host:port" in sharded mode (NULL: an entry no longer used). */
 int bus_shards(const struct bus *bus);
 bool bus_shard_ready(const struct bus *bus, int i);
 const char *bus_shard_label(const struct bus *bus, int i);

@@ -126,7 +126,7 @@ static void watch_from(struct sentinel *s, int i, const char *addr)
         return;
     drop(&s->watch);
     s->watching = -1;
-    s->watch = open_to(s, addr, s->url->sentinels[i].port);
+    s->watch = open_to(s, addr, s->url->hosts[i].port);
     if (!s->watch)
         return; /* the bus still notices a dead master by its heartbeat */
     s->watching = i;
@@ -175,7 +175,7 @@ static void on_master_reply(redisAsyncContext *ac, void *r, void *privdata)
     if (port < 0) {
         /* a nil (it does not know the master), an error, or a malformed answer */
         log_warn("redis_sentinel", "sentinel %s:%d gave no usable address for master %s",
-                 s->url->sentinels[s->current].host, s->url->sentinels[s->current].port,
+                 s->url->hosts[s->current].host, s->url->hosts[s->current].port,
                  s->url->master_name);
         uv_timer_stop(&s->timer);
         drop(&s->ask);
@@ -207,8 +207,7 @@ static void on_ask_timeout(uv_timer_t *t)
 {
     struct sentinel *s = t->data;
     log_warn("redis_sentinel", "sentinel %s:%d did not answer in %d ms",
-             s->url->sentinels[s->current].host, s->url->sentinels[s->current].port,
-             ASK_TIMEOUT_MS);
+             s->url->hosts[s->current].host, s->url->hosts[s->current].port, ASK_TIMEOUT_MS);
     drop(&s->ask);
     ask_next(s);
 }
@@ -217,7 +216,7 @@ static void ask_at(struct sentinel *s, const char *addr)
 {
     snprintf(s->ask_addr, sizeof s->ask_addr, "%s", addr);
     uv_timer_start(&s->timer, on_ask_timeout, ASK_TIMEOUT_MS, 0);
-    s->ask = open_to(s, addr, s->url->sentinels[s->current].port);
+    s->ask = open_to(s, addr, s->url->hosts[s->current].port);
     if (!s->ask) {
         ask_next(s);
         return;
@@ -243,16 +242,16 @@ static void on_resolved(void *arg, const char *addr, const char *err)
 static void ask_next(struct sentinel *s)
 {
     const struct redis_url *u = s->url;
-    if (s->tried == u->nsentinels) {
+    if (s->tried == u->nhosts) {
         char why[200];
-        snprintf(why, sizeof why, "none of %d sentinel(s) named master %s", u->nsentinels,
+        snprintf(why, sizeof why, "none of %d sentinel(s) named master %s", u->nhosts,
                  u->master_name);
         finish(s, NULL, 0, why);
         return;
     }
-    s->current = (s->start + s->tried) % u->nsentinels;
+    s->current = (s->start + s->tried) % u->nhosts;
     s->tried++;
-    const char *host = u->sentinels[s->current].host;
+    const char *host = u->hosts[s->current].host;
     if (resolve_is_numeric(host)) {
         ask_at(s, host);
         return;
@@ -282,7 +281,7 @@ void sentinel_ask(struct sentinel *s)
     s->asking = true;
     s->tried = 0;
     s->start = s->next;
-    s->next = (s->next + 1) % s->url->nsentinels;
+    s->next = (s->next + 1) % s->url->nhosts;
     ask_next(s);
     later_leave(&s->app->later);
 }
