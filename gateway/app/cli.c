@@ -25,11 +25,22 @@ int cli_migrate(const struct herald_config *cfg)
     return 0;
 }
 
-/* A synchronous connection to the server of u: its own, or the master its sentinels name
- * (the first sentinel that answers). NULL when none could be reached. */
+/* A synchronous connection to the server of u: its own, the master its sentinels name (the
+ * first sentinel that answers), or the first cluster seed that answers. NULL when none could
+ * be reached. */
 static redisContext *connect_server(const struct redis_url *u)
 {
     struct timeval tv = {5, 0};
+    if (u->cluster) {
+        for (int i = 0; i < u->nhosts; i++) {
+            redisContext *c = redisConnectWithTimeout(u->hosts[i].host, u->hosts[i].port, tv);
+            if (c && !c->err)
+                return c;
+            redisFree(c);
+        }
+        fprintf(stderr, "herald publish: no Redis Cluster node answered\n");
+        return NULL;
+    }
     if (!u->master_name[0])
         return redisConnectWithTimeout(u->host, u->port, tv);
     for (int i = 0; i < u->nhosts; i++) {
@@ -54,28 +65,58 @@ static redisContext *connect_server(const struct redis_url *u)
     return NULL;
 }
 
-/* PUBLISH over a short-lived synchronous connection to the channel's Redis server, with
- * AUTH and the channel prefix. */
+static bool authenticate(redisContext *rc, const struct redis_url *u)
+{
+    if (!u->password[0])
+        return true;
+    redisReply *r = u->user[0] ? redisCommand(rc, "AUTH %s %s", u->user, u->password)
+                               : redisCommand(rc, "AUTH %s", u->password);
+    bool ok = r && r->type != REDIS_REPLY_ERROR;
+    freeReplyObject(r);
+    return ok;
+}
+
+/* PUBLISH (SPUBLISH with HERALD_REDIS_PUBSUB=sharded) over a short-lived synchronous
+ * connection to the channel's Redis server, with AUTH and the channel prefix. In a cluster a
+ * MOVED or ASK answer is followed once. */
 static int redis_publish(const struct herald_config *cfg, const char *channel, const char *envelope)
 {
     const struct redis_url *u = &cfg->redis[shard_of(channel, strlen(channel), cfg->nredis)];
+    const char *verb = cfg->redis_pubsub_sharded ? "SPUBLISH" : "PUBLISH";
     redisContext *rc = connect_server(u);
-    if (!rc || rc->err) {
-        fprintf(stderr, "herald publish: Redis: %s\n", rc ? rc->errstr : "out of memory");
-        redisFree(rc);
-        return -1;
-    }
     redisReply *r = NULL;
-    if (u->password[0])
-        r = u->user[0] ? redisCommand(rc, "AUTH %s %s", u->user, u->password)
-                       : redisCommand(rc, "AUTH %s", u->password);
-    int ok = !u->password[0] || (r && r->type != REDIS_REPLY_ERROR);
-    freeReplyObject(r);
-    r = ok ? redisCommand(rc, "PUBLISH %s%s %s", cfg->redis_prefix, channel, envelope) : NULL;
-    ok = r && r->type == REDIS_REPLY_INTEGER;
+    bool asking = false;
+    for (int redirects = 0;; redirects++) {
+        if (!rc || rc->err) {
+            fprintf(stderr, "herald publish: Redis: %s\n", rc ? rc->errstr : "out of memory");
+            redisFree(rc);
+            return -1;
+        }
+        bool ok = authenticate(rc, u);
+        if (ok && asking)
+            freeReplyObject(redisCommand(rc, "ASKING"));
+        r = ok ? redisCommand(rc, "%s %s%s %s", verb, cfg->redis_prefix, channel, envelope) : NULL;
+        bool moved = r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "MOVED ", 6) == 0;
+        bool ask = r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "ASK ", 4) == 0;
+        const char *addr = (moved || ask) ? strrchr(r->str, ' ') : NULL;
+        const char *colon = addr ? strrchr(addr, ':') : NULL;
+        if (!colon || redirects > 0 || colon - addr - 1 >= 256)
+            break;
+        char host[256];
+        snprintf(host, sizeof host, "%.*s", (int)(colon - addr - 1), addr + 1);
+        int port = atoi(colon + 1);
+        freeReplyObject(r);
+        r = NULL;
+        redisFree(rc);
+        rc = redisConnectWithTimeout(host, port, (struct timeval){5, 0});
+        asking = ask;
+    }
+    bool ok = r && r->type == REDIS_REPLY_INTEGER;
     if (!ok)
-        fprintf(stderr, "herald publish: Redis PUBLISH failed: %s\n",
-                r && r->str ? r->str : rc->errstr);
+        fprintf(stderr, "herald publish: Redis %s failed: %s\n", verb,
+                r && r->str     ? r->str
+                : rc->errstr[0] ? rc->errstr
+                                : "AUTH refused");
     freeReplyObject(r);
     redisFree(rc);
     return ok ? 0 : -1;

@@ -4,6 +4,8 @@ cleanups."""
 
 import os
 import shutil
+import socket
+import threading
 import time
 
 from harness import DEFAULT_TIMEOUT, RedisConn, RedisError, RedisServer, _Proc, free_port
@@ -99,3 +101,57 @@ def start_sentinel_group(test, replicas=1, sentinels=3):
 def sentinel_url(sents):
     hosts = ",".join(f"127.0.0.1:{s.port}" for s in sents)
     return f"redis-sentinel://{hosts}/{MASTER_NAME}"
+
+
+def resp_array(*items):
+    out = b"*%d\r\n" % len(items)
+    for it in items:
+        out += b"$%d\r\n%s\r\n" % (len(it), it)
+    return out
+
+
+class FakeRedis:
+    """A TCP server posing as a Redis server (a sentinel, a cluster node): it answers every
+    command on every connection with the same bytes (or never, when answer is None), and
+    counts the commands it got."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.asked = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        while True:
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self.asked += data.count(b"\r\n*") + (1 if data.startswith(b"*") else 0)
+            if self.answer is not None:
+                try:
+                    conn.sendall(self.answer)
+                except OSError:
+                    return
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+        for c in self.conns:
+            c.close()

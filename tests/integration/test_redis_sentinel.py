@@ -20,7 +20,6 @@ none of it, and ends up on the master a real sentinel names."""
 import asyncio
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -29,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from durable_clients import Client, Publisher  # noqa: E402
 from harness import RedisConn, RedisError, async_wait_for, http_get, main, ws_connect  # noqa: E402
 from pg import HistoryTestCase  # noqa: E402
-from redis_ha import MASTER_NAME, role, sentinel_url, start_sentinel_group  # noqa: E402
+from redis_ha import (MASTER_NAME, FakeRedis, resp_array, role, sentinel_url,  # noqa: E402
+                      start_sentinel_group)
 
 SEQ = "ha:orders"
 RAW = "ha:ticker"
@@ -205,7 +205,7 @@ class SentinelTest(HistoryTestCase):
     async def test_lying_and_broken_sentinels(self):
         master, (replica,), sentinels = start_sentinel_group(self, sentinels=1)
         # a "master" that answers +OK to everything, ROLE and SUBSCRIBE included
-        fake_master = FakeSentinel(b"+OK\r\n")
+        fake_master = FakeRedis(b"+OK\r\n")
         self.addCleanup(fake_master.close)
         answers = {
             "names the replica": resp_array(b"127.0.0.1", str(replica.port).encode()),
@@ -226,7 +226,7 @@ class SentinelTest(HistoryTestCase):
                 await self.fakes_then_real(group, answers, master, replica, sentinels[0])
 
     async def fakes_then_real(self, names, answers, master, replica, real):
-        fakes = [FakeSentinel(answers[n]) for n in names]
+        fakes = [FakeRedis(answers[n]) for n in names]
         for f in fakes:
             self.addCleanup(f.close)
         url = "redis-sentinel://" + ",".join(
@@ -265,59 +265,6 @@ def heartbeats(server):
     """The gateway heartbeat channels subscribed on a Redis server."""
     with RedisConn(server.port) as c:
         return c.command("PUBSUB", "CHANNELS", "herald#heartbeat#*")
-
-
-def resp_array(*items):
-    out = b"*%d\r\n" % len(items)
-    for it in items:
-        out += b"$%d\r\n%s\r\n" % (len(it), it)
-    return out
-
-
-class FakeSentinel:
-    """A TCP server that answers every command on every connection with the same bytes (or
-    never, when answer is None), and counts the commands it got."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.asked = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        while True:
-            try:
-                data = conn.recv(4096)
-            except OSError:
-                return
-            if not data:
-                return
-            self.asked += data.count(b"\r\n*") + (1 if data.startswith(b"*") else 0)
-            if self.answer is not None:
-                try:
-                    conn.sendall(self.answer)
-                except OSError:
-                    return
-
-    def close(self):
-        self.closed = True
-        self.sock.close()
-        for c in self.conns:
-            c.close()
 
 
 if __name__ == "__main__":

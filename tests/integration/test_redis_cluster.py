@@ -1,0 +1,311 @@
+#!/usr/bin/python3
+"""Redis Cluster (issue 15, point 2): HERALD_REDIS_URL=redis-cluster://n1,n2,... with
+HERALD_REDIS_PUBSUB=sharded (SSUBSCRIBE and SPUBLISH on each channel's slot owner) and
+classic (SUBSCRIBE on one node; PUBLISH reaches every node).
+
+A real cluster of 3 masters and 3 replicas (Debian's redis-server), a gateway on PostgreSQL.
+Durable messages are published through the gateway on channels spread over every master's
+slots the whole time; one master is killed with SIGKILL and its replica promoted by the
+cluster itself:
+
+- sharded: each channel is subscribed on its own master only; after the failover the gateway
+  subscribes the moved channels on the promoted replica, and every sequenced message reaches
+  every client once, in order (what was published while the slot had no master comes from
+  PostgreSQL); /readyz is not 200 while a slot has no live master;
+- classic: the gateway's one subscription is on the first seed; that node is killed and the
+  gateway moves to the next seed; nothing sequenced is lost either;
+- a slot moved by hand (CLUSTER SETSLOT ... NODE) while subscribed: the node that loses it
+  drops the subscription unasked; the gateway subscribes the channel on the new owner;
+- nodes that lie at the byte level (CLUSTER SLOTS answered with errors, nils, wrong shapes,
+  out-of-range slots and ports, a huge bulk, silence, or a map naming a fake master): the
+  gateway stays alive, uses none of it, and ends up on the real cluster."""
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from durable_clients import Client, Publisher  # noqa: E402
+from harness import (RedisConn, async_wait_for, http_get, main, parse_metrics,  # noqa: E402
+                     ws_connect)
+from pg import HistoryTestCase  # noqa: E402
+from redis_cluster import channels_spread, key_slot, start_cluster  # noqa: E402
+from redis_ha import FakeRedis, resp_array  # noqa: E402
+from test_redis_sentinel import ReadyzPoller  # noqa: E402
+
+WAIT = 60
+VERBOSE = bool(os.environ.get("HERALD_TEST_VERBOSE"))
+
+
+def shard_subscribers(port, channel):
+    """PUBSUB SHARDNUMSUB of one channel on one node (0 when the node is gone)."""
+    try:
+        with RedisConn(port, timeout=1.0) as c:
+            return int(c.command("PUBSUB", "SHARDNUMSUB", channel)[1])
+    except (OSError, ConnectionError):
+        return 0
+
+
+def shard_up(h, server):
+    """herald_redis_shard_up of the node labelled `server`, whatever its shard index; None
+    when no sample names it."""
+    for name, labels, value in parse_metrics(h.metrics_text()):
+        if name == "herald_redis_shard_up" and labels.get("server") == server:
+            return value
+    return None
+
+
+def classic_subscribers(port, channel):
+    try:
+        with RedisConn(port, timeout=1.0) as c:
+            return int(c.command("PUBSUB", "NUMSUB", channel)[1])
+    except (OSError, ConnectionError):
+        return 0
+
+
+class ClusterTest(HistoryTestCase):
+    def setUp(self):
+        super().setUp()
+        self.phase = "setup"
+        self.pg = self.start_postgres()
+
+    def start_gateway(self, url, mode):
+        h = self.start_herald(url, "--database-url", self.pg.url, "--migrate-on-start",
+                              "--heartbeat-ms", "200", env={"HERALD_REDIS_PUBSUB": mode})
+        h.wait_metric("herald_db_up", lambda v: v == 1)
+        return h
+
+    def log(self, text):
+        if VERBOSE:
+            sys.stderr.write(f"\n[{time.strftime('%H:%M:%S')}] {text}")
+
+    async def until(self, predicate, what, timeout=WAIT):
+        return await async_wait_for(predicate, timeout, interval=0.02, what=what)
+
+    async def stream(self, h, channels, clients_per_channel=2):
+        """A publisher per channel through the gateway and clients on each; returns both once
+        messages flow on every channel."""
+        pubs = [Publisher([("herald", h.base)], ch, wait=WAIT, interval=0.03) for ch in channels]
+        clients = [Client(i, h.ws_url, self, ch)
+                   for i, ch in enumerate(ch for ch in channels
+                                          for _ in range(clients_per_channel))]
+        for c in clients:
+            c.task = asyncio.create_task(c.run())
+            self.addAsyncCleanup(c.stop)
+        for p in pubs:
+            self.addCleanup(p.halt.set)
+            self.assertTrue(await asyncio.to_thread(p.publish, 0))
+        await self.until(lambda: all(c.subscribed for c in clients), "clients subscribed")
+        for p in pubs:
+            p.start()
+        await self.until(lambda: all(p.head >= 20 for p in pubs), "traffic on every channel")
+        return pubs, clients
+
+    async def finish(self, pubs, clients):
+        """Stops publishing; every client must hold every seq of its channel once, in order."""
+        for p in pubs:
+            p.halt.set()
+            await asyncio.to_thread(p.join, WAIT)
+            self.assertIsNone(p.fatal)
+        heads = {p.channel: max(p.seq_of.values()) for p in pubs}
+        await self.until(lambda: all(c.last >= heads[c.channel] for c in clients),
+                         "every client at its channel's head")
+        for c in clients:
+            self.assertEqual(c.problems, [], f"client {c.idx}")
+            self.assertEqual(c.seqs, list(range(1, heads[c.channel] + 1)),
+                             f"client {c.idx} on {c.channel}")
+        return heads
+
+    async def test_sharded_master_killed_while_publishing(self):
+        cluster = start_cluster(self, masters=3, replicas=1)
+        channels = channels_spread("orders:", 6)  # two in each master's slots
+        owner = {ch: cluster.master_of(key_slot(ch)) for ch in channels}
+        self.assertEqual(len(set(owner.values())), 3)
+        h = self.start_gateway(cluster.url(), "sharded")
+        await asyncio.to_thread(h.wait_ready, WAIT)
+        for m in cluster.masters:
+            self.assertEqual(shard_up(h, f"127.0.0.1:{m.port}"), 1)
+
+        pubs, clients = await self.stream(h, channels)
+        # each channel is subscribed on its own master and nowhere else
+        for ch in channels:
+            for m in cluster.masters:
+                self.assertEqual(shard_subscribers(m.port, ch), 1 if m.port == owner[ch] else 0,
+                                 f"{ch} on {m.port}")
+                self.assertEqual(classic_subscribers(m.port, ch), 0)
+        raw_ws = await ws_connect(h.ws_url)
+        self.addAsyncCleanup(raw_ws.close)
+        victim = owner[channels[0]]
+        moved = [ch for ch in channels if owner[ch] == victim]
+        raw = moved[0] + ":raw"
+        await raw_ws.send(json.dumps({"op": "subscribe", "channel": raw}))
+        self.assertEqual(json.loads(await raw_ws.recv())["op"], "subscribed")
+        readyz = ReadyzPoller(h)
+        readyz.start()
+        self.addCleanup(readyz.halt.set)
+
+        # ---- the failover
+        self.phase = "failover"
+        heads_at_kill = [p.head for p in pubs]
+        killed_at = time.monotonic()
+        cluster.kill_master(victim)
+        promoted = await asyncio.to_thread(cluster.wait_promoted, victim, WAIT)
+        promoted_at = time.monotonic()
+        for ch in moved:
+            await self.until(lambda ch=ch: shard_subscribers(promoted, ch) == 1,
+                             f"{ch} subscribed on the promoted replica {promoted}")
+        resubscribed_at = time.monotonic()
+        await self.until(lambda: all(p.head >= h0 + 20 for p, h0 in zip(pubs, heads_at_kill)),
+                         "durable publishes go on on every channel")
+        self.log(f"after the kill: replica {promoted} promoted at {promoted_at - killed_at:.2f} "
+                 f"s, the gateway subscribed there at {resubscribed_at - killed_at:.2f} s")
+        readyz.halt.set()
+        await asyncio.to_thread(readyz.join, WAIT)
+        heads = await self.finish(pubs, clients)
+        self.log(f"sequenced heads {heads}: none lost")
+
+        # a raw message on the moved slots reaches the client through the new master
+        await self.until(lambda: shard_subscribers(promoted, raw) == 1, "raw channel moved")
+        self.assertEqual(cluster.spublish(raw, json.dumps({"r": 1})), 1)
+        frame = json.loads(await asyncio.wait_for(raw_ws.recv(), 10))
+        self.assertEqual((frame["op"], frame["data"]), ("message", {"r": 1}))
+
+        # /readyz: 200 before, never 200 while the slots had no live master, 200 at the end
+        self.assertEqual({st for t, st in readyz.seen if t < killed_at}, {200})
+        gap = [st for t, st in readyz.seen if killed_at + 0.7 < t < promoted_at - 1.5]
+        self.assertNotIn(200, gap, "ready while some slots had no live master")
+        self.assertIn(503, [st for t, st in readyz.seen if t > killed_at])
+        await asyncio.to_thread(h.wait_ready, WAIT)
+        self.assertEqual(shard_up(h, f"127.0.0.1:{promoted}"), 1)
+        self.assertIsNone(shard_up(h, f"127.0.0.1:{victim}"))
+        self.assertIn(f"master 127.0.0.1:{promoted} joins the slot map", h.log_text())
+        self.assertTrue(h.alive())
+
+    async def test_classic_subscribed_node_killed(self):
+        cluster = start_cluster(self, masters=3, replicas=1)
+        channels = channels_spread("tasks:", 3)
+        h = self.start_gateway(cluster.url(), "classic")
+        await asyncio.to_thread(h.wait_ready, WAIT)
+        first = cluster.nodes[0]  # the first seed: where the one subscription goes
+        pubs, clients = await self.stream(h, channels, clients_per_channel=1)
+        for ch in channels:
+            self.assertEqual(classic_subscribers(first.port, ch), 1)
+            self.assertEqual(shard_subscribers(first.port, ch), 0)
+        self.phase = "failover"
+        heads_at_kill = [p.head for p in pubs]
+        cluster.kill_master(first.port)
+        await asyncio.to_thread(cluster.wait_promoted, first.port, WAIT)
+        await self.until(lambda: all(p.head >= h0 + 20 for p, h0 in zip(pubs, heads_at_kill)),
+                         "durable publishes go on")
+        await self.finish(pubs, clients)
+        second = cluster.nodes[1]
+        self.assertEqual(classic_subscribers(second.port, channels[0]), 1)
+        # a classic PUBLISH on any node reaches the gateway
+        raw_ws = await ws_connect(h.ws_url)
+        self.addAsyncCleanup(raw_ws.close)
+        await raw_ws.send(json.dumps({"op": "subscribe", "channel": "tasks:raw"}))
+        await raw_ws.recv()
+        cluster.publish("tasks:raw", json.dumps({"r": 2}))
+        frame = json.loads(await asyncio.wait_for(raw_ws.recv(), 10))
+        self.assertEqual(frame["data"], {"r": 2})
+        self.assertEqual(shard_up(h, f"cluster/127.0.0.1:{first.port}"), 1)
+
+    async def test_slot_moved_while_subscribed(self):
+        cluster = start_cluster(self, masters=3, replicas=0)
+        h = self.start_gateway(cluster.url(), "sharded")
+        await asyncio.to_thread(h.wait_ready, WAIT)
+        ch = channels_spread("rooms:", 1)[0]
+        slot = key_slot(ch)
+        src = cluster.master_of(slot)
+        dst = next(m.port for m in cluster.masters if m.port != src)
+        ws = await ws_connect(h.ws_url)
+        self.addAsyncCleanup(ws.close)
+        await ws.send(json.dumps({"op": "subscribe", "channel": ch}))
+        self.assertEqual(json.loads(await ws.recv())["op"], "subscribed")
+        await self.until(lambda: shard_subscribers(src, ch) == 1, "subscribed on the owner")
+        with RedisConn(dst) as c:
+            dst_id = c.command("CLUSTER", "MYID").decode()
+        for m in cluster.masters:  # the new owner first, as redis-cli --cluster does
+            with RedisConn(m.port) as c:
+                if m.port == dst:
+                    c.command("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
+        for m in cluster.masters:
+            with RedisConn(m.port) as c:
+                if m.port != dst:
+                    c.command("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
+        await self.until(lambda: shard_subscribers(dst, ch) == 1, "subscribed on the new owner")
+        self.assertEqual(shard_subscribers(src, ch), 0)
+        with RedisConn(dst) as c:
+            self.assertEqual(c.command("SPUBLISH", ch, json.dumps({"moved": True})), 1)
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        self.assertEqual(frame["data"], {"moved": True})
+        self.assertIn("gave up a channel (slot moved)", h.log_text())
+
+    async def test_lying_nodes(self):
+        cluster = start_cluster(self, masters=1, replicas=0)
+        real = cluster.masters[0]
+        fake_master = FakeRedis(b"+OK\r\n")
+        self.addCleanup(fake_master.close)
+
+        def entry(start, end, host, port):
+            return (b"*3\r\n:%d\r\n:%d\r\n" % (start, end)) + resp_array(host, port)
+
+        def slots(*entries):
+            return b"*%d\r\n" % len(entries) + b"".join(entries)
+
+        answers = {
+            "error": b"-ERR This instance has cluster support disabled\r\n",
+            "nil": b"*-1\r\n",
+            "integers": b"*2\r\n:1\r\n:6379\r\n",
+            "empty map": b"*0\r\n",
+            "slot past 16383": slots(entry(0, 16384, b"127.0.0.1", str(real.port).encode())),
+            "end before start": slots(entry(10, 5, b"127.0.0.1", str(real.port).encode())),
+            "port as text": slots(b"*3\r\n:0\r\n:16383\r\n" + resp_array(b"127.0.0.1", b"1")),
+            "unknown address": slots(entry(0, 16383, b"?", b"")),
+            "huge bulk": b"$99999999999\r\n",
+            "silence": None,
+        }
+        # port 99999 is not a port; and a map that names a master that is a fake
+        answers["bad port"] = slots(b"*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:99999\r\n")
+        answers["names a fake master"] = slots(
+            b"*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n" % fake_master.port)
+        names = list(answers)
+        for group in (names[:6], names[6:]):
+            with self.subTest(group=group):
+                await self.fakes_then_real(group, answers, real, fake_master)
+
+    async def fakes_then_real(self, names, answers, real, fake_master):
+        fakes = [FakeRedis(answers[n]) for n in names]
+        for f in fakes:
+            self.addCleanup(f.close)
+        url = "redis-cluster://" + ",".join(
+            [f"127.0.0.1:{f.port}" for f in fakes] + [f"127.0.0.1:{real.port}"])
+        h = self.start_herald(url, "--heartbeat-ms", "200", env={"HERALD_REDIS_PUBSUB": "sharded"})
+        await asyncio.to_thread(h.wait_ready, WAIT)
+        ws = await ws_connect(h.ws_url)
+        await ws.send(json.dumps({"op": "subscribe", "channel": "lies:1"}))
+        self.assertEqual(json.loads(await ws.recv())["op"], "subscribed")
+        await self.until(lambda: shard_subscribers(real.port, "lies:1") == 1, "on the real node")
+        with RedisConn(real.port) as c:
+            self.assertEqual(c.command("SPUBLISH", "lies:1", json.dumps({"ok": 1})), 1)
+        self.assertEqual(json.loads(await asyncio.wait_for(ws.recv(), 10))["data"], {"ok": 1})
+        await ws.close()
+        for name, f in zip(names, fakes):
+            self.assertGreaterEqual(f.asked, 1, f"the fake that answers {name} was never asked")
+        text = h.log_text()
+        self.assertIn("cannot take the slot map from", text)
+        if "silence" in names:
+            self.assertIn("no answer in time", text)
+        if "names a fake master" in names:
+            self.assertGreaterEqual(fake_master.asked, 1)
+            self.assertIn(f"127.0.0.1:{fake_master.port} unavailable", text)
+        self.assertTrue(h.alive())
+        status, _, body = http_get(f"{h.base}/readyz")
+        self.assertEqual(status, 200, body)
+        await asyncio.to_thread(h.stop)
+
+
+if __name__ == "__main__":
+    main()
