@@ -16,7 +16,13 @@
 #ifndef HERALD_CLUSTER_H
 #define HERALD_CLUSTER_H
 
-#include "bus.h"
+#include "bus_events.h"
+#include "redis_url.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct herald;
 
 struct cluster;
 
