@@ -248,6 +248,15 @@ class ClusterTest(HistoryTestCase):
         self.assertEqual(frame["data"], {"moved": True})
         self.assertIn("gave up a channel (slot moved)", h.log_text())
 
+        # herald publish SPUBLISHes too: its first node is not the owner, so it follows MOVED
+        first = src
+        url = f"redis-cluster://127.0.0.1:{first}," + cluster.url().split("://", 1)[1]
+        r = self.herald_cli("publish", ch, '{"cli":1}', "--redis-pubsub", "sharded",
+                            pg=self.pg, redis=url)
+        self.assertEqual(json.loads(r.stdout)["duplicate"], False)
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        self.assertEqual((frame["seq"], frame["data"]), (1, {"cli": 1}))
+
     async def test_lying_nodes(self):
         cluster = start_cluster(self, masters=1, replicas=0)
         real = cluster.masters[0]
