@@ -127,6 +127,7 @@ class Cluster:
         self.replicas = replicas
         self.bus_ports = bus_ports   # node port -> its cluster bus port
         self._map = None             # last slot map read (parse_slots), for routing
+        self._killed = {}            # port of a killed master -> the slot ranges it served
 
     # -- what it looks like
 
@@ -173,29 +174,31 @@ class Cluster:
         """SIGKILL the master on `port` (by PID)."""
         if port not in (m.port for m in self.masters):
             raise AssertionError(f"{port} is not a master of this cluster")
+        self._killed[port] = [(s, e) for s, e, m, _ in self.slots() if m == port]
         self.node(port).kill()
 
     def wait_promoted(self, old_port, timeout=30.0):
-        """Wait until one of old_port's replicas serves all of old_port's slots in the CLUSTER
-        SLOTS of every live node, and every live node says cluster_state:ok; return its port.
-        masters and replicas are updated (the other replicas follow the new master)."""
-        ranges = [(s, e) for s, e, m, _ in (self._map or []) if m == old_port]
+        """After kill_master(old_port): wait until one of its replicas serves all of its slots
+        in the CLUSTER SLOTS of every live node, and every live node says cluster_state:ok;
+        return its port. masters and replicas are updated (the other replicas follow the new
+        master)."""
+        ranges = self._killed.get(old_port)
         if not ranges:
-            raise AssertionError(f"{old_port} served no slots in the last map read")
+            raise AssertionError(f"{old_port} was not killed by kill_master while it served slots")
         candidates = {r.port for r in self.replicas.get(old_port, [])}
         if not candidates:
             raise AssertionError(f"master {old_port} has no replica to promote")
         state = {}
 
         def promoted():
-            owners = set()
+            owners = set()   # the master each live node names for each of the ranges
             for r in self.live_nodes():
                 if _info_fields(_query(r.port, "CLUSTER", "INFO")).get("cluster_state") != "ok":
                     state["why"] = f"node {r.port} not ok"
                     return None
-                m = parse_slots(_query(r.port, "CLUSTER", "SLOTS"))
-                owners |= {mp for s, e, mp, _ in m if (s, e) in ranges}
-                owners |= {None for rng in ranges if rng not in {(s, e) for s, e, _, _ in m}}
+                served = {(s, e): m for s, e, m, _ in parse_slots(_query(r.port, "CLUSTER",
+                                                                          "SLOTS"))}
+                owners |= {served.get(rng) for rng in ranges}   # None: not served
             state["why"] = f"owners of {ranges}: {owners}"
             if len(owners) == 1 and owners <= candidates:
                 return owners.pop()
@@ -411,8 +414,9 @@ class ClusterHarnessSelfTest(HeraldTestCase):
         """1+0 and 1+1: formed, one range, SPUBLISH and PUBLISH answered."""
         for replicas in (0, 1):
             c = start_cluster(self, masters=1, replicas=replicas)
-            want = [(0, SLOTS - 1, c.masters[0].port, [r.port for r in c.replicas[c.masters[0].port]])]
-            self.assertEqual(c.slots(), want)
+            master = c.masters[0].port
+            self.assertEqual(c.slots(), [(0, SLOTS - 1, master,
+                                          [r.port for r in c.replicas[master]])])
             self.assertEqual(c.spublish("x:1", b"{}"), 0)
             self.assertEqual(c.publish("x:1", b"{}"), 0)
 
