@@ -23,6 +23,7 @@ if [ "${1:-}" = "--test" ]; then
     gdb                          # the live fuzzer's stack of a hung gateway
     nginx libnginx-mod-nchan     # the load-balanced tests; Nchan in the benchmark suite
     redis-sentinel               # the Sentinel failover tests
+    stunnel4                     # the TLS-to-Redis sidecar test (openssl makes its certificates)
     chromium                     # the browser tests
     python3-yaml docker-compose  # the offline checks of the compose file and manifests
     prometheus                   # promtool: the ops kit's rules, metrics and dashboard checks

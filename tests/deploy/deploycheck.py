@@ -51,6 +51,11 @@ COMPOSE_SERVICES = ("redis", "postgres", "migrate", "gateway1", "gateway2", "gat
 # seconds) than HERALD_PING_INTERVAL + HERALD_PONG_TIMEOUT at their defaults (25 s + 10 s) and
 # the once-a-second sweep that sends them
 MIN_WS_TIMEOUT = 40
+# the settings that name the Redis and PostgreSQL servers (their ports must pass the
+# NetworkPolicy; they hold passwords, so the Deployment reads them from a Secret); the standby
+# of HERALD_DATABASE_READ_URL is optional
+DATA_URLS = ("HERALD_REDIS_URL", "HERALD_DATABASE_URL", "HERALD_DATABASE_READ_URL")
+OPTIONAL_DATA_URLS = ("HERALD_DATABASE_READ_URL",)
 # what the public balancer must route (the WebSocket and the REST API) and must not: /metrics
 # has no credentials (docs/SECURITY.md)
 PUBLIC_PATHS = ("/ws", "/v1/messages", "/v1/channels/demo/messages")
@@ -111,11 +116,101 @@ def gateway_routes():
     return routes
 
 
+# the port a host of a URL gets when it names none, by scheme
+DEFAULT_PORTS = {"redis": 6379, "redis-sentinel": 26379, "redis-cluster": 6379,
+                 "postgresql": 5432, "postgres": 5432}
+
+
+class ServerAddr:
+    """One server a setting names: `hostname` and `port` (the scheme's default when the URL
+    names none), and the URL it comes from (`url`, `geturl()`), its `scheme` and `path`."""
+
+    def __init__(self, url, scheme, hostname, port, path="", username=None, password=None):
+        self.url, self.scheme, self.hostname, self.port = url, scheme, hostname, port
+        self.path, self.username, self.password = path, username, password
+
+    def geturl(self):
+        return self.url
+
+    def __repr__(self):
+        return f"ServerAddr({self.hostname}:{self.port} of {self.url!r})"
+
+
+def split_redis_urls(value):
+    """HERALD_REDIS_URL as the gateway splits it (common/redis_url.c, redis_url_parse_list): a
+    comma followed (after spaces) by a scheme (`xxx://`) starts the next URL; any other comma
+    belongs to the URL it is in (a redis-sentinel:// URL's sentinels, a redis-cluster:// URL's
+    seed nodes)."""
+    parts = re.split(r",(?= *[a-z0-9+.-]+://)", str(value or ""))
+    return [x.strip(" ") for x in parts if x.strip(" ")]
+
+
+def _host_port(text, default, url):
+    """host[:port] or [v6]:port of a URL's host list; the port is default when absent."""
+    m = re.fullmatch(r"\[([^\]]*)\](?::(.*))?|([^:]*)(?::(.*))?", text)
+    host = m.group(1) if m.group(1) is not None else m.group(3)
+    port = m.group(2) if m.group(1) is not None else m.group(4)
+    if not host:
+        raise ValueError(f"{url!r} names a server without a host")
+    if port is None or port == "":
+        return host, default
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{url!r}: {text!r} has a bad port")
+    return host, int(port)
+
+
+def _url_servers(url):
+    """Every host:port one URL names: one for redis://, each sentinel of a redis-sentinel://
+    URL, each seed node of a redis-cluster:// URL, each host of a multi-host PostgreSQL URI."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        return _conninfo_servers(url)
+    user = password = None
+    at = rest.rfind("@")  # as the gateway does: the last @ ends the user and password
+    if scheme.startswith("postgres"):
+        # libpq: the authority ends at the first / or ?, and an @ only counts inside it
+        end = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
+        at = rest.rfind("@", 0, end)
+    if at >= 0:
+        user, _, password = rest[:at].partition(":")
+        user = urllib.parse.unquote(user)
+        password = urllib.parse.unquote(password) if password else None
+        rest = rest[at + 1:]
+    cut = re.search(r"[/?]" if scheme.startswith("postgres") else "/", rest)
+    hosts, path = (rest[:cut.start()], rest[cut.start():]) if cut else (rest, "")
+    default = DEFAULT_PORTS.get(scheme)
+    names = hosts.split(",") if scheme in ("redis-sentinel", "redis-cluster") or \
+        scheme.startswith("postgres") else [hosts]
+    out = []
+    for h in names:
+        host, port = _host_port(h.strip(" "), default, url)
+        out.append(ServerAddr(url, scheme, host, port, path, user or None, password))
+    return out
+
+
+def _conninfo_servers(text):
+    """The hosts of a libpq key=value conninfo (`host=a,b port=5432,5433 dbname=...`)."""
+    kv = dict(re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", text))
+    kv = {k: v[1:-1] if v.startswith("'") else v for k, v in kv.items()}
+    hosts = (kv.get("host") or kv.get("hostaddr") or "").split(",")
+    ports = (kv.get("port") or "").split(",")
+    out = []
+    for i, h in enumerate(hosts):
+        p = ports[i] if len(ports) == len(hosts) else ports[0]
+        out.append(ServerAddr(text, "conninfo", h or None, int(p) if p else 5432,
+                              username=kv.get("user"), password=kv.get("password")))
+    return out
+
+
 def server_urls(var, value):
-    """The parsed URLs of a setting: HERALD_REDIS_URL may list several Redis servers separated
-    by commas (channels are sharded over them, docs/OPERATIONS.md); the others hold one URL."""
-    parts = str(value or "").split(",") if var == "HERALD_REDIS_URL" else [str(value or "")]
-    return [urllib.parse.urlparse(x.strip()) for x in parts]
+    """Every server a setting names, as ServerAddr (hostname, port with the scheme's default).
+    HERALD_REDIS_URL may list several URLs (channels are sharded over them, docs/OPERATIONS.md),
+    split as the gateway splits them (split_redis_urls); a redis-sentinel:// URL gives one
+    entry per sentinel (port 26379 by default), a redis-cluster:// URL one per seed node. The
+    database URLs hold one URL or conninfo, which may name several hosts."""
+    urls = split_redis_urls(value) if var == "HERALD_REDIS_URL" else [str(value or "").strip()]
+    return [a for u in urls if u for a in _url_servers(u)]
 
 
 def listen_port(value):
@@ -776,7 +871,10 @@ def compose_problems(data, base_dir=os.path.dirname(COMPOSE), dockerfile_text=No
     for name, svc in services.items():
         if str((svc or {}).get("image", "")).startswith("redis:"):
             cmd = _cmd_list(svc.get("command"))
-            redis_ports[name] = int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else 6379
+            sentinel = "--sentinel" in cmd or os.path.basename(cmd[0] if cmd else "") == \
+                "redis-sentinel"
+            redis_ports[name] = int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else (
+                26379 if sentinel else 6379)
     for name, svc in services.items():
         svc = svc or {}
         env = _env_dict(svc.get("environment"))
@@ -812,11 +910,12 @@ def compose_problems(data, base_dir=os.path.dirname(COMPOSE), dockerfile_text=No
         exposed += [str(e).split(":")[-1].split("/")[0] for e in svc.get("ports") or []]
         if str(port) not in exposed:
             p.append(f"{name}: listens on {port} (HERALD_LISTEN) but exposes {exposed}")
+        # each server a URL names: the URL's host, a sentinel or a cluster seed node
         for u in server_urls("HERALD_REDIS_URL", eff.get("HERALD_REDIS_URL", "")):
             port_of = redis_ports.get(u.hostname)
-            if port_of is None or (u.port or 6379) != port_of:
+            if port_of is None or u.port != port_of:
                 p.append(f"{name}: HERALD_REDIS_URL {u.geturl()} is not a Redis service on its "
-                         f"port ({redis_ports})")
+                         f"port ({u.hostname}:{u.port}; {redis_ports})")
         drain = int(eff.get("HERALD_DRAIN_SECONDS", default_of("HERALD_DRAIN_SECONDS") or 10))
         grace = _duration_s(svc.get("stop_grace_period", "10s"))
         if grace <= drain:
@@ -1085,7 +1184,10 @@ def container_env(docs, overlay, pod_spec, container, pod_name="herald-0"):
                 p.append(f"env {e['name']}: Secret {ref['name']} is neither rendered nor the "
                          f"example")
             elif ref["key"] not in vals:
-                p.append(f"env {e['name']}: Secret {ref['name']} has no key {ref['key']}")
+                # an optional key that is absent leaves the variable unset (Kubernetes'
+                # semantics): a deployment without it is fine
+                if not ref.get("optional"):
+                    p.append(f"env {e['name']}: Secret {ref['name']} has no key {ref['key']}")
             else:
                 env[e["name"]] = vals[ref["key"]]
         elif "configMapKeyRef" in vf:
@@ -1317,10 +1419,13 @@ def k8s_problems(docs, overlay):
         if "Egress" in (np["spec"].get("policyTypes") or []):
             eg = [pp.get("port") for r in np["spec"].get("egress") or []
                   for pp in r.get("ports") or []]
+            # every server the URLs name: each sentinel of a redis-sentinel:// URL and each
+            # seed of a redis-cluster:// URL. (The master a sentinel names, and the other
+            # nodes a cluster announces, are not in the URL: their ports cannot be checked.)
             needed = {53}
-            for var, default in (("HERALD_REDIS_URL", 6379), ("HERALD_DATABASE_URL", 5432)):
+            for var in DATA_URLS:
                 if env.get(var):
-                    needed |= {u.port or default for u in server_urls(var, env[var])}
+                    needed |= {u.port for u in server_urls(var, env[var])}
             for n in sorted(needed):
                 if n not in eg:
                     p.append(f"NetworkPolicy {np['metadata']['name']} egress does not allow "
@@ -1349,14 +1454,17 @@ def k8s_problems(docs, overlay):
         if not jsc.get("runAsNonRoot") or jsc.get("readOnlyRootFilesystem") is not True:
             p.append("the Job must run as non-root with a read-only root filesystem")
 
-    # where Redis and PostgreSQL come from
-    for var in ("HERALD_REDIS_URL", "HERALD_DATABASE_URL"):
+    # where Redis and PostgreSQL come from (their URLs hold passwords); the standby's URL is
+    # optional, but when the Deployment sets it, it too comes from a Secret
+    for var in DATA_URLS:
         src = next((e for e in c.get("env") or [] if e["name"] == var), None)
+        if src is None and var in OPTIONAL_DATA_URLS:
+            continue
         if not src or "secretKeyRef" not in (src.get("valueFrom") or {}):
             p.append(f"{var} is not read from a Secret")
     sts = {s["metadata"]["name"]: s for s in find(docs, "StatefulSet")}
     if overlay == "dev":
-        for var, default in (("HERALD_REDIS_URL", 6379), ("HERALD_DATABASE_URL", 5432)):
+        for var in DATA_URLS:
             for u in server_urls(var, env.get(var, "")):
                 host = u.hostname
                 svc = find(docs, "Service", host)
@@ -1364,10 +1472,10 @@ def k8s_problems(docs, overlay):
                     p.append(f"dev: {var} host {host} is not an in-cluster StatefulSet and "
                              f"Service")
                     continue
-                sp = [x for x in svc[0]["spec"]["ports"] if x["port"] == (u.port or default)]
+                sp = [x for x in svc[0]["spec"]["ports"] if x["port"] == u.port]
                 stc = sts[host]["spec"]["template"]["spec"]["containers"][0]
                 if not sp or _port_number(stc, sp[0].get("targetPort", sp[0]["port"])) is None:
-                    p.append(f"dev: Service {host} does not serve port {u.port or default} from "
+                    p.append(f"dev: Service {host} does not serve port {u.port} from "
                              f"its StatefulSet")
     if overlay == "prod":
         if sts:

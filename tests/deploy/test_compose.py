@@ -77,6 +77,15 @@ class Compose(unittest.TestCase):
             ("second redis server", lambda s: env(s, "gateway3").update(
                 HERALD_REDIS_URL="redis://redis:6379/0,redis://redis-1:6379/0"),
              "HERALD_REDIS_URL redis://redis-1:6379/0 is not a Redis service"),
+            ("sentinel not a service", lambda s: env(s, "gateway3").update(
+                HERALD_REDIS_URL="redis-sentinel://redis:6379,sentinel-1/mymaster"),
+             "is not a Redis service on its port (sentinel-1:26379"),
+            ("sentinel on redis's port", lambda s: env(s, "gateway3").update(
+                HERALD_REDIS_URL="redis-sentinel://redis/mymaster"),
+             "is not a Redis service on its port (redis:26379"),
+            ("cluster node not a service", lambda s: env(s, "gateway3").update(
+                HERALD_REDIS_URL="redis-cluster://redis:6379,node-1:7000"),
+             "is not a Redis service on its port (node-1:7000"),
             ("database password", lambda s: s["migrate"]["environment"].update(
                 HERALD_DATABASE_URL="postgresql://herald:wrong@postgres:5432/herald"),
              "does not match the postgres service"),
@@ -113,6 +122,23 @@ class Compose(unittest.TestCase):
         for what, fn, needle in cases:
             with self.subTest(what):
                 self.expect(fn, needle)
+
+    def test_accepts_sentinels_and_cluster_nodes_that_are_services(self):
+        """Every sentinel and cluster node a URL names is checked against a Redis service on
+        its port; a service that runs redis-sentinel listens on 26379 unless told otherwise."""
+        data = copy.deepcopy(self.data)
+        data["services"]["nginx"]["volumes"][0] = f"{self.standin.name}:/etc/nginx/nginx.conf:ro"
+        redis = data["services"]["redis"]
+        for name, command in (("sentinel-0", ["redis-sentinel", "/data/sentinel.conf"]),
+                              ("sentinel-1", ["redis-server", "/data/s.conf", "--sentinel"]),
+                              ("node-1", ["redis-server", "--port", "7000"])):
+            data["services"][name] = {"image": redis["image"], "command": command}
+        data["services"]["gateway2"]["environment"]["HERALD_REDIS_URL"] = (
+            "redis-sentinel://sentinel-0,sentinel-1:26379/mymaster")
+        data["services"]["gateway3"]["environment"]["HERALD_REDIS_URL"] = (
+            "redis-cluster://redis:6379,node-1:7000")
+        problems = dc.compose_problems(data, run_docker_compose=False)
+        self.assertEqual([p for p in problems if "HERALD_REDIS_URL" in p], [])
 
     def test_docker_compose_rejects_a_broken_copy(self):
         data = copy.deepcopy(self.data)

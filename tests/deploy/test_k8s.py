@@ -228,6 +228,105 @@ class Manifests(unittest.TestCase):
             self.assertTrue(any(needle in p for p in problems), (needle, problems))
         self.assertFalse(any("host redis is not" in p for p in problems), problems)
 
+    def test_server_urls_split_as_the_gateway_does(self):
+        """A comma not followed by a scheme continues the URL it is in (common/redis_url.c):
+        a redis-sentinel:// URL gives each sentinel (26379 by default), a redis-cluster:// URL
+        each seed node (6379 by default); a list gives each of its URLs' servers."""
+        def hosts(var, value):
+            return [(u.scheme, u.hostname, u.port) for u in dc.server_urls(var, value)]
+        r = "HERALD_REDIS_URL"
+        cases = [
+            (r, "redis://:pw@redis.svc:6380/0", [("redis", "redis.svc", 6380)]),
+            (r, "redis://redis.svc", [("redis", "redis.svc", 6379)]),
+            (r, "redis-sentinel://:p%2Cw@s-0:26380,s-1,s-2:26381/mymaster/2",
+             [("redis-sentinel", "s-0", 26380), ("redis-sentinel", "s-1", 26379),
+              ("redis-sentinel", "s-2", 26381)]),
+            (r, "redis-cluster://app:p@w@node-0:7000,node-1,10.0.0.3:7002",
+             [("redis-cluster", "node-0", 7000), ("redis-cluster", "node-1", 6379),
+              ("redis-cluster", "10.0.0.3", 7002)]),
+            (r, "redis://a:6379/0, redis-sentinel://s-0,s-1:5000/m ,redis://b",
+             [("redis", "a", 6379), ("redis-sentinel", "s-0", 26379),
+              ("redis-sentinel", "s-1", 5000), ("redis", "b", 6379)]),
+            ("HERALD_DATABASE_URL",
+             "postgresql://u:p@pg-0:5433,pg-1/herald?target_session_attrs=read-write",
+             [("postgresql", "pg-0", 5433), ("postgresql", "pg-1", 5432)]),
+            ("HERALD_DATABASE_READ_URL", "postgres://reader.svc/herald",
+             [("postgres", "reader.svc", 5432)]),
+            ("HERALD_DATABASE_URL", "host=pg-0,pg-1 port=5433,5434 dbname=herald",
+             [("conninfo", "pg-0", 5433), ("conninfo", "pg-1", 5434)]),
+            (r, "", []),
+        ]
+        for var, value, want in cases:
+            with self.subTest(value=value):
+                self.assertEqual(hosts(var, value), want)
+        u = dc.server_urls(r, "redis-sentinel://:p%2Cw@s-0,s-1/mymaster")[1]
+        self.assertEqual((u.password, u.path, u.geturl()),
+                         ("p,w", "/mymaster", "redis-sentinel://:p%2Cw@s-0,s-1/mymaster"))
+        # a plain redis:// URL names one server: "b:2" after a comma is no URL of its own
+        with self.assertRaisesRegex(ValueError, "bad port"):
+            dc.server_urls(r, "redis://a:1,b:2")
+
+    def dev_with_secret(self, **values):
+        secret = dc.find(self.docs["dev"], "Secret")[0]
+        return dc.mutate(self.docs["dev"], "Secret", secret["metadata"]["name"],
+                         lambda d: d["data"].update({k: base64.b64encode(v.encode()).decode()
+                                                     for k, v in values.items()}))
+
+    def test_checks_each_sentinel_and_cluster_node(self):
+        """A redis-sentinel:// or redis-cluster:// URL is one URL naming several servers: each
+        is checked on its own port (dev: an in-cluster Service; the NetworkPolicy: egress)."""
+        cases = [
+            ("redis-sentinel://redis:6379,sentinel-1/mymaster",
+             ["dev: HERALD_REDIS_URL host sentinel-1 is not an in-cluster",
+              "NetworkPolicy herald egress does not allow port 26379"],
+             ["host redis is not", "does not serve port 6379"]),
+            ("redis-sentinel://redis/mymaster",
+             ["dev: Service redis does not serve port 26379",
+              "NetworkPolicy herald egress does not allow port 26379"], ["host redis is not"]),
+            ("redis-cluster://redis,redis-node-1:7000",
+             ["dev: HERALD_REDIS_URL host redis-node-1 is not an in-cluster",
+              "NetworkPolicy herald egress does not allow port 7000"],
+             ["host redis is not", "host redis,", "port 6379"]),
+        ]
+        for url, wanted, unwanted in cases:
+            with self.subTest(url=url):
+                problems = dc.k8s_problems(self.dev_with_secret(HERALD_REDIS_URL=url), "dev")
+                for needle in wanted:
+                    self.assertTrue(any(needle in p for p in problems), (needle, problems))
+                for needle in unwanted:
+                    self.assertFalse(any(needle in p for p in problems), (needle, problems))
+        # the same servers, all on ports the policy allows and Services serve: nothing to say
+        self.assertEqual(dc.k8s_problems(self.dev_with_secret(
+            HERALD_REDIS_URL="redis-cluster://redis:6379,redis"), "dev"), [])
+
+    def test_standby_url_is_an_optional_secret_key(self):
+        """HERALD_DATABASE_READ_URL comes from the Secret with optional: true: the dev Secret
+        has no such key and that is fine; when it is there its host and port are checked; a
+        reference that is not optional needs the key; the value is not written in clear."""
+        dep = dc.gateway(self.docs["prod"])
+        ref = next(e for e in self.container(dep)["env"]
+                   if e["name"] == "HERALD_DATABASE_READ_URL")["valueFrom"]["secretKeyRef"]
+        self.assertEqual(ref, {"name": "herald-secrets", "key": "HERALD_DATABASE_READ_URL",
+                               "optional": True})
+        self.assertEqual(dc.k8s_problems(self.docs["dev"], "dev"), [])
+        problems = dc.k8s_problems(self.dev_with_secret(
+            HERALD_DATABASE_READ_URL="postgresql://herald@postgres:5433/herald"), "dev")
+        for needle in ("dev: Service postgres does not serve port 5433",
+                       "NetworkPolicy herald egress does not allow port 5433"):
+            self.assertTrue(any(needle in p for p in problems), (needle, problems))
+
+        def read_env(d):
+            return next(e for e in self.container(d)["env"]
+                        if e["name"] == "HERALD_DATABASE_READ_URL")
+
+        self.expect("dev", "Deployment", "herald",
+                    lambda d: read_env(d)["valueFrom"]["secretKeyRef"].pop("optional"),
+                    "has no key HERALD_DATABASE_READ_URL")
+        self.expect("prod", "Deployment", "herald",
+                    lambda d: read_env(d).update(value="postgresql://u:pw@r/herald") or
+                    read_env(d).pop("valueFrom"),
+                    "HERALD_DATABASE_READ_URL is not read from a Secret")
+
     def test_rejects_a_real_looking_secret_example(self):
         ex = dc.secret_example()
         ex["stringData"]["HERALD_JWT_SECRET"] = "s3cr3t-from-prod"

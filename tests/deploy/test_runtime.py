@@ -92,9 +92,9 @@ class Runtime(unittest.TestCase):
         full["HERALD_LISTEN"] = f"127.0.0.1:{port}"
         if redis is not None:
             full["HERALD_REDIS_URL"] = redis.url
-        if "HERALD_DATABASE_URL" in full:
-            full["HERALD_DATABASE_URL"] = pg_url or (
-                "postgresql://herald@127.0.0.1:1/herald?connect_timeout=1")
+        for var in ("HERALD_DATABASE_URL", "HERALD_DATABASE_READ_URL"):
+            if var in full:
+                full[var] = pg_url or "postgresql://herald@127.0.0.1:1/herald?connect_timeout=1"
         if full.get("HERALD_STATIC_DIR"):
             mapped = self.df.image_path(self.runtime, full["HERALD_STATIC_DIR"])
             self.assertTrue(mapped and os.path.isdir(mapped), full["HERALD_STATIC_DIR"])
