@@ -37,8 +37,9 @@ struct metrics {
     uint64_t rate_limit_closes;
     uint64_t pings_sent;
     uint64_t ping_timeouts; /* clients hung up on: no answer to a ping */
-    /* redis/bus.c */
+    /* redis/bus.c, redis/cluster.c */
     uint64_t redis_reconnects;
+    uint64_t redis_redirects; /* SPUBLISH answered MOVED or ASK (a stale slot map) */
     /* store/history.c: catch-up pages with HERALD_DATABASE_READ_URL */
     uint64_t standby_reads;     /* answered by the standby */
     uint64_t standby_fallbacks; /* asked of the primary: the standby lagged or failed */

@@ -56,6 +56,9 @@ static void render_metrics(struct herald *app, FILE *f)
            "Clients closed with 4008 for a full send queue.", (double)m->slow_consumer_closes);
     metric(f, "herald_redis_reconnects_total", "counter", "Redis reconnections.",
            (double)m->redis_reconnects);
+    metric(f, "herald_redis_redirects_total", "counter",
+           "SPUBLISH answered MOVED or ASK by a Redis Cluster node (a stale slot map).",
+           (double)m->redis_redirects);
     metric(f, "herald_redis_up", "gauge",
            "1 while the heartbeat comes back from every Redis server.",
            bus_ready(app->bus) ? 1 : 0);

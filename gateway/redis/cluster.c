@@ -19,6 +19,7 @@
 #define ASK_TIMEOUT_MS     1000
 #define REFRESH_EVERY_MS   5000
 #define REFRESH_MIN_GAP_MS 200
+#define REFRESH_DOWN_MS    500 /* while a master is down: its replica may be promoted */
 /* A reply may carry a message up to HERALD_MAX_PUBLISH_BYTES and more (a producer's oversized
  * message is dropped by the layer above, not worth a reconnect); past this the node is
  * treated as broken. */
@@ -630,7 +631,9 @@ static void tick_node(struct node *n, uint64_t now)
     uint64_t dead_after = (uint64_t)n->cl->app->cfg->heartbeat_ms * BEATS_BEFORE_DEAD;
     switch (n->state) {
     case NODE_DOWN:
-        if (now >= n->retry_at_ms)
+        /* a node down waits for the map asked for when it went down: it may have lost its
+         * slots, or be gone */
+        if (now >= n->retry_at_ms && !n->cl->ask.busy && now < n->cl->refresh_at_ms)
             connect_node(n);
         break;
     case NODE_CONNECTING:
@@ -654,6 +657,10 @@ static void on_tick(uv_timer_t *t)
     uint64_t now = now_ms(cl);
     if (cl->ask.busy && now - cl->ask.started_ms > ASK_TIMEOUT_MS)
         ask_failed(cl, "no answer in time");
+    for (int i = 0; i < cl->nnodes; i++)
+        if (cl->nodes[i].used && cl->nodes[i].state == NODE_DOWN &&
+            cl->refresh_at_ms > cl->last_ask_ms + REFRESH_DOWN_MS)
+            cl->refresh_at_ms = cl->last_ask_ms + REFRESH_DOWN_MS;
     if (!cl->ask.busy && now >= cl->refresh_at_ms)
         ask_start(cl);
     for (int i = 0; i < cl->nnodes; i++)
@@ -759,8 +766,10 @@ static void on_publish_reply(void *arg, redisReply *r)
     if (r && r->type == REDIS_REPLY_ERROR) {
         struct cluster *cl = p->cl;
         bool moved = strncmp(r->str, "MOVED ", 6) == 0, ask = strncmp(r->str, "ASK ", 4) == 0;
-        if (moved || ask)
+        if (moved || ask) {
+            cl->app->metrics.redis_redirects++;
             want_refresh(cl);
+        }
         struct node *to = (moved || ask) && !p->redirected ? redirect_target(cl, r->str) : NULL;
         if (to) {
             p->redirected = true;
