@@ -27,8 +27,8 @@
 #define MSG_REFUSED     "the message was refused"
 #define MSG_UNAVAILABLE "the history is unavailable"
 #define MSG_ROUTES                                                                                 \
-    "routes: GET and POST /v1/channels/{channel}/messages (channel: 1-200 bytes of A-Z a-z 0-9 "   \
-    "_ - . : @ =), POST /v1/messages"
+    "routes: GET /v1/channels/{channel}, GET and POST /v1/channels/{channel}/messages (channel: "  \
+    "1-200 bytes of A-Z a-z 0-9 _ - . : @ =), POST /v1/messages"
 
 struct rest_batch;
 
@@ -388,22 +388,49 @@ static int read_query(struct lws *wsi, struct query_history *q, char *err, size_
 }
 
 /* ------------------------------------------------------------------------------------------
+ * GET /v1/channels/{C}: the position only */
+
+static void on_position(void *arg, const struct history_head *heads, size_t n, const char *err)
+{
+    struct rest_call *c = arg;
+    struct http_session *s = call_end(c);
+    if (s && err) {
+        answer_error(c->app, c->wsi, s, 503, ERR_HISTORY_UNAVAILABLE, MSG_UNAVAILABLE);
+    } else if (s) {
+        /* no counter yet (nothing was ever published): seq 0, no epoch */
+        char epoch[HISTORY_EPOCH_MAX + 2] = "null", body[CHANNEL_NAME_MAX + 128];
+        if (n)
+            snprintf(epoch, sizeof epoch, "\"%s\"", heads[0].epoch);
+        int len = snprintf(body, sizeof body, "{\"channel\":\"%s\",\"seq\":%llu,\"epoch\":%s}\n",
+                           c->channel, (unsigned long long)(n ? heads[0].head : 0), epoch);
+        answer(c->app, c->wsi, s, 200, body, (size_t)len);
+    }
+    call_free(c);
+}
+
+/* ------------------------------------------------------------------------------------------
  * Routes and credentials */
 
-/* /v1/channels/{C}/messages -> C, validated. */
-static bool route_channel(const char *uri, char *out)
+enum route { ROUTE_NONE, ROUTE_MESSAGES, ROUTE_POSITION };
+
+/* /v1/channels/{C}/messages or /v1/channels/{C} -> which, and C, validated. */
+static enum route route_channel(const char *uri, char *out)
 {
     static const char prefix[] = "/v1/channels/", suffix[] = "/messages";
-    size_t len = strlen(uri);
-    if (strncmp(uri, prefix, sizeof prefix - 1) != 0 || len < sizeof prefix + sizeof suffix - 2 ||
-        strcmp(uri + len - (sizeof suffix - 1), suffix) != 0)
-        return false;
-    size_t n = len - (sizeof prefix - 1) - (sizeof suffix - 1);
-    if (!channel_name_valid(uri + sizeof prefix - 1, n))
-        return false;
-    memcpy(out, uri + sizeof prefix - 1, n);
+    size_t len = strlen(uri), pl = sizeof prefix - 1, sl = sizeof suffix - 1;
+    if (strncmp(uri, prefix, pl) != 0)
+        return ROUTE_NONE;
+    enum route route = ROUTE_POSITION;
+    size_t n = len - pl;
+    if (len >= pl + sl && strcmp(uri + len - sl, suffix) == 0) {
+        route = ROUTE_MESSAGES;
+        n -= sl;
+    }
+    if (!channel_name_valid(uri + pl, n))
+        return ROUTE_NONE;
+    memcpy(out, uri + pl, n);
     out[n] = '\0';
-    return true;
+    return route;
 }
 
 /* The caller's credentials (a JWT or the API key): false, with 401 answered, without valid
@@ -510,8 +537,9 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     s->wsi = wsi;
     cors_lines(app, wsi, s->cors, sizeof s->cors);
     set_phase(app, s, post ? REST_BODY : REST_IDLE);
-    if (!batch && !route_channel(uri, channel)) {
-        bool bad = strncmp(uri, "/v1/channels/", 13) == 0;
+    enum route route = batch ? ROUTE_NONE : route_channel(uri, channel);
+    if (!batch && (route == ROUTE_NONE || (post && route == ROUTE_POSITION))) {
+        bool bad = strncmp(uri, "/v1/channels/", 13) == 0 && route == ROUTE_NONE;
         answer_error(app, wsi, s, bad ? 400 : 404, bad ? ERR_BAD_REQUEST : ERR_NOT_FOUND,
                      MSG_ROUTES);
         return 0;
@@ -522,7 +550,7 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     c->is_batch = batch;
     if (!authorized(app, wsi, s, c, batch ? NULL : channel, post))
         return 0;
-    if (!post && read_query(wsi, &c->q, err, sizeof err) < 0) {
+    if (!post && route == ROUTE_MESSAGES && read_query(wsi, &c->q, err, sizeof err) < 0) {
         answer_error(app, wsi, s, 400, ERR_BAD_REQUEST, err);
         return 0;
     }
@@ -541,6 +569,11 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     }
     set_phase(app, s, REST_WAIT);
     c->in_flight = true;
+    if (route == ROUTE_POSITION) {
+        const char *names[] = {c->channel};
+        history_heads(app, &c->read, names, NULL, 1, on_position, c);
+        return 0;
+    }
     history_fetch(app, &c->read, channel, c->q.since,
                   hub_known_head(app->hub, channel, strlen(channel)), c->q.limit,
                   (size_t)app->cfg->page_bytes, on_page, c);
