@@ -50,6 +50,20 @@ static int read_resume(struct request *r, const char **why)
 {
     json_t *since = json_object_get(r->root, "since");
     json_t *epoch = json_object_get(r->root, "epoch");
+    json_t *last = json_object_get(r->root, "last");
+    if (last) {
+        if (since || epoch) {
+            *why = "last cannot be combined with since or epoch";
+            return -1;
+        }
+        if (!json_is_integer(last) || json_integer_value(last) < 1) {
+            *why = "last must be a positive integer (how many of the latest messages)";
+            return -1;
+        }
+        r->resume = true;
+        r->last = (uint64_t)json_integer_value(last);
+        return 0;
+    }
     if (!since && !epoch)
         return 0;
     if (!json_is_integer(since) || json_integer_value(since) < 0) {

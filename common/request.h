@@ -19,8 +19,9 @@ struct request {
     char id[REQUEST_ID_JSON_MAX + 1]; /* the id as JSON text to echo; "" when none */
     const char *channel;              /* subscribe, unsubscribe, publish */
     size_t channel_len;
-    bool resume; /* subscribe with since */
+    bool resume; /* subscribe with since or last */
     uint64_t since;
+    uint64_t last;     /* subscribe with last: the last N messages; 0 when not given */
     const char *epoch; /* NULL when not given */
     json_t *data;      /* publish */
     /* publish: data as the client wrote it, inside msg (what is stored and delivered) */

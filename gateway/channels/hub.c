@@ -137,9 +137,7 @@ int hub_subscribe(struct hub *hub, struct subscriber *s, const char *name, size_
     struct member *m = registry_member(ch, s);
     if (m && registry_waiting(ch, s))
         return HUB_PENDING;
-    if (registry_wait(ch, s, id_json, resume != NULL, resume ? resume->since : 0,
-                      resume ? resume->epoch : NULL) < 0 ||
-        (!m && registry_join(ch, s) < 0)) {
+    if (registry_wait(ch, s, id_json, resume) < 0 || (!m && registry_join(ch, s) < 0)) {
         registry_unwait(ch, s);
         channel_release(hub, ch); /* a channel created for nothing goes again */
         return -1;

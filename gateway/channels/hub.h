@@ -6,6 +6,8 @@
 #ifndef HERALD_HUB_H
 #define HERALD_HUB_H
 
+#include "sink.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,16 +36,11 @@ uint64_t hub_known_head(const struct hub *hub, const char *name, size_t len);
 /* True when s is a member of the channel name[0..len). */
 bool hub_is_member(const struct subscriber *s, const char *name, size_t len);
 
-/* A resume request: replay every message with seq > since (of this epoch, when given). */
-struct resume {
-    uint64_t since;
-    const char *epoch; /* NULL or "" when the client did not say */
-};
-
-/* Joins s to a channel. The `subscribed` answer (carrying id_json) goes out once Redis has
- * confirmed the channel's subscription and, with history, once the channel's head is known
- * (and, for a resume, after the replay). -1: out of memory (nothing changed); HUB_PENDING:
- * s's previous subscribe to the channel is not answered yet (nothing changed). */
+/* Joins s to a channel (resume: registry.h; NULL for a plain subscribe). The `subscribed` answer
+ * (carrying id_json) goes out once Redis has confirmed the channel's subscription and, with
+ * history, once the channel's head is known (and, for a resume, after the replay). -1: out of
+ * memory (nothing changed); HUB_PENDING: s's previous subscribe to the channel is not answered yet
+ * (nothing changed). */
 #define HUB_PENDING (-2)
 int hub_subscribe(struct hub *hub, struct subscriber *s, const char *name, size_t len,
                   const char *id_json, const struct resume *resume);

@@ -209,8 +209,8 @@ bool registry_waiting(const struct channel *ch, const struct subscriber *s)
     return false;
 }
 
-int registry_wait(struct channel *ch, struct subscriber *s, const char *id_json, bool resume,
-                  uint64_t since, const char *epoch)
+int registry_wait(struct channel *ch, struct subscriber *s, const char *id_json,
+                  const struct resume *resume)
 {
     char *id = id_json ? strdup(id_json) : NULL;
     if (id_json && !id)
@@ -222,8 +222,12 @@ int registry_wait(struct channel *ch, struct subscriber *s, const char *id_json,
     }
     ch->waiters = w;
     struct waiter *nw = &w[ch->nwaiters++];
-    *nw = (struct waiter){.sub = s, .id_json = id, .resume = resume, .since = since};
-    snprintf(nw->epoch, sizeof nw->epoch, "%s", epoch ? epoch : "");
+    *nw = (struct waiter){.sub = s, .id_json = id, .resume = resume != NULL};
+    if (resume) {
+        nw->since = resume->since;
+        nw->last = resume->last;
+        snprintf(nw->epoch, sizeof nw->epoch, "%s", resume->epoch ? resume->epoch : "");
+    }
     return 0;
 }
 

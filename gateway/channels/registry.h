@@ -41,6 +41,7 @@ struct waiter {
     struct subscriber *sub;
     char *id_json;
     bool resume;
+    uint64_t last;    /* last:N not yet turned into a since (needs the channel's head) */
     bool checked;     /* the resume passed its checks: its frames are going out */
     bool paused;      /* the subscriber's queue is full: waiting for it to drain */
     uint8_t attempts; /* history queries made for it without progress */
@@ -128,10 +129,10 @@ struct member *registry_member(struct channel *ch, const struct subscriber *s);
 /* True when s is a member of the channel name[0..len). */
 bool registry_has(const struct subscriber *s, const char *name, size_t len);
 
-/* Waiters. registry_wait copies id_json and the resume position (-1: out of memory,
+/* Waiters. registry_wait copies id_json and the resume (NULL: none) (-1: out of memory,
  * nothing changed). */
-int registry_wait(struct channel *ch, struct subscriber *s, const char *id_json, bool resume,
-                  uint64_t since, const char *epoch);
+int registry_wait(struct channel *ch, struct subscriber *s, const char *id_json,
+                  const struct resume *resume);
 bool registry_waiting(const struct channel *ch, const struct subscriber *s);
 void registry_unwait(struct channel *ch, const struct subscriber *s);
 

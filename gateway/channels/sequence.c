@@ -807,6 +807,16 @@ static bool catching_up_to(const struct channel *ch, uint64_t seq)
 static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w)
 {
     const char *code = NULL;
+    if (w->last) { /* last:N from the head, now known; never before what is kept */
+        uint64_t n = w->last < (uint64_t)s->app->cfg->replay_max
+                         ? w->last
+                         : (uint64_t)s->app->cfg->replay_max;
+        w->since = ch->last_seq > n ? ch->last_seq - n : 0;
+        if (ch->first_kept && w->since + 1 < ch->first_kept)
+            w->since = ch->first_kept - 1;
+        w->epoch[0] = '\0';
+        w->last = 0;
+    }
     if (!w->checked && catching_up_to(ch, w->since)) {
         fill_gap(s, ch);
         return STEP_BEHIND;

@@ -25,6 +25,14 @@ struct subscriber {
     uint16_t n, cap;
 };
 
+/* A subscribe that asks for history: every message with seq > since (of this epoch, when
+ * given), or, when last > 0, the last `last` messages (at most HERALD_REPLAY_MAX). */
+struct resume {
+    uint64_t since;
+    const char *epoch; /* NULL or "" when the client did not say */
+    uint64_t last;
+};
+
 /* What a `subscribed` reply says. */
 struct hub_answer {
     uint64_t seq;      /* the last seq the client has now seen on the channel */

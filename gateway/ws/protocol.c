@@ -48,7 +48,7 @@ static void op_subscribe(struct client *c, const struct request *rq)
         client_send_error(c, ERR_BAD_REQUEST, id, msg);
         return;
     }
-    struct resume resume = {rq->since, rq->epoch};
+    struct resume resume = {.since = rq->since, .epoch = rq->epoch, .last = rq->last};
     int rc = hub_subscribe(c->app->hub, &c->sub, rq->channel, rq->channel_len, id,
                            rq->resume ? &resume : NULL);
     if (rc == HUB_PENDING)

@@ -113,6 +113,36 @@ class PositionCase(HostileCase):
                                f"WHERE name = {H.sql_quote(ch)}"))
         self.unharmed(heads={ch: head}, publishes=0)
 
+    # -- subscribe with last ----------------------------------------------------------------
+
+    def test_subscribe_last_n(self):
+        """last:3 on a channel of 6 messages: 4, 5, 6, then subscribed (recovered, replayed 3),
+        then live; last:50 gets all 6; last with since is refused and changes nothing."""
+        ch = self.ch()
+        self.publish_sql(ch, 6)
+        ws = H.open_ws(self.h.port, token=H.reader_token([ch]))
+        self.addCleanup(ws.close)
+        ws.send_json({"op": "subscribe", "channel": ch, "last": 3, "id": 1})
+        got = [H.ws_next_json(ws, 20) for _ in range(4)]
+        self.assertEqual([m.get("seq") for m in got[:3]], [4, 5, 6])
+        self.assertEqual([m["data"]["i"] for m in got[:3]], [4, 5, 6])
+        self.assertEqual({k: got[3].get(k) for k in ("op", "seq", "recovered", "replayed", "id")},
+                         {"op": "subscribed", "seq": 6, "recovered": True, "replayed": 3,
+                          "id": 1})
+        self.assertEqual(self.post(ch, '{"i":7}').status, 201)
+        self.assertEqual(H.ws_next_json(ws, 20).get("seq"), 7)
+        ws2 = H.open_ws(self.h.port, token=H.reader_token([ch]))
+        self.addCleanup(ws2.close)
+        ws2.send_json({"op": "subscribe", "channel": ch, "last": 50})
+        got = [H.ws_next_json(ws2, 20) for _ in range(8)]
+        self.assertEqual([m.get("seq") for m in got[:7]], list(range(1, 8)))
+        self.assertEqual((got[7]["op"], got[7]["replayed"]), ("subscribed", 7))
+        ws2.send_json({"op": "subscribe", "channel": ch + "x", "last": 2, "since": 1, "id": 9})
+        err = H.ws_next_json(ws2, 20)
+        self.assertEqual((err.get("op"), err.get("code"), err.get("id")),
+                         ("error", "bad_request", 9), err)
+        self.unharmed(heads={ch: 7}, publishes=1, errors={"bad_request": 1})
+
     # -- hostile bytes ----------------------------------------------------------------------
 
     def test_body_on_the_position_get(self):

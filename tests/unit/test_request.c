@@ -27,6 +27,13 @@ static void subscribe_with_resume(void **state)
     assert_int_equal(r.since, 17);
     assert_string_equal(r.epoch, "e1");
     assert_string_equal(r.id, "\"a\"");
+    assert_int_equal(r.last, 0);
+    request_free(&r);
+    assert_int_equal(parse("{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":5}", &r, &why), 0);
+    assert_true(r.resume);
+    assert_int_equal(r.last, 5);
+    assert_int_equal(r.since, 0);
+    assert_null(r.epoch);
     request_free(&r);
 }
 
@@ -71,6 +78,12 @@ static void refusals_say_why_and_keep_the_id(void **state)
         "{\"op\":\"subscribe\",\"channel\":\"c\",\"since\":-1}",
         "{\"op\":\"subscribe\",\"channel\":\"c\",\"since\":\"3\"}",
         "{\"op\":\"subscribe\",\"channel\":\"c\",\"since\":3,\"epoch\":7}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":0}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":-2}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":\"5\"}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":1.5}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":5,\"since\":3}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":5,\"epoch\":\"e\"}",
         "{\"op\":\"publish\",\"channel\":\"c\"}",
         "{\"op\":\"ping\",\"op\":\"ping\"}",
         "[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]",

@@ -440,6 +440,37 @@ static void a_resume_is_served_from_the_cache(void **state)
     leave(&b);
 }
 
+/* last:N: the N latest messages from the head, then live; never more than
+ * HERALD_REPLAY_MAX, never before seq 1, and no epoch to match. */
+static void last_n_replays_the_latest_messages(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = true}, c = {.room = true}, d = {.room = true};
+    join_at_head_5(&a);
+    for (uint64_t s = 6; s <= 10; s++)
+        live(s);
+    struct resume last3 = {.last = 3};
+    subscribe(&b, &last3);
+    assert_string_equal(b.log, "m8 m9 m10 S10/r3");
+    assert_int_equal(w.nfetches, 0);
+    live(11);
+    assert_string_equal(b.log, "m8 m9 m10 S10/r3 m11");
+    struct resume last99 = {.last = 99}; /* more than the channel holds: from seq 1 */
+    subscribe(&c, &last99);
+    assert_int_equal(w.nfetches, 1);
+    assert_int_equal(w.fetches[0].since, 0);
+    answer_fetch(NULL);
+    assert_string_equal(c.log, "m1 m2 m3 m4 m5 m6 m7 m8 m9 m10 m11 S11/r11");
+    w.cfg.replay_max = 2; /* the cap */
+    struct resume last5 = {.last = 5};
+    subscribe(&d, &last5);
+    assert_string_equal(d.log, "m10 m11 S11/r2");
+    leave(&a);
+    leave(&b);
+    leave(&c);
+    leave(&d);
+}
+
 static void a_resume_is_served_from_history(void **state)
 {
     (void)state;
@@ -770,6 +801,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(an_intact_history_passes_the_check, setup, teardown),
         cmocka_unit_test_setup_teardown(a_check_overtaken_by_a_live_message_is_no_divergence, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(last_n_replays_the_latest_messages, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
