@@ -21,4 +21,7 @@ enum errcode {
 /* "bad_request", "unauthorized", ... */
 const char *errcode_name(enum errcode code);
 
+/* The code of a name; ERR_INTERNAL for a name that is none. */
+enum errcode errcode_from_name(const char *name);
+
 #endif

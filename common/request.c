@@ -48,6 +48,16 @@ static int read_channel(struct request *r, const char **why)
 
 static int read_resume(struct request *r, const char **why)
 {
+    json_t *strict = json_object_get(r->root, "strict");
+    if (strict && !json_is_boolean(strict)) {
+        *why = "strict must be true or false";
+        return -1;
+    }
+    r->strict = json_is_true(strict);
+    if (r->strict && !json_object_get(r->root, "since") && !json_object_get(r->root, "last")) {
+        *why = "strict needs since (or last): it is about a resume";
+        return -1;
+    }
     json_t *since = json_object_get(r->root, "since");
     json_t *epoch = json_object_get(r->root, "epoch");
     json_t *last = json_object_get(r->root, "last");

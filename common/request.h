@@ -22,6 +22,7 @@ struct request {
     bool resume; /* subscribe with since or last */
     uint64_t since;
     uint64_t last;     /* subscribe with last: the last N messages; 0 when not given */
+    bool strict;       /* subscribe: refuse a resume that cannot be served */
     const char *epoch; /* NULL when not given */
     json_t *data;      /* publish */
     /* publish: data as the client wrote it, inside msg (what is stored and delivered) */

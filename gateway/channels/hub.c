@@ -142,9 +142,10 @@ int hub_subscribe(struct hub *hub, struct subscriber *s, const char *name, size_
         channel_release(hub, ch); /* a channel created for nothing goes again */
         return -1;
     }
-    if (m)
+    if (m) {
         m->ready = false; /* a second subscribe is answered like the first */
-    else
+        m->refused = false;
+    } else
         hub->app->metrics.subscriptions++;
     if (ch->redis == R_IDLE)
         request_subscribe(hub, ch);
@@ -159,6 +160,15 @@ void hub_unsubscribe(struct hub *hub, struct subscriber *s, const char *name, si
     int slot = ch ? registry_slot(s, ch) : -1;
     if (slot >= 0)
         leave(hub, s, slot);
+}
+
+void hub_drop_refused(struct hub *hub, struct subscriber *s)
+{
+    for (int i = s->n - 1; i >= 0; i--) {
+        struct member *m = registry_member(s->refs[i].ch, s);
+        if (m && m->refused)
+            leave(hub, s, i);
+    }
 }
 
 void hub_client_gone(struct hub *hub, struct subscriber *s)

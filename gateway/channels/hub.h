@@ -45,6 +45,10 @@ bool hub_is_member(const struct subscriber *s, const char *name, size_t len);
 int hub_subscribe(struct hub *hub, struct subscriber *s, const char *name, size_t len,
                   const char *id_json, const struct resume *resume);
 
+/* Takes s out of the channels whose strict resume was refused (hub_answer.refused). Called
+ * from the loop, never from inside the `answered` call that reported the refusal. */
+void hub_drop_refused(struct hub *hub, struct subscriber *s);
+
 /* Removes s from a channel (nothing happens when it is not a member). */
 void hub_unsubscribe(struct hub *hub, struct subscriber *s, const char *name, size_t len);
 

@@ -226,6 +226,7 @@ int registry_wait(struct channel *ch, struct subscriber *s, const char *id_json,
     if (resume) {
         nw->since = resume->since;
         nw->last = resume->last;
+        nw->strict = resume->strict;
         snprintf(nw->epoch, sizeof nw->epoch, "%s", resume->epoch ? resume->epoch : "");
     }
     return 0;

@@ -31,6 +31,7 @@ struct member {
     struct subscriber *sub;
     uint32_t slot;
     bool ready;
+    bool refused; /* a strict resume was refused: the connection takes it out (hub_drop_refused) */
     uint64_t last_seq;
 };
 
@@ -42,6 +43,7 @@ struct waiter {
     char *id_json;
     bool resume;
     uint64_t last;    /* last:N not yet turned into a since (needs the channel's head) */
+    bool strict;      /* a resume that cannot be served is refused, not answered unrecovered */
     bool checked;     /* the resume passed its checks: its frames are going out */
     bool paused;      /* the subscriber's queue is full: waiting for it to drain */
     uint8_t attempts; /* history queries made for it without progress */

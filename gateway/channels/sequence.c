@@ -749,7 +749,10 @@ static void answer(struct seq *s, struct channel *ch, struct waiter *w, bool res
         s->app->metrics.resumes_recovered++;
     else if (resumed)
         s->app->metrics.resumes_failed++;
-    if (m) {
+    bool refused = w->strict && resumed && !recovered;
+    if (m && refused) {
+        m->refused = true; /* not ready: nothing of the channel reaches it */
+    } else if (m) {
         m->ready = true;
         if (m->last_seq < ch->last_seq)
             m->last_seq = ch->last_seq;
@@ -759,7 +762,8 @@ static void answer(struct seq *s, struct channel *ch, struct waiter *w, bool res
                            .resumed = resumed,
                            .recovered = recovered,
                            .replayed = w->replayed,
-                           .code = code};
+                           .code = code,
+                           .refused = refused};
     s->sink->answered(w->sub, ch->name, &a, w->id_json);
 }
 

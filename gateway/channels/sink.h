@@ -31,6 +31,7 @@ struct resume {
     uint64_t since;
     const char *epoch; /* NULL or "" when the client did not say */
     uint64_t last;
+    bool strict; /* refuse, rather than go live unrecovered, when it cannot be served */
 };
 
 /* What a `subscribed` reply says. */
@@ -41,6 +42,9 @@ struct hub_answer {
     bool recovered;
     uint64_t replayed;
     const char *code; /* why a resume was not recovered */
+    /* a strict resume that could not be served: the subscriber gets no message of the
+     * channel and must call hub_drop_refused, from the loop, to take it out */
+    bool refused;
 };
 
 struct hub_sink {

@@ -458,6 +458,10 @@ void client_flush_dirty(struct herald *app)
     struct client *c;
     while ((c = app->dirty)) {
         unmark_dirty(c);
+        if (c->drop_refused) { /* here, not inside the hub's `answered` call */
+            c->drop_refused = false;
+            hub_drop_refused(app->hub, &c->sub);
+        }
         if (!c->close_code && !c->await_writable && !outq_empty(&c->q))
             flush_one(c);
     }

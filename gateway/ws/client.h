@@ -38,6 +38,7 @@ struct client {
     bool rx_binary;
     bool deflate;      /* permessage-deflate agreed in the handshake: send compressed twins */
     bool drain_wanted; /* a paused resume waits for the queue to drain (hub_client_drained) */
+    bool drop_refused; /* a strict resume was refused: leave it on the next flush */
     char *rx;          /* fragments of a message that came in several pieces */
     struct pending_publish *publishes; /* waiting for PostgreSQL: protocol.c's */
     struct principal *auth;            /* the token's claims; NULL with auth off */

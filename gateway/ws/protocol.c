@@ -19,6 +19,18 @@ void protocol_answered(struct subscriber *s, const char *channel, const struct h
     char epoch[HISTORY_EPOCH_MAX + 16] = "", tail[64] = "";
     if (r->epoch && r->epoch[0])
         snprintf(epoch, sizeof epoch, ",\"epoch\":\"%s\"", r->epoch);
+    if (r->refused) {
+        /* strict: an error instead of going live; the channel is left on the next flush */
+        enum errcode code = errcode_from_name(r->code);
+        c->app->metrics.client_errors[code]++;
+        c->drop_refused = true;
+        client_reply(c, id_json,
+                     "{\"op\":\"error\",\"code\":\"%s\",\"channel\":\"%s\",\"seq\":%llu%s,"
+                     "\"message\":\"strict subscribe: the missed messages cannot be replayed; "
+                     "load the state again and subscribe from its position\"",
+                     errcode_name(code), channel, (unsigned long long)r->seq, epoch);
+        return;
+    }
     if (r->resumed && r->recovered)
         snprintf(tail, sizeof tail, ",\"replayed\":%llu", (unsigned long long)r->replayed);
     else if (r->resumed && r->code)
@@ -48,7 +60,8 @@ static void op_subscribe(struct client *c, const struct request *rq)
         client_send_error(c, ERR_BAD_REQUEST, id, msg);
         return;
     }
-    struct resume resume = {.since = rq->since, .epoch = rq->epoch, .last = rq->last};
+    struct resume resume = {
+        .since = rq->since, .epoch = rq->epoch, .last = rq->last, .strict = rq->strict};
     int rc = hub_subscribe(c->app->hub, &c->sub, rq->channel, rq->channel_len, id,
                            rq->resume ? &resume : NULL);
     if (rc == HUB_PENDING)

@@ -143,6 +143,42 @@ class PositionCase(HostileCase):
                          ("error", "bad_request", 9), err)
         self.unharmed(heads={ch: 7}, publishes=1, errors={"bad_request": 1})
 
+    # -- strict subscribe -------------------------------------------------------------------
+
+    def test_strict_resume_refused_then_recovered(self):
+        """strict with a stale epoch: an error naming the channel's position instead of
+        `subscribed`, no message of the channel afterwards, and the channel is left (a
+        subscribe from the position then works); strict that can be served is an ordinary
+        resume."""
+        ch = self.ch()
+        self.publish_sql(ch, 4)
+        epoch = self.pg.sql(f"SELECT epoch FROM herald_channels WHERE name = {H.sql_quote(ch)}")
+        ws = H.open_ws(self.h.port, token=H.reader_token([ch]))
+        self.addCleanup(ws.close)
+        subs = self.h.metric("herald_subscriptions")
+        ws.send_json({"op": "subscribe", "channel": ch, "since": 2, "epoch": "stale",
+                      "strict": True, "id": "s1"})
+        err = H.ws_next_json(ws, 20)
+        self.assertEqual({k: err.get(k) for k in ("op", "code", "channel", "seq", "epoch", "id")},
+                         {"op": "error", "code": "history_reset", "channel": ch, "seq": 4,
+                          "epoch": epoch, "id": "s1"}, err)
+        # the refused subscription is left: the count is back where it was
+        H.wait_for(lambda: self.h.metric("herald_subscriptions") == subs, 10,
+                   what="the refused subscription left")
+        # a message published now does not reach the refused client
+        self.assertEqual(self.post(ch, '{"i":5}').status, 201)
+        self.assert_no_message(ws, 1.0)
+        # the client reloads (position 5) and subscribes strictly from there
+        ws.send_json({"op": "subscribe", "channel": ch, "since": 5, "epoch": epoch,
+                      "strict": True, "id": "s2"})
+        ok = H.ws_next_json(ws, 20)
+        self.assertEqual((ok.get("op"), ok.get("seq"), ok.get("recovered"), ok.get("id")),
+                         ("subscribed", 5, True, "s2"), ok)
+        self.assertEqual(self.post(ch, '{"i":6}').status, 201)
+        self.assertEqual(H.ws_next_json(ws, 20).get("seq"), 6)
+        self.assertEqual(self.h.metric("herald_subscriptions"), subs + 1)
+        self.unharmed(heads={ch: 6}, publishes=2, errors={"history_reset": 1})
+
     # -- hostile bytes ----------------------------------------------------------------------
 
     def test_body_on_the_position_get(self):

@@ -34,6 +34,12 @@ static void subscribe_with_resume(void **state)
     assert_int_equal(r.last, 5);
     assert_int_equal(r.since, 0);
     assert_null(r.epoch);
+    assert_false(r.strict);
+    request_free(&r);
+    assert_int_equal(
+        parse("{\"op\":\"subscribe\",\"channel\":\"c\",\"since\":2,\"strict\":true}", &r, &why), 0);
+    assert_true(r.strict);
+    assert_int_equal(r.since, 2);
     request_free(&r);
 }
 
@@ -84,6 +90,8 @@ static void refusals_say_why_and_keep_the_id(void **state)
         "{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":1.5}",
         "{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":5,\"since\":3}",
         "{\"op\":\"subscribe\",\"channel\":\"c\",\"last\":5,\"epoch\":\"e\"}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"since\":5,\"strict\":1}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"strict\":true}",
         "{\"op\":\"publish\",\"channel\":\"c\"}",
         "{\"op\":\"ping\",\"op\":\"ping\"}",
         "[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]",

@@ -195,7 +195,7 @@ static void sink_answered(struct subscriber *s, const char *channel, const struc
     if (a->resumed && a->recovered)
         note(f, "/r%llu", (unsigned long long)a->replayed);
     else if (a->resumed)
-        note(f, "/%s", a->code);
+        note(f, "/%s%s", a->code, a->refused ? "/refused" : "");
 }
 
 static const struct hub_sink sink = {sink_deliver, sink_has_room, sink_notify_drained,
@@ -548,6 +548,35 @@ static void a_resume_past_the_history_is_refused(void **state)
     leave(&c);
 }
 
+/* strict: a resume that cannot be served is refused; the member gets nothing of the channel
+ * until the connection drops it (hub_drop_refused), which leaves the other members alone. */
+static void a_strict_resume_is_refused_and_dropped(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = true}, c = {.room = true};
+    join_at_head_5(&a);
+    struct resume wrong = {.since = 3, .epoch = "e0", .strict = true};
+    struct resume fine = {.since = 4, .epoch = EPOCH, .strict = true};
+    subscribe(&b, &wrong);
+    subscribe(&c, &fine);
+    assert_string_equal(b.log, "S5/history_reset/refused");
+    answer_fetch(NULL); /* seq 5 is not cached: from history */
+    assert_string_equal(c.log, "m5 S5/r1"); /* strict changes nothing when it can be served */
+    live(6);
+    assert_string_equal(b.log, "S5/history_reset/refused"); /* not a member in effect */
+    assert_string_equal(a.log, "S5 m6");
+    assert_int_equal(b.sub.n, 1);
+    hub_drop_refused(w.hub, &b.sub);
+    assert_int_equal(b.sub.n, 0);
+    hub_drop_refused(w.hub, &a.sub); /* nothing refused: nothing dropped */
+    assert_int_equal(a.sub.n, 1);
+    live(7);
+    assert_string_equal(a.log, "S5 m6 m7");
+    assert_string_equal(c.log, "m5 S5/r1 m6 m7");
+    leave(&a);
+    leave(&c);
+}
+
 static void a_resume_ahead_of_this_process_waits_for_the_gap_fill(void **state)
 {
     (void)state;
@@ -802,6 +831,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(a_check_overtaken_by_a_live_message_is_no_divergence, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(last_n_replays_the_latest_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_strict_resume_is_refused_and_dropped, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
