@@ -15,6 +15,15 @@
  *   herald.on("recovery_failed", ({ channel }) => reloadFromApi(channel));
  *   const stop = herald.subscribe("bot:status:42", (data, msg) => render(data, msg.seq));
  *   herald.connect();
+ *
+ * With `getState` the client loads the application's state first and then streams from its
+ * position, strictly: whenever the gateway cannot replay what the state misses, the state is
+ * loaded again (docs/PROTOCOL.md, "Load state, then stream"):
+ *
+ *   herald.subscribe("bot:status:42", (data) => apply(data), {
+ *     getState: async () => (await fetch("/api/bots/42")).json(), // {state, seq, epoch}
+ *     onState: (state) => replaceAll(state),
+ *   });
  */
 
 const DEFAULTS = {
@@ -67,6 +76,7 @@ export class Herald {
     this._listeners = new Map(); // event -> Set of functions
     this._subs = new Map(); // channel -> Set of {fn} (one per subscribe() call)
     this._pos = new Map(); // channel -> {seq, epoch}: the last position seen
+    this._sync = new Map(); // channel -> state loading of a getState subscription
     this._pending = new Map(); // id -> request awaiting its reply
     this._nextId = 1;
     this._ws = null;
@@ -120,12 +130,24 @@ export class Herald {
    * the last seq/epoch seen, so messages published meanwhile are replayed, each exactly once.
    * @param {string} channel
    * @param {(data: any, msg: {channel: string, seq?: number, ts?: number, data: any}) => void} onMessage
-   * @param {{since?: number, epoch?: any}} [from]  resume from this position (instead of the
-   *   stored one); only used when the channel is not subscribed yet.
+   * @param {object} [from]  where to start; only used when the channel is not subscribed yet:
+   * @param {number} [from.since]  resume from this position (instead of the stored one)
+   * @param {any} [from.epoch]
+   * @param {(channel: string) => Promise<{state: any, seq: number, epoch: any}>} [from.getState]
+   *   loads the application's state and the channel's position it is at (read together, e.g.
+   *   with herald_position in the same SQL statement); the channel is then subscribed strictly
+   *   from that position, and the state is loaded again whenever the gateway cannot replay
+   *   what it misses (a refused strict resume, a history reset). A failed load is retried
+   *   with backoff and reported as an `error` event with the channel.
+   * @param {(state: any, pos: {seq: number, epoch: any}) => void} [from.onState]  gets each
+   *   loaded state, before the messages that follow it.
    * @returns {() => void} removes this callback; the last one removed unsubscribes the channel.
    */
-  subscribe(channel, onMessage, { since, epoch } = {}) {
+  subscribe(channel, onMessage, { since, epoch, getState, onState } = {}) {
     if (typeof onMessage !== "function") throw new TypeError("onMessage must be a function");
+    if (getState !== undefined && typeof getState !== "function") {
+      throw new TypeError("getState must be a function");
+    }
     let handlers = this._subs.get(channel);
     const fresh = !handlers;
     if (fresh) this._subs.set(channel, (handlers = new Set()));
@@ -135,7 +157,10 @@ export class Herald {
     }
     const handler = { fn: onMessage };
     handlers.add(handler);
-    if (fresh && this._isOpen()) this._sendSubscribe(channel);
+    if (fresh && getState) {
+      this._sync.set(channel, { getState, onState, loading: false, attempt: 0, timer: null });
+      this._loadState(channel);
+    } else if (fresh && this._isOpen()) this._sendSubscribe(channel);
     return () => {
       if (this._subs.get(channel) === handlers && handlers.delete(handler) && !handlers.size) {
         this.unsubscribe(channel);
@@ -151,6 +176,7 @@ export class Herald {
   unsubscribe(channel) {
     if (!this._subs.delete(channel)) return;
     this._pos.delete(channel);
+    this._dropSync(channel);
     this._dirty();
     if (!this._isOpen()) return;
     const id = this._nextId++;
@@ -344,6 +370,8 @@ export class Herald {
   }
 
   _sendSubscribe(channel) {
+    const sync = this._sync.get(channel);
+    if (sync?.loading) return; // subscribed once the state is loaded
     const id = this._nextId++;
     const p = this._pos.get(channel);
     const resumed = Number.isInteger(p?.seq);
@@ -351,6 +379,7 @@ export class Herald {
     if (resumed) {
       frame.since = p.seq;
       if (p.epoch != null) frame.epoch = p.epoch;
+      if (sync) frame.strict = true; // a state that cannot be caught up is loaded again
     }
     this._pending.set(id, { op: "subscribe", channel, resumed, sent: true });
     this._send(frame);
@@ -408,6 +437,7 @@ export class Herald {
   _onMessage(m) {
     const handlers = this._subs.get(m.channel);
     if (!handlers) return; // not (or no longer) subscribed
+    if (this._sync.get(m.channel)?.loading) return; // replayed after the state it follows
     if (Number.isInteger(m.seq)) {
       const p = this._pos.get(m.channel);
       if (Number.isInteger(p?.seq) && m.seq <= p.seq) return; // already delivered
@@ -434,7 +464,18 @@ export class Herald {
     else if (req?.resumed) this._emit("recovery_failed", { channel, code: m.code || "history_unavailable" });
     // Unasked: the server found the channel's history lost in part (a database failover) and
     // moved it to a new epoch while we were live; what we hold may be gone: reload.
-    else if (!req && reset) this._emit("recovery_failed", { channel, code: m.code || "history_reset" });
+    else if (!req && reset) {
+      this._emit("recovery_failed", { channel, code: m.code || "history_reset" });
+      // leave the channel, load the state again and subscribe from its position
+      if (this._sync.has(channel)) {
+        if (this._isOpen()) {
+          const id = this._nextId++;
+          this._pending.set(id, { op: "unsubscribe", channel, sent: true });
+          this._send({ op: "unsubscribe", channel, id });
+        }
+        this._loadState(channel);
+      }
+    }
   }
 
   _onError(m, req) {
@@ -444,9 +485,60 @@ export class Herald {
     this._pending.delete(m.id);
     if (req.op === "subscribe" && PERMANENT.has(m.code) && this._subs.delete(req.channel)) {
       this._pos.delete(req.channel);
+      this._dropSync(req.channel);
       this._dirty();
     }
     this._emit("error", { ...error, op: req.op, channel: req.channel });
+    // a refused strict resume: the server left the channel; load the state and start over
+    if (req.op === "subscribe" && m.code?.startsWith("history_") && this._sync.has(req.channel)) {
+      this._loadState(req.channel);
+    }
+  }
+
+  // ---- state loading (getState) ----
+
+  // Loads the state of a getState channel, then (when open) subscribes strictly from its
+  // position. The channel is not subscribed at the gateway meanwhile, and anything of it that
+  // still comes is ignored: the resume after the load replays what the state does not hold.
+  // A failed load is retried with backoff; one load at a time.
+  _loadState(channel) {
+    const sync = this._sync.get(channel);
+    if (!sync || sync.loading) return;
+    sync.loading = true;
+    this._runLoad(channel, sync);
+  }
+
+  _runLoad(channel, sync) {
+    const current = () => this._sync.get(channel) === sync; // not unsubscribed meanwhile
+    Promise.resolve()
+      .then(() => sync.getState(channel))
+      .then((loaded) => {
+        if (!current()) return;
+        if (!loaded || !Number.isInteger(loaded.seq) || loaded.seq < 0) {
+          throw new TypeError("getState must resolve to {state, seq, epoch} with an integer seq");
+        }
+        sync.loading = false;
+        sync.attempt = 0;
+        this._pos.set(channel, { seq: loaded.seq, epoch: loaded.epoch ?? undefined });
+        this._dirty();
+        if (sync.onState) this._call(sync.onState, loaded.state, { seq: loaded.seq, epoch: loaded.epoch });
+        if (this._isOpen()) this._sendSubscribe(channel);
+      })
+      .catch((err) => {
+        if (!current()) return;
+        const ceiling = Math.min(this._o.backoffCap, this._o.backoffBase * 2 ** Math.min(sync.attempt++, 30));
+        this._emit("error", { code: "unavailable", message: `getState failed: ${err?.message ?? err}`, channel });
+        sync.timer = this._setTimeout(() => {
+          sync.timer = null;
+          if (current()) this._runLoad(channel, sync);
+        }, Math.floor(this._random() * ceiling));
+      });
+  }
+
+  _dropSync(channel) {
+    const sync = this._sync.get(channel);
+    if (sync?.timer != null) this._clearTimeout(sync.timer);
+    this._sync.delete(channel);
   }
 
   // ---- events ----

@@ -676,3 +676,116 @@ test("heartbeat: 0 turns it off; closing stops it", () => {
   on.herald.close();
   assert.equal(on.clock.pending().length, 0);
 });
+
+// ---- getState: load the state, then stream from its position ----
+
+test("getState: the state is loaded first, then the channel subscribed strictly from its position", async () => {
+  const t = setup();
+  const calls = [];
+  const got = [];
+  const states = [];
+  t.herald.connect();
+  t.last().open();
+  t.herald.subscribe("bot:status:1", (d, m) => got.push(m.seq), {
+    getState: async (channel) => {
+      calls.push(channel);
+      return { state: { up: true }, seq: 41, epoch: "e1" };
+    },
+    onState: (state, pos) => states.push([state, pos]),
+  });
+  assert.equal(t.last().ops("subscribe").length, 0, "no subscribe before the state is loaded");
+  await tick();
+  assert.deepEqual(calls, ["bot:status:1"]);
+  assert.deepEqual(states, [[{ up: true }, { seq: 41, epoch: "e1" }]]);
+  const [sub] = t.last().ops("subscribe");
+  assert.deepEqual({ ...sub, id: 0 }, { op: "subscribe", channel: "bot:status:1", id: 0, since: 41, epoch: "e1", strict: true });
+  t.last().receive({ op: "message", channel: "bot:status:1", seq: 41, data: "old" }); // in the state
+  t.last().receive({ op: "message", channel: "bot:status:1", seq: 42, data: "new" });
+  subscribedAfterOpen(t, "bot:status:1", { seq: 42, epoch: "e1", recovered: true, replayed: 1 });
+  assert.deepEqual(got, [42]);
+  // a reconnect resumes strictly from the last seq, without loading again
+  t.last().drop(1006);
+  t.clock.advance(60000);
+  t.last().open();
+  const again = t.last().ops("subscribe")[0];
+  assert.deepEqual([again.since, again.epoch, again.strict], [42, "e1", true]);
+  assert.equal(calls.length, 1);
+});
+
+test("getState: a refused strict resume loads the state again and subscribes from the new position", async () => {
+  const t = setup();
+  let seq = 10;
+  const states = [];
+  t.herald.connect();
+  t.last().open();
+  t.herald.subscribe("room:1", () => {}, {
+    getState: () => ({ state: `at ${seq}`, seq, epoch: "e1" }),
+    onState: (state) => states.push(state),
+  });
+  await tick();
+  const first = t.last().ops("subscribe")[0];
+  seq = 30; // the application moved on meanwhile
+  t.last().receive({ op: "error", code: "history_expired", channel: "room:1", seq: 30, epoch: "e1", id: first.id, message: "strict" });
+  assert.deepEqual(t.of("error").map((e) => [e.code, e.channel]), [["history_expired", "room:1"]]);
+  await tick();
+  assert.deepEqual(states, ["at 10", "at 30"]);
+  const second = t.last().ops("subscribe")[1];
+  assert.deepEqual([second.since, second.strict], [30, true]);
+  assert.deepEqual(t.herald.position("room:1"), { seq: 30, epoch: "e1" });
+});
+
+test("getState: an unasked reset leaves the channel, reloads, and ignores what comes meanwhile", async () => {
+  const t = setup();
+  const got = [];
+  let load = { state: "s5", seq: 5, epoch: "e1" };
+  t.herald.connect();
+  t.last().open();
+  t.herald.subscribe("ch", (d) => got.push(d), { getState: () => load });
+  await tick();
+  subscribedAfterOpen(t, "ch", { seq: 5, epoch: "e1", recovered: true, replayed: 0 });
+  load = { state: "s8", seq: 8, epoch: "e2" };
+  t.last().receive({ op: "subscribed", channel: "ch", seq: 6, epoch: "e2", recovered: false, code: "history_reset" });
+  assert.deepEqual(t.last().ops("unsubscribe").map((f) => f.channel), ["ch"]);
+  t.last().receive({ op: "message", channel: "ch", seq: 7, data: "m7 (in the new state)" });
+  await tick();
+  const resub = t.last().ops("subscribe").at(-1);
+  assert.deepEqual([resub.since, resub.epoch, resub.strict], [8, "e2", true]);
+  t.last().receive({ op: "message", channel: "ch", seq: 9, data: "m9" });
+  assert.deepEqual(got, ["m9"]);
+});
+
+test("getState: a failing load is reported and retried with backoff; unsubscribe stops it", async () => {
+  const t = setup();
+  let fail = true;
+  let calls = 0;
+  t.herald.connect();
+  t.last().open();
+  t.herald.subscribe("ch", () => {}, {
+    getState: () => {
+      calls++;
+      if (fail) throw new Error("api down");
+      return { state: null, seq: 3, epoch: "e" };
+    },
+  });
+  await tick();
+  assert.equal(calls, 1);
+  assert.deepEqual(t.of("error").map((e) => [e.code, e.channel]), [["unavailable", "ch"]]);
+  assert.equal(t.last().ops("subscribe").length, 0);
+  fail = false;
+  t.clock.advance(1000);
+  await tick();
+  assert.equal(calls, 2);
+  assert.equal(t.last().ops("subscribe")[0].since, 3);
+  // a load that keeps failing stops once the channel is unsubscribed
+  const t2 = setup();
+  let calls2 = 0;
+  t2.herald.connect();
+  t2.last().open();
+  t2.herald.subscribe("x", () => {}, { getState: () => { calls2++; throw new Error("no"); } });
+  await tick();
+  t2.herald.unsubscribe("x");
+  t2.clock.advance(60000);
+  await tick();
+  assert.equal(calls2, 1);
+  assert.throws(() => t2.herald.subscribe("y", () => {}, { getState: 5 }), TypeError);
+});
