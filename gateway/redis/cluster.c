@@ -1,6 +1,7 @@
 #include "cluster.h"
 #include "backoff.h"
 #include "herald.h"
+#include "cluster_slots.h"
 #include "key_slot.h"
 #include "log.h"
 #include "resolve.h"
@@ -10,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NODES_MAX          64
-#define NO_NODE            0xff
+#define NODES_MAX          CLUSTER_MASTERS_MAX
+#define NO_NODE            CLUSTER_NO_OWNER
 #define BACKOFF_MIN_MS     100
 #define BACKOFF_MAX_MS     5000
 #define CONNECT_TIMEOUT_MS 3000
@@ -359,56 +360,6 @@ static void connect_node(struct node *n)
 
 /* ---- the slot map ------------------------------------------------------------------- */
 
-struct new_map {
-    struct redis_addr masters[NODES_MAX];
-    int n;
-    uint8_t owner[REDIS_CLUSTER_SLOTS]; /* index into masters, or NO_NODE */
-};
-
-static bool int_in(const redisReply *r, long long lo, long long hi)
-{
-    return r->type == REDIS_REPLY_INTEGER && r->integer >= lo && r->integer <= hi;
-}
-
-/* CLUSTER SLOTS: [[start, end, [host, port, ...], replicas...], ...]. Anything out of shape
- * refuses the whole answer. asked: the node that answered ("" as a host means it). */
-static const char *parse_slots(const redisReply *r, const char *asked, struct new_map *m)
-{
-    if (r->type != REDIS_REPLY_ARRAY)
-        return r->type == REDIS_REPLY_ERROR ? "CLUSTER SLOTS refused" : "not an array";
-    memset(m->owner, NO_NODE, sizeof m->owner);
-    m->n = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
-            !int_in(e->element[0], 0, REDIS_CLUSTER_SLOTS - 1) ||
-            !int_in(e->element[1], e->element[0]->integer, REDIS_CLUSTER_SLOTS - 1))
-            return "a slot range out of shape";
-        const redisReply *m0 = e->element[2];
-        if (m0->type != REDIS_REPLY_ARRAY || m0->elements < 2 ||
-            m0->element[0]->type != REDIS_REPLY_STRING ||
-            m0->element[0]->len >= sizeof m->masters[0].host || !int_in(m0->element[1], 1, 65535))
-            return "a master address out of shape";
-        const char *host = m0->element[0]->len ? m0->element[0]->str : asked;
-        if (strcmp(host, "?") == 0)
-            return "a master without a known address";
-        int port = (int)m0->element[1]->integer;
-        int j = 0;
-        while (j < m->n && !(m->masters[j].port == port && strcmp(m->masters[j].host, host) == 0))
-            j++;
-        if (j == m->n) {
-            if (m->n == NODES_MAX)
-                return "more masters than Herald follows (64)";
-            snprintf(m->masters[j].host, sizeof m->masters[j].host, "%s", host);
-            m->masters[j].port = port;
-            m->n++;
-        }
-        for (long long s = e->element[0]->integer; s <= e->element[1]->integer; s++)
-            m->owner[s] = (uint8_t)j;
-    }
-    return m->n ? NULL : "no slot is served";
-}
-
 static int find_node(const struct cluster *cl, const char *host, int port)
 {
     for (int i = 0; i < cl->nnodes; i++)
@@ -439,7 +390,7 @@ static void init_node(struct cluster *cl, int i, const struct redis_addr *a)
 /* A new map: masters that lose a slot are taken down with the old one first (the layer above
  * forgets what they carried), then the map changes and the channels it moved are subscribed
  * where they live now. */
-static void install(struct cluster *cl, const struct new_map *m)
+static void install(struct cluster *cl, const struct cluster_slots *m)
 {
     int where[NODES_MAX]; /* masters[j] -> table index */
     bool taken[NODES_MAX] = {false};
@@ -506,8 +457,8 @@ static void on_slots(void *arg, redisReply *r)
     struct cluster *cl = arg;
     if (!r)
         return;
-    struct new_map *m = malloc(sizeof *m);
-    const char *err = m ? parse_slots(r, cl->ask.host, m) : "out of memory";
+    struct cluster_slots *m = malloc(sizeof *m);
+    const char *err = m ? cluster_slots_parse(r, cl->ask.host, m) : "out of memory";
     if (err) {
         free(m);
         ask_failed(cl, err);

@@ -1,4 +1,5 @@
 #include "redis_uv.h"
+#include "resp_reader.h"
 
 #include <stdlib.h>
 
@@ -83,6 +84,7 @@ int redis_uv_attach(redisAsyncContext *ac, uv_loop_t *loop)
     }
     ru->ac = ac;
     ru->poll.data = ru;
+    resp_reader_bound(ac->c.reader);
     ac->ev.addRead = add_read;
     ac->ev.delRead = del_read;
     ac->ev.addWrite = add_write;

@@ -7,7 +7,8 @@
 #include <hiredis/async.h>
 #include <uv.h>
 
-/* Returns 0, or -1 when the context already has an adapter or memory ran out. */
+/* Returns 0, or -1 when the context already has an adapter or memory ran out. The context's
+ * reader is bounded too (resp_reader.h). */
 int redis_uv_attach(redisAsyncContext *ac, uv_loop_t *loop);
 
 #endif

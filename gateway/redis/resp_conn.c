@@ -1,4 +1,5 @@
 #include "resp_conn.h"
+#include "resp_reader.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -123,7 +124,10 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     while (!c->ended) {
         void *reply = NULL;
         if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
-            end(c, c->reader->errstr[0] ? c->reader->errstr : "protocol error");
+            end(c, strcmp(c->reader->errstr, "Out of memory") == 0
+                       ? "a reply with too many elements (or out of memory)"
+                   : c->reader->errstr[0] ? c->reader->errstr
+                                          : "protocol error");
             return;
         }
         if (!reply)
@@ -179,6 +183,7 @@ struct resp_conn *resp_conn_open(uv_loop_t *loop, const char *addr, int port, si
     c->ev = *ev;
     c->max_reply = max_reply;
     c->reader = redisReaderCreate();
+    resp_reader_bound(c->reader);
     c->rbuf = malloc(READ_CHUNK);
     if (!c->reader || !c->rbuf || uv_tcp_init(loop, &c->tcp) != 0) {
         if (c->reader)

@@ -309,6 +309,7 @@ class ClusterTest(HistoryTestCase):
             "port as text": slots(b"*3\r\n:0\r\n:16383\r\n" + resp_array(b"127.0.0.1", b"1")),
             "unknown address": slots(entry(0, 16383, b"?", b"")),
             "huge bulk": b"$99999999999\r\n",
+            "huge array": b"*2000000000\r\n",  # hiredis would allocate 16 GB for it
             "silence": None,
         }
         # port 99999 is not a port; and a map that names a master that is a fake
@@ -342,6 +343,8 @@ class ClusterTest(HistoryTestCase):
         self.assertIn("cannot take the slot map from", text)
         if "silence" in names:
             self.assertIn("no answer in time", text)
+        if "huge array" in names:
+            self.assertIn("a reply with too many elements", text)
         if "names a fake master" in names:
             self.assertGreaterEqual(fake_master.asked, 1)
             self.assertIn(f"127.0.0.1:{fake_master.port} unavailable", text)

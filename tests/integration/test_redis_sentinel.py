@@ -216,6 +216,7 @@ class SentinelTest(HistoryTestCase):
             "bad port": resp_array(b"127.0.0.1", b"99999"),
             "three elements": resp_array(b"127.0.0.1", b"6379", b"x"),
             "huge bulk": b"$99999999999\r\n",
+            "huge array": b"*2000000000\r\n",  # hiredis would allocate 16 GB for it
             "silence": None,
             "names a fake master": resp_array(b"127.0.0.1", str(fake_master.port).encode()),
         }
