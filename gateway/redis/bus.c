@@ -3,13 +3,11 @@
 #include "backoff.h"
 #include "cluster.h"
 #include "log.h"
-#include "redis_uv.h"
+#include "resp_conn.h"
 #include "resolve.h"
 #include "sentinel.h"
 #include "shard.h"
 
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +30,8 @@ struct shard {
     char host[256];            /* the server connected to: the URL's, or the master */
     int port;
     char label[300];           /* for logs and metrics: "host:port" or "sentinel/<master>" */
-    redisAsyncContext *sub;    /* SUBSCRIBE only */
-    redisAsyncContext *cmd;    /* PUBLISH and everything else */
+    struct resp_conn *sub;     /* SUBSCRIBE only */
+    struct resp_conn *cmd;     /* PUBLISH and everything else */
     struct resolve *resolving; /* the host name's lookup, before connecting */
     enum bus_state state;
     bool sub_ready, cmd_ready;
@@ -58,6 +56,7 @@ struct bus {
     /* Full Redis name of this instance's heartbeat channel. '#' cannot occur in a Herald
      * channel name, so no client can subscribe to it or unsubscribe it. */
     char beat_channel[256];
+    size_t beat_len;
     size_t prefix_len;
 };
 
@@ -72,14 +71,11 @@ static void set_state(struct shard *sh, enum bus_state s)
     sh->state_since_ms = now_ms(sh->bus);
 }
 
-/* Frees a context without letting its callbacks reach us again. */
-static void drop_context(redisAsyncContext **ac)
+/* Closes a connection: no event of it reaches us again (waiting replies get NULL). */
+static void drop_conn(struct resp_conn **c)
 {
-    if (*ac) {
-        (*ac)->data = NULL;
-        redisAsyncFree(*ac);
-        *ac = NULL;
-    }
+    resp_conn_close(*c);
+    *c = NULL;
 }
 
 /* Both connections go; the layer above forgets (`down`) the subscriptions this server
@@ -93,8 +89,8 @@ static void go_down(struct shard *sh, const char *why)
     sh->resolving = NULL;
     if (sh->sentinel)
         sentinel_cancel(sh->sentinel);
-    drop_context(&sh->sub);
-    drop_context(&sh->cmd);
+    drop_conn(&sh->sub);
+    drop_conn(&sh->cmd);
     sh->sub_ready = sh->cmd_ready = false;
     sh->last_beat_ms = 0;
     set_state(sh, BUS_DOWN);
@@ -111,9 +107,13 @@ static void go_down(struct shard *sh, const char *why)
 
 static void publish_beat(struct shard *sh)
 {
-    if (sh->cmd_ready)
-        redisAsyncCommand(sh->cmd, NULL, NULL, "PUBLISH %s %llu", sh->bus->beat_channel,
-                          (unsigned long long)now_ms(sh->bus));
+    if (!sh->cmd_ready)
+        return;
+    char stamp[24];
+    int n = snprintf(stamp, sizeof stamp, "%llu", (unsigned long long)now_ms(sh->bus));
+    const char *argv[] = {"PUBLISH", sh->bus->beat_channel, stamp};
+    size_t lens[] = {7, strlen(sh->bus->beat_channel), (size_t)n};
+    resp_conn_send(sh->cmd, NULL, NULL, 3, argv, lens);
 }
 
 /* Both connections are usable and the heartbeat channel is subscribed. */
@@ -132,92 +132,99 @@ static void maybe_up(struct shard *sh)
     bus->ev.up(bus->ev.arg);
 }
 
-/* One callback for every reply on the subscriber connection: subscribe and unsubscribe
- * confirmations and messages, keyed by the Redis channel name. */
-static void on_sub_reply(redisAsyncContext *ac, void *r, void *privdata)
+/* A message on the subscriber connection (its pushes); anything else unasked is a server
+ * this bus does not understand. */
+static void on_sub_push(void *arg, redisReply *reply)
 {
-    struct shard *sh = ac->data;
-    redisReply *reply = r;
-    if (!sh || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
-        reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_STRING)
-        return;
-    const char *kind = reply->element[0]->str;
-    const char *full = reply->element[1]->str;
-    size_t full_len = reply->element[1]->len;
+    struct shard *sh = arg;
     struct bus *bus = sh->bus;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(reply->element[0]->str, "message") != 0 ||
+        reply->element[1]->type != REDIS_REPLY_STRING ||
+        reply->element[2]->type != REDIS_REPLY_STRING) {
+        go_down(sh, "unexpected reply on the subscriber connection");
+        return;
+    }
+    const redisReply *ch = reply->element[1];
+    if (ch->len == bus->beat_len && memcmp(ch->str, bus->beat_channel, ch->len) == 0) {
+        sh->last_beat_ms = sh->beat_seen_ms = now_ms(bus);
+        return;
+    }
+    if (ch->len >= bus->prefix_len)
+        bus->ev.message(bus->ev.arg, ch->str + bus->prefix_len, ch->len - bus->prefix_len,
+                        reply->element[2]->str, reply->element[2]->len);
+}
 
-    if (strcmp(full, bus->beat_channel) == 0) {
+/* The answer to one SUBSCRIBE or UNSUBSCRIBE (one channel each), in order. */
+static void on_sub_reply(void *arg, redisReply *reply)
+{
+    struct shard *sh = arg;
+    if (!reply)
+        return;
+    struct bus *bus = sh->bus;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING ||
+        reply->element[1]->type != REDIS_REPLY_STRING) {
+        char why[400];
+        snprintf(why, sizeof why, "%s:%d refused SUBSCRIBE: %.100s", sh->host, sh->port,
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "an answer out of shape");
+        go_down(sh, why);
+        return;
+    }
+    const char *kind = reply->element[0]->str;
+    const redisReply *ch = reply->element[1];
+    if (ch->len == bus->beat_len && memcmp(ch->str, bus->beat_channel, ch->len) == 0) {
         if (strcmp(kind, "subscribe") == 0) {
             sh->sub_ready = true;
             maybe_up(sh);
-        } else if (strcmp(kind, "message") == 0) {
-            sh->last_beat_ms = sh->beat_seen_ms = now_ms(bus);
         }
         return;
     }
-    if (full_len < bus->prefix_len)
+    if (ch->len < bus->prefix_len)
         return;
-    const char *name = full + bus->prefix_len;
-    size_t len = full_len - bus->prefix_len;
-    if (strcmp(kind, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING)
-        bus->ev.message(bus->ev.arg, name, len, reply->element[2]->str, reply->element[2]->len);
-    else if (strcmp(kind, "subscribe") == 0)
+    const char *name = ch->str + bus->prefix_len;
+    size_t len = ch->len - bus->prefix_len;
+    if (strcmp(kind, "subscribe") == 0)
         bus->ev.subscribed(bus->ev.arg, name, len);
     else if (strcmp(kind, "unsubscribe") == 0)
         bus->ev.unsubscribed(bus->ev.arg, name, len);
 }
 
 /* The reply to AUTH or SELECT while a connection is being set up. */
-static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
+static void on_setup_reply(void *arg, redisReply *reply)
 {
-    struct shard *sh = ac->data;
-    redisReply *reply = r;
-    if (!sh)
-        return;
-    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+    struct shard *sh = arg;
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
         char why[160];
-        snprintf(why, sizeof why, "%s refused: %s", (const char *)privdata,
-                 reply ? reply->str : "no reply");
+        snprintf(why, sizeof why, "setup refused: %s", reply->str);
         log_error("redis_setup", "%s:%d: %s", sh->host, sh->port, why);
         go_down(sh, why);
     }
 }
 
 /* AUTH (with the ACL user when there is one) and SELECT, pipelined before anything else. */
-static void send_setup(struct shard *sh, redisAsyncContext *ac, bool select_db)
+static void send_setup(struct shard *sh, struct resp_conn *c, bool select_db)
 {
     const struct redis_url *u = sh->url;
-    if (u->password[0] && u->user[0])
-        redisAsyncCommand(ac, on_setup_reply, (void *)"AUTH", "AUTH %s %s", u->user, u->password);
-    else if (u->password[0])
-        redisAsyncCommand(ac, on_setup_reply, (void *)"AUTH", "AUTH %s", u->password);
-    if (select_db && u->db)
-        redisAsyncCommand(ac, on_setup_reply, (void *)"SELECT", "SELECT %d", u->db);
-}
-
-/* A context hiredis is about to free (failed connect or disconnect): forget it, then take
- * the whole shard down. */
-static void lost_context(struct shard *sh, redisAsyncContext *ac, const char *fallback)
-{
-    if (ac == sh->sub)
-        sh->sub = NULL;
-    else
-        sh->cmd = NULL;
-    ac->data = NULL;
-    go_down(sh, ac->errstr[0] ? ac->errstr : fallback);
+    resp_conn_send_auth(c, u->user, u->password, on_setup_reply, sh);
+    if (select_db && u->db) {
+        char db[16];
+        int n = snprintf(db, sizeof db, "%d", u->db);
+        const char *argv[] = {"SELECT", db};
+        size_t lens[] = {6, (size_t)n};
+        resp_conn_send(c, on_setup_reply, sh, 2, argv, lens);
+    }
 }
 
 /* A sentinel's answer can be stale (it names a master that has just been demoted): the node
  * must say it is a master before the shard uses it. */
-static void on_role_reply(redisAsyncContext *ac, void *r, void *privdata)
+static void on_role_reply(void *arg, redisReply *reply)
 {
-    (void)privdata;
-    struct shard *sh = ac->data;
-    redisReply *reply = r;
-    if (!sh)
+    struct shard *sh = arg;
+    if (!reply)
         return;
-    const char *role = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+    const char *role = reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
                                reply->element[0]->type == REDIS_REPLY_STRING
                            ? reply->element[0]->str
                            : "unknown";
@@ -231,62 +238,71 @@ static void on_role_reply(redisAsyncContext *ac, void *r, void *privdata)
     maybe_up(sh);
 }
 
-static void on_connect(const redisAsyncContext *cac, int status)
+static int send_sub(struct shard *sh, const char *verb, const char *full, size_t len)
 {
-    redisAsyncContext *ac = (redisAsyncContext *)cac;
-    struct shard *sh = ac->data;
-    if (!sh)
-        return;
-    if (status != REDIS_OK) {
-        lost_context(sh, ac, "connect failed");
-        return;
-    }
-    if (ac == sh->sub) {
-        send_setup(sh, ac, false);
-        redisAsyncCommand(ac, on_sub_reply, NULL, "SUBSCRIBE %s", sh->bus->beat_channel);
-    } else if (sh->sentinel) {
-        send_setup(sh, ac, true);
-        redisAsyncCommand(ac, on_role_reply, NULL, "ROLE");
-    } else {
-        send_setup(sh, ac, true);
-        sh->cmd_ready = true;
-        maybe_up(sh);
-    }
+    const char *argv[] = {verb, full};
+    size_t lens[] = {strlen(verb), len};
+    return resp_conn_send(sh->sub, on_sub_reply, sh, 2, argv, lens);
 }
 
-static void on_disconnect(const redisAsyncContext *cac, int status)
+static void on_sub_connected(void *arg)
 {
-    redisAsyncContext *ac = (redisAsyncContext *)cac;
-    struct shard *sh = ac->data;
-    if (sh)
-        lost_context(sh, ac, "connection closed");
+    struct shard *sh = arg;
+    send_setup(sh, sh->sub, false);
+    send_sub(sh, "SUBSCRIBE", sh->bus->beat_channel, sh->bus->beat_len);
 }
 
-/* addr: u->host, or the address it resolved to (hiredis would resolve on the loop). */
-static redisAsyncContext *open_context(struct shard *sh, const char *addr)
+static void on_cmd_connected(void *arg)
 {
-    redisAsyncContext *ac = redisAsyncConnect(addr, sh->port);
-    if (!ac)
-        return NULL;
-    if (ac->err) {
-        log_warn("redis_connect", "cannot connect to %s:%d: %s", sh->host, sh->port, ac->errstr);
-        redisAsyncFree(ac);
-        return NULL;
+    struct shard *sh = arg;
+    send_setup(sh, sh->cmd, true);
+    if (sh->sentinel) {
+        const char *argv[] = {"ROLE"};
+        size_t lens[] = {4};
+        resp_conn_send(sh->cmd, on_role_reply, sh, 1, argv, lens);
+        return;
     }
-    if (redis_uv_attach(ac, sh->bus->app->loop) < 0) {
-        redisAsyncFree(ac);
-        return NULL;
-    }
-    ac->data = sh;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    return ac;
+    sh->cmd_ready = true;
+    maybe_up(sh);
+}
+
+/* One connection failed or ended: the shard goes down with both. */
+static void on_sub_closed(void *arg, const char *why)
+{
+    struct shard *sh = arg;
+    sh->sub = NULL;
+    go_down(sh, why);
+}
+
+static void on_cmd_closed(void *arg, const char *why)
+{
+    struct shard *sh = arg;
+    sh->cmd = NULL;
+    go_down(sh, why);
+}
+
+static void on_cmd_push(void *arg, redisReply *reply)
+{
+    (void)reply;
+    go_down(arg, "unexpected reply on the command connection");
+}
+
+/* addr: the URL's host, or the address it resolved to (numeric). A reply may carry the
+ * largest message a publisher may send and more: past 64 MiB over it the server is broken. */
+static struct resp_conn *open_conn(struct shard *sh, const char *addr, bool sub)
+{
+    struct resp_conn_events ev = {.arg = sh,
+                                  .connected = sub ? on_sub_connected : on_cmd_connected,
+                                  .push = sub ? on_sub_push : on_cmd_push,
+                                  .closed = sub ? on_sub_closed : on_cmd_closed};
+    return resp_conn_open(sh->bus->app->loop, addr, sh->port,
+                          (size_t)sh->bus->app->cfg->max_publish_bytes + (64u << 20), &ev);
 }
 
 static void connect_to(struct shard *sh, const char *addr)
 {
-    sh->sub = open_context(sh, addr);
-    sh->cmd = open_context(sh, addr);
+    sh->sub = open_conn(sh, addr, true);
+    sh->cmd = open_conn(sh, addr, false);
     if (!sh->sub || !sh->cmd)
         go_down(sh, "connect failed");
 }
@@ -399,6 +415,7 @@ struct bus *bus_new(struct herald *app, const struct bus_events *ev)
     bus->prefix_len = strlen(app->cfg->redis_prefix);
     snprintf(bus->beat_channel, sizeof bus->beat_channel, "%sherald#heartbeat#%s",
              app->cfg->redis_prefix, app->cfg->instance_id);
+    bus->beat_len = strlen(bus->beat_channel);
     if (app->cfg->redis_pubsub_sharded) { /* config.c: then the one URL is a cluster */
         bus->cluster = cluster_new(app, &app->cfg->redis[0], &bus->ev, bus->beat_channel);
         if (!bus->cluster) {
@@ -466,8 +483,8 @@ void bus_free(struct bus *bus)
     for (int i = 0; i < bus->nshards; i++) {
         if (bus->shards[i].resolving)
             resolve_cancel(bus->shards[i].resolving);
-        drop_context(&bus->shards[i].sub);
-        drop_context(&bus->shards[i].cmd);
+        drop_conn(&bus->shards[i].sub);
+        drop_conn(&bus->shards[i].cmd);
         sentinel_free(bus->shards[i].sentinel);
     }
     uv_timer_stop(&bus->timer);
@@ -508,26 +525,23 @@ static int send_sub_command(struct bus *bus, const char *verb, const char *name,
     struct shard *sh = shard_for(bus, name, len);
     if (sh->state != BUS_UP)
         return -1;
-    return redisAsyncCommand(sh->sub, on_sub_reply, NULL, "%s %b", verb, full, (size_t)n) ==
-                   REDIS_OK
-               ? 0
-               : -1;
+    return send_sub(sh, verb, full, (size_t)n);
 }
 
 int bus_publish(struct bus *bus, const char *name, const char *payload, size_t len)
 {
-    if (bus->cluster) {
-        char full[512];
-        int n = full_name(bus, name, strlen(name), full, sizeof full);
-        return n < 0 ? -1 : cluster_publish(bus->cluster, full, (size_t)n, payload, len);
-    }
+    char full[512];
+    int n = full_name(bus, name, strlen(name), full, sizeof full);
+    if (n < 0)
+        return -1;
+    if (bus->cluster)
+        return cluster_publish(bus->cluster, full, (size_t)n, payload, len);
     struct shard *sh = shard_for(bus, name, strlen(name));
     if (!sh->cmd_ready)
         return -1;
-    return redisAsyncCommand(sh->cmd, NULL, NULL, "PUBLISH %s%s %b", bus->app->cfg->redis_prefix,
-                             name, payload, len) == REDIS_OK
-               ? 0
-               : -1;
+    const char *argv[] = {"PUBLISH", full, payload};
+    size_t lens[] = {7, (size_t)n, len};
+    return resp_conn_send(sh->cmd, NULL, NULL, 3, argv, lens);
 }
 
 int bus_subscribe(struct bus *bus, const char *name, size_t len)

@@ -245,26 +245,10 @@ static void on_auth_reply(void *arg, redisReply *r)
     }
 }
 
-/* AUTH [user] password, first on a new connection, when the URL has a password. */
-static void send_auth(struct resp_conn *c, const struct redis_url *u, resp_reply_fn *fn, void *arg)
-{
-    if (!u->password[0])
-        return;
-    const char *argv[] = {"AUTH", u->user, u->password};
-    size_t lens[] = {4, strlen(u->user), strlen(u->password)};
-    int argc = 3;
-    if (!u->user[0]) {
-        argv[1] = u->password;
-        lens[1] = lens[2];
-        argc = 2;
-    }
-    resp_conn_send(c, fn, arg, argc, argv, lens);
-}
-
 static void on_sub_connected(void *arg)
 {
     struct node *n = arg;
-    send_auth(n->sub, n->cl->url, on_auth_reply, n);
+    resp_conn_send_auth(n->sub, n->cl->url->user, n->cl->url->password, on_auth_reply, n);
     if (send_sub_op(n, true, n->beat, n->beat_len) != 0)
         node_down(n, "out of memory");
 }
@@ -272,7 +256,7 @@ static void on_sub_connected(void *arg)
 static void on_cmd_connected(void *arg)
 {
     struct node *n = arg;
-    send_auth(n->cmd, n->cl->url, on_auth_reply, n);
+    resp_conn_send_auth(n->cmd, n->cl->url->user, n->cl->url->password, on_auth_reply, n);
     n->cmd_ready = true;
     maybe_up(n);
 }
@@ -474,7 +458,8 @@ static void on_slots(void *arg, redisReply *r)
 static void on_ask_connected(void *arg)
 {
     struct cluster *cl = arg;
-    send_auth(cl->ask.conn, cl->url, NULL, NULL); /* a refusal shows in the next reply */
+    /* a refusal shows in the next reply */
+    resp_conn_send_auth(cl->ask.conn, cl->url->user, cl->url->password, NULL, NULL);
     const char *argv[] = {"CLUSTER", "SLOTS"};
     size_t lens[] = {7, 5};
     resp_conn_send(cl->ask.conn, on_slots, cl, 2, argv, lens);

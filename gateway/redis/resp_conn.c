@@ -24,6 +24,11 @@ struct resp_conn {
     struct waiting *wait;
     size_t head, count, cap;
     char *rbuf;
+    /* Commands written while a write is in flight wait here and go out in one write when it
+     * completes: under load many commands share a system call, as in hiredis' own client. */
+    char *out;
+    size_t out_len, out_cap;
+    bool writing;      /* a uv_write in flight */
     bool ended;        /* no more events or sends: closing */
     bool closed_by_us; /* resp_conn_close: `closed` is not reported */
     char why[128];     /* why it ended, for `closed` */
@@ -32,7 +37,7 @@ struct resp_conn {
 struct write_req {
     uv_write_t req;
     struct resp_conn *c;
-    char *cmd; /* from redisFormatCommandArgv */
+    char *buf; /* malloc'd: one command, or the commands gathered while the last was out */
 };
 
 /* `closed` and the callbacks of the replies that will never come run here, from the loop,
@@ -53,6 +58,7 @@ static void on_closed(uv_handle_t *h)
     redisReaderFree(c->reader);
     free(c->wait);
     free(c->rbuf);
+    free(c->out);
     free(c);
 }
 
@@ -202,13 +208,67 @@ struct resp_conn *resp_conn_open(uv_loop_t *loop, const char *addr, int port, si
     return c;
 }
 
+static int write_out(struct resp_conn *c, char *buf, size_t len);
+
 static void on_written(uv_write_t *req, int status)
 {
     struct write_req *w = (struct write_req *)req;
-    redisFreeCommand(w->cmd);
-    if (status < 0 && !w->c->ended)
-        end(w->c, uv_strerror(status));
+    struct resp_conn *c = w->c;
+    free(w->buf);
     free(w);
+    if (c->ended)
+        return;
+    c->writing = false;
+    if (status < 0) {
+        end(c, uv_strerror(status));
+        return;
+    }
+    if (c->out_len) { /* what gathered meanwhile, in one write */
+        char *buf = c->out;
+        size_t len = c->out_len;
+        c->out = NULL;
+        c->out_len = c->out_cap = 0;
+        if (write_out(c, buf, len) < 0)
+            end(c, "cannot write");
+    }
+}
+
+/* Starts writing buf (taken over). */
+static int write_out(struct resp_conn *c, char *buf, size_t len)
+{
+    struct write_req *w = malloc(sizeof *w);
+    if (!w) {
+        free(buf);
+        return -1;
+    }
+    w->c = c;
+    w->buf = buf;
+    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+        free(buf);
+        free(w);
+        return -1;
+    }
+    c->writing = true;
+    return 0;
+}
+
+/* Appends a formatted command to what waits for the write in flight. */
+static int gather(struct resp_conn *c, const char *cmd, size_t len)
+{
+    if (c->out_len + len > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 4096;
+        while (cap < c->out_len + len)
+            cap *= 2;
+        char *out = realloc(c->out, cap);
+        if (!out)
+            return -1;
+        c->out = out;
+        c->out_cap = cap;
+    }
+    memcpy(c->out + c->out_len, cmd, len);
+    c->out_len += len;
+    return 0;
 }
 
 static int push_waiting(struct resp_conn *c, resp_reply_fn *fn, void *arg)
@@ -235,25 +295,43 @@ int resp_conn_send(struct resp_conn *c, resp_reply_fn *fn, void *arg, int argc, 
 {
     if (c->ended)
         return -1;
-    struct write_req *w = calloc(1, sizeof *w);
-    if (!w)
+    char *cmd;
+    int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    if (n < 0)
         return -1;
-    int n = redisFormatCommandArgv(&w->cmd, argc, argv, lens);
-    if (n < 0 || push_waiting(c, fn, arg) != 0) {
-        if (n >= 0)
-            redisFreeCommand(w->cmd);
-        free(w);
+    if (push_waiting(c, fn, arg) != 0) {
+        redisFreeCommand(cmd);
         return -1;
     }
-    w->c = c;
-    uv_buf_t buf = uv_buf_init(w->cmd, (unsigned)n);
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_written);
-    if (rc < 0) {
-        /* the command is queued as waiting: its callback runs with NULL when the
-         * connection, now ended, is closed */
-        redisFreeCommand(w->cmd);
-        free(w);
-        end(c, uv_strerror(rc));
+    /* copied into our own buffers: hiredis' allocator and ours need not be the same */
+    int rc = -1;
+    if (c->writing) {
+        rc = gather(c, cmd, (size_t)n);
+    } else {
+        char *buf = malloc((size_t)n);
+        if (buf) {
+            memcpy(buf, cmd, (size_t)n);
+            rc = write_out(c, buf, (size_t)n);
+        }
     }
+    redisFreeCommand(cmd);
+    if (rc < 0) /* fn is queued: it runs with NULL when the connection, now ended, closes */
+        end(c, "cannot write");
     return 0;
+}
+
+void resp_conn_send_auth(struct resp_conn *c, const char *user, const char *password,
+                         resp_reply_fn *fn, void *arg)
+{
+    if (!password[0])
+        return;
+    const char *argv[] = {"AUTH", user, password};
+    size_t lens[] = {4, strlen(user), strlen(password)};
+    if (user[0]) {
+        resp_conn_send(c, fn, arg, 3, argv, lens);
+        return;
+    }
+    argv[1] = password;
+    lens[1] = lens[2];
+    resp_conn_send(c, fn, arg, 2, argv, lens);
 }

@@ -40,6 +40,10 @@ struct resp_conn *resp_conn_open(uv_loop_t *loop, const char *addr, int port, si
 int resp_conn_send(struct resp_conn *c, resp_reply_fn *fn, void *arg, int argc, const char **argv,
                    const size_t *lens);
 
+/* AUTH [user] password, when password is not empty (nothing is sent otherwise). */
+void resp_conn_send_auth(struct resp_conn *c, const char *user, const char *password,
+                         resp_reply_fn *fn, void *arg);
+
 /* Closes the connection; no event follows, and the waiting commands' callbacks run with NULL
  * from the loop. */
 void resp_conn_close(struct resp_conn *c);
