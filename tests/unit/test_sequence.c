@@ -574,6 +574,7 @@ static void a_strict_resume_is_refused_and_dropped(void **state)
     assert_string_equal(a.log, "S5 m6 m7");
     assert_string_equal(c.log, "m5 S5/r1 m6 m7");
     leave(&a);
+    leave(&b); /* frees its refs (empty now) */
     leave(&c);
 }
 
