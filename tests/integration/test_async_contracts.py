@@ -131,7 +131,10 @@ class AsyncContractTest(HistoryTestCase):
         wait_for(lambda: h.metric("herald_publish_queued") == 0, what="the queue emptied")
         n = stored(pg, "gone")
         self.assertGreaterEqual(n, 2)
-        self.assertLessEqual(n, 1 + 1 + 3)  # the warm-up, one in flight, three queued
+        # the warm-up, the batch in flight, three queued; publishes that arrive in one read
+        # are all queued before the first batch is formed, so that batch can hold up to the
+        # queue's three (seen in CI: 6 stored)
+        self.assertLessEqual(n, 1 + 3 + 3)
         self.assertEqual(h.healthz(), 200)
 
     async def test_a_full_db_queue_fails_through_the_callback(self):
