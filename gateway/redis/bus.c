@@ -287,8 +287,7 @@ static void on_cmd_push(void *arg, redisReply *reply)
     go_down(arg, "unexpected reply on the command connection");
 }
 
-/* addr: the URL's host, or the address it resolved to (numeric). A reply may carry the
- * largest message a publisher may send and more: past 64 MiB over it the server is broken. */
+/* addr: the URL's host, or the address it resolved to (numeric). */
 static struct resp_conn *open_conn(struct shard *sh, const char *addr, bool sub)
 {
     struct resp_conn_events ev = {.arg = sh,
@@ -296,7 +295,7 @@ static struct resp_conn *open_conn(struct shard *sh, const char *addr, bool sub)
                                   .push = sub ? on_sub_push : on_cmd_push,
                                   .closed = sub ? on_sub_closed : on_cmd_closed};
     return resp_conn_open(sh->bus->app->loop, addr, sh->port,
-                          (size_t)sh->bus->app->cfg->max_publish_bytes + (64u << 20), &ev);
+                          (size_t)sh->bus->app->cfg->max_publish_bytes + RESP_REPLY_SLACK, &ev);
 }
 
 static void connect_to(struct shard *sh, const char *addr)

@@ -21,10 +21,6 @@
 #define REFRESH_EVERY_MS   5000
 #define REFRESH_MIN_GAP_MS 200
 #define REFRESH_DOWN_MS    500 /* while a master is down: its replica may be promoted */
-/* A reply may carry a message up to HERALD_MAX_PUBLISH_BYTES and more (a producer's oversized
- * message is dropped by the layer above, not worth a reconnect); past this the node is
- * treated as broken. */
-#define REPLY_SLACK (64u << 20)
 
 enum node_state { NODE_DOWN, NODE_CONNECTING, NODE_UP };
 
@@ -615,7 +611,7 @@ struct cluster *cluster_new(struct herald *app, const struct redis_url *url,
     cl->ev = ev;
     snprintf(cl->beat, sizeof cl->beat, "%s", beat);
     memset(cl->owner, NO_NODE, sizeof cl->owner);
-    cl->max_reply = (size_t)app->cfg->max_publish_bytes + REPLY_SLACK;
+    cl->max_reply = (size_t)app->cfg->max_publish_bytes + RESP_REPLY_SLACK;
     backoff_init(&cl->ask_backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, backoff_seed((uintptr_t)cl));
     uv_timer_init(app->loop, &cl->timer);
     cl->timer.data = cl;

@@ -14,6 +14,11 @@
 
 struct resp_conn;
 
+/* What the gateway's Redis connections allow a reply beyond HERALD_MAX_PUBLISH_BYTES: a
+ * producer's oversized message is dropped by the layer above, not worth a reconnect; past
+ * this the server is taken for broken. */
+#define RESP_REPLY_SLACK (64u << 20)
+
 /* A command's reply (valid during the call). reply is NULL when the connection ended before
  * the reply came (closed by the server, an error, or resp_conn_close): the callback may then
  * only release what arg owns. Each callback runs exactly once. */

@@ -560,7 +560,7 @@ static void a_strict_resume_is_refused_and_dropped(void **state)
     subscribe(&b, &wrong);
     subscribe(&c, &fine);
     assert_string_equal(b.log, "S5/history_reset/refused");
-    answer_fetch(NULL); /* seq 5 is not cached: from history */
+    answer_fetch(NULL);                     /* seq 5 is not cached: from history */
     assert_string_equal(c.log, "m5 S5/r1"); /* strict changes nothing when it can be served */
     live(6);
     assert_string_equal(b.log, "S5/history_reset/refused"); /* not a member in effect */
