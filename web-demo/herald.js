@@ -24,6 +24,19 @@
  *     getState: async () => (await fetch("/api/bots/42")).json(), // {state, seq, epoch}
  *     onState: (state) => replaceAll(state),
  *   });
+ *
+ * Presence (channels the gateway lists in HERALD_PRESENCE): who is subscribed to a channel.
+ * `presence` gives this connection's user (`sub`, used when the gateway has no JWT auth; with
+ * auth the token's `sub` counts) and what others see of it (`info`); `onPresence` gets the
+ * live member list, loaded after every `subscribed` (so after every reconnect too) and kept
+ * up to date by the gateway's join and leave events:
+ *
+ *   herald.subscribe("chat:lobby", (msg) => show(msg), {
+ *     presence: { sub: "alice", info: { name: "Alice" } },
+ *     onPresence: (members, { count }) => renderPeople(members, count),
+ *     onJoin: (member) => toast(`${member.info?.name} joined`),
+ *   });
+ *   const { count, members } = await herald.presence("chat:lobby"); // a one-off query
  */
 
 const DEFAULTS = {
@@ -40,6 +53,10 @@ const DEFAULTS = {
 
 // Subscribe errors after which retrying the same subscription cannot succeed.
 const PERMANENT = new Set(["bad_request", "unauthorized", "forbidden", "not_found", "too_large"]);
+// Presence query errors after which asking again cannot succeed (not_found: presence is not
+// enabled on the channel).
+const PRESENCE_PERMANENT = new Set(["bad_request", "unauthorized", "forbidden", "not_found"]);
+const SUB_MAX_BYTES = 127;
 
 const OPEN = 1; // WebSocket.OPEN
 
@@ -77,6 +94,9 @@ export class Herald {
     this._subs = new Map(); // channel -> Set of {fn} (one per subscribe() call)
     this._pos = new Map(); // channel -> {seq, epoch}: the last position seen
     this._sync = new Map(); // channel -> state loading of a getState subscription
+    this._member = new Map(); // channel -> {sub?, info?}: this client's presence on the channel
+    this._presence = new Map(); // channel -> live member list of a channel with onPresence
+    this._joined = new Set(); // channels answered `subscribed` on the current connection
     this._pending = new Map(); // id -> request awaiting its reply
     this._nextId = 1;
     this._ws = null;
@@ -118,6 +138,7 @@ export class Herald {
     const ws = this._ws;
     this._ws = null;
     this._openedAt = null;
+    this._joined.clear();
     this._stopHeartbeat();
     if (ws) try { ws.close(1000); } catch { /* already closing */ }
     this._failPending(() => true, { code: "unavailable", message: "client closed" });
@@ -141,13 +162,33 @@ export class Herald {
    *   with backoff and reported as an `error` event with the channel.
    * @param {(state: any, pos: {seq: number, epoch: any}) => void} [from.onState]  gets each
    *   loaded state, before the messages that follow it.
+   * @param {{sub?: string, info?: any}} [from.presence]  this client's user on a presence
+   *   channel, sent in every subscribe frame: `sub` (1 to 127 bytes of UTF-8) names the user
+   *   when the gateway has no JWT auth (several connections of one user are one member);
+   *   `info` (any JSON value, small) is shown with the member. Only used when the channel is
+   *   not subscribed yet.
+   * @param {(members: Array<{sub: string, info: any}>, p: {channel: string, count: number,
+   *   anonymous: number, full: boolean}) => void} [from.onPresence]  gets the channel's member
+   *   list (sorted by sub) whenever it changes: loaded with a `presence` query after every
+   *   `subscribed` (also after a reconnect), then updated by join and leave events. `count` is
+   *   the members plus the anonymous connections of the last query; `full`: the gateway
+   *   refused to list this client (`presence_full`). A failed query is reported as an `error`
+   *   event with op `presence` and the channel (and retried unless it cannot succeed).
+   * @param {(member: {sub: string, info: any}) => void} [from.onJoin]  a user arrived (the
+   *   gateway's `join`: not present on any instance before).
+   * @param {(member: {sub: string, info?: any}) => void} [from.onLeave]  a user's last
+   *   connection is gone (`info` as last known).
    * @returns {() => void} removes this callback; the last one removed unsubscribes the channel.
    */
-  subscribe(channel, onMessage, { since, epoch, getState, onState } = {}) {
+  subscribe(channel, onMessage, { since, epoch, getState, onState, presence, onPresence, onJoin, onLeave } = {}) {
     if (typeof onMessage !== "function") throw new TypeError("onMessage must be a function");
     if (getState !== undefined && typeof getState !== "function") {
       throw new TypeError("getState must be a function");
     }
+    for (const [name, fn] of Object.entries({ onPresence, onJoin, onLeave })) {
+      if (fn !== undefined && typeof fn !== "function") throw new TypeError(`${name} must be a function`);
+    }
+    const member = presence === undefined ? undefined : checkMember(presence);
     let handlers = this._subs.get(channel);
     const fresh = !handlers;
     if (fresh) this._subs.set(channel, (handlers = new Set()));
@@ -155,8 +196,10 @@ export class Herald {
       this._pos.set(channel, { seq: since, epoch });
       this._dirty();
     }
-    const handler = { fn: onMessage };
+    if (fresh && member) this._member.set(channel, member);
+    const handler = { fn: onMessage, onPresence, onJoin, onLeave };
     handlers.add(handler);
+    if (onPresence) this._watchPresence(channel, handler);
     if (fresh && getState) {
       this._sync.set(channel, { getState, onState, loading: false, attempt: 0, timer: null });
       this._loadState(channel);
@@ -177,6 +220,7 @@ export class Herald {
     if (!this._subs.delete(channel)) return;
     this._pos.delete(channel);
     this._dropSync(channel);
+    this._dropPresence(channel);
     this._dirty();
     if (!this._isOpen()) return;
     const id = this._nextId++;
@@ -198,6 +242,33 @@ export class Herald {
   }
 
   /**
+   * Who is on a presence channel now (one query; for a list kept up to date use `onPresence`).
+   * Allowed whether or not the channel is subscribed.
+   * @param {string} channel
+   * @returns {Promise<{channel: string, count: number, members: Array<{sub: string, info: any}>}>}
+   *   `members` sorted by sub, `count` = members + anonymous connections. Rejects with
+   *   `{code, message}`: `not_found` (presence not enabled on the channel), `forbidden`,
+   *   `unavailable` (Redis down, or the connection closed), `timeout`.
+   */
+  presence(channel) {
+    return this._request({ op: "presence", channel }, (reply) => ({
+      channel: reply.channel,
+      count: reply.count,
+      members: Array.isArray(reply.members) ? reply.members : [],
+    }));
+  }
+
+  /**
+   * The live member list of a channel subscribed with `onPresence`, as last given to it.
+   * @returns {{count: number, anonymous: number, full: boolean, loaded: boolean,
+   *   members: Array<{sub: string, info: any}>} | undefined}
+   */
+  members(channel) {
+    const ps = this._presence.get(channel);
+    return ps && { ...this._presenceView(channel, ps), loaded: ps.loaded, members: this._memberList(ps) };
+  }
+
+  /**
    * Round trip to the gateway.
    * @returns {Promise<{rtt: number}>} round-trip time in ms; rejects like publish().
    */
@@ -209,7 +280,9 @@ export class Herald {
   /**
    * Listen to an event: `state` (state, {code, reason, delay}?), `message` (msg),
    * `recovered` ({channel, replayed}), `recovery_failed` ({channel, code}),
-   * `error` ({code, message, op?, channel?}).
+   * `join` ({channel, member}), `leave` ({channel, member}) on presence channels,
+   * `error` ({code, message, op?, channel?}; `presence_full` with the channel when the gateway
+   * keeps this client subscribed but does not list it).
    * @returns {() => void} removes the listener.
    */
   on(event, fn) {
@@ -283,6 +356,7 @@ export class Herald {
 
   _onClose(code, reason) {
     this._ws = null;
+    this._joined.clear();
     this._stopHeartbeat();
     if (this._isOpen() && this._now() - this._openedAt >= this._o.resetAfter) this._attempt = 0;
     this._openedAt = null;
@@ -376,6 +450,11 @@ export class Herald {
     const p = this._pos.get(channel);
     const resumed = Number.isInteger(p?.seq);
     const frame = { op: "subscribe", channel, id };
+    const member = this._member.get(channel);
+    if (member?.sub !== undefined) frame.sub = member.sub;
+    if (member && "info" in member) frame.info = member.info;
+    const ps = this._presence.get(channel);
+    if (ps) ps.full = false; // told again by this subscription if it still is
     if (resumed) {
       frame.since = p.seq;
       if (p.epoch != null) frame.epoch = p.epoch;
@@ -385,17 +464,22 @@ export class Herald {
     this._send(frame);
   }
 
-  // A request whose reply settles a promise (publish, ping); queued until the socket is open.
+  // A request whose reply settles a promise (publish, ping, presence); queued until the
+  // socket is open.
   _request(frame, toValue) {
-    return new Promise((resolve, reject) => {
-      const id = this._nextId++;
-      const req = { op: frame.op, frame: { ...frame, id }, toValue, resolve, reject, sent: false, timer: null };
-      const ms = this._o.requestTimeout;
-      const timeout = { code: "timeout", message: `no reply to ${frame.op} in ${ms} ms` };
-      if (ms > 0) req.timer = this._setTimeout(() => this._settle(id, null, timeout), ms);
-      this._pending.set(id, req);
-      if (this._isOpen()) this._transmit(req);
-    });
+    return new Promise((resolve, reject) => this._ask(frame, toValue, resolve, reject));
+  }
+
+  // The same with plain callbacks, called as the reply is read (no microtask in between).
+  _ask(frame, toValue, resolve, reject) {
+    const id = this._nextId++;
+    const req = { op: frame.op, channel: frame.channel, frame: { ...frame, id }, toValue, resolve, reject, sent: false, timer: null };
+    const ms = this._o.requestTimeout;
+    const timeout = { code: "timeout", message: `no reply to ${frame.op} in ${ms} ms` };
+    if (ms > 0) req.timer = this._setTimeout(() => this._settle(id, null, timeout), ms);
+    this._pending.set(id, req);
+    if (this._isOpen()) this._transmit(req);
+    return id;
   }
 
   _settle(id, reply, error) {
@@ -428,7 +512,11 @@ export class Herald {
         return m.op === "subscribed" && this._onSubscribed(m, req);
       case "published":
       case "pong":
+      case "presence":
         return req && this._settle(m.id, m);
+      case "join":
+      case "leave":
+        return this._onPresenceEvent(m);
       case "error":
         return this._onError(m, req);
     }
@@ -460,6 +548,11 @@ export class Herald {
     const seq = reset || !Number.isInteger(p?.seq) ? head : Math.max(p.seq, head ?? 0);
     this._pos.set(channel, { seq, epoch: m.epoch ?? (reset ? undefined : p?.epoch) });
     this._dirty();
+    // present from here on: (re)load who else is (events may have been missed meanwhile)
+    if (req || !this._joined.has(channel)) {
+      this._joined.add(channel);
+      this._queryPresence(channel);
+    }
     if (m.recovered) this._emit("recovered", { channel, replayed: m.replayed ?? 0 });
     else if (req?.resumed) this._emit("recovery_failed", { channel, code: m.code || "history_unavailable" });
     // Unasked: the server found the channel's history lost in part (a database failover) and
@@ -480,12 +573,23 @@ export class Herald {
 
   _onError(m, req) {
     const error = { code: m.code, message: m.message };
+    if (m.code === "presence_full") {
+      // still subscribed (its `subscribed` may follow), only not listed
+      const channel = m.channel ?? req?.channel;
+      const ps = this._presence.get(channel);
+      if (ps && !ps.full) {
+        ps.full = true;
+        this._notifyPresence(channel, ps);
+      }
+      return this._emit("error", { ...error, op: "subscribe", channel });
+    }
     if (req?.resolve) return this._settle(m.id, null, error);
-    if (!req) return this._emit("error", error);
+    if (!req) return this._emit("error", m.channel ? { ...error, channel: m.channel } : error);
     this._pending.delete(m.id);
     if (req.op === "subscribe" && PERMANENT.has(m.code) && this._subs.delete(req.channel)) {
       this._pos.delete(req.channel);
       this._dropSync(req.channel);
+      this._dropPresence(req.channel);
       this._dirty();
     }
     this._emit("error", { ...error, op: req.op, channel: req.channel });
@@ -541,6 +645,105 @@ export class Herald {
     this._sync.delete(channel);
   }
 
+  // ---- presence ----
+
+  // A handler with onPresence: the channel's list is kept from now on (loaded at once when the
+  // channel is already subscribed); a list already loaded is handed to the new handler.
+  _watchPresence(channel, handler) {
+    let ps = this._presence.get(channel);
+    if (!ps) {
+      ps = { members: new Map(), anonymous: 0, loaded: false, full: false, disabled: false,
+        query: null, buffer: null, attempt: 0, timer: null };
+      this._presence.set(channel, ps);
+      if (this._joined.has(channel)) this._queryPresence(channel);
+    } else if (ps.loaded) {
+      this._call(handler.onPresence, this._memberList(ps), this._presenceView(channel, ps));
+    }
+  }
+
+  // Loads the member list of a watched channel (one query at a time; a newer one replaces an
+  // older one). Events that arrive while it is out are applied to the list at once and again
+  // on top of the reply, which may or may not include them (join: upsert, leave: delete).
+  _queryPresence(channel) {
+    const ps = this._presence.get(channel);
+    if (!ps || ps.disabled || !this._isOpen()) return;
+    if (ps.timer !== null) this._clearTimeout(ps.timer);
+    ps.timer = null;
+    const q = {};
+    ps.query = q;
+    ps.buffer = [];
+    const current = () => this._presence.get(channel) === ps && ps.query === q;
+    this._ask({ op: "presence", channel }, (reply) => reply, (reply) => {
+      if (!current()) return;
+      const buffered = ps.buffer;
+      ps.query = ps.buffer = null;
+      ps.attempt = 0;
+      ps.members = new Map();
+      const list = Array.isArray(reply.members) ? reply.members : [];
+      for (const mb of list) if (validMember(mb)) ps.members.set(mb.sub, { sub: mb.sub, info: mb.info ?? null });
+      ps.anonymous = Number.isInteger(reply.count) ? Math.max(0, reply.count - list.length) : 0;
+      for (const ev of buffered) applyEvent(ps, ev);
+      ps.loaded = true;
+      this._notifyPresence(channel, ps);
+    }, (err) => {
+      if (!current()) return;
+      ps.query = ps.buffer = null;
+      if (!this._isOpen()) return; // the connection went: asked again after the next `subscribed`
+      this._emit("error", { code: err.code, message: err.message, op: "presence", channel });
+      if (PRESENCE_PERMANENT.has(err.code)) {
+        ps.disabled = true;
+        return;
+      }
+      const ceiling = Math.min(this._o.backoffCap, this._o.backoffBase * 2 ** Math.min(ps.attempt++, 30));
+      ps.timer = this._setTimeout(() => {
+        ps.timer = null;
+        if (this._presence.get(channel) === ps && this._joined.has(channel)) this._queryPresence(channel);
+      }, Math.floor(this._random() * ceiling));
+    });
+  }
+
+  _onPresenceEvent(m) {
+    const handlers = this._subs.get(m.channel);
+    if (!handlers || !validMember(m.member)) return;
+    const join = m.op === "join";
+    const ps = this._presence.get(m.channel);
+    let member = join ? { sub: m.member.sub, info: m.member.info ?? null } : { sub: m.member.sub };
+    if (ps) {
+      if (!join && ps.members.has(member.sub)) member = { ...ps.members.get(member.sub) };
+      ps.buffer?.push({ join, member });
+      if (applyEvent(ps, { join, member }) && ps.loaded) this._notifyPresence(m.channel, ps);
+    }
+    for (const h of [...handlers]) {
+      const fn = join ? h.onJoin : h.onLeave;
+      if (fn) this._call(fn, { ...member });
+    }
+    this._emit(m.op, { channel: m.channel, member: { ...member } });
+  }
+
+  _memberList(ps) {
+    return [...ps.members.values()].sort((a, b) => (a.sub < b.sub ? -1 : a.sub > b.sub ? 1 : 0)).map((x) => ({ ...x }));
+  }
+
+  _presenceView(channel, ps) {
+    return { channel, count: ps.members.size + ps.anonymous, anonymous: ps.anonymous, full: ps.full };
+  }
+
+  _notifyPresence(channel, ps) {
+    const handlers = this._subs.get(channel);
+    if (!handlers) return;
+    for (const h of [...handlers]) {
+      if (h.onPresence) this._call(h.onPresence, this._memberList(ps), this._presenceView(channel, ps));
+    }
+  }
+
+  _dropPresence(channel) {
+    const ps = this._presence.get(channel);
+    if (ps?.timer != null) this._clearTimeout(ps.timer);
+    this._presence.delete(channel);
+    this._member.delete(channel);
+    this._joined.delete(channel);
+  }
+
   // ---- events ----
 
   _emit(event, ...args) {
@@ -582,6 +785,32 @@ export class Herald {
     }
     try { storage.setItem(this._o.storageKey, JSON.stringify(out)); } catch { /* quota: page only */ }
   }
+}
+
+// The `presence` option of subscribe(): {sub?, info?}, checked before anything is sent.
+function checkMember(p) {
+  if (!p || typeof p !== "object") throw new TypeError("presence must be an object {sub, info}");
+  const out = {};
+  if (p.sub !== undefined) {
+    const bytes = typeof p.sub === "string" ? new TextEncoder().encode(p.sub).length : 0;
+    if (bytes < 1 || bytes > SUB_MAX_BYTES) throw new TypeError(`presence.sub must be a string of 1-${SUB_MAX_BYTES} bytes`);
+    out.sub = p.sub;
+  }
+  if (p.info !== undefined) out.info = p.info;
+  return out;
+}
+
+function validMember(m) {
+  return !!m && typeof m === "object" && typeof m.sub === "string" && m.sub !== "";
+}
+
+// A join (upsert by sub) or leave (delete by sub) applied to a member list; true if it changed.
+function applyEvent(ps, { join, member }) {
+  if (!join) return ps.members.delete(member.sub);
+  const was = ps.members.get(member.sub);
+  if (was && JSON.stringify(was.info) === JSON.stringify(member.info)) return false;
+  ps.members.set(member.sub, { sub: member.sub, info: member.info ?? null });
+  return true;
 }
 
 export default Herald;

@@ -80,7 +80,7 @@ class MemoryStorage {
   }
 }
 
-const EVENTS = ["state", "message", "recovered", "recovery_failed", "error"];
+const EVENTS = ["state", "message", "recovered", "recovery_failed", "error", "join", "leave"];
 const tick = () => new Promise((resolve) => setImmediate(resolve));
 
 function setup(options = {}) {
@@ -788,4 +788,256 @@ test("getState: a failing load is reported and retried with backoff; unsubscribe
   await tick();
   assert.equal(calls2, 1);
   assert.throws(() => t2.herald.subscribe("y", () => {}, { getState: 5 }), TypeError);
+});
+
+// ---- presence: who is on a channel ----
+
+const ALICE = { sub: "alice", info: { name: "Alice" } };
+const BOB = { sub: "bob", info: { name: "Bob" } };
+
+// Subscribe `channel` with onPresence; returns the lists given to it (each call's [members, p]).
+function watched(t, channel, options = {}) {
+  const calls = [];
+  const joins = [];
+  const leaves = [];
+  const stop = t.herald.subscribe(channel, () => {}, {
+    onPresence: (members, p) => calls.push([members, p]),
+    onJoin: (m) => joins.push(m),
+    onLeave: (m) => leaves.push(m),
+    ...options,
+  });
+  return { calls, joins, leaves, stop, latest: () => calls.at(-1) };
+}
+
+// The presence query sent for `channel` on the current socket (the latest one).
+const presenceQuery = (t, channel) => t.last().ops("presence").filter((f) => f.channel === channel).at(-1);
+
+test("presence: sub and info go in every subscribe frame, also after a reconnect; a bad sub throws", () => {
+  const t = setup();
+  t.herald.subscribe("chat:lobby", () => {}, { presence: { sub: "alice", info: { name: "Alice" } } });
+  t.herald.subscribe("chat:anon", () => {}, { presence: { info: "just looking" } });
+  t.herald.subscribe("plain", () => {});
+  t.herald.connect();
+  t.last().open();
+  const subs = () => Object.fromEntries(t.last().ops("subscribe").map((f) => [f.channel, f]));
+  let s = subs();
+  assert.equal(s["chat:lobby"].sub, "alice");
+  assert.deepEqual(s["chat:lobby"].info, { name: "Alice" });
+  assert.ok(!("sub" in s["chat:anon"]), "no sub given: none sent (with auth the token's sub counts)");
+  assert.equal(s["chat:anon"].info, "just looking");
+  assert.ok(!("sub" in s.plain) && !("info" in s.plain));
+  subscribedAfterOpen(t, "chat:lobby", { seq: 4, epoch: "e" });
+  t.last().drop(1006);
+  t.clock.advance(15000);
+  t.last().open();
+  s = subs();
+  assert.deepEqual([s["chat:lobby"].sub, s["chat:lobby"].info, s["chat:lobby"].since], ["alice", { name: "Alice" }, 4]);
+  assert.throws(() => t.herald.subscribe("x", () => {}, { presence: { sub: "" } }), TypeError);
+  assert.throws(() => t.herald.subscribe("x", () => {}, { presence: { sub: "é".repeat(64) } }), TypeError, "128 bytes");
+  assert.doesNotThrow(() => t.herald.subscribe("y", () => {}, { presence: { sub: "é".repeat(63) + "a" } }));
+  assert.throws(() => t.herald.subscribe("x", () => {}, { presence: "alice" }), TypeError);
+  assert.throws(() => t.herald.subscribe("x", () => {}, { onPresence: 1 }), TypeError);
+});
+
+test("presence(): the query resolves with count and members; its errors reject", async () => {
+  const t = setup();
+  t.herald.connect();
+  const early = t.herald.presence("chat:lobby"); // queued until open
+  t.last().open();
+  const q = presenceQuery(t, "chat:lobby");
+  assert.deepEqual({ ...q, id: 0 }, { op: "presence", channel: "chat:lobby", id: 0 });
+  t.last().receive({ op: "presence", channel: "chat:lobby", count: 3, members: [ALICE, { sub: "bob", info: null }], id: q.id });
+  assert.deepEqual(await early, { channel: "chat:lobby", count: 3, members: [ALICE, { sub: "bob", info: null }] });
+  for (const code of ["not_found", "forbidden", "unavailable"]) {
+    const p = t.herald.presence(`chat:${code}`);
+    t.last().receive({ op: "error", code, message: `no: ${code}`, id: presenceQuery(t, `chat:${code}`).id });
+    await assert.rejects(p, { code, message: `no: ${code}` });
+  }
+  assert.equal(t.of("error").length, 0, "errors of a presence() call are its own, not events");
+});
+
+test("onPresence: the list is loaded after subscribed, then joins upsert and leaves delete", () => {
+  const t = setup();
+  t.herald.connect();
+  t.last().open();
+  const w = watched(t, "chat:lobby", { presence: { sub: "alice", info: { name: "Alice" } } });
+  assert.equal(t.last().ops("presence").length, 0, "no query before the subscription is answered");
+  subscribedAfterOpen(t, "chat:lobby");
+  const q = presenceQuery(t, "chat:lobby");
+  assert.ok(q, "queried after subscribed");
+  assert.equal(w.calls.length, 0, "nothing shown before the reply");
+  t.last().receive({ op: "presence", channel: "chat:lobby", count: 2, members: [ALICE], id: q.id });
+  assert.deepEqual(w.latest(), [[ALICE], { channel: "chat:lobby", count: 2, anonymous: 1, full: false }]);
+  t.last().receive({ op: "join", channel: "chat:lobby", member: BOB });
+  assert.deepEqual(w.latest()[0], [ALICE, BOB]);
+  assert.equal(w.latest()[1].count, 3);
+  t.last().receive({ op: "join", channel: "chat:lobby", member: { sub: "bob", info: { name: "Bobby" } } }); // upsert
+  assert.deepEqual(w.latest()[0], [ALICE, { sub: "bob", info: { name: "Bobby" } }]);
+  t.last().receive({ op: "join", channel: "chat:lobby", member: { sub: "bob", info: { name: "Bobby" } } }); // same: no call
+  const calls = w.calls.length;
+  t.last().receive({ op: "leave", channel: "chat:lobby", member: { sub: "alice" } });
+  t.last().receive({ op: "leave", channel: "chat:lobby", member: { sub: "nobody" } }); // unknown: nothing changes
+  t.last().receive({ op: "join", channel: "other", member: ALICE }); // not subscribed: ignored
+  assert.equal(w.calls.length, calls + 1);
+  assert.deepEqual(w.latest(), [[{ sub: "bob", info: { name: "Bobby" } }], { channel: "chat:lobby", count: 2, anonymous: 1, full: false }]);
+  assert.deepEqual(t.herald.members("chat:lobby").members, [{ sub: "bob", info: { name: "Bobby" } }]);
+  // the raw events, to onJoin/onLeave and as events; a leave carries the info last known
+  assert.deepEqual(w.joins.map((m) => m.sub), ["bob", "bob", "bob"]);
+  assert.deepEqual(w.leaves, [{ sub: "alice", info: { name: "Alice" } }, { sub: "nobody" }]);
+  assert.deepEqual(t.of("join").map((e) => [e.channel, e.member.sub]), [["chat:lobby", "bob"], ["chat:lobby", "bob"], ["chat:lobby", "bob"]]);
+  assert.deepEqual(t.of("leave").map((e) => e.member.sub), ["alice", "nobody"]);
+  // a second onPresence handler gets the current list at once
+  const late = [];
+  t.herald.subscribe("chat:lobby", () => {}, { onPresence: (m) => late.push(m.map((x) => x.sub)) });
+  assert.deepEqual(late, [["bob"]]);
+  assert.equal(t.last().ops("presence").length, 1, "no second query for it");
+});
+
+test("onPresence: events that race with the query are applied on top of its reply", () => {
+  const t = setup();
+  t.herald.connect();
+  t.last().open();
+  const w = watched(t, "room");
+  subscribedAfterOpen(t, "room");
+  const q = presenceQuery(t, "room");
+  // while the query is out: carol joins, alice leaves; the reply was read before either
+  t.last().receive({ op: "join", channel: "room", member: { sub: "carol", info: null } });
+  t.last().receive({ op: "leave", channel: "room", member: { sub: "alice" } });
+  assert.equal(w.calls.length, 0);
+  t.last().receive({ op: "presence", channel: "room", count: 2, members: [ALICE, BOB], id: q.id });
+  assert.deepEqual(w.latest()[0].map((m) => m.sub), ["bob", "carol"], "alice's leave and carol's join survive the older reply");
+  assert.equal(w.latest()[1].count, 2);
+  // a reply that already includes the events: the same result
+  const t2 = setup();
+  t2.herald.connect();
+  t2.last().open();
+  const w2 = watched(t2, "room");
+  subscribedAfterOpen(t2, "room");
+  t2.last().receive({ op: "join", channel: "room", member: BOB });
+  t2.last().receive({ op: "presence", channel: "room", count: 1, members: [BOB], id: presenceQuery(t2, "room").id });
+  assert.deepEqual(w2.latest(), [[BOB], { channel: "room", count: 1, anonymous: 0, full: false }]);
+});
+
+test("onPresence: a reconnect loads the list again, dropping who left meanwhile", () => {
+  const t = setup();
+  t.herald.connect();
+  t.last().open();
+  const w = watched(t, "chat:lobby", { presence: { sub: "alice" } });
+  subscribedAfterOpen(t, "chat:lobby", { seq: 2, epoch: "e" });
+  t.last().receive({ op: "presence", channel: "chat:lobby", count: 2, members: [ALICE, BOB], id: presenceQuery(t, "chat:lobby").id });
+  assert.deepEqual(w.latest()[0].map((m) => m.sub), ["alice", "bob"]);
+  const before = t.last();
+  before.drop(1006);
+  t.clock.advance(15000);
+  assert.notEqual(t.last(), before);
+  t.last().open();
+  assert.equal(t.last().ops("presence").length, 0, "not before the new subscription is answered");
+  const sub = t.last().ops("subscribe")[0];
+  t.last().receive({ op: "subscribed", channel: "chat:lobby", id: sub.id, seq: 2, epoch: "e", recovered: true, replayed: 0 });
+  const q = presenceQuery(t, "chat:lobby");
+  assert.ok(q, "queried again on the new connection");
+  // bob left while this client was away (his leave was never seen), dave came
+  t.last().receive({ op: "presence", channel: "chat:lobby", count: 2, members: [ALICE, { sub: "dave", info: null }], id: q.id });
+  assert.deepEqual(w.latest()[0].map((m) => m.sub), ["alice", "dave"]);
+  // a reply to the query of the dead socket (same id space, never answered) changes nothing
+  t.last().receive({ op: "presence", channel: "chat:lobby", count: 9, members: [], id: q.id - 100 });
+  assert.deepEqual(t.herald.members("chat:lobby").members.map((m) => m.sub), ["alice", "dave"]);
+  // a query still out when the socket drops is not an error, and is asked again only once the
+  // next subscription is answered
+  t.last().drop(1006);
+  t.clock.advance(15000);
+  t.last().open();
+  t.last().receive({ op: "subscribed", channel: "chat:lobby", id: t.last().ops("subscribe")[0].id, seq: 2, epoch: "e", recovered: true, replayed: 0 });
+  assert.equal(t.last().ops("presence").length, 1);
+  t.last().drop(1006);
+  t.clock.advance(60000);
+  t.last().open();
+  assert.equal(t.last().ops("presence").length, 0, "no retry of the lost query on its own");
+  assert.equal(t.of("error").length, 0, "the query lost with the socket is not an error");
+});
+
+test("onPresence: a failed query is reported; unavailable is retried with backoff, not_found is not", () => {
+  const t = setup();
+  t.herald.connect();
+  t.last().open();
+  const w = watched(t, "chat:lobby");
+  watched(t, "news");
+  subscribedAfterOpen(t, "chat:lobby");
+  subscribedAfterOpen(t, "news");
+  t.last().receive({ op: "error", code: "unavailable", message: "redis down", id: presenceQuery(t, "chat:lobby").id });
+  t.last().receive({ op: "error", code: "not_found", message: "presence is not enabled", id: presenceQuery(t, "news").id });
+  assert.deepEqual(t.of("error"), [
+    { code: "unavailable", message: "redis down", op: "presence", channel: "chat:lobby" },
+    { code: "not_found", message: "presence is not enabled", op: "presence", channel: "news" },
+  ]);
+  assert.equal(t.last().ops("presence").length, 2);
+  t.clock.advance(1000);
+  const retries = t.last().ops("presence");
+  assert.deepEqual(retries.map((f) => f.channel), ["chat:lobby", "news", "chat:lobby"], "only the transient one is asked again");
+  t.last().receive({ op: "presence", channel: "chat:lobby", count: 1, members: [ALICE], id: retries[2].id });
+  assert.deepEqual(w.latest()[0], [ALICE]);
+  // a query that gets no answer times out and is asked again
+  const s = setup({ requestTimeout: 2000 });
+  s.herald.connect();
+  s.last().open();
+  watched(s, "room");
+  subscribedAfterOpen(s, "room");
+  s.clock.advance(2000);
+  assert.deepEqual(s.of("error").map((e) => [e.code, e.op, e.channel]), [["timeout", "presence", "room"]]);
+  s.clock.advance(1000);
+  assert.equal(s.last().ops("presence").length, 2);
+});
+
+test("presence_full is reported with the channel; the subscription stays and the list says full", () => {
+  const t = setup();
+  t.herald.connect();
+  t.last().open();
+  const w = watched(t, "chat:big", { presence: { sub: "zed" } });
+  const [sub] = t.last().ops("subscribe");
+  t.last().receive({ op: "error", code: "presence_full", channel: "chat:big", message: "the channel's member list is full" });
+  t.last().receive({ op: "subscribed", channel: "chat:big", id: sub.id, seq: 0, recovered: false });
+  assert.deepEqual(t.of("error"), [{ code: "presence_full", message: "the channel's member list is full", op: "subscribe", channel: "chat:big" }]);
+  t.last().receive({ op: "presence", channel: "chat:big", count: 3, members: [ALICE, BOB], id: presenceQuery(t, "chat:big").id });
+  assert.deepEqual(w.latest()[1], { channel: "chat:big", count: 3, anonymous: 1, full: true });
+  t.last().receive({ op: "message", channel: "chat:big", seq: 1, data: "still subscribed" });
+  assert.equal(t.of("message").length, 1);
+  // the same error carrying the subscribe's id does not cost the subscription its reply
+  const r = setup();
+  r.herald.connect();
+  r.last().open();
+  watched(r, "chat:big", { presence: { sub: "zed" } });
+  const [s2] = r.last().ops("subscribe");
+  r.last().receive({ op: "error", code: "presence_full", channel: "chat:big", message: "full", id: s2.id });
+  r.last().receive({ op: "subscribed", channel: "chat:big", id: s2.id, seq: 5, recovered: false });
+  assert.ok(presenceQuery(r, "chat:big"), "subscribed as usual");
+  assert.deepEqual(r.herald.position("chat:big"), { seq: 5, epoch: undefined });
+  // on a new subscription the flag is cleared until the gateway says it again
+  r.last().drop(1006);
+  r.clock.advance(15000);
+  r.last().open();
+  const s3 = r.last().ops("subscribe")[0];
+  r.last().receive({ op: "subscribed", channel: "chat:big", id: s3.id, seq: 5, recovered: true, replayed: 0 });
+  r.last().receive({ op: "presence", channel: "chat:big", count: 1, members: [{ sub: "zed", info: null }], id: presenceQuery(r, "chat:big").id });
+  assert.equal(r.herald.members("chat:big").full, false);
+});
+
+test("unsubscribe forgets the list: no more calls, events ignored, not queried after a reconnect", () => {
+  const t = setup();
+  t.herald.connect();
+  t.last().open();
+  const w = watched(t, "room", { presence: { sub: "alice" } });
+  subscribedAfterOpen(t, "room");
+  const q = presenceQuery(t, "room");
+  w.stop();
+  t.last().receive({ op: "presence", channel: "room", count: 1, members: [ALICE], id: q.id });
+  t.last().receive({ op: "join", channel: "room", member: BOB });
+  assert.equal(w.calls.length, 0);
+  assert.deepEqual(w.joins, []);
+  assert.equal(t.herald.members("room"), undefined);
+  // subscribed again without presence: the old identity is not sent
+  t.herald.subscribe("room", () => {});
+  const again = t.last().ops("subscribe").at(-1);
+  assert.ok(!("sub" in again));
+  subscribedAfterOpen(t, "room");
+  assert.equal(t.last().ops("presence").length, 1, "no list asked for: nobody watches it");
 });
