@@ -117,6 +117,19 @@ static const struct setting settings[] = {
              "how often one instance prunes the history (TTL and MAX)"),
     SIZE("HERALD_RECENT_BYTES", recent_bytes, "256k", 0, 1L << 30,
          "recent messages kept per channel in memory, so most resumes need no query"),
+    STR("HERALD_PRESENCE", presence, "",
+        "comma-separated channel globs with presence (who is subscribed, join and leave "
+        "events); empty: none"),
+    DURATION("HERALD_PRESENCE_TTL", presence_ttl_ms, "30s", 1000, 3600L * 1000,
+             "a presence entry lives this long in Redis unless its instance refreshes it (every "
+             "third of it): how soon a crashed instance's members are gone"),
+    DURATION("HERALD_PRESENCE_LINGER", presence_linger_ms, "3s", 0, 60L * 1000,
+             "a member whose last connection went stays this long before it leaves, so a tab "
+             "that reconnects makes no leave and join"),
+    NUM("HERALD_PRESENCE_MAX_MEMBERS", presence_max_members, "1000", 1, 1000000,
+        "members listed per channel; more are subscribed but not listed (presence_full)"),
+    SIZE("HERALD_PRESENCE_INFO_BYTES", presence_info_bytes, "256", 0, 65536,
+         "largest info a member shows (JSON text); larger is bad_request"),
     STR("HERALD_JWT_SECRET", jwt_secret, "",
         "HS256 secret: when set, WebSocket and /v1 need a JWT (never logged)"),
     NUM("HERALD_JWT_LEEWAY", jwt_leeway, "5", 0, 60, "seconds of clock skew allowed on exp"),
@@ -402,6 +415,12 @@ static int finish(struct herald_config *cfg, char *err, size_t errlen)
     }
     if (cfg->redis_pubsub_sharded && !cluster) {
         snprintf(err, errlen, "HERALD_REDIS_PUBSUB=sharded needs a redis-cluster:// URL");
+        return -1;
+    }
+    if (cfg->presence[0] && cluster && !cfg->redis_pubsub_sharded) {
+        snprintf(err, errlen,
+                 "HERALD_PRESENCE with a redis-cluster:// URL needs HERALD_REDIS_PUBSUB=sharded "
+                 "(presence keys live on the master of their channel's slot)");
         return -1;
     }
     if (cfg->database_read_url[0] && !cfg->database_url[0]) {

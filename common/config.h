@@ -52,6 +52,11 @@ struct herald_config {
     long http_idle_timeout_ms;
     long db_queue_max;
     long publish_queue_max;
+    char presence[2048]; /* channel globs with presence; empty: none */
+    long presence_ttl_ms;
+    long presence_linger_ms;
+    long presence_max_members;
+    long presence_info_bytes;
     char jwt_secret[4097];
     long jwt_leeway;
     char api_key[512];

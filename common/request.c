@@ -9,10 +9,9 @@ static const struct {
     enum request_op op;
     bool channel;
 } ops[] = {
-    {"subscribe", REQ_SUBSCRIBE, true},
-    {"unsubscribe", REQ_UNSUBSCRIBE, true},
-    {"publish", REQ_PUBLISH, true},
-    {"ping", REQ_PING, false},
+    {"subscribe", REQ_SUBSCRIBE, true}, {"unsubscribe", REQ_UNSUBSCRIBE, true},
+    {"publish", REQ_PUBLISH, true},     {"ping", REQ_PING, false},
+    {"presence", REQ_PRESENCE, true},
 };
 
 /* The id as JSON text; -1 when it is neither an integer nor a short string. */
@@ -91,6 +90,32 @@ static int read_resume(struct request *r, const char **why)
     return 0;
 }
 
+/* sub and info (presence.h): a sub is a string of 1 to REQUEST_SUB_MAX bytes; info is any
+ * JSON value, kept as written. */
+static int read_member(struct request *r, const char *msg, size_t len, const char **why)
+{
+    json_t *sub = json_object_get(r->root, "sub");
+    if (sub) {
+        if (!json_is_string(sub) || json_string_length(sub) == 0 ||
+            json_string_length(sub) > REQUEST_SUB_MAX) {
+            *why = "sub must be a string of 1-127 bytes";
+            return -1;
+        }
+        r->sub = json_string_value(sub);
+        r->sub_len = json_string_length(sub);
+    }
+    struct json_span sp;
+    if (json_object_get(r->root, "info")) {
+        if (json_member_span(msg, len, 0, "info", &sp) < 0) {
+            *why = "info must be a JSON value";
+            return -1;
+        }
+        r->info_text = msg + sp.off;
+        r->info_len = sp.len;
+    }
+    return 0;
+}
+
 int request_parse(const char *msg, size_t len, int max_depth, struct request *out, const char **why)
 {
     memset(out, 0, sizeof *out);
@@ -123,7 +148,8 @@ int request_parse(const char *msg, size_t len, int max_depth, struct request *ou
     out->op = ops[i].op;
     if (ops[i].channel && read_channel(out, why) < 0)
         return -1;
-    if (out->op == REQ_SUBSCRIBE && read_resume(out, why) < 0)
+    if (out->op == REQ_SUBSCRIBE &&
+        (read_resume(out, why) < 0 || read_member(out, msg, len, why) < 0))
         return -1;
     if (out->op == REQ_PUBLISH) {
         struct json_span sp;

@@ -7,6 +7,7 @@
 #include "sink.h"
 #include "db.h"
 #include "frame.h"
+#include "presence.h"
 #include "publish.h"
 #include "rest.h"
 #include "retention.h"
@@ -94,6 +95,7 @@ static void shut_down(struct lifecycle *lc)
     db_free(lc->app->db); /* fails queries in flight: their callbacks still find the hub */
     lc->app->db = NULL;
     hub_stop(lc->app->hub);
+    presence_stop(lc->app->presence);
     bus_free(lc->app->bus);
     lc->app->bus = NULL;
     close_signals(lc);
@@ -226,6 +228,9 @@ static void warn_about_security(const struct herald_config *cfg)
 }
 
 /* How the channel core reaches the WebSocket clients above it (channels/sink.h). */
+/* How presence tells a connection its user could not be listed. */
+static const struct presence_sink presence_to_clients = {.full = protocol_presence_full};
+
 static const struct hub_sink client_sink = {
     .deliver = client_deliver,
     .has_room = client_has_room,
@@ -250,6 +255,7 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     }
     app.ips = ips;
     app.rest = rest_new(&app);
+    app.presence = presence_new(&app, &presence_to_clients);
     if (cfg->database_url[0]) {
         app.db = db_new(&app, cfg->database_url, "PostgreSQL");
         if (cfg->database_read_url[0])
@@ -259,7 +265,7 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
         app.sigkey = sigkey_new(&app);
     }
     struct lifecycle lc = {.app = &app};
-    bool ok = app.write_buf && app.hub && app.bus && app.ips && app.rest &&
+    bool ok = app.write_buf && app.hub && app.bus && app.ips && app.rest && app.presence &&
               ((app.db && app.retention && app.publisher && app.sigkey) || !cfg->database_url[0]) &&
               (app.db_read || !cfg->database_read_url[0]);
     lc.srv = ok ? server_start(&app) : NULL;
@@ -274,6 +280,7 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
             log_warn("no_history", "HERALD_DATABASE_URL is not set: no sequence numbers, "
                                    "no resume, no durable publish");
         hub_start(app.hub);
+        presence_start(app.presence);
         warn_about_security(cfg);
         watch_signals(&lc, &loop);
         start_flushing(&app);
@@ -299,6 +306,7 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     if (app.lws)
         log_warn("shutdown", "lws context not fully destroyed");
     hub_free(app.hub);
+    presence_free(app.presence); /* after every connection left it */
     sigkey_free(app.sigkey);
     frame_deflate_end();
     free(app.write_buf);

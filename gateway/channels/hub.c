@@ -4,6 +4,8 @@
 #include "frame.h"
 #include "herald.h"
 #include "log.h"
+#include "presence.h"
+#include "presence_event.h"
 #include "registry.h"
 #include "sequence.h"
 
@@ -250,7 +252,8 @@ static void note_invalid(struct hub *hub, const struct channel *ch, const char *
 }
 
 /* One parse per message per process: sequenced envelopes go through the sequencer; raw
- * payloads are wrapped and delivered at once. Data over HERALD_MAX_PUBLISH_BYTES (a raw
+ * payloads are wrapped and delivered at once; on a presence channel, a join or leave
+ * (presence.h) goes out as it is. Data over HERALD_MAX_PUBLISH_BYTES (a raw
  * payload is its own data; an envelope may add CONFIG_ENVELOPE_OVERHEAD around it) is no
  * message any publisher could send: dropped, so that every queue can take what is left. */
 static void hub_on_message(struct hub *hub, const char *name, size_t len, const char *payload,
@@ -263,6 +266,18 @@ static void hub_on_message(struct hub *hub, const char *name, size_t len, const 
     size_t max = (size_t)hub->app->cfg->max_publish_bytes;
     if (plen > max + CONFIG_ENVELOPE_OVERHEAD) { /* not even parsed */
         note_invalid(hub, ch, "payload larger than HERALD_MAX_PUBLISH_BYTES");
+        return;
+    }
+    if (presence_event_kind(payload, plen) != PRESENCE_NONE && hub->app->presence &&
+        presence_enabled(hub->app->presence, ch->name, ch->len)) {
+        const char *why = NULL;
+        struct frame *f =
+            presence_event_frame(hub->app->presence, ch->name, ch->len, payload, plen, &why);
+        if (f)
+            seq_deliver(hub->seq, ch, f);
+        else
+            note_invalid(hub, ch, why);
+        frame_unref(f);
         return;
     }
     struct payload_info info;

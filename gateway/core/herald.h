@@ -22,6 +22,7 @@ struct publisher;
 struct iplimit;
 struct sigkey;
 struct client;
+struct presence;
 
 /* Bytes gathered from a client's queue into one write() per WRITEABLE callback. */
 #define HERALD_WRITE_BATCH (64 * 1024)
@@ -40,6 +41,7 @@ struct herald {
     struct publisher *publisher; /* durable publish; NULL without the db */
     struct retention *retention; /* NULL without the db */
     struct sigkey *sigkey;       /* PostgreSQL's envelope key; NULL without the db */
+    struct presence *presence;   /* who is on the HERALD_PRESENCE channels */
     struct rest *rest;           /* REST sessions reading a body */
     struct iplimit *ips;         /* connections per client address */
     uint8_t *write_buf;          /* HERALD_WRITE_BATCH bytes, shared by all connections */

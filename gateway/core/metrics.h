@@ -28,6 +28,13 @@ struct metrics {
     uint64_t resumes_recovered;
     uint64_t resumes_failed;
     uint64_t history_divergences; /* channels PostgreSQL lost delivered history of: new epoch */
+    /* channels/presence.c */
+    int64_t presence_channels; /* gauge: presence channels with a connection here */
+    int64_t presence_members;  /* gauge: users this instance lists in Redis */
+    uint64_t presence_joins;   /* join events published */
+    uint64_t presence_leaves;  /* leave events published */
+    uint64_t presence_full;    /* users left unlisted: HERALD_PRESENCE_MAX_MEMBERS reached */
+    uint64_t presence_errors;  /* scripts that failed or could not be sent, bad entries read */
     /* ws/client.c */
     uint64_t frames_out;
     uint64_t bytes_out;

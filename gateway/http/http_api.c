@@ -42,6 +42,22 @@ static void render_metrics(struct herald *app, FILE *f)
            (double)m->redis_messages);
     metric(f, "herald_invalid_payloads_total", "counter",
            "Redis payloads dropped: not JSON or a broken envelope.", (double)m->invalid_payloads);
+    metric(f, "herald_presence_channels", "gauge",
+           "Presence channels (HERALD_PRESENCE) with a connection on this instance.",
+           (double)m->presence_channels);
+    metric(f, "herald_presence_members", "gauge",
+           "Users this instance lists in Redis, over all presence channels.",
+           (double)m->presence_members);
+    metric(f, "herald_presence_joins_total", "counter", "Presence join events published.",
+           (double)m->presence_joins);
+    metric(f, "herald_presence_leaves_total", "counter", "Presence leave events published.",
+           (double)m->presence_leaves);
+    metric(f, "herald_presence_full_total", "counter",
+           "Users left unlisted: the channel had HERALD_PRESENCE_MAX_MEMBERS members.",
+           (double)m->presence_full);
+    metric(f, "herald_presence_errors_total", "counter",
+           "Presence scripts that failed or could not be sent, and malformed entries read.",
+           (double)m->presence_errors);
     metric(f, "herald_duplicates_dropped_total", "counter",
            "Sequenced messages dropped as already delivered.", (double)m->duplicates_dropped);
     metric(f, "herald_frames_out_total", "counter", "Frames delivered to clients.",

@@ -8,6 +8,7 @@
 #include "http_framing.h"
 #include "http_guard.h"
 #include "json_text.h"
+#include "presence.h"
 #include "publish.h"
 #include "query.h"
 
@@ -27,8 +28,9 @@
 #define MSG_REFUSED     "the message was refused"
 #define MSG_UNAVAILABLE "the history is unavailable"
 #define MSG_ROUTES                                                                                 \
-    "routes: GET /v1/channels/{channel}, GET and POST /v1/channels/{channel}/messages (channel: "  \
-    "1-200 bytes of A-Z a-z 0-9 _ - . : @ =), POST /v1/messages"
+    "routes: GET /v1/channels/{channel}, GET and POST /v1/channels/{channel}/messages, GET "       \
+    "/v1/channels/{channel}/presence (channel: 1-200 bytes of A-Z a-z 0-9 _ - . : @ =), POST "     \
+    "/v1/messages"
 
 struct rest_batch;
 
@@ -409,22 +411,56 @@ static void on_position(void *arg, const struct history_head *heads, size_t n, c
 }
 
 /* ------------------------------------------------------------------------------------------
+ * GET /v1/channels/{C}/presence */
+
+static void on_presence(void *arg, const char *list, size_t len)
+{
+    struct rest_call *c = arg;
+    struct http_session *s = call_end(c);
+    if (s && !list) {
+        answer_error(c->app, c->wsi, s, 503, ERR_UNAVAILABLE,
+                     "presence could not be read from Redis");
+    } else if (s) {
+        size_t cap = len + CHANNEL_NAME_MAX + 32;
+        char *body = malloc(cap);
+        int n = body
+                    ? snprintf(body, cap, "{\"channel\":\"%s\",%.*s}\n", c->channel, (int)len, list)
+                    : 0;
+        if (body)
+            answer(c->app, c->wsi, s, 200, body, (size_t)n);
+        else
+            answer_error(c->app, c->wsi, s, 503, ERR_UNAVAILABLE, "out of memory");
+        free(body);
+    }
+    call_free(c);
+}
+
+/* ------------------------------------------------------------------------------------------
  * Routes and credentials */
 
-enum route { ROUTE_NONE, ROUTE_MESSAGES, ROUTE_POSITION };
+enum route { ROUTE_NONE, ROUTE_MESSAGES, ROUTE_POSITION, ROUTE_PRESENCE };
 
-/* /v1/channels/{C}/messages or /v1/channels/{C} -> which, and C, validated. */
+/* /v1/channels/{C}/messages, /v1/channels/{C}/presence or /v1/channels/{C} -> which, and C,
+ * validated. */
 static enum route route_channel(const char *uri, char *out)
 {
-    static const char prefix[] = "/v1/channels/", suffix[] = "/messages";
-    size_t len = strlen(uri), pl = sizeof prefix - 1, sl = sizeof suffix - 1;
+    static const char prefix[] = "/v1/channels/";
+    static const struct {
+        const char *suffix;
+        enum route route;
+    } tails[] = {{"/messages", ROUTE_MESSAGES}, {"/presence", ROUTE_PRESENCE}};
+    size_t len = strlen(uri), pl = sizeof prefix - 1;
     if (strncmp(uri, prefix, pl) != 0)
         return ROUTE_NONE;
     enum route route = ROUTE_POSITION;
     size_t n = len - pl;
-    if (len >= pl + sl && strcmp(uri + len - sl, suffix) == 0) {
-        route = ROUTE_MESSAGES;
-        n -= sl;
+    for (size_t i = 0; i < sizeof tails / sizeof tails[0]; i++) {
+        size_t sl = strlen(tails[i].suffix);
+        if (len >= pl + sl && strcmp(uri + len - sl, tails[i].suffix) == 0) {
+            route = tails[i].route;
+            n -= sl;
+            break;
+        }
     }
     if (!channel_name_valid(uri + pl, n))
         return ROUTE_NONE;
@@ -538,7 +574,7 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     cors_lines(app, wsi, s->cors, sizeof s->cors);
     set_phase(app, s, post ? REST_BODY : REST_IDLE);
     enum route route = batch ? ROUTE_NONE : route_channel(uri, channel);
-    if (!batch && (route == ROUTE_NONE || (post && route == ROUTE_POSITION))) {
+    if (!batch && (route == ROUTE_NONE || (post && route != ROUTE_MESSAGES))) {
         bool bad = strncmp(uri, "/v1/channels/", 13) == 0 && route == ROUTE_NONE;
         answer_error(app, wsi, s, bad ? 400 : 404, bad ? ERR_BAD_REQUEST : ERR_NOT_FOUND,
                      MSG_ROUTES);
@@ -552,6 +588,20 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
         return 0;
     if (!post && route == ROUTE_MESSAGES && read_query(wsi, &c->q, err, sizeof err) < 0) {
         answer_error(app, wsi, s, 400, ERR_BAD_REQUEST, err);
+        return 0;
+    }
+    if (route == ROUTE_PRESENCE) { /* Redis only: no database needed */
+        if (!presence_enabled(app->presence, channel, strlen(channel))) {
+            answer_error(app, wsi, s, 404, ERR_NOT_FOUND,
+                         "presence is not enabled on this channel");
+            return 0;
+        }
+        if (presence_query(app->presence, channel, strlen(channel), on_presence, c) < 0) {
+            answer_error(app, wsi, s, 503, ERR_UNAVAILABLE, "out of memory");
+            return 0;
+        }
+        set_phase(app, s, REST_WAIT); /* the answer comes from the loop, never before this */
+        c->in_flight = true;
         return 0;
     }
     if (!app->db) {

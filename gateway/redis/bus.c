@@ -543,6 +543,17 @@ int bus_publish(struct bus *bus, const char *name, const char *payload, size_t l
     return resp_conn_send(sh->cmd, NULL, NULL, 3, argv, lens);
 }
 
+int bus_command(struct bus *bus, const char *name, size_t len, const char *key, size_t klen,
+                resp_reply_fn *fn, void *arg, int argc, const char **argv, const size_t *lens)
+{
+    if (bus->cluster)
+        return cluster_command(bus->cluster, key, klen, fn, arg, argc, argv, lens);
+    struct shard *sh = shard_for(bus, name, len);
+    if (!sh->cmd_ready)
+        return -1;
+    return resp_conn_send(sh->cmd, fn, arg, argc, argv, lens);
+}
+
 int bus_subscribe(struct bus *bus, const char *name, size_t len)
 {
     return send_sub_command(bus, "SUBSCRIBE", name, len);

@@ -15,6 +15,7 @@
 
 #include "bus_events.h"
 #include "redis_url.h"
+#include "resp_conn.h"
 
 struct herald;
 struct bus;
@@ -38,6 +39,14 @@ int bus_unsubscribe(struct bus *bus, const char *name, size_t len);
  * -1 when Redis is down: the message is in PostgreSQL, and every instance's head check
  * delivers it within seconds. */
 int bus_publish(struct bus *bus, const char *name, const char *payload, size_t len);
+
+/* Sends a command about key (keys[0..klen) as Redis will see it, prefix included) on the
+ * command connection of the server that carries the Herald channel name[0..len): the
+ * channel's shard, or, in cluster sharded mode, the master of the key's slot. fn (may be NULL)
+ * gets the reply, or NULL when the connection ends first, exactly once and from the loop.
+ * -1 when that server is down (fn will not run). */
+int bus_command(struct bus *bus, const char *name, size_t len, const char *key, size_t klen,
+                resp_reply_fn *fn, void *arg, int argc, const char **argv, const size_t *lens);
 
 /* The shard (index into HERALD_REDIS_URL's list, or a cluster node's) that carries a channel;
  * -1 when none does (a cluster slot without a master). */

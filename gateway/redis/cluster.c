@@ -748,6 +748,13 @@ int cluster_publish(struct cluster *cl, const char *full, size_t flen, const cha
     return 0;
 }
 
+int cluster_command(struct cluster *cl, const char *key, size_t klen, resp_reply_fn *fn, void *arg,
+                    int argc, const char **argv, const size_t *lens)
+{
+    struct node *n = up_node(cl, key, klen);
+    return n ? resp_conn_send(n->cmd, fn, arg, argc, argv, lens) : -1;
+}
+
 static bool node_ready(const struct node *n)
 {
     uint64_t dead_after = (uint64_t)n->cl->app->cfg->heartbeat_ms * BEATS_BEFORE_DEAD;

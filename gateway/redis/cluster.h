@@ -18,6 +18,7 @@
 
 #include "bus_events.h"
 #include "redis_url.h"
+#include "resp_conn.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -39,6 +40,10 @@ int cluster_subscribe(struct cluster *cl, const char *full, size_t flen);
 int cluster_unsubscribe(struct cluster *cl, const char *full, size_t flen);
 int cluster_publish(struct cluster *cl, const char *full, size_t flen, const char *payload,
                     size_t len);
+/* A command on the command connection of the master of key's slot (a MOVED reply goes to fn
+ * like any other: the caller tries again later). -1 when that master is not up. */
+int cluster_command(struct cluster *cl, const char *key, size_t klen, resp_reply_fn *fn, void *arg,
+                    int argc, const char **argv, const size_t *lens);
 /* -1 when no master owns the slot now */
 int cluster_shard_of(const struct cluster *cl, const char *full, size_t flen);
 

@@ -6,6 +6,7 @@
 #include "json_text.h"
 #include "log.h"
 #include "peer.h"
+#include "presence.h"
 #include "request.h"
 
 #include <libwebsockets.h>
@@ -87,6 +88,7 @@ void client_destroy(struct client *c)
         return;
     unmark_dirty(c);
     list_remove(&c->app->clients, c, ALL);
+    presence_gone(c->app->presence, &c->presence);
     hub_client_gone(c->app->hub, &c->sub);
     iplimit_release(c->app->ips, c->ip);
     if (c->auth) {
@@ -157,7 +159,7 @@ static void check_drained(struct client *c)
     }
 }
 
-static void client_send_text(struct client *c, const char *text, size_t len)
+void client_send_text(struct client *c, const char *text, size_t len)
 {
     struct frame *f = frame_from(text, len);
     if (!f)

@@ -15,7 +15,8 @@ struct lws;
 struct herald;
 struct principal;
 struct ipcount;
-struct pending_publish;
+struct owed;
+struct pconn;
 struct client;
 
 /* A place in one of the process's doubly linked lists of clients (O(1) removal). */
@@ -40,7 +41,8 @@ struct client {
     bool drain_wanted; /* a paused resume waits for the queue to drain (hub_client_drained) */
     bool drop_refused; /* a strict resume was refused: leave it on the next flush */
     char *rx;          /* fragments of a message that came in several pieces */
-    struct pending_publish *publishes; /* waiting for PostgreSQL: protocol.c's */
+    struct owed *owed;                 /* replies owed (publish, presence): protocol.c's */
+    struct pconn *presence;            /* its places on presence channels (presence.h) */
     struct principal *auth;            /* the token's claims; NULL with auth off */
     struct ipcount *ip;                /* this connection's share of its address's count */
     double rl_tokens;                  /* inbound token bucket (HERALD_RATE_LIMIT / _BURST) */
@@ -77,6 +79,9 @@ void client_notify_drained(struct subscriber *s);
 
 /* Sends the JSON object fmt makes (without its closing brace), then ,"id":id_json when
  * id_json is not NULL, then the brace. Every reply to a client is made this way. */
+/* Queues text[0..len) as one message (any size the queue takes). */
+void client_send_text(struct client *c, const char *text, size_t len);
+
 void client_reply(struct client *c, const char *id_json, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

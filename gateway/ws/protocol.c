@@ -5,6 +5,7 @@
 #include "client.h"
 #include "herald.h"
 #include "history.h"
+#include "presence.h"
 #include "publish.h"
 #include "hub.h"
 
@@ -16,6 +17,11 @@ void protocol_answered(struct subscriber *s, const char *channel, const struct h
                        const char *id_json)
 {
     struct client *c = client_of(s);
+    struct presence *pr = c->app->presence;
+    if (r->refused)
+        presence_leave(pr, &c->presence, channel, strlen(channel));
+    else
+        presence_confirm(pr, &c->presence, channel, strlen(channel));
     char epoch[HISTORY_EPOCH_MAX + 16] = "", tail[64] = "";
     if (r->epoch && r->epoch[0])
         snprintf(epoch, sizeof epoch, ",\"epoch\":\"%s\"", r->epoch);
@@ -45,6 +51,43 @@ static void reply_unsubscribed(struct client *c, const char *channel, const char
     client_reply(c, id_json, "{\"op\":\"unsubscribed\",\"channel\":\"%s\"", channel);
 }
 
+void protocol_presence_full(void *conn, const char *channel, size_t len)
+{
+    struct client *c = conn;
+    c->app->metrics.client_errors[ERR_PRESENCE_FULL]++;
+    client_reply(c, NULL,
+                 "{\"op\":\"error\",\"code\":\"%s\",\"channel\":\"%.*s\",\"message\":"
+                 "\"the channel has HERALD_PRESENCE_MAX_MEMBERS members: subscribed, not listed\"",
+                 errcode_name(ERR_PRESENCE_FULL), (int)len, channel);
+}
+
+/* Who the connection is on a presence channel: the token's sub, or with auth off the sub
+ * the subscribe gives (NULL: anonymous). False, with the error sent, when the subscribe
+ * claims a sub the token does not have or an info over HERALD_PRESENCE_INFO_BYTES. */
+static bool presence_identity(struct client *c, const struct request *rq, const char *id,
+                              const char **sub, size_t *slen)
+{
+    *sub = rq->sub;
+    *slen = rq->sub_len;
+    if (c->auth && c->auth->has_claims) {
+        const char *mine = c->auth->claims.sub;
+        if (rq->sub && (rq->sub_len != strlen(mine) || memcmp(rq->sub, mine, rq->sub_len))) {
+            client_send_error(c, ERR_FORBIDDEN, id, "sub must be the token's sub");
+            return false;
+        }
+        *sub = mine;
+        *slen = strlen(mine);
+    }
+    if (rq->info_len > (size_t)c->app->cfg->presence_info_bytes) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "info is larger than %ld bytes (HERALD_PRESENCE_INFO_BYTES)",
+                 c->app->cfg->presence_info_bytes);
+        client_send_error(c, ERR_BAD_REQUEST, id, msg);
+        return false;
+    }
+    return true;
+}
+
 static void op_subscribe(struct client *c, const struct request *rq)
 {
     const char *id = rq->id[0] ? rq->id : NULL;
@@ -52,6 +95,11 @@ static void op_subscribe(struct client *c, const struct request *rq)
         client_send_error(c, ERR_FORBIDDEN, id, "the token does not allow this channel");
         return;
     }
+    bool present = presence_enabled(c->app->presence, rq->channel, rq->channel_len);
+    const char *sub = NULL;
+    size_t slen = 0;
+    if (present && !presence_identity(c, rq, id, &sub, &slen))
+        return;
     if (c->sub.n >= c->app->cfg->max_subscriptions &&
         !hub_is_member(&c->sub, rq->channel, rq->channel_len)) {
         char msg[96];
@@ -62,8 +110,17 @@ static void op_subscribe(struct client *c, const struct request *rq)
     }
     struct resume resume = {
         .since = rq->since, .epoch = rq->epoch, .last = rq->last, .strict = rq->strict};
+    /* joined first: the answer (presence_confirm) may come from inside hub_subscribe */
+    if (present && presence_join(c->app->presence, &c->presence, c, rq->channel, rq->channel_len,
+                                 sub, slen, rq->info_text, rq->info_len) < 0) {
+        client_send_error(c, ERR_INTERNAL, id, "out of memory");
+        return;
+    }
+    bool was_member = hub_is_member(&c->sub, rq->channel, rq->channel_len);
     int rc = hub_subscribe(c->app->hub, &c->sub, rq->channel, rq->channel_len, id,
                            rq->resume ? &resume : NULL);
+    if (present && rc != 0 && !was_member)
+        presence_leave(c->app->presence, &c->presence, rq->channel, rq->channel_len);
     if (rc == HUB_PENDING)
         client_send_error(c, ERR_BAD_REQUEST, id,
                           "a subscribe to this channel is already in progress");
@@ -73,25 +130,42 @@ static void op_subscribe(struct client *c, const struct request *rq)
 
 static void op_unsubscribe(struct client *c, const struct request *rq)
 {
+    presence_leave(c->app->presence, &c->presence, rq->channel, rq->channel_len);
     hub_unsubscribe(c->app->hub, &c->sub, rq->channel, rq->channel_len);
     reply_unsubscribed(c, rq->channel, rq->id[0] ? rq->id : NULL);
 }
 
-/* A publish whose reply is owed to a client. The client may close before PostgreSQL
- * answers: protocol_client_gone unhooks its pending publishes, and the answer is dropped. */
-struct pending_publish {
-    struct pending_publish *next;
+/* A reply owed to a client (a publish waiting for PostgreSQL, a presence query waiting for
+ * Redis). The client may close first: protocol_client_gone unhooks what it is owed, and the
+ * answer is dropped. */
+struct owed {
+    struct owed *next;
     struct client *c;
     char id[REQUEST_ID_JSON_MAX + 1];
     char channel[CHANNEL_NAME_MAX + 1];
-    struct publish_request publish;
+    struct publish_request publish; /* a publish's */
 };
 
-static void unhook(struct pending_publish *p)
+static struct owed *owe(struct client *c, const struct request *rq)
+{
+    struct owed *p = calloc(1, sizeof *p);
+    if (!p) {
+        client_send_error(c, ERR_INTERNAL, rq->id[0] ? rq->id : NULL, "out of memory");
+        return NULL;
+    }
+    p->c = c;
+    snprintf(p->id, sizeof p->id, "%s", rq->id);
+    snprintf(p->channel, sizeof p->channel, "%s", rq->channel);
+    p->next = c->owed;
+    c->owed = p;
+    return p;
+}
+
+static void unhook(struct owed *p)
 {
     if (!p->c)
         return;
-    struct pending_publish **pp = &p->c->publishes;
+    struct owed **pp = &p->c->owed;
     while (*pp && *pp != p)
         pp = &(*pp)->next;
     if (*pp)
@@ -101,13 +175,13 @@ static void unhook(struct pending_publish *p)
 
 void protocol_client_gone(struct client *c)
 {
-    while (c->publishes)
-        unhook(c->publishes);
+    while (c->owed)
+        unhook(c->owed);
 }
 
 static void on_published(void *arg, const struct publish_result *res)
 {
-    struct pending_publish *p = arg;
+    struct owed *p = arg;
     struct client *c = p->c;
     const char *id = p->id[0] ? p->id : NULL;
     unhook(p);
@@ -135,18 +209,52 @@ static void op_publish(struct client *c, const struct request *rq)
                           "publish needs the history: HERALD_DATABASE_URL is not set");
         return;
     }
-    struct pending_publish *p = calloc(1, sizeof *p);
-    if (!p) {
-        client_send_error(c, ERR_INTERNAL, id, "out of memory");
+    struct owed *p = owe(c, rq);
+    if (!p)
         return;
-    }
-    p->c = c;
-    snprintf(p->id, sizeof p->id, "%s", rq->id);
-    snprintf(p->channel, sizeof p->channel, "%s", rq->channel);
-    p->next = c->publishes;
-    c->publishes = p;
     publish_durable(c->app, &p->publish, rq->channel, rq->data_text, rq->data_len, NULL,
                     on_published, p);
+}
+
+static void on_presence(void *arg, const char *list, size_t len)
+{
+    struct owed *p = arg;
+    struct client *c = p->c;
+    const char *id = p->id[0] ? p->id : NULL;
+    unhook(p);
+    if (c && !list) {
+        client_send_error(c, ERR_UNAVAILABLE, id, "presence could not be read from Redis");
+    } else if (c) {
+        size_t cap = len + strlen(p->channel) + sizeof p->id + 64;
+        char *text = malloc(cap);
+        if (text) {
+            int n = snprintf(text, cap, "{\"op\":\"presence\",\"channel\":\"%s\",%.*s%s%s}",
+                             p->channel, (int)len, list, id ? ",\"id\":" : "", id ? id : "");
+            client_send_text(c, text, (size_t)n);
+        }
+        free(text);
+    }
+    free(p);
+}
+
+/* Who is on a channel: for those who may subscribe to it, whether they are or not. */
+static void op_presence(struct client *c, const struct request *rq)
+{
+    const char *id = rq->id[0] ? rq->id : NULL;
+    if (!auth_may_read(c->auth, rq->channel, rq->channel_len)) {
+        client_send_error(c, ERR_FORBIDDEN, id, "the token does not allow this channel");
+        return;
+    }
+    if (!presence_enabled(c->app->presence, rq->channel, rq->channel_len)) {
+        client_send_error(c, ERR_NOT_FOUND, id, "presence is not enabled on this channel");
+        return;
+    }
+    struct owed *p = owe(c, rq);
+    if (p && presence_query(c->app->presence, rq->channel, rq->channel_len, on_presence, p) < 0) {
+        unhook(p);
+        free(p);
+        client_send_error(c, ERR_INTERNAL, id, "out of memory");
+    }
 }
 
 void protocol_handle(struct client *c, const char *msg, size_t len)
@@ -165,6 +273,9 @@ void protocol_handle(struct client *c, const char *msg, size_t len)
             break;
         case REQ_PUBLISH:
             op_publish(c, &rq);
+            break;
+        case REQ_PRESENCE:
+            op_presence(c, &rq);
             break;
         case REQ_PING:
             client_reply(c, rq.id[0] ? rq.id : NULL, "{\"op\":\"pong\"");

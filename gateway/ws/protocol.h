@@ -20,7 +20,11 @@ void protocol_handle(struct client *c, const char *msg, size_t len);
 void protocol_answered(struct subscriber *s, const char *channel, const struct hub_answer *a,
                        const char *id_json);
 
-/* The client is closing: publish replies still owed to it are dropped. */
+/* presence_sink.full: {"op":"error","code":"presence_full","channel":C,...} to conn (a
+ * client). */
+void protocol_presence_full(void *conn, const char *channel, size_t len);
+
+/* The client is closing: publish and presence replies still owed to it are dropped. */
 void protocol_client_gone(struct client *c);
 
 #endif
