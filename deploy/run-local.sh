@@ -80,7 +80,7 @@ db=postgresql://herald@127.0.0.1:$pg_port/herald
 start_gateway() { # name port
   HERALD_LISTEN=$bind:$2 HERALD_INSTANCE_ID=$1 HERALD_REDIS_URL=redis://127.0.0.1:$redis_port/0 \
     HERALD_DATABASE_URL=$db HERALD_STATIC_DIR=$root/web-demo HERALD_DRAIN_SECONDS=2 \
-    "$herald" 2>"$run/herald-$1.log" &
+    HERALD_PRESENCE='chat:*' "$herald" 2>"$run/herald-$1.log" &
   pids+=($!)
 }
 start_gateway gateway-a "$port_a"

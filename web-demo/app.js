@@ -3,14 +3,23 @@
 // ws(s)://<this host>/ws and to the same host's /v1 and /healthz.
 //
 // How the page gets its state:
-//  - first load: for each channel, GET /v1/channels/{C}/messages tells the head seq H; the page
-//    subscribes with since = H - k, so the last k messages are replayed and live ones follow with
-//    no gap (k = 1 for a bot's status, more for tasks and chat);
+//  - first load: for the fleet, tasks and chat, GET /v1/channels/{C}/messages tells the head
+//    seq H; the page subscribes with since = H - k, so the last k messages are replayed and live
+//    ones follow with no gap;
+//  - a bot's status is state (its latest message): loaded with herald.js getState through
+//    REST (GET /v1/channels/{C} for the position, then the message at that seq), then streamed
+//    strictly from that position; whenever Herald cannot replay what the state misses,
+//    herald.js loads it again;
 //  - reconnect: herald.js re-subscribes every channel from the last seq it delivered; the page
 //    sums the `replayed` counts into "resumed: N missed messages replayed";
 //  - reload: the page saves its state and herald.js its positions in sessionStorage on pagehide,
 //    so a reload (same tab) resumes the same way;
 //  - a failed resume (history expired or reset) reloads that channel's recent messages.
+//
+// Who is in the chat room: the chat channel is a presence channel (the gateways run with
+// HERALD_PRESENCE=chat:*). The demo has no login: each tab sends its name as the presence `sub`
+// (and as info.name), so tabs with the same name (?name=Alice) are one person. herald.js keeps
+// the member list (queried after each subscribe, then join/leave events, across both gateways).
 //
 // window.heraldDemo exposes the client and a snapshot() of counters for tests and curious people.
 
@@ -42,7 +51,10 @@ const me = (() => {
   let saved = null;
   try { saved = JSON.parse(sessionStorage.getItem(KEY_ME)); } catch { /* none */ }
   const pick = (a) => a[Math.floor(Math.random() * a.length)];
-  const m = saved?.sid ? saved : { sid: Math.random().toString(36).slice(2, 10), name: `${pick(ADJ)} ${pick(ANIMAL)}` };
+  const m = saved?.sid ? saved : {
+    sid: Math.random().toString(36).slice(2, 10),
+    name: `${pick(ADJ)} ${pick(ANIMAL)} ${10 + Math.floor(Math.random() * 90)}`, // also the presence sub
+  };
   const asked = (params.get("name") || "").trim().slice(0, 40);
   if (asked) m.name = asked;
   try { sessionStorage.setItem(KEY_ME, JSON.stringify(m)); } catch { /* page only */ }
@@ -56,6 +68,9 @@ const model = {
   tasks: new Map(), // task id -> {u: update, seq, finishedAt}
   chat: [], // [{seq, data}] ordered by seq
   pending: new Map(), // cid -> {text, at, failed}
+  // who is in the chat room: status loading | live | stale (reconnecting) | off (presence not
+  // enabled on the gateway) | error (cannot load, retrying)
+  people: { status: "loading", loaded: false, members: [], count: 0, anonymous: 0, full: false, note: "" },
 };
 
 // Counters the tests read (through snapshot()) and the status bar shows.
@@ -68,6 +83,7 @@ const stats = {
   resumes: [], // finished resume rounds: {kind, replayed, channels, failed, instance, at}
   notices: [], // texts shown in the notice bar
   reloads: [], // {channel, code}: channels whose resume failed and were reloaded
+  stateLoads: [], // {channel, seq, from: "rest" | "saved"}: bot states loaded through getState
 };
 const lastSeq = new Map(); // channel -> last seq applied from the stream
 const eventTimes = []; // arrival times (ms) of the last 10 s, for events/s
@@ -134,11 +150,24 @@ herald.on("recovered", ({ channel, replayed }) => settleRound(channel, replayed,
 herald.on("recovery_failed", ({ channel, code }) => {
   stats.reloads.push({ channel, code });
   settleRound(channel, 0, code);
-  reloadChannel(channel);
+  if (!isBot(channel)) reloadChannel(channel); // a bot's state is loaded again by herald.js (getState)
 });
 herald.on("error", (e) => {
   console.warn("herald:", e);
-  if (e.op === "subscribe") notify(`Cannot follow ${e.channel}: ${e.code}`, "warn");
+  if (e.code === "presence_full" && e.channel === CHAT) {
+    setPeople({ full: true });
+    notify(`#${ROOM} is full: you are in the room but not listed`, "warn");
+  } else if (e.op === "presence" && e.channel === CHAT) {
+    if (e.code === "not_found") setPeople({ status: "off", note: "presence is not enabled on this gateway" });
+    else if (e.code === "bad_request") setPeople({ status: "off", note: "this gateway does not offer presence" });
+    else setPeople({ status: "error", note: `cannot load who is here (${e.code}), retrying` });
+  } else if (e.op === "subscribe" && e.code?.startsWith("history_")) {
+    // a strict resume of a bot's state that Herald cannot serve: herald.js loads the state again
+    stats.reloads.push({ channel: e.channel, code: e.code });
+    settleRound(e.channel, 0, e.code);
+  } else if (e.op === "subscribe") {
+    notify(`Cannot follow ${e.channel}: ${e.code}`, "warn");
+  }
 });
 herald.on("state", (state, info) => {
   stats.state = state;
@@ -147,6 +176,7 @@ herald.on("state", (state, info) => {
   const label = { connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Offline" }[state];
   $("conn-label").textContent = label;
   conn.title = info?.code ? `last close code ${info.code}` : "";
+  if (state !== "open" && model.people.status === "live") setPeople({ status: "stale", note: "reconnecting…" });
   if (state !== "open") return;
   if (everOpen) {
     // herald.js has just re-subscribed every channel with its position
@@ -180,8 +210,9 @@ async function history(channel, since, limit) {
 }
 
 // Subscribe to `channel`, replaying its last `keep` messages first (or, after a reload, everything
-// since the position this tab had). `apply(data, seq)` updates the model.
-async function follow(channel, keep, apply) {
+// since the position this tab had). `apply(data, seq)` updates the model; `options` go to
+// herald.subscribe (presence).
+async function follow(channel, keep, apply, options = {}) {
   if (followed.has(channel)) return;
   followed.set(channel, null);
   let from = {};
@@ -198,8 +229,78 @@ async function follow(channel, keep, apply) {
   }
   if (!followed.has(channel)) return; // unfollowed meanwhile
   appliers.set(channel, apply);
-  followed.set(channel, herald.subscribe(channel, (data, msg) => receive(channel, data, msg), from));
+  followed.set(channel, herald.subscribe(channel, (data, msg) => receive(channel, data, msg), { ...from, ...options }));
 }
+
+const isBot = (channel) => channel.startsWith("bot:status:");
+
+async function getJson(url) {
+  const r = await fetch(url, { cache: "no-store" });
+  if (!r.ok) throw new Error(`GET ${url}: ${r.status}`);
+  return r.json();
+}
+
+// A bot's state is its latest message, read through Herald's REST API: the channel's position,
+// then the message at that seq (a message published in between comes after it, in the stream).
+async function loadBotState(channel) {
+  const pos = await getJson(`/v1/channels/${channel}`);
+  if (!Number.isInteger(pos?.seq)) throw new Error(`no position for ${channel}`);
+  if (pos.seq === 0) return { state: null, seq: 0, epoch: pos.epoch ?? null }; // nothing yet
+  const page = await getJson(`/v1/channels/${channel}/messages?since=${pos.seq - 1}&limit=1`);
+  const m = page.messages?.[0];
+  if (!page.recovered || page.epoch !== pos.epoch || m?.seq !== pos.seq) {
+    throw new Error(`${channel} changed while loading (${page.code ?? "epoch or seq moved"})`);
+  }
+  return { state: m.data, seq: pos.seq, epoch: pos.epoch };
+}
+
+// A bot's status: loaded first (getState), then streamed strictly from that position. After a
+// reload of the page the first state is the one this tab saved, at the position it had.
+function followBot(id) {
+  const channel = `bot:status:${id}`;
+  if (followed.has(channel)) return;
+  let saved = null;
+  const stored = herald.position(channel);
+  if (restoring && Number.isInteger(stored?.seq) && model.bots.has(id)) {
+    saved = { state: model.bots.get(id).status, seq: stored.seq, epoch: stored.epoch };
+    lastSeq.set(channel, stored.seq);
+    if (round?.kind === "reload") addToRound(round, channel); // counted in the reload notice
+  }
+  appliers.set(channel, (d, seq) => applyBot(id, d, seq));
+  followed.set(channel, herald.subscribe(channel, (data, msg) => receive(channel, data, msg), {
+    getState: async () => {
+      const from = saved ? "saved" : "rest";
+      const loaded = saved ?? (await loadBotState(channel));
+      saved = null; // used once: a later load is a real one
+      stats.stateLoads.push({ channel, seq: loaded.seq, from });
+      return loaded;
+    },
+    onState: (state, pos) => {
+      lastSeq.set(channel, pos.seq);
+      const b = model.bots.get(id);
+      if (!b) return;
+      b.status = state && typeof state === "object" ? state : null;
+      b.seq = pos.seq;
+      if (!LIVE.has(b.status?.state)) b.stopping = false;
+      dirty.bots.add(id);
+      schedule();
+    },
+  }));
+}
+
+// ---- who is in the chat room ----
+function setPeople(change) {
+  Object.assign(model.people, change);
+  dirty.people = true;
+  schedule();
+}
+
+const chatPresence = {
+  presence: { sub: me.name, info: { name: me.name } },
+  onPresence: (members, p) => setPeople({
+    status: "live", loaded: true, note: "", members, count: p.count, anonymous: p.anonymous, full: p.full,
+  }),
+};
 
 function unfollow(channel) {
   const stop = followed.get(channel);
@@ -257,7 +358,7 @@ function applyFleet(data) {
   }
   for (const b of roster) {
     if (!model.bots.has(b.id)) model.bots.set(b.id, { status: null, seq: 0 });
-    follow(`bot:status:${b.id}`, KEEP.bot, (d, seq) => applyBot(b.id, d, seq));
+    followBot(b.id);
   }
   model.roster = roster;
   dirty.roster = true;
@@ -301,7 +402,7 @@ function applyChat(data, seq) {
 }
 
 // ---- rendering (batched) ----
-const dirty = { all: true, roster: true, bots: new Set(), tasks: true, chat: true };
+const dirty = { all: true, roster: true, bots: new Set(), tasks: true, chat: true, people: true };
 let renderTimer = null;
 function schedule() {
   if (renderTimer === null) renderTimer = setTimeout(render, 40);
@@ -313,8 +414,9 @@ function render() {
   for (const id of dirty.all ? model.bots.keys() : dirty.bots) renderBot(id);
   if (dirty.all || dirty.tasks) renderTasks();
   if (dirty.all || dirty.chat) renderChat();
+  if (dirty.all || dirty.people) renderPeople();
   if (dirty.all || dirty.roster || dirty.bots.size) renderFleetSummary();
-  dirty.all = dirty.roster = dirty.tasks = dirty.chat = false;
+  dirty.all = dirty.roster = dirty.tasks = dirty.chat = dirty.people = false;
   dirty.bots.clear();
   $("stat-events").textContent = stats.events.toLocaleString("en");
 }
@@ -481,6 +583,54 @@ function renderChat() {
   dirty.scroll = false;
 }
 
+const personName = (m) => String(typeof m.info?.name === "string" && m.info.name ? m.info.name : m.sub).slice(0, 40);
+
+// The "people here" list: one chip per member (kept by sub, so only arrivals animate), this tab's
+// user first.
+function renderPeople() {
+  const p = model.people;
+  const box = $("people-here");
+  box.dataset.status = p.status;
+  const off = p.status === "off" || (p.status === "error" && !p.loaded);
+  $("people-count").textContent = off ? "–" : p.loaded ? String(p.count) : "…";
+  $("people-count").title = p.loaded ? `${p.count} here${p.anonymous ? `, ${p.anonymous} not listed` : ""}` : "";
+  const notes = [];
+  if (p.note) notes.push(p.note);
+  if (p.full) notes.push("the room is full: you are not listed");
+  $("people-note").textContent = notes.join(" · ");
+  const list = $("people");
+  if (off) return list.replaceChildren();
+  const members = [...p.members].sort((a, b) => (b.sub === me.name) - (a.sub === me.name));
+  const keep = new Set(members.map((m) => m.sub));
+  for (const li of [...list.children]) if (!keep.has(li.dataset.sub)) li.remove();
+  members.forEach((m, i) => {
+    let li = [...list.children].find((x) => x.dataset.sub === m.sub);
+    if (!li) {
+      li = el("li", "person");
+      li.dataset.sub = m.sub;
+      li.append(el("span", "person-dot"), el("span", "person-name"));
+    }
+    const name = personName(m);
+    li.classList.toggle("me", m.sub === me.name);
+    li.querySelector(".person-dot").textContent = name.slice(0, 1).toUpperCase();
+    li.querySelector(".person-name").textContent = name;
+    li.title = m.sub === name ? name : `${name} (${m.sub})`;
+    if (m.sub === me.name && !li.querySelector(".person-you")) li.append(el("span", "person-you", "you"));
+    if (list.children[i] !== li) list.insertBefore(li, list.children[i] ?? null);
+  });
+  const extra = p.loaded ? p.count - members.length : 0;
+  let anon = list.querySelector("li.anonymous");
+  if (extra > 0) {
+    if (!anon) {
+      anon = el("li", "person anonymous");
+      anon.dataset.sub = "";
+      anon.append(el("span", "person-dot", "?"), el("span", "person-name"));
+    }
+    anon.querySelector(".person-name").textContent = `+${extra} not listed`;
+    list.appendChild(anon);
+  } else anon?.remove();
+}
+
 // ---- user actions ----
 $("chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
@@ -578,9 +728,9 @@ if (restoring) {
 herald.connect();
 follow(FLEET, KEEP.fleet, applyFleet);
 follow(TASKS, KEEP.tasks, applyTask);
-follow(CHAT, KEEP.chat, applyChat);
+follow(CHAT, KEEP.chat, applyChat, chatPresence);
 if (restoring) {
-  for (const r of model.roster) follow(`bot:status:${r.id}`, KEEP.bot, (d, seq) => applyBot(r.id, d, seq));
+  for (const r of model.roster) followBot(r.id);
   if (!round.pending.size) round = null;
 }
 refreshInstance();
@@ -595,5 +745,6 @@ window.heraldDemo = {
     bots: Object.fromEntries([...model.bots].map(([id, b]) => [id, b.status?.state ?? null])),
     tasks: model.tasks.size,
     chat: model.chat.map((m) => ({ seq: m.seq, text: m.data.text, from: m.data.from })),
+    people: { ...model.people, members: model.people.members.map((m) => ({ sub: m.sub, name: personName(m) })) },
   })),
 };

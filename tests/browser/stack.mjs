@@ -89,6 +89,18 @@ class Proc {
   }
 }
 
+// Gateway settings every test stack gets (see herald()): presence on the demo's chat rooms, with
+// a short linger and TTL. Both spellings of the two durations are given: the settings as
+// specified (milliseconds, _MS) and as common/config.c reads them at the time of writing
+// (durations, a bare number being seconds); the gateway ignores variables it does not know.
+export const PRESENCE_ENV = {
+  HERALD_PRESENCE: "chat:*",
+  HERALD_PRESENCE_LINGER_MS: 500,
+  HERALD_PRESENCE_TTL_MS: 3000,
+  HERALD_PRESENCE_LINGER: "500ms",
+  HERALD_PRESENCE_TTL: "3000ms",
+};
+
 export class Stack {
   constructor() {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-browser-"));
@@ -140,14 +152,19 @@ export class Stack {
   }
 
   /** A gateway serving web-demo/ with history; waits until /readyz answers 200 and its
-   * PostgreSQL pool is connected (/readyz does not wait for PostgreSQL). */
-  async herald({ redis, pg, port, instance, migrate = false, args = [] }) {
+   * PostgreSQL pool is connected (/readyz does not wait for PostgreSQL). Presence is on for the
+   * demo's chat rooms (as deploy/run-local.sh runs it), with a short linger and TTL so that
+   * leaves come quickly; `env` adds or overrides settings (a value of null removes one). */
+  async herald({ redis, pg, port, instance, migrate = false, args = [], env = {} }) {
     port = port ?? (await freePort());
     const argv = [heraldBin(), "--listen", `127.0.0.1:${port}`, "--redis-url", redis.url,
       "--database-url", pg.url, "--static-dir", path.join(ROOT, "web-demo"), "--instance-id", instance,
       "--drain-seconds", "2", ...args];
     if (migrate) argv.push("--migrate-on-start");
-    const p = this._start(`herald-${instance}`, argv, {});
+    const settings = { ...PRESENCE_ENV, ...env };
+    const genv = { ...this.baseEnv };
+    for (const [k, v] of Object.entries(settings)) if (v != null) genv[k] = String(v);
+    const p = this._start(`herald-${instance}`, argv, { env: genv });
     p.port = port;
     p.base = `http://127.0.0.1:${port}`;
     p.wsUrl = `ws://127.0.0.1:${port}/ws`;
