@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <jwt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Decoded header or payload: at most 3/4 of the token text. */
@@ -187,6 +188,11 @@ static int check_claims(const json_t *payload, int64_t now, int leeway, struct j
     out->publish = pattern_list(payload, "publish", err, errlen);
     if (!out->publish)
         return JWT_AUTH_ECLAIMS;
+    json_t *info = json_object_get(payload, "info");
+    if (info && !(out->info = json_dumps(info, JSON_ENCODE_ANY | JSON_COMPACT))) {
+        snprintf(err, errlen, "out of memory");
+        return JWT_AUTH_ENOMEM;
+    }
     return 0;
 }
 
@@ -283,8 +289,10 @@ void jwt_claims_free(struct jwt_claims *c)
 {
     json_decref(c->channels);
     json_decref(c->publish);
+    free(c->info);
     c->channels = NULL;
     c->publish = NULL;
+    c->info = NULL;
 }
 
 /* Short, stable, safe to send to a client. */

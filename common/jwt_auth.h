@@ -29,12 +29,14 @@ struct jwt_claims {
     int64_t exp;      /* Unix seconds */
     json_t *channels; /* array of glob strings: may subscribe to and read; never NULL on success */
     json_t *publish;  /* array of glob strings: may publish to; never NULL on success */
+    char *info;       /* the info claim as compact JSON text (presence); NULL when absent */
 };
 
 /* Verifies a compact HS256 token (NUL-terminated) against secret[0..secret_len) at time
  * now_s with leeway_s (0..JWT_AUTH_LEEWAY_MAX) seconds of clock skew, and fills out.
  * The header must say alg HS256 whatever libjwt would accept; exp and sub are required;
  * channels and publish, when present, must be arrays of strings (absent means none).
+ * An optional info claim (any JSON) is kept as text.
  * Returns 0 (release out with jwt_claims_free) or a JWT_AUTH_E* code with a reason in
  * err (errlen bytes); on failure out holds nothing to free. */
 int jwt_auth_verify(const char *token, const unsigned char *secret, size_t secret_len,

@@ -61,14 +61,17 @@ void protocol_presence_full(void *conn, const char *channel, size_t len)
                  errcode_name(ERR_PRESENCE_FULL), (int)len, channel);
 }
 
-/* Who the connection is on a presence channel: the token's sub, or with auth off the sub
- * the subscribe gives (NULL: anonymous). False, with the error sent, when the subscribe
- * claims a sub the token does not have or an info over HERALD_PRESENCE_INFO_BYTES. */
+/* Who the connection is on a presence channel and what it shows: the token's sub and info
+ * claim, or with auth off (or a token without info) what the subscribe gives (NULL:
+ * anonymous, no info). False, with the error sent, when the subscribe claims a sub the token
+ * does not have or the info is over HERALD_PRESENCE_INFO_BYTES. */
 static bool presence_identity(struct client *c, const struct request *rq, const char *id,
-                              const char **sub, size_t *slen)
+                              const char **sub, size_t *slen, const char **info, size_t *ilen)
 {
     *sub = rq->sub;
     *slen = rq->sub_len;
+    *info = rq->info_text;
+    *ilen = rq->info_len;
     if (c->auth && c->auth->has_claims) {
         const char *mine = c->auth->claims.sub;
         if (rq->sub && (rq->sub_len != strlen(mine) || memcmp(rq->sub, mine, rq->sub_len))) {
@@ -77,8 +80,12 @@ static bool presence_identity(struct client *c, const struct request *rq, const 
         }
         *sub = mine;
         *slen = strlen(mine);
+        if (c->auth->claims.info) {
+            *info = c->auth->claims.info;
+            *ilen = strlen(*info);
+        }
     }
-    if (rq->info_len > (size_t)c->app->cfg->presence_info_bytes) {
+    if (*ilen > (size_t)c->app->cfg->presence_info_bytes) {
         char msg[96];
         snprintf(msg, sizeof msg, "info is larger than %ld bytes (HERALD_PRESENCE_INFO_BYTES)",
                  c->app->cfg->presence_info_bytes);
@@ -96,9 +103,9 @@ static void op_subscribe(struct client *c, const struct request *rq)
         return;
     }
     bool present = presence_enabled(c->app->presence, rq->channel, rq->channel_len);
-    const char *sub = NULL;
-    size_t slen = 0;
-    if (present && !presence_identity(c, rq, id, &sub, &slen))
+    const char *sub = NULL, *info = NULL;
+    size_t slen = 0, ilen = 0;
+    if (present && !presence_identity(c, rq, id, &sub, &slen, &info, &ilen))
         return;
     if (c->sub.n >= c->app->cfg->max_subscriptions &&
         !hub_is_member(&c->sub, rq->channel, rq->channel_len)) {
@@ -112,7 +119,7 @@ static void op_subscribe(struct client *c, const struct request *rq)
         .since = rq->since, .epoch = rq->epoch, .last = rq->last, .strict = rq->strict};
     /* joined first: the answer (presence_confirm) may come from inside hub_subscribe */
     if (present && presence_join(c->app->presence, &c->presence, c, rq->channel, rq->channel_len,
-                                 sub, slen, rq->info_text, rq->info_len) < 0) {
+                                 sub, slen, info, ilen) < 0) {
         client_send_error(c, ERR_INTERNAL, id, "out of memory");
         return;
     }

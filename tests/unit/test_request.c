@@ -69,6 +69,30 @@ static void plain_ops(void **state)
     request_free(&r);
 }
 
+static void presence_fields(void **state)
+{
+    struct request r;
+    const char *why;
+    assert_int_equal(parse("{\"op\":\"subscribe\",\"channel\":\"c\",\"sub\":\"al\\\"ice\","
+                           "\"info\": {\"n\": 0.1} }",
+                           &r, &why),
+                     0);
+    assert_int_equal(r.sub_len, 6);
+    assert_memory_equal(r.sub, "al\"ice", 6);
+    assert_int_equal(r.info_len, 10); /* as written */
+    assert_memory_equal(r.info_text, "{\"n\": 0.1}", 10);
+    request_free(&r);
+    assert_int_equal(parse("{\"op\":\"subscribe\",\"channel\":\"c\",\"info\":null}", &r, &why), 0);
+    assert_null(r.sub);
+    assert_int_equal(r.info_len, 4);
+    request_free(&r);
+    assert_int_equal(parse("{\"op\":\"presence\",\"channel\":\"room:1\",\"id\":3}", &r, &why), 0);
+    assert_int_equal(r.op, REQ_PRESENCE);
+    assert_int_equal(r.channel_len, 6);
+    assert_string_equal(r.id, "3");
+    request_free(&r);
+}
+
 static void refusals_say_why_and_keep_the_id(void **state)
 {
     const char *bad[] = {
@@ -93,6 +117,13 @@ static void refusals_say_why_and_keep_the_id(void **state)
         "{\"op\":\"subscribe\",\"channel\":\"c\",\"since\":5,\"strict\":1}",
         "{\"op\":\"subscribe\",\"channel\":\"c\",\"strict\":true}",
         "{\"op\":\"publish\",\"channel\":\"c\"}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"sub\":\"\"}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"sub\":7}",
+        "{\"op\":\"subscribe\",\"channel\":\"c\",\"sub\":"
+        "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+        "{\"op\":\"presence\"}",
+        "{\"op\":\"presence\",\"channel\":\"\"}",
         "{\"op\":\"ping\",\"op\":\"ping\"}",
         "[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]",
     };
@@ -115,6 +146,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(subscribe_with_resume),
         cmocka_unit_test(plain_ops),
+        cmocka_unit_test(presence_fields),
         cmocka_unit_test(refusals_say_why_and_keep_the_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

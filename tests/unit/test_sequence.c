@@ -19,6 +19,8 @@
 #include "herald.h"
 #include "history.h"
 #include "hub.h"
+#include "presence.h"
+#include "presence_event.h"
 #include "sigkey.h"
 #include "sink.h"
 
@@ -71,6 +73,8 @@ static struct world {
     /* the channel "c" as PostgreSQL has it: envelopes 1..stored */
     char envelopes[MAXSEQ + 1][128];
     uint64_t stored;
+    bool presence_on;   /* presence_enabled's answer */
+    char last_out[256]; /* the last frame delivered, as text */
 } w;
 
 void history_fetch(struct herald *app, struct history_request *r, const char *channel,
@@ -139,6 +143,24 @@ int bus_unsubscribe(struct bus *bus, const char *name, size_t len)
     return 0;
 }
 
+/* presence.c stands on the bus too: faked with the real event check (presence_event.h). */
+bool presence_enabled(const struct presence *p, const char *name, size_t len)
+{
+    (void)p, (void)name, (void)len;
+    return w.presence_on;
+}
+
+struct frame *presence_event_frame(struct presence *p, const char *name, size_t len,
+                                   const char *payload, size_t plen, const char **why)
+{
+    (void)p;
+    if (!presence_event_valid(name, len, payload, plen)) {
+        *why = "a malformed presence event";
+        return NULL;
+    }
+    return frame_from(payload, plen);
+}
+
 int bus_shard_of(const struct bus *bus, const char *name, size_t len)
 {
     (void)bus, (void)name, (void)len;
@@ -172,6 +194,8 @@ static void note(struct fake_sub *f, const char *fmt, ...)
 
 static void sink_deliver(struct subscriber *s, struct frame *f)
 {
+    snprintf(w.last_out, sizeof w.last_out, "%.*s", (int)(f->len - f->hdr),
+             (const char *)frame_payload(f));
     note(fake_of(s), "%sm%llu", fake_of(s)->log[0] ? " " : "", (unsigned long long)f->seq);
 }
 
@@ -654,6 +678,30 @@ static void a_forged_payload_changes_nothing(void **state)
     leave(&a);
 }
 
+/* On a presence channel a join or leave goes to the members as it is, a malformed one is
+ * dropped and counted; elsewhere the same bytes are a raw message like any other. */
+static void a_presence_event_goes_out_as_it_is(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true};
+    join_at_head_5(&a);
+    const char *join = "{\"op\":\"join\",\"channel\":\"c\",\"member\":{\"sub\":\"al\"}}";
+    w.bus.message(w.bus.arg, "c", 1, join, strlen(join));
+    assert_string_equal(w.last_out, "{\"op\":\"message\",\"channel\":\"c\",\"data\":{\"op\":"
+                                    "\"join\",\"channel\":\"c\",\"member\":{\"sub\":\"al\"}}}");
+    w.app.presence = (struct presence *)&w;
+    w.presence_on = true;
+    w.bus.message(w.bus.arg, "c", 1, join, strlen(join));
+    assert_string_equal(w.last_out, join);
+    const char *other = "{\"op\":\"leave\",\"channel\":\"d\",\"member\":{\"sub\":\"al\"}}";
+    w.bus.message(w.bus.arg, "c", 1, other, strlen(other));
+    assert_int_equal(w.app.metrics.invalid_payloads, 1);
+    assert_string_equal(a.log, "S5 m0 m0"); /* two frames, not three */
+    live(6);
+    assert_string_equal(a.log, "S5 m0 m0 m6");
+    leave(&a);
+}
+
 /* A failover to a standby that missed the last commits: PostgreSQL's history no longer
  * has what the member got (seq 7 is gone, seq 6 is another message). The new seq 6 comes
  * live: a duplicate by number, but not the message in the cache, so the channel gets a new
@@ -821,6 +869,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(a_head_lookup_answered_after_the_channel_went, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(a_forged_payload_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_presence_event_goes_out_as_it_is, setup, teardown),
         cmocka_unit_test_setup_teardown(a_history_lost_in_a_failover_gets_a_new_epoch, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(without_a_cache_a_duplicate_makes_the_history_checked,
