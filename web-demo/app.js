@@ -84,6 +84,7 @@ const stats = {
   notices: [], // texts shown in the notice bar
   reloads: [], // {channel, code}: channels whose resume failed and were reloaded
   stateLoads: [], // {channel, seq, from: "rest" | "saved"}: bot states loaded through getState
+  presenceEvents: [], // {op: "join" | "leave", sub, at}: the chat room's events (the last 200)
 };
 const lastSeq = new Map(); // channel -> last seq applied from the stream
 const eventTimes = []; // arrival times (ms) of the last 10 s, for events/s
@@ -169,6 +170,13 @@ herald.on("error", (e) => {
     notify(`Cannot follow ${e.channel}: ${e.code}`, "warn");
   }
 });
+for (const op of ["join", "leave"]) {
+  herald.on(op, ({ channel, member }) => {
+    if (channel !== CHAT) return;
+    stats.presenceEvents.push({ op, sub: member.sub, at: Date.now() });
+    if (stats.presenceEvents.length > 200) stats.presenceEvents.shift();
+  });
+}
 herald.on("state", (state, info) => {
   stats.state = state;
   const conn = $("conn");
