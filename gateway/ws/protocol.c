@@ -17,11 +17,6 @@ void protocol_answered(struct subscriber *s, const char *channel, const struct h
                        const char *id_json)
 {
     struct client *c = client_of(s);
-    struct presence *pr = c->app->presence;
-    if (r->refused)
-        presence_leave(pr, &c->presence, channel, strlen(channel));
-    else
-        presence_confirm(pr, &c->presence, channel, strlen(channel));
     char epoch[HISTORY_EPOCH_MAX + 16] = "", tail[64] = "";
     if (r->epoch && r->epoch[0])
         snprintf(epoch, sizeof epoch, ",\"epoch\":\"%s\"", r->epoch);
@@ -30,6 +25,7 @@ void protocol_answered(struct subscriber *s, const char *channel, const struct h
         enum errcode code = errcode_from_name(r->code);
         c->app->metrics.client_errors[code]++;
         c->drop_refused = true;
+        presence_leave(c->app->presence, &c->presence, channel, strlen(channel));
         client_reply(c, id_json,
                      "{\"op\":\"error\",\"code\":\"%s\",\"channel\":\"%s\",\"seq\":%llu%s,"
                      "\"message\":\"strict subscribe: the missed messages cannot be replayed; "
@@ -44,6 +40,8 @@ void protocol_answered(struct subscriber *s, const char *channel, const struct h
     client_reply(c, id_json,
                  "{\"op\":\"subscribed\",\"channel\":\"%s\",\"seq\":%llu%s,\"recovered\":%s%s",
                  channel, (unsigned long long)r->seq, epoch, r->recovered ? "true" : "false", tail);
+    /* present from now on (a presence_full error, if any, comes after the reply) */
+    presence_confirm(c->app->presence, &c->presence, channel, strlen(channel));
 }
 
 static void reply_unsubscribed(struct client *c, const char *channel, const char *id_json)
