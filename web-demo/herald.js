@@ -172,7 +172,7 @@ export class Herald {
    *   list (sorted by sub) whenever it changes: loaded with a `presence` query after every
    *   `subscribed` (also after a reconnect), then updated by join and leave events. `count` is
    *   the members plus the anonymous connections of the last query; `full`: the gateway
-   *   refused to list this client (`presence_full`). A failed query is reported as an `error`
+   *   does not list this client (`presence_full`), until its sub shows up on the list. A failed query is reported as an `error`
    *   event with op `presence` and the channel (and retried unless it cannot succeed).
    * @param {(member: {sub: string, info: any}) => void} [from.onJoin]  a user arrived (the
    *   gateway's `join`: not present on any instance before).
@@ -683,6 +683,7 @@ export class Herald {
       for (const mb of list) if (validMember(mb)) ps.members.set(mb.sub, { sub: mb.sub, info: mb.info ?? null });
       ps.anonymous = Number.isInteger(reply.count) ? Math.max(0, reply.count - list.length) : 0;
       for (const ev of buffered) applyEvent(ps, ev);
+      if (this._listed(channel, ps)) ps.full = false;
       ps.loaded = true;
       this._notifyPresence(channel, ps);
     }, (err) => {
@@ -711,13 +712,21 @@ export class Herald {
     if (ps) {
       if (!join && ps.members.has(member.sub)) member = { ...ps.members.get(member.sub) };
       ps.buffer?.push({ join, member });
-      if (applyEvent(ps, { join, member }) && ps.loaded) this._notifyPresence(m.channel, ps);
+      let changed = applyEvent(ps, { join, member });
+      if (join && ps.full && this._listed(m.channel, ps)) changed = !(ps.full = false); // a place freed
+      if (changed && ps.loaded) this._notifyPresence(m.channel, ps);
     }
     for (const h of [...handlers]) {
       const fn = join ? h.onJoin : h.onLeave;
       if (fn) this._call(fn, { ...member });
     }
     this._emit(m.op, { channel: m.channel, member: { ...member } });
+  }
+
+  // This client's user is on the list (known only when it gave a sub).
+  _listed(channel, ps) {
+    const sub = this._member.get(channel)?.sub;
+    return sub !== undefined && ps.members.has(sub);
   }
 
   _memberList(ps) {

@@ -90,13 +90,9 @@ class Proc {
 }
 
 // Gateway settings every test stack gets (see herald()): presence on the demo's chat rooms, with
-// a short linger and TTL. Both spellings of the two durations are given: the settings as
-// specified (milliseconds, _MS) and as common/config.c reads them at the time of writing
-// (durations, a bare number being seconds); the gateway ignores variables it does not know.
+// a short linger and TTL (durations: a bare number would be seconds).
 export const PRESENCE_ENV = {
   HERALD_PRESENCE: "chat:*",
-  HERALD_PRESENCE_LINGER_MS: 500,
-  HERALD_PRESENCE_TTL_MS: 3000,
   HERALD_PRESENCE_LINGER: "500ms",
   HERALD_PRESENCE_TTL: "3000ms",
 };

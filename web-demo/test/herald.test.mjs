@@ -1001,6 +1001,11 @@ test("presence_full is reported with the channel; the subscription stays and the
   assert.deepEqual(w.latest()[1], { channel: "chat:big", count: 3, anonymous: 1, full: true });
   t.last().receive({ op: "message", channel: "chat:big", seq: 1, data: "still subscribed" });
   assert.equal(t.of("message").length, 1);
+  // a place frees: the gateway lists this client (its join): no longer full
+  t.last().receive({ op: "leave", channel: "chat:big", member: { sub: "bob" } });
+  assert.equal(w.latest()[1].full, true);
+  t.last().receive({ op: "join", channel: "chat:big", member: { sub: "zed", info: null } });
+  assert.deepEqual(w.latest(), [[ALICE, { sub: "zed", info: null }], { channel: "chat:big", count: 3, anonymous: 1, full: false }]);
   // the same error carrying the subscribe's id does not cost the subscription its reply
   const r = setup();
   r.herald.connect();
