@@ -36,7 +36,10 @@ char *presence_event_new(enum presence_kind kind, const char *ch, size_t clen, c
                          size_t slen, const char *info, size_t ilen, size_t spare, size_t *len)
 {
     size_t qlen;
-    char *q = slen && kind != PRESENCE_NONE ? json_string_text(sub, slen, &qlen) : NULL;
+    /* no sub has a NUL: jansson's parser, which reads every event, refuses \u0000 */
+    char *q = slen && kind != PRESENCE_NONE && !memchr(sub, '\0', slen)
+                  ? json_string_text(sub, slen, &qlen)
+                  : NULL;
     if (!q)
         return NULL;
     bool join = kind == PRESENCE_JOIN;
@@ -105,9 +108,12 @@ static long parse_count(const char *s, size_t n)
     return v;
 }
 
+/* jansson stops at a NUL as at the end of the text, so one inside would pass. */
 static bool is_json(const char *s, size_t n)
 {
-    json_t *j = n ? json_loadb(s, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL) : NULL;
+    json_t *j = n && !memchr(s, '\0', n)
+                    ? json_loadb(s, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL)
+                    : NULL;
     json_decref(j);
     return j != NULL;
 }
@@ -144,7 +150,7 @@ char *presence_list_text(struct presence_entry *e, size_t n, size_t *len, size_t
         }
         if (prev && prevlen == slen && memcmp(prev, sub, slen) == 0)
             continue;
-        json_t *valid = json_stringn(sub, slen);
+        json_t *valid = memchr(sub, '\0', slen) ? NULL : json_stringn(sub, slen);
         if (!valid) {
             (*skipped)++;
             continue;

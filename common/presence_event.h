@@ -24,7 +24,7 @@ enum presence_kind presence_event_kind(const char *payload, size_t len);
 
 /* The event text, malloc'ed with `spare` more bytes (room to sign it in place); *len its
  * length. info[0..ilen) is JSON text (ilen 0: none; a leave carries none). NULL when sub is
- * empty or not UTF-8, or memory ran out. */
+ * empty, not UTF-8 or holds a NUL, or memory ran out. */
 char *presence_event_new(enum presence_kind kind, const char *ch, size_t clen, const char *sub,
                          size_t slen, const char *info, size_t ilen, size_t spare, size_t *len);
 
@@ -44,7 +44,7 @@ struct presence_entry {
 /* "count":N,"members":[{"sub":S,"info":I},...] for entries e[0..n) (reordered): members by
  * sub, each once (a user on several instances shows one info), info null when it has none
  * or it is not JSON; count = the members plus the anonymous connections. Entries that are
- * malformed (no instance, a sub that is not UTF-8, a bad count) are left out and counted in
+ * malformed (no instance, a sub that is not UTF-8 or holds a NUL, a bad count) are left out and counted in
  * *skipped. malloc'ed, *len its length; NULL when memory ran out. */
 char *presence_list_text(struct presence_entry *e, size_t n, size_t *len, size_t *skipped);
 
