@@ -44,6 +44,7 @@ static void an_event_is_the_frame_clients_get(void **state)
     free(ev);
     assert_null(presence_event_new(PRESENCE_JOIN, "c", 1, "", 0, NULL, 0, 0, &len));
     assert_null(presence_event_new(PRESENCE_JOIN, "c", 1, "\xff\xfe", 2, NULL, 0, 0, &len));
+    assert_null(presence_event_new(PRESENCE_LEAVE, "c", 1, "a\0b", 3, NULL, 0, 0, &len));
 }
 
 static void malformed_events_are_refused(void **state)
@@ -109,13 +110,15 @@ static void malformed_entries_are_left_out(void **state)
         E("no-nul", "{}"),      E("\0anon-without-instance", "{}"),
         E("i1\0", "-1"),        E("i1\0", "1234567890"),
         E("i2\0", "x"),         E("i1\0\xff", "{}"),
-        E("i1\0ok\"\n", "[1]"),
+        E("i1\0ok\"\n", "[1]"), E("i1\0a\0b", "{}"), /* a NUL in the sub */
+        E("i1\0p", "1\0"),                           /* a NUL in the info: shown as null */
     };
     size_t len, skipped;
     char *t = presence_list_text(e, sizeof e / sizeof e[0], &len, &skipped);
     assert_non_null(t);
-    assert_int_equal(skipped, 6);
-    assert_string_equal(t, "\"count\":1,\"members\":[{\"sub\":\"ok\\\"\\n\",\"info\":[1]}]");
+    assert_int_equal(skipped, 7);
+    assert_string_equal(t, "\"count\":2,\"members\":[{\"sub\":\"ok\\\"\\n\",\"info\":[1]},"
+                           "{\"sub\":\"p\",\"info\":null}]");
     free(t);
     t = presence_list_text(NULL, 0, &len, &skipped);
     assert_string_equal(t, "\"count\":0,\"members\":[]");
