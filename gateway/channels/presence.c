@@ -121,8 +121,7 @@ struct pchan {
 struct pop {
     struct pop *prev, *next;
     struct presence *p;
-    bool sync;            /* a sync of the channel (else a read) */
-    presence_list_fn *fn; /* read only */
+    presence_list_fn *fn; /* a read's */
     void *arg;
     struct later later; /* a read that could not be sent answers from the loop */
     size_t len;
@@ -426,8 +425,10 @@ static void on_sync(void *arg, redisReply *r)
         if (s->type != REDIS_REPLY_STRING)
             continue;
         struct puser *u = find_user(c, s->str, s->len);
-        if (u)
+        if (u && u->full) { /* a place freed up: listed (and renewed) from now on */
             u->full = false;
+            set_stored(p, u, true);
+        }
         announce(p, c->name, c->len, PRESENCE_JOIN, s->str, s->len, u ? u->info : NULL,
                  u ? u->ilen : 0);
     }
@@ -511,7 +512,6 @@ static void sync_chan(struct presence *p, struct pchan *c, uint64_t now)
     }
     struct pop *op = argc && wrote ? new_op(p, c->name, c->len) : NULL;
     if (op) {
-        op->sync = true;
         if (send_script(p, c->name, c->len, SYNC_LUA, argc, av, al, on_sync, op) == 0) {
             apply_sync(p, c, refresh, now);
         } else {

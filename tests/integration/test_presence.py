@@ -252,6 +252,11 @@ class PresenceTest(HeraldTestCase):
         await ev.wait_for("leave", "bob")
         await ev.wait_for("join", "carol", timeout=TTL_MS / 1000 + 2)
         await self.wait_list(carol, ["alice", "carol"], count=2)
+        # and renewed like anyone else: still listed a TTL later
+        await asyncio.sleep(TTL_MS / 1000 + 0.7)
+        r = await self.presence(carol)
+        self.assertEqual([x["sub"] for x in r["members"]], ["alice", "carol"])
+        self.assertNotIn(("leave", "carol"), ev.ops())
         await ev.stop()
 
     # -- who may see it ------------------------------------------------------------------
