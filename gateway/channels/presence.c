@@ -113,6 +113,7 @@ struct pchan {
     bool busy;           /* a script is in flight */
     uint64_t refresh_at; /* every entry is asserted again then */
     uint64_t linger_at;  /* the earliest linger to end; 0: none */
+    uint64_t retry_at;   /* after a failed write, nothing is tried before this */
     size_t len;
     char name[];
 };
@@ -416,7 +417,8 @@ static void on_sync(void *arg, redisReply *r)
     if (!is_arrays(r, 3)) {
         note_error(p, c->name, c->len,
                    r && r->type == REDIS_REPLY_ERROR ? r->str : "no answer from Redis");
-        c->refresh_at = now_ms(p) + RETRY_MS; /* everything is asserted again */
+        /* everything is asserted again, not before a second from now */
+        c->refresh_at = c->retry_at = now_ms(p) + RETRY_MS;
         return;
     }
     const redisReply *joined = r->element[0], *full = r->element[1];
@@ -517,7 +519,7 @@ static void sync_chan(struct presence *p, struct pchan *c, uint64_t now)
         } else {
             end_op(op);
             note_error(p, c->name, c->len, "Redis is down: presence not written");
-            c->refresh_at = now + RETRY_MS;
+            c->refresh_at = c->retry_at = now + RETRY_MS;
         }
     } else if (!wrote) {
         apply_sync(p, c, false, now); /* frees who is gone and not stored */
@@ -535,7 +537,7 @@ static void on_tick(uv_timer_t *t)
     for (uint32_t b = 0; b < p->nbuckets; b++)
         for (struct pchan *c = p->buckets[b], *next; c; c = next) {
             next = c->next; /* sync_chan may free c */
-            if (!c->busy &&
+            if (!c->busy && now >= c->retry_at &&
                 (c->dirty || now >= c->refresh_at || (c->linger_at && now >= c->linger_at)))
                 sync_chan(p, c, now);
         }
