@@ -5,13 +5,9 @@
 // calls fail in the browser, and its POST never reaches the gateway. Run through run.sh.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
 import http from "node:http";
-import path from "node:path";
-import { chromium } from "playwright-core";
 import { Stack, freePort } from "./stack.mjs";
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
 let stack, gw, browser, allowed, other;
 
@@ -64,20 +60,12 @@ before(async () => {
   const pg = await stack.postgres();
   gw = await stack.herald({ redis, pg, instance: "cors", migrate: true,
     args: ["--cors-origins", `https://app.example, ${allowed.origin}`] });
-  const userDataDir = fs.mkdtempSync(path.join(stack.dir, "chromium-"));
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-  });
-  browser.setDefaultTimeout(60000);
+  browser = await stack.browser();
 });
 
 after(async () => {
-  await browser?.close().catch(() => {});
   for (const s of [allowed, other]) s?.srv.close();
-  await stack?.stopAll();
-  const reports = stack?.sanitizerReports() ?? [];
+  const reports = (await stack?.finish(browser, { keepLogsOnly: false })) ?? [];
   assert.deepEqual(reports, [], "sanitizer reports in the gateway's log");
 });
 

@@ -8,11 +8,9 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
 import { ROOT, Stack, waitFor } from "./stack.mjs";
 
 const ARTIFACTS = path.join(ROOT, "tests", "artifacts");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SLOW = 60000; // ms: generous waits, the ASan gateway and a loaded machine are slow
 
 let stack, redis, pg, gwA, gwB, browser, pageA, pageB;
@@ -62,27 +60,11 @@ before(async () => {
   gwA = await stack.herald({ redis, pg, instance: "gw-a", migrate: true });
   gwB = await stack.herald({ redis, pg, instance: "gw-b" });
   stack.publisher({ urls: [gwB.wsUrl], rate: 20 });
-  const userDataDir = fs.mkdtempSync(path.join(stack.dir, "chromium-"));
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-    viewport: { width: 1440, height: 900 },
-  });
-  browser.setDefaultTimeout(SLOW);
+  browser = await stack.browser({ viewport: { width: 1440, height: 900 }, timeout: SLOW });
 });
 
 after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stopAll();
-  const reports = stack?.sanitizerReports() ?? [];
-  if (stack) {
-    // logs are kept for a look after a failure; the database and the browser profile are not
-    for (const d of fs.readdirSync(stack.dir)) {
-      if (!d.endsWith(".log")) fs.rmSync(path.join(stack.dir, d), { recursive: true, force: true });
-    }
-    console.log(`logs: ${stack.dir}`);
-  }
+  const reports = (await stack?.finish(browser)) ?? [];
   assert.deepEqual(reports, [], "sanitizer reports in the gateways' logs");
 });
 

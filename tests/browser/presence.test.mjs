@@ -13,11 +13,9 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
 import { ROOT, Stack, waitFor } from "./stack.mjs";
 
 const ARTIFACTS = path.join(ROOT, "tests", "artifacts");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SLOW = 60000; // ms: generous waits for what does not measure anything (ASan, a loaded machine)
 const LEAVE_WITHIN = 10000; // ms: linger 500 ms + the render timer (1 s in a background tab) + slack
 const BOTS = 4;
@@ -80,26 +78,11 @@ before(async () => {
   gw1 = await stack.herald({ redis, pg, instance: "gw-1", migrate: true, env });
   gw2 = await stack.herald({ redis, pg, instance: "gw-2", env });
   stack.publisher({ urls: [gw2.wsUrl], rate: 10, bots: BOTS });
-  const userDataDir = fs.mkdtempSync(path.join(stack.dir, "chromium-"));
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-    viewport: { width: 1440, height: 900 },
-  });
-  browser.setDefaultTimeout(SLOW);
+  browser = await stack.browser({ viewport: { width: 1440, height: 900 }, timeout: SLOW });
 });
 
 after(async () => {
-  await browser?.close().catch(() => {});
-  await stack?.stopAll();
-  const reports = stack?.sanitizerReports() ?? [];
-  if (stack) {
-    for (const d of fs.readdirSync(stack.dir)) {
-      if (!d.endsWith(".log")) fs.rmSync(path.join(stack.dir, d), { recursive: true, force: true });
-    }
-    console.log(`logs: ${stack.dir}`);
-  }
+  const reports = (await stack?.finish(browser)) ?? [];
   assert.deepEqual(reports, [], "sanitizer reports in the gateways' logs");
 });
 

@@ -2,6 +2,7 @@
 // publisher, each on a free 127.0.0.1 port in a temporary folder, started through
 // `setpriv --pdeathsig KILL` (they die with this process even if it is killed) and stopped by
 // PID. No mocks.
+import { chromium } from "playwright-core";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -9,6 +10,7 @@ import os from "node:os";
 import path from "node:path";
 
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..", "..");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
 export function heraldBin() {
   const bin = process.env.HERALD_BIN || path.join(ROOT, "build", "gateway", "herald");
@@ -195,5 +197,33 @@ export class Stack {
   /** Stops everything, newest first. */
   async stopAll() {
     for (const p of [...this.procs].reverse()) await p.stop("SIGTERM", 10000);
+  }
+
+  /** Debian's headless Chromium with a fresh profile in the stack's folder. */
+  async browser({ viewport, timeout = 60000 } = {}) {
+    const userDataDir = fs.mkdtempSync(path.join(this.dir, "chromium-"));
+    const browser = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
+      ...(viewport ? { viewport } : {}),
+    });
+    browser.setDefaultTimeout(timeout);
+    return browser;
+  }
+
+  /** After the tests: closes the browser, stops everything, keeps only the logs (for a look
+   * after a failure) and returns the sanitizer reports of the gateways' logs. */
+  async finish(browser, { keepLogsOnly = true } = {}) {
+    await browser?.close().catch(() => {});
+    await this.stopAll();
+    const reports = this.sanitizerReports();
+    if (keepLogsOnly) {
+      for (const d of fs.readdirSync(this.dir)) {
+        if (!d.endsWith(".log")) fs.rmSync(path.join(this.dir, d), { recursive: true, force: true });
+      }
+      console.log(`logs: ${this.dir}`);
+    }
+    return reports;
   }
 }
