@@ -11,7 +11,7 @@ static const struct {
 } ops[] = {
     {"subscribe", REQ_SUBSCRIBE, true}, {"unsubscribe", REQ_UNSUBSCRIBE, true},
     {"publish", REQ_PUBLISH, true},     {"ping", REQ_PING, false},
-    {"presence", REQ_PRESENCE, true},
+    {"presence", REQ_PRESENCE, true},   {"refresh", REQ_REFRESH, false},
 };
 
 /* The id as JSON text; -1 when it is neither an integer nor a short string. */
@@ -151,6 +151,15 @@ int request_parse(const char *msg, size_t len, int max_depth, struct request *ou
     if (out->op == REQ_SUBSCRIBE &&
         (read_resume(out, why) < 0 || read_member(out, msg, len, why) < 0))
         return -1;
+    if (out->op == REQ_REFRESH) {
+        json_t *token = json_object_get(out->root, "token");
+        if (!json_is_string(token) || json_string_length(token) == 0 ||
+            strlen(json_string_value(token)) != json_string_length(token)) {
+            *why = "refresh needs token (the new JWT)";
+            return -1;
+        }
+        out->token = json_string_value(token);
+    }
     if (out->op == REQ_PUBLISH) {
         struct json_span sp;
         if (!(out->data = json_object_get(out->root, "data")) ||

@@ -12,7 +12,14 @@
 #define REQUEST_ID_JSON_MAX (REQUEST_ID_MAX * 6 + 3) /* an id as JSON text, escaped */
 #define REQUEST_EPOCH_MAX   40                       /* bytes of an epoch, with the NUL */
 
-enum request_op { REQ_SUBSCRIBE, REQ_UNSUBSCRIBE, REQ_PUBLISH, REQ_PING, REQ_PRESENCE };
+enum request_op {
+    REQ_SUBSCRIBE,
+    REQ_UNSUBSCRIBE,
+    REQ_PUBLISH,
+    REQ_PING,
+    REQ_PRESENCE,
+    REQ_REFRESH
+};
 
 #define REQUEST_SUB_MAX 127 /* bytes of a subscribe's sub (as the token's sub claim) */
 
@@ -32,6 +39,7 @@ struct request {
     size_t sub_len;
     const char *info_text;
     size_t info_len;
+    const char *token; /* refresh: the new JWT (NUL-terminated) */
     json_t *data;      /* publish */
     /* publish: data as the client wrote it, inside msg (what is stored and delivered) */
     const char *data_text;
@@ -41,9 +49,9 @@ struct request {
 
 /* Parses msg[0..len): a JSON object nested at most max_depth deep, with a known "op", a
  * valid "id" (integer, or string of at most 64 bytes) when present, a valid channel for the
- * ops that take one, since/epoch/last/strict and sub/info for subscribe and data for publish. Returns 0, or -1 with a
- * reason in *why; out->id is filled as soon as the id was read, so errors can echo it.
- * request_free is due either way. */
+ * ops that take one, since/epoch/last/strict and sub/info for subscribe and data for publish.
+ * Returns 0, or -1 with a reason in *why; out->id is filled as soon as the id was read, so errors
+ * can echo it. request_free is due either way. */
 int request_parse(const char *msg, size_t len, int max_depth, struct request *out,
                   const char **why);
 

@@ -302,6 +302,11 @@ static void hub_on_message(struct hub *hub, const char *name, size_t len, const 
     frame_unref(f);
 }
 
+const char *hub_channel_name(const struct subscriber *s, uint16_t i)
+{
+    return s->refs[i].ch->name;
+}
+
 void hub_client_drained(struct hub *hub, struct subscriber *s)
 {
     for (int i = s->n - 1; i >= 0; i--)

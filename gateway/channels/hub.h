@@ -33,6 +33,9 @@ size_t hub_channel_count(const struct hub *hub);
  * follow the channel. */
 uint64_t hub_known_head(const struct hub *hub, const char *name, size_t len);
 
+/* The name of s's i-th channel (i < s->n), valid while s is a member of it. */
+const char *hub_channel_name(const struct subscriber *s, uint16_t i);
+
 /* True when s is a member of the channel name[0..len). */
 bool hub_is_member(const struct subscriber *s, const char *name, size_t len);
 

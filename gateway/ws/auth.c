@@ -65,7 +65,15 @@ enum auth_result auth_identify(struct herald *app, struct lws *wsi, bool allow_k
         snprintf(why, whylen, "invalid API key");
         return AUTH_INVALID;
     }
+    return auth_verify(app, token, out, why, whylen);
+}
+
+enum auth_result auth_verify(struct herald *app, const char *token, struct principal *out,
+                             char *why, size_t whylen)
+{
+    const struct herald_config *cfg = app->cfg;
     char err[128] = "";
+    memset(out, 0, sizeof *out);
     int rc =
         jwt_auth_verify(token, (const unsigned char *)cfg->jwt_secret, strlen(cfg->jwt_secret),
                         (int64_t)time(NULL), (int)cfg->jwt_leeway, &out->claims, err, sizeof err);

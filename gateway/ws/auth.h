@@ -31,6 +31,11 @@ bool auth_api_required(const struct herald *app);
 enum auth_result auth_identify(struct herald *app, struct lws *wsi, bool allow_key,
                                struct principal *out, char *why, size_t whylen);
 
+/* Checks a JWT given in full (a WebSocket `refresh`), as auth_identify checks one from a
+ * request. On AUTH_OK, out must be released with auth_release. */
+enum auth_result auth_verify(struct herald *app, const char *token, struct principal *out,
+                             char *why, size_t whylen);
+
 void auth_release(struct principal *p);
 
 /* With auth off, or for the service key, everything is allowed. */

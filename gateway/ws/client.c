@@ -303,6 +303,13 @@ void client_on_established(struct client *c, struct lws *wsi, struct herald *app
     arm_expiry(c);
 }
 
+void client_replace_principal(struct client *c, struct principal *p)
+{
+    auth_release(c->auth);
+    *c->auth = *p;
+    arm_expiry(c);
+}
+
 /* Any frame from the client answers a ping. */
 static void heard(struct client *c)
 {

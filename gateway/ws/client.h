@@ -79,6 +79,10 @@ void client_notify_drained(struct subscriber *s);
 
 /* Sends the JSON object fmt makes (without its closing brace), then ,"id":id_json when
  * id_json is not NULL, then the brace. Every reply to a client is made this way. */
+/* A `refresh` was accepted: c now acts with p (taken over, not copied) and closes when p's
+ * token expires. c->auth must be set. */
+void client_replace_principal(struct client *c, struct principal *p);
+
 /* Queues text[0..len) as one message (any size the queue takes). */
 void client_send_text(struct client *c, const char *text, size_t len);
 

@@ -262,6 +262,55 @@ static void op_presence(struct client *c, const struct request *rq)
     }
 }
 
+/* Ends the subscriptions the connection's (new) token no longer allows, each with an
+ * unsubscribed notice saying why. */
+static void drop_forbidden(struct client *c)
+{
+    char name[CHANNEL_NAME_MAX + 1];
+    for (int i = (int)c->sub.n - 1; i >= 0; i--) {
+        if (i >= c->sub.n)
+            continue;
+        snprintf(name, sizeof name, "%s", hub_channel_name(&c->sub, (uint16_t)i));
+        size_t len = strlen(name);
+        if (auth_may_read(c->auth, name, len))
+            continue;
+        presence_leave(c->app->presence, &c->presence, name, len);
+        hub_unsubscribe(c->app->hub, &c->sub, name, len);
+        c->app->metrics.client_errors[ERR_FORBIDDEN]++;
+        client_reply(c, NULL,
+                     "{\"op\":\"unsubscribed\",\"channel\":\"%s\",\"code\":\"%s\",\"message\":"
+                     "\"the refreshed token does not allow this channel\"",
+                     name, errcode_name(ERR_FORBIDDEN));
+    }
+}
+
+/* A new token for the same user, in place: the connection keeps its subscriptions (those
+ * the new token still allows) and closes when the new token expires. */
+static void op_refresh(struct client *c, const struct request *rq)
+{
+    const char *id = rq->id[0] ? rq->id : NULL;
+    if (!c->auth) {
+        client_send_error(c, ERR_BAD_REQUEST, id, "auth is off: there is no token to refresh");
+        return;
+    }
+    char why[160];
+    struct principal p;
+    if (auth_verify(c->app, rq->token, &p, why, sizeof why) != AUTH_OK) {
+        c->app->metrics.auth_failures++;
+        client_send_error(c, ERR_UNAUTHORIZED, id, why);
+        return;
+    }
+    if (strcmp(p.claims.sub, c->auth->claims.sub) != 0) {
+        auth_release(&p);
+        c->app->metrics.auth_failures++;
+        client_send_error(c, ERR_FORBIDDEN, id, "a refresh must keep the token's sub");
+        return;
+    }
+    client_replace_principal(c, &p);
+    drop_forbidden(c);
+    client_reply(c, id, "{\"op\":\"refreshed\",\"exp\":%lld", (long long)c->auth->claims.exp);
+}
+
 void protocol_handle(struct client *c, const char *msg, size_t len)
 {
     struct request rq;
@@ -281,6 +330,9 @@ void protocol_handle(struct client *c, const char *msg, size_t len)
             break;
         case REQ_PRESENCE:
             op_presence(c, &rq);
+            break;
+        case REQ_REFRESH:
+            op_refresh(c, &rq);
             break;
         case REQ_PING:
             client_reply(c, rq.id[0] ? rq.id : NULL, "{\"op\":\"pong\"");

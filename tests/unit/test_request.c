@@ -91,6 +91,10 @@ static void presence_fields(void **state)
     assert_int_equal(r.channel_len, 6);
     assert_string_equal(r.id, "3");
     request_free(&r);
+    assert_int_equal(parse("{\"op\":\"refresh\",\"token\":\"a.b.c\"}", &r, &why), 0);
+    assert_int_equal(r.op, REQ_REFRESH);
+    assert_string_equal(r.token, "a.b.c");
+    request_free(&r);
 }
 
 static void refusals_say_why_and_keep_the_id(void **state)
@@ -123,6 +127,9 @@ static void refusals_say_why_and_keep_the_id(void **state)
         "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
         "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
         "{\"op\":\"presence\"}",
+        "{\"op\":\"refresh\"}",
+        "{\"op\":\"refresh\",\"token\":\"\"}",
+        "{\"op\":\"refresh\",\"token\":7}",
         "{\"op\":\"presence\",\"channel\":\"\"}",
         "{\"op\":\"ping\",\"op\":\"ping\"}",
         "[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]",
