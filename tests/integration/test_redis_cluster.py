@@ -18,7 +18,20 @@ cluster itself:
   drops the subscription unasked; the gateway subscribes the channel on the new owner;
 - nodes that lie at the byte level (CLUSTER SLOTS answered with errors, nils, wrong shapes,
   out-of-range slots and ports, a huge bulk, silence, or a map naming a fake master): the
-  gateway stays alive, uses none of it, and ends up on the real cluster."""
+  gateway stays alive, uses none of it, and ends up on the real cluster.
+
+Presence (issue 16) on the cluster, sharded mode, three gateways and no PostgreSQL:
+
+- channels on every master: each channel's three keys presence:{C}:e|i|n live on the master of
+  the channel's slot and nowhere else, holding one entry per user per gateway; every gateway
+  lists the same members over WebSocket and REST, joins and leaves reach every gateway; no
+  MOVED or CROSSSLOT, no presence error;
+- the master of one presence channel killed with SIGKILL: once its replica is promoted, every
+  gateway renews its members there within the TTL and the list is whole again (whether or not
+  the replica had the keys); a user who joins afterwards is listed and announced; the keys
+  deleted on the new master come back at the next renewal; presence on the other masters'
+  channels is undisturbed;
+- presence with a redis-cluster:// URL in classic mode is refused at start (exit 2 and why)."""
 
 import asyncio
 import json
@@ -28,12 +41,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from durable_clients import Client, Publisher, post  # noqa: E402
-from harness import (RedisConn, async_wait_for, http_get, main, parse_metrics,  # noqa: E402
-                     ws_connect)
+from harness import (HeraldTestCase, RedisConn, RedisError, async_wait_for,  # noqa: E402
+                     close_quietly, http_get, main, parse_metrics, recv_json,
+                     subscribe, ws_connect)
 from pg import HistoryTestCase  # noqa: E402
 from redis_cluster import channels_spread, key_slot, start_cluster  # noqa: E402
 from redis_ha import FakeRedis, resp_array  # noqa: E402
 from test_redis_sentinel import ReadyzPoller  # noqa: E402
+from test_presence import Events, http_json  # noqa: E402
 
 WAIT = 60
 VERBOSE = bool(os.environ.get("HERALD_TEST_VERBOSE"))
@@ -353,6 +368,310 @@ class ClusterTest(HistoryTestCase):
         self.assertEqual(status, 200, body)
         await asyncio.to_thread(h.stop)
 
+
+# ---------------------------------------------------------------------------------------------
+# Presence on the cluster
+
+PRESENCE_TTL_MS = 2000
+PRESENCE_LINGER_MS = 300
+LIST_WAIT = 15   # s: a list that should be whole at once (fails sooner than WAIT)
+USERS = ("alice", "bob", "carol")   # user k on gateway k
+
+
+def presence_keys(ch, prefix=""):
+    return [f"{prefix}presence:{{{ch}}}:{w}" for w in "ein"]
+
+
+def node_presence_keys(port):
+    """Every presence key on one node (whatever its prefix), sorted."""
+    with RedisConn(port, timeout=2.0) as c:
+        return sorted(k.decode() for k in c.command("KEYS", "*presence:*"))
+
+
+def presence_entries(port, ch, prefix=""):
+    """{entry: expiry ms} of the channel's sorted set on the node at port ({} if none or gone);
+    an entry is "<instance>\\0<sub>", "<instance>\\0" for its anonymous connections."""
+    try:
+        with RedisConn(port, timeout=1.0) as c:
+            flat = c.command("ZRANGE", presence_keys(ch, prefix)[0], "0", "-1", "WITHSCORES")
+    except (OSError, ConnectionError, RedisError):
+        return {}
+    return {flat[k].decode(): int(float(flat[k + 1])) for k in range(0, len(flat), 2)}
+
+
+def redis_time_ms(port):
+    with RedisConn(port, timeout=2.0) as c:
+        sec, usec = c.command("TIME")
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+class ClusterPresenceTest(HeraldTestCase):
+    def gateways(self, cluster, n=3, **env):
+        """n gateways on the cluster, sharded, presence on room:* (gateway k is instance gwk)."""
+        hs = []
+        for k in range(n):
+            e = {"HERALD_REDIS_PUBSUB": "sharded", "HERALD_PRESENCE": "room:*",
+                 "HERALD_PRESENCE_TTL": f"{PRESENCE_TTL_MS}ms",
+                 "HERALD_PRESENCE_LINGER": f"{PRESENCE_LINGER_MS}ms",
+                 "HERALD_INSTANCE_ID": f"gw{k}"}
+            e.update(env)
+            hs.append(self.start_herald(cluster.url(), "--heartbeat-ms", "200", env=e))
+        for h in hs:
+            h.wait_ready(WAIT)
+        return hs
+
+    def log(self, text):
+        if VERBOSE:
+            sys.stderr.write(f"\n[{time.strftime('%H:%M:%S')}] {text}")
+
+    async def member(self, h, ch, sub=None):
+        ws = await self.connect(h)
+        await subscribe(ws, ch, **({"sub": sub} if sub else {}))
+        return ws
+
+    async def presence(self, ws, ch):
+        """The presence reply (join, leave and message frames before it are skipped)."""
+        await ws.send(json.dumps({"op": "presence", "channel": ch, "id": "p"}))
+        while True:
+            m = await recv_json(ws, timeout=10)
+            if m.get("op") not in ("join", "leave", "message"):
+                return m
+
+    async def wait_lists(self, hs, probes, ch, subs, count, timeout):
+        """Until every gateway answers members `subs` (and `count`) for ch, over WebSocket (its
+        probe, not subscribed) and REST alike; returns the WebSocket reply."""
+        want = {"channel": ch, "count": count, "members": None}
+        last = {}
+
+        async def whole():
+            for k, (h, probe) in enumerate(zip(hs, probes)):
+                r = await self.presence(probe, ch)
+                last[f"gw{k} ws"] = r
+                if (r.get("op"), [m["sub"] for m in r.get("members", [])], r.get("count")) != \
+                        ("presence", subs, count):
+                    return False
+                want["members"] = r["members"]
+                status, body = await asyncio.to_thread(
+                    http_json, f"{h.base}/v1/channels/{ch}/presence")
+                last[f"gw{k} rest"] = (status, body)
+                if (status, body) != (200, want):
+                    return False
+            return True
+
+        deadline = time.monotonic() + timeout
+        while not await whole():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{ch}: not {subs} (count {count}) on every gateway within "
+                                     f"{timeout:.1f} s; last answers {last}")
+            await asyncio.sleep(0.05)
+        return last["gw0 ws"]
+
+    def assert_clean_logs(self, hs):
+        for k, h in enumerate(hs):
+            self.assertEqual(h.metric("herald_presence_errors_total"), 0, f"gw{k}")
+            text = h.log_text()
+            for word in ("MOVED", "CROSSSLOT", "presence"):
+                self.assertNotIn(word, text, f"gw{k}'s log")
+
+    async def test_presence_on_every_master(self):
+        await self.presence_everywhere("")
+
+    async def test_presence_on_every_master_prefixed(self):
+        # with HERALD_REDIS_PREFIX the channels' own Redis names (app:room:N, where the
+        # events go) hash elsewhere than their keys (app:presence:{room:N}:x): the keys
+        # still follow their hash tag, the events their channel
+        await self.presence_everywhere("app:")
+
+    async def presence_everywhere(self, prefix):
+        cluster = start_cluster(self, masters=3, replicas=0)
+        channels = channels_spread("room:", 3)
+        owner = {ch: cluster.master_of(key_slot(ch)) for ch in channels}
+        self.assertEqual(set(owner.values()), {m.port for m in cluster.masters})
+        with RedisConn(cluster.masters[0].port) as c:   # the hash tag: one slot, the channel's
+            for ch in channels:
+                for key in presence_keys(ch, prefix):
+                    self.assertEqual(c.command("CLUSTER", "KEYSLOT", key), key_slot(ch), key)
+        if prefix:
+            for ch in channels:
+                self.assertNotEqual(cluster.master_of(key_slot(prefix + ch)), owner[ch], ch)
+        hs = self.gateways(cluster, HERALD_REDIS_PREFIX=prefix)
+        probes = [await self.connect(h) for h in hs]
+        watchers, members = {}, {}
+        for i, ch in enumerate(channels):
+            # user k on gateway k, subscribed in that order; an anonymous one on gateway i
+            members[ch] = [await self.member(hs[k], ch, sub) for k, sub in enumerate(USERS)]
+            await self.member(hs[i], ch)
+            watchers[ch] = [Events(ws) for ws in members[ch][:2]]
+            for ev in watchers[ch]:
+                self.addAsyncCleanup(ev.stop)
+        for ch in channels:
+            r = await self.wait_lists(hs, probes, ch, list(USERS), 4, LIST_WAIT)
+            self.assertEqual(r["members"], [{"sub": s, "info": None} for s in USERS])
+            # joins reach the other gateways: alice's (gw0) hears bob (gw1) and carol (gw2),
+            # bob (gw1) hears carol (gw2)
+            for ev, subs in zip(watchers[ch], (("bob", "carol"), ("carol",))):
+                for sub in subs:
+                    await ev.wait_for("join", sub, channel=ch)
+        await asyncio.sleep(0.3)
+        for ch in channels:
+            # one join per user (bob may or may not have been subscribed when alice's came)
+            self.assertEqual(sorted(watchers[ch][0].ops(ch)),
+                             [("join", "alice"), ("join", "bob"), ("join", "carol")])
+            self.assertIn(sorted(watchers[ch][1].ops(ch)),
+                          ([("join", "bob"), ("join", "carol")],
+                           [("join", "alice"), ("join", "bob"), ("join", "carol")]))
+
+        # the keys: on the owner of the channel's slot, nowhere else; one entry per user per
+        # gateway, and the anonymous count of the gateway that has one
+        for m in cluster.masters:
+            mine = sorted(k for ch in channels if owner[ch] == m.port
+                          for k in presence_keys(ch, prefix))
+            self.assertEqual(node_presence_keys(m.port), mine, f"master {m.port}")
+        for i, ch in enumerate(channels):
+            with RedisConn(owner[ch]) as c:
+                self.assertEqual(c.command("EXISTS", *presence_keys(ch, prefix)), 3, ch)
+                self.assertEqual(sorted(c.command("HKEYS", presence_keys(ch, prefix)[2])),
+                                 [s.encode() for s in USERS])
+            self.assertEqual(sorted(presence_entries(owner[ch], ch, prefix)),
+                             sorted([f"gw{k}\0{s}" for k, s in enumerate(USERS)] + [f"gw{i}\0"]))
+            for m in cluster.masters:
+                if m.port != owner[ch]:
+                    with RedisConn(m.port) as c, self.assertRaisesRegex(RedisError, "^MOVED "):
+                        c.command("EXISTS", presence_keys(ch, prefix)[0])
+
+        # past the TTL (renewals every TTL/3): still whole, no leave, no error, no redirect
+        await asyncio.sleep(PRESENCE_TTL_MS / 1000 + 0.5)
+        for ch in channels:
+            await self.wait_lists(hs, probes, ch, list(USERS), 4, 0)
+            for ev in watchers[ch]:
+                self.assertNotIn("leave", [op for op, _ in ev.ops(ch)])
+        self.assert_clean_logs(hs)
+        for h in hs:
+            self.assertEqual(h.metric("herald_redis_redirects_total"), 0)
+
+        # bob leaves every channel (his only connection closes): announced after the linger,
+        # listed nowhere, his gateway's entry gone from the right master
+        for ch in channels:
+            await close_quietly(members[ch][1])
+        for ch in channels:
+            await watchers[ch][0].wait_for("leave", "bob", channel=ch)
+            await self.wait_lists(hs, probes, ch, ["alice", "carol"], 3, LIST_WAIT)
+            self.assertNotIn("gw1\0bob", presence_entries(owner[ch], ch, prefix))
+        self.assert_clean_logs(hs)
+        self.assertTrue(all(h.alive() for h in hs))
+
+    async def test_presence_master_killed_short_ttl(self):
+        # the TTL (2 s) is mostly shorter than the failover (about 2.5 s): the promoted
+        # replica's copies of the keys have expired, and the gateways write every member anew
+        await self.presence_failover(PRESENCE_TTL_MS, replica_keeps_keys=False)
+
+    async def test_presence_master_killed_long_ttl(self):
+        # the TTL (6 s) outlasts the failover: the promoted replica still holds every entry,
+        # unexpired, and nobody sees a leave or a join for members that never left
+        await self.presence_failover(6000, replica_keeps_keys=True)
+
+    async def presence_failover(self, ttl_ms, replica_keeps_keys):
+        cluster = start_cluster(self, masters=3, replicas=1)
+        channels = channels_spread("room:", 3)
+        owner = {ch: cluster.master_of(key_slot(ch)) for ch in channels}
+        room, other = channels[0], channels[1]   # other: on a master that stays up
+        victim = owner[room]
+        self.assertNotEqual(owner[other], victim)
+        hs = self.gateways(cluster, HERALD_PRESENCE_TTL=f"{ttl_ms}ms")
+        probes = [await self.connect(h) for h in hs]
+        conns = [await self.member(hs[k], room, sub) for k, sub in enumerate(USERS)]
+        await self.member(hs[1], room)   # anonymous
+        ev = Events(conns[0])   # alice, on gw0
+        self.addAsyncCleanup(ev.stop)
+        others = [await self.member(hs[2], other, "erin"), await self.member(hs[0], other, "fay")]
+        other_ev = Events(others[1])
+        self.addAsyncCleanup(other_ev.stop)
+        await self.wait_lists(hs, probes, room, list(USERS), 4, LIST_WAIT)
+        await self.wait_lists(hs, probes, other, ["erin", "fay"], 2, LIST_WAIT)
+        await ev.wait_for("join", "carol", channel=room)
+        self.assert_clean_logs(hs)
+        entries = sorted([f"gw{k}\0{s}" for k, s in enumerate(USERS)] + ["gw1\0"])
+        self.assertEqual(sorted(presence_entries(victim, room)), entries)
+
+        # ---- the failover
+        before = len(ev.ops(room))
+        killed_at = time.monotonic()
+        cluster.kill_master(victim)
+        promoted = await asyncio.to_thread(cluster.wait_promoted, victim, WAIT)
+        promoted_at = time.monotonic()
+        promoted_redis_ms = redis_time_ms(promoted)
+        had = presence_entries(promoted, room)
+        unexpired = sorted(e for e, v in had.items() if v > promoted_redis_ms)
+        self.log(f"replica {promoted} promoted {promoted_at - killed_at:.2f} s after the kill; "
+                 f"it had {len(had)} entries, {len(unexpired)} unexpired")
+        if replica_keeps_keys:
+            self.assertEqual(unexpired, entries, "the replica did not keep the entries")
+        # whole again within the TTL plus a few seconds: every gateway renewed each of its
+        # entries on the new master (expiry past promotion + TTL: written after promotion)
+        within = ttl_ms / 1000 + 3
+
+        def renewed():
+            got = presence_entries(promoted, room)
+            return sorted(got) == entries and \
+                all(v > promoted_redis_ms + ttl_ms for v in got.values())
+        await async_wait_for(renewed, within, interval=0.05,
+                             what=f"every gateway's entries renewed on {promoted}")
+        await self.wait_lists(hs, probes, room, list(USERS), 4,
+                              max(0.5, promoted_at + within - time.monotonic()))
+        whole_at = time.monotonic()
+        flap = ev.ops(room)[before:]
+        self.log(f"presence whole again {whole_at - promoted_at:.2f} s after the promotion; "
+                 f"alice saw {flap} meanwhile; errors "
+                 f"{[h.metric('herald_presence_errors_total') for h in hs]}")
+        if replica_keeps_keys:
+            self.assertEqual(flap, [], "events for members that never left")
+
+        # a user who joins now is listed and announced, on every gateway
+        seen = len(ev.ops(room))
+        dave = await self.member(hs[1], room, "dave")
+        await ev.wait_for("join", "dave", channel=room)
+        await self.wait_lists(hs, probes, room, list(USERS) + ["dave"], 5, LIST_WAIT)
+        bob_ev = Events(conns[1])
+        self.addAsyncCleanup(bob_ev.stop)
+        # the new master loses the keys (as a replica that had not got them would): the next
+        # renewal of each gateway, within TTL/3, writes them again
+        with RedisConn(promoted) as c:
+            self.assertEqual(c.command("DEL", *presence_keys(room)), 3)
+        await self.wait_lists(hs, probes, room, list(USERS) + ["dave"], 5, ttl_ms / 1000 / 3 + 2)
+        self.assertEqual(sorted(presence_entries(promoted, room)),
+                         sorted(entries + ["gw1\0dave"]))
+        # nobody left since dave's join (the renewals may announce joins again: "add or replace")
+        self.assertEqual([op for op, _ in ev.ops(room)[seen:]].count("leave"), 0, ev.ops(room))
+        # the other master's channel never noticed: no leave, the same list, and its keys
+        # never moved
+        self.assertEqual(other_ev.ops(other).count(("leave", "erin")), 0, other_ev.ops(other))
+        await self.wait_lists(hs, probes, other, ["erin", "fay"], 2, 1)
+        self.assertEqual(sorted(presence_entries(owner[other], other)), ["gw0\0fay", "gw2\0erin"])
+        await close_quietly(dave)
+        await ev.wait_for("leave", "dave", channel=room)
+        await bob_ev.wait_for("leave", "dave", channel=room)
+        self.assertTrue(all(h.alive() for h in hs))
+
+    async def test_presence_classic_refused(self):
+        cluster = start_cluster(self, masters=1, replicas=0)
+        want = ("herald: HERALD_PRESENCE with a redis-cluster:// URL needs "
+                "HERALD_REDIS_PUBSUB=sharded")
+        for mode in ("classic", None):   # classic: also the default
+            with self.subTest(mode=mode):
+                env = {"HERALD_PRESENCE": "room:*"}
+                if mode:
+                    env["HERALD_REDIS_PUBSUB"] = mode
+                h = self.start_herald(cluster.url(), env=env, wait=False)
+                self.assertEqual(h.wait_exit(10), 2, h.log_text())
+                self.assertIn(want, h.log_text())
+        # the same URL: classic without presence, and presence in sharded mode, both serve
+        for env in ({"HERALD_REDIS_PUBSUB": "classic"},
+                    {"HERALD_REDIS_PUBSUB": "sharded", "HERALD_PRESENCE": "room:*"}):
+            h = self.start_herald(cluster.url(), env=env)
+            await asyncio.to_thread(h.wait_ready, WAIT)
+            self.assertTrue(h.alive())
+            self.assertNotIn("HERALD_PRESENCE", h.log_text())
+            await asyncio.to_thread(h.stop)
 
 if __name__ == "__main__":
     main()
