@@ -10,6 +10,14 @@
  * itself) and replaced, resuming every channel. Browsers hide WebSocket pings from scripts,
  * so this heartbeat is the page's own; the gateway's pings serve the other clients.
  *
+ * With JWT auth the gateway closes a connection with 4001 when its token expires; the client
+ * then reconnects with a token from `getToken` and resumes. To keep the connection instead, the
+ * client reads the `exp` of the token it connected with (the JWT payload, decoded without any
+ * signature check) and, before it runs out, sends a `refresh` op with a token from
+ * `refreshToken` (or `getToken`); each `refreshed` reply moves the deadline to the new token's
+ * exp. Channels the new token no longer allows are ended by the gateway (`unsubscribed` with
+ * code `forbidden`) and reported as an `unsubscribed` event; they are not subscribed again.
+ *
  *   import { Herald } from "./herald.js";
  *   const herald = new Herald("wss://example.com/ws", { getToken: () => fetchJwt() });
  *   herald.on("recovery_failed", ({ channel }) => reloadFromApi(channel));
@@ -49,6 +57,7 @@ const DEFAULTS = {
   heartbeatTimeout: 10000, // ms: nothing heard this much longer: the connection is dead
   storageKey: "herald",
   persistDelay: 1000, // ms: positions are saved at most this often; 0 = after every change
+  refreshBefore: 30000, // ms: a token is refreshed at least this long before its exp (lifetime allowing)
 };
 
 // Subscribe errors after which retrying the same subscription cannot succeed.
@@ -57,6 +66,9 @@ const PERMANENT = new Set(["bad_request", "unauthorized", "forbidden", "not_foun
 // enabled on the channel).
 const PRESENCE_PERMANENT = new Set(["bad_request", "unauthorized", "forbidden", "not_found"]);
 const SUB_MAX_BYTES = 127;
+// ms: the soonest a token is refreshed again after a refresh (one whose new exp is no later
+// than the old one would otherwise be refreshed ever more often as that exp comes near).
+const REFRESH_MIN_DELAY = 1000;
 
 const OPEN = 1; // WebSocket.OPEN
 
@@ -67,6 +79,17 @@ export class Herald {
    * @param {string} [options.token]  JWT, sent as `?token=` (URL-encoded).
    * @param {() => string|Promise<string>} [options.getToken]  called before every (re)connect;
    *   its result replaces `token` (refresh an expired token here).
+   * @param {() => string|Promise<string>} [options.refreshToken]  gives the token that replaces
+   *   the open connection's one before it expires (the `refresh` op: the connection and its
+   *   subscriptions stay). Defaults to `getToken`; with neither, nothing is refreshed. Only a
+   *   token whose payload has a numeric `exp` is refreshed: once 85% of its remaining lifetime
+   *   has passed, or `refreshBefore` ms before exp if that is earlier, but not before half of
+   *   it (nor 1 s) has passed. A failure (an error reply, no reply in `requestTimeout`,
+   *   refreshToken throwing) is reported as an `error` event with op `refresh` and retried
+   *   with the reconnect backoff while the token lasts (not after `bad_request`: the gateway
+   *   has no auth); if it runs out, the gateway closes with 4001 and the client reconnects
+   *   through `getToken`. A refreshed token is also the one the next connection uses (unless
+   *   `getToken` gives another).
    * @param {Function} [options.WebSocket]  WebSocket constructor (default: the global one).
    * @param {Storage} [options.storage]  e.g. `sessionStorage`: positions survive a page reload.
    * @param {string} [options.storageKey]  key in `storage` (default "herald").
@@ -75,7 +98,7 @@ export class Herald {
    * @param {Function} [options.clearTimeout]
    * @param {() => number} [options.now]  clock in ms (default Date.now).
    * Also `backoffBase`, `backoffCap`, `resetAfter`, `rateLimitDelay`, `requestTimeout`,
-   * `persistDelay` (ms; defaults above).
+   * `heartbeat`, `heartbeatTimeout`, `persistDelay`, `refreshBefore` (ms; defaults above).
    */
   constructor(url, options = {}) {
     const o = { ...DEFAULTS, ...options };
@@ -106,6 +129,7 @@ export class Herald {
     this._heardAt = 0; // when the open socket last brought a frame
     this._pingedAt = null; // when the heartbeat's ping went out (since the last frame)
     this._attempt = 0; // reconnect attempts since the last stable connection
+    this._refresh = null; // token refresh of the open connection: {ws, exp, timer, attempt}
     this._stopped = true;
     this._gen = 0; // bumped on every dial and close(): stale async work checks it
     this._load();
@@ -140,6 +164,7 @@ export class Herald {
     this._openedAt = null;
     this._joined.clear();
     this._stopHeartbeat();
+    this._stopRefresh();
     if (ws) try { ws.close(1000); } catch { /* already closing */ }
     this._failPending(() => true, { code: "unavailable", message: "client closed" });
     this._save();
@@ -217,11 +242,7 @@ export class Herald {
    * @param {string} channel
    */
   unsubscribe(channel) {
-    if (!this._subs.delete(channel)) return;
-    this._pos.delete(channel);
-    this._dropSync(channel);
-    this._dropPresence(channel);
-    this._dirty();
+    if (!this._forget(channel)) return;
     if (!this._isOpen()) return;
     const id = this._nextId++;
     this._pending.set(id, { op: "unsubscribe", channel, sent: true });
@@ -281,8 +302,11 @@ export class Herald {
    * Listen to an event: `state` (state, {code, reason, delay}?), `message` (msg),
    * `recovered` ({channel, replayed}), `recovery_failed` ({channel, code}),
    * `join` ({channel, member}), `leave` ({channel, member}) on presence channels,
+   * `unsubscribed` ({channel, code, message}: the gateway ended the channel, e.g. `forbidden`
+   * after a token refresh; it is forgotten like after unsubscribe(), and an `error` event with
+   * the channel follows), `refreshed` ({exp}: the connection's token was replaced; Unix s),
    * `error` ({code, message, op?, channel?}; `presence_full` with the channel when the gateway
-   * keeps this client subscribed but does not list it).
+   * keeps this client subscribed but does not list it; op `refresh` for a failed refresh).
    * @returns {() => void} removes the listener.
    */
   on(event, fn) {
@@ -349,6 +373,7 @@ export class Herald {
     this._openedAt = this._heardAt = this._now();
     this._pingedAt = null;
     this._armHeartbeat(this._o.heartbeat);
+    this._startRefresh(jwtExp(this._token)); // the token this socket was opened with
     for (const channel of this._subs.keys()) this._sendSubscribe(channel);
     for (const req of this._pending.values()) if (!req.sent) this._transmit(req);
     this._setState("open");
@@ -358,6 +383,7 @@ export class Herald {
     this._ws = null;
     this._joined.clear();
     this._stopHeartbeat();
+    this._stopRefresh();
     if (this._isOpen() && this._now() - this._openedAt >= this._o.resetAfter) this._attempt = 0;
     this._openedAt = null;
     this._failPending((req) => req.sent, { code: "unavailable", message: `connection closed (${code})` });
@@ -423,6 +449,7 @@ export class Herald {
     this._gen++;
     this._cancelReconnect();
     this._stopHeartbeat();
+    this._stopRefresh();
     this._failPending(() => true, error);
     this._emit("error", error);
     this._setState("closed");
@@ -507,12 +534,16 @@ export class Herald {
       case "message":
         return this._onMessage(m);
       case "subscribed":
-      case "unsubscribed":
         if (req) this._pending.delete(m.id);
-        return m.op === "subscribed" && this._onSubscribed(m, req);
+        return this._onSubscribed(m, req);
+      case "unsubscribed":
+        if (req) return this._pending.delete(m.id);
+        // without an id: the gateway ended the channel (e.g. a refreshed token forbids it)
+        return m.id == null && this._onEnded(m);
       case "published":
       case "pong":
       case "presence":
+      case "refreshed":
         return req && this._settle(m.id, m);
       case "join":
       case "leave":
@@ -586,17 +617,91 @@ export class Herald {
     if (req?.resolve) return this._settle(m.id, null, error);
     if (!req) return this._emit("error", m.channel ? { ...error, channel: m.channel } : error);
     this._pending.delete(m.id);
-    if (req.op === "subscribe" && PERMANENT.has(m.code) && this._subs.delete(req.channel)) {
-      this._pos.delete(req.channel);
-      this._dropSync(req.channel);
-      this._dropPresence(req.channel);
-      this._dirty();
-    }
+    if (req.op === "subscribe" && PERMANENT.has(m.code)) this._forget(req.channel);
     this._emit("error", { ...error, op: req.op, channel: req.channel });
     // a refused strict resume: the server left the channel; load the state and start over
     if (req.op === "subscribe" && m.code?.startsWith("history_") && this._sync.has(req.channel)) {
       this._loadState(req.channel);
     }
+  }
+
+  // The gateway ended a channel on its own (`unsubscribed` with a code, no id): it is over for
+  // this client, like after unsubscribe(): not resumed after a reconnect.
+  _onEnded(m) {
+    const channel = m.channel;
+    if (!this._forget(channel)) return;
+    const code = m.code || "unsubscribed";
+    const message = m.message || "channel ended by the gateway";
+    this._emit("unsubscribed", { channel, code, message });
+    this._emit("error", { code, message, channel });
+  }
+
+  // Drop a channel and all that is kept for it (position, state loading, presence).
+  // false if it was not subscribed.
+  _forget(channel) {
+    if (!this._subs.delete(channel)) return false;
+    this._pos.delete(channel);
+    this._dropSync(channel);
+    this._dropPresence(channel);
+    this._dirty();
+    return true;
+  }
+
+  // ---- token refresh ----
+
+  // On open (with the exp of the socket's token) and after each `refreshed` (with the new
+  // exp): schedule the next refresh of the connection's token, if it has an exp (Unix s) and
+  // there is a function to get a new one.
+  _startRefresh(exp) {
+    this._stopRefresh();
+    if (!(this._o.refreshToken || this._o.getToken) || !Number.isFinite(exp)) return;
+    const r = { ws: this._ws, exp, timer: null, attempt: 0 };
+    this._refresh = r;
+    const left = exp * 1000 - this._now();
+    const delay = Math.max(left / 2, Math.min(left * 0.85, left - this._o.refreshBefore));
+    this._refreshIn(r, Math.max(REFRESH_MIN_DELAY, delay));
+  }
+
+  _stopRefresh() {
+    if (this._refresh?.timer != null) this._clearTimeout(this._refresh.timer);
+    this._refresh = null;
+  }
+
+  // Runs the refresh after `ms`, unless the token has expired by then (the gateway closes with
+  // 4001 and the reconnect gets a new token).
+  _refreshIn(r, ms) {
+    ms = Math.max(0, Math.floor(ms));
+    if (this._now() + ms >= r.exp * 1000) return;
+    r.timer = this._setTimeout(() => {
+      r.timer = null;
+      this._runRefresh(r);
+    }, ms);
+  }
+
+  _runRefresh(r) {
+    const current = () => this._refresh === r && this._ws === r.ws && this._isOpen();
+    const name = this._o.refreshToken ? "refreshToken" : "getToken";
+    const fail = (error) => {
+      if (!current()) return; // the connection went: the next one starts over
+      this._emit("error", { ...error, op: "refresh" });
+      if (error.code === "bad_request") return; // no auth on the gateway, or no token: stop
+      const ceiling = Math.min(this._o.backoffCap, this._o.backoffBase * 2 ** Math.min(r.attempt++, 30));
+      this._refreshIn(r, this._random() * ceiling);
+    };
+    Promise.resolve()
+      .then(() => (this._o.refreshToken || this._o.getToken)())
+      .then((token) => {
+        if (!current()) return;
+        if (typeof token !== "string" || token === "") throw new TypeError(`${name} gave no token`);
+        this._ask({ op: "refresh", token }, (reply) => reply, (reply) => {
+          if (!current()) return;
+          this._token = token; // the connection's token now, and the next connection's
+          const exp = Number.isFinite(reply.exp) ? reply.exp : jwtExp(token);
+          this._emit("refreshed", { exp });
+          this._startRefresh(exp);
+        }, fail);
+      })
+      .catch((err) => fail({ code: "unauthorized", message: `${name} failed: ${err?.message ?? err}` }));
   }
 
   // ---- state loading (getState) ----
@@ -807,6 +912,23 @@ function checkMember(p) {
   }
   if (p.info !== undefined) out.info = p.info;
   return out;
+}
+
+// The `exp` claim (Unix seconds) of a JWT, read without checking the signature; undefined for
+// anything else (not three dot-separated parts, a payload that is not base64url JSON, no
+// numeric exp).
+function jwtExp(token) {
+  if (typeof token !== "string") return undefined;
+  const parts = token.split(".");
+  if (parts.length !== 3) return undefined;
+  try {
+    const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bin = atob(b64 + "===".slice((b64.length + 3) % 4));
+    const payload = JSON.parse(new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0))));
+    return Number.isFinite(payload?.exp) ? payload.exp : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function validMember(m) {

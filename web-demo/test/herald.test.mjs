@@ -80,7 +80,7 @@ class MemoryStorage {
   }
 }
 
-const EVENTS = ["state", "message", "recovered", "recovery_failed", "error", "join", "leave"];
+const EVENTS = ["state", "message", "recovered", "recovery_failed", "error", "join", "leave", "unsubscribed", "refreshed"];
 const tick = () => new Promise((resolve) => setImmediate(resolve));
 
 function setup(options = {}) {
@@ -1045,4 +1045,310 @@ test("unsubscribe forgets the list: no more calls, events ignored, not queried a
   assert.ok(!("sub" in again));
   subscribedAfterOpen(t, "room");
   assert.equal(t.last().ops("presence").length, 1, "no list asked for: nobody watches it");
+});
+
+// ---- token refresh ----
+
+// An unsigned-looking JWT with these claims (herald.js reads exp without checking signatures).
+const b64url = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+const jwt = (claims) => `${b64url({ alg: "HS256", typ: "JWT" })}.${b64url(claims)}.sig`;
+
+// Advance the clock by `ms` in steps, letting promises (refreshToken) settle after each and
+// then calling `onStep` (to answer what went out).
+async function advanceAsync(t, ms, step, onStep = () => {}) {
+  for (let done = 0; done < ms; done += step) {
+    t.clock.advance(Math.min(step, ms - done));
+    await tick();
+    onStep();
+  }
+}
+
+test("refresh: sent with the new token before exp; refreshed reschedules from the new exp", async () => {
+  const fresh = [jwt({ sub: "u", exp: 200 }), jwt({ sub: "u", exp: 1000 }), jwt({ sub: "u", exp: 2000 })];
+  let calls = 0;
+  const t = setup({ token: jwt({ sub: "u", exp: 100 }), refreshToken: async () => fresh[calls++], heartbeat: 0 });
+  t.herald.subscribe("a", () => {});
+  t.herald.connect();
+  t.last().open();
+  subscribedAfterOpen(t, "a");
+  // The clock starts at 0: 100 s left. 30 s (refreshBefore) before exp is earlier than 85%.
+  t.clock.advance(69999);
+  await tick();
+  assert.equal(calls, 0, "not yet");
+  t.clock.advance(1);
+  await tick();
+  const [r1] = t.last().ops("refresh");
+  assert.deepEqual(r1, { op: "refresh", token: fresh[0], id: r1.id });
+  assert.ok(Number.isInteger(r1.id));
+  t.last().receive({ op: "refreshed", exp: 200, id: r1.id });
+  assert.deepEqual(t.of("refreshed"), [{ exp: 200 }]);
+  // 130 s left at 70 s: next at 170 s, from the new exp.
+  t.clock.advance(99999);
+  await tick();
+  assert.equal(t.last().ops("refresh").length, 1);
+  t.clock.advance(1);
+  await tick();
+  const r2 = t.last().ops("refresh")[1];
+  assert.equal(r2.token, fresh[1]);
+  t.last().receive({ op: "refreshed", exp: 1000, id: r2.id });
+  // 830 s left at 170 s: 85% of it (705.5 s) comes before 30 s ahead of exp.
+  t.clock.advance(705499);
+  await tick();
+  assert.equal(t.last().ops("refresh").length, 2);
+  t.clock.advance(1);
+  await tick();
+  const r3 = t.last().ops("refresh")[2];
+  assert.equal(r3.token, fresh[2]);
+  t.last().receive({ op: "refreshed", exp: 2000, id: r3.id });
+  assert.equal(t.clock.pending().length, 1, "the next refresh");
+  assert.equal(t.sockets.length, 1, "the same connection throughout");
+  assert.equal(t.last().ops("subscribe").length, 1, "subscriptions kept, not re-sent");
+  assert.equal(t.herald.state, "open");
+  assert.equal(t.of("error").length, 0);
+  t.herald.close();
+  assert.equal(t.clock.pending().length, 0, "close() stops refreshing");
+});
+
+test("refresh: refreshToken throwing, an error reply and no reply are reported and retried until one succeeds", async () => {
+  let calls = 0;
+  const t = setup({
+    token: jwt({ exp: 100 }),
+    refreshToken: async () => {
+      if (++calls === 1) throw new Error("auth server down");
+      return jwt({ exp: 100 + calls });
+    },
+    requestTimeout: 1000,
+    heartbeat: 0,
+  });
+  t.herald.connect();
+  t.last().open();
+  t.clock.advance(70000);
+  await tick();
+  assert.equal(calls, 1);
+  assert.equal(t.last().ops("refresh").length, 0, "nothing to send");
+  // random() = 0.5: retries after 125, 250, 500 ms (backoffBase 250, doubling)
+  t.clock.advance(125);
+  await tick();
+  const r2 = t.last().ops("refresh")[0];
+  assert.equal(r2.token, jwt({ exp: 102 }));
+  t.last().receive({ op: "error", code: "unauthorized", message: "token expired", id: r2.id });
+  t.clock.advance(249);
+  await tick();
+  assert.equal(t.last().ops("refresh").length, 1, "backoff: not yet");
+  t.clock.advance(1);
+  await tick();
+  const r3 = t.last().ops("refresh")[1];
+  assert.equal(r3.token, jwt({ exp: 103 }));
+  t.clock.advance(1000); // no reply: timeout
+  t.clock.advance(500);
+  await tick();
+  const r4 = t.last().ops("refresh")[2];
+  assert.equal(r4.token, jwt({ exp: 104 }));
+  t.last().receive({ op: "refreshed", exp: 104, id: r4.id });
+  t.last().receive({ op: "refreshed", exp: 103, id: r3.id }); // late reply to a timed-out one: ignored
+  assert.deepEqual(t.of("refreshed"), [{ exp: 104 }]);
+  const errors = t.of("error");
+  assert.deepEqual(errors.map((e) => [e.code, e.op]), [["unauthorized", "refresh"], ["unauthorized", "refresh"], ["timeout", "refresh"]]);
+  assert.match(errors[0].message, /auth server down/);
+  assert.equal(errors[1].message, "token expired");
+  assert.equal(t.sockets.length, 1);
+});
+
+test("refresh: retries stop when the token runs out; then 4001 reconnects through getToken", async () => {
+  const tokens = [jwt({ exp: 10 }), jwt({ exp: 1000 })];
+  let dials = 0;
+  let refreshes = 0;
+  const t = setup({
+    getToken: async () => tokens[dials++],
+    refreshToken: async () => `r${++refreshes}`,
+    heartbeat: 0,
+  });
+  t.herald.connect();
+  await tick();
+  t.last().open();
+  const sentAt = [];
+  await advanceAsync(t, 20000, 25, () => {
+    for (const f of t.last().ops("refresh").slice(sentAt.length)) {
+      sentAt.push(t.clock.now());
+      t.last().receive({ op: "error", code: "unauthorized", message: "token invalid", id: f.id });
+    }
+  });
+  // 10 s left: half of it (refreshBefore would be in the past), then 125, 250, 500, 1000 and
+  // 2000 ms after each failure; the next, 4000 ms later, would come after exp.
+  assert.deepEqual(sentAt, [5000, 5125, 5375, 5875, 6875, 8875]);
+  assert.equal(t.of("error").length, 6);
+  assert.equal(t.clock.pending().length, 0, "nothing more scheduled");
+  assert.equal(t.sockets.length, 1);
+  t.last().drop(4001); // the gateway, at exp + leeway
+  t.clock.advance(15000);
+  await tick();
+  assert.equal(dials, 2);
+  assert.equal(t.sockets.length, 2);
+  assert.equal(t.last().url, `ws://gw.test/ws?token=${tokens[1]}`);
+});
+
+test("refresh: not attempted for a token without a readable exp, nor without a function for a new one", async () => {
+  const payload = (text) => `${b64url({ alg: "HS256" })}.${Buffer.from(text).toString("base64url")}.sig`;
+  const unreadable = [
+    "abc.def", // not a JWT
+    `${jwt({ exp: 100 })}.x`, // four parts
+    "x.!!!.y", // not base64url
+    payload("{not json"),
+    payload("17"),
+    jwt({ sub: "u" }), // no exp
+    jwt({ sub: "u", exp: "100" }),
+  ];
+  const cases = [
+    ...unreadable.map((token) => ({ token, refreshToken: async () => jwt({ exp: 200 }) })),
+    { token: jwt({ exp: 100 }) }, // a static token: nothing to refresh it with
+  ];
+  for (const options of cases) {
+    const t = setup({ ...options, heartbeat: 0 });
+    t.herald.connect();
+    t.last().open();
+    assert.equal(t.clock.pending().length, 0, `nothing scheduled for ${options.token}`);
+    t.clock.advance(1e9);
+    await tick();
+    assert.equal(t.last().ops("refresh").length, 0);
+  }
+  // the control: a readable exp is refreshed
+  const t = setup({ token: jwt({ exp: 100 }), refreshToken: async () => jwt({ exp: 200 }), heartbeat: 0 });
+  t.herald.connect();
+  t.last().open();
+  t.clock.advance(70000);
+  await tick();
+  assert.equal(t.last().ops("refresh").length, 1);
+});
+
+test("refresh: getToken is used without refreshToken; bad_request stops refreshing on that connection", async () => {
+  const tokens = [jwt({ exp: 100 }), jwt({ exp: 200 }), jwt({ exp: 5000 })];
+  let calls = 0;
+  const t = setup({ getToken: async () => tokens[calls++], heartbeat: 0 });
+  t.herald.connect();
+  await tick();
+  t.last().open();
+  t.clock.advance(70000);
+  await tick();
+  const [r1] = t.last().ops("refresh");
+  assert.equal(r1.token, tokens[1]);
+  t.last().receive({ op: "error", code: "bad_request", message: "auth is off", id: r1.id });
+  assert.deepEqual(t.of("error"), [{ code: "bad_request", message: "auth is off", op: "refresh" }]);
+  assert.equal(t.clock.pending().length, 0, "no retry");
+  t.clock.advance(1e6);
+  await tick();
+  assert.equal(t.last().ops("refresh").length, 1);
+  // a new connection starts over (from the exp of the token getToken gives it)
+  t.last().drop(1006);
+  t.clock.advance(15000);
+  await tick();
+  t.last().open();
+  assert.equal(t.last().url, `ws://gw.test/ws?token=${tokens[2]}`);
+  assert.equal(t.clock.pending().length, 1, "refresh scheduled");
+});
+
+test("an unsubscribed with a code from the gateway ends the channel: reported, forgotten, not resubscribed", async () => {
+  const storage = new MemoryStorage();
+  const t = setup({
+    storage,
+    persistDelay: 0,
+    token: jwt({ exp: 100, channels: ["a", "b"] }),
+    refreshToken: async () => jwt({ exp: 200, channels: ["a"] }),
+    heartbeat: 0,
+  });
+  const got = [];
+  const members = [];
+  t.herald.subscribe("a", (d) => got.push(["a", d]));
+  t.herald.subscribe("b", (d) => got.push(["b", d]), { onPresence: (list) => members.push(list) });
+  t.herald.connect();
+  t.last().open();
+  subscribedAfterOpen(t, "a", { seq: 3 });
+  subscribedAfterOpen(t, "b", { seq: 5 });
+  const [query] = t.last().ops("presence");
+  t.last().receive({ op: "presence", channel: "b", id: query.id, count: 0, members: [] });
+  t.clock.advance(70000);
+  await tick();
+  const [r] = t.last().ops("refresh");
+  const message = "channel not allowed by the new token";
+  t.last().receive({ op: "unsubscribed", channel: "b", code: "forbidden", message });
+  t.last().receive({ op: "refreshed", exp: 200, id: r.id });
+  assert.deepEqual(t.of("unsubscribed"), [{ channel: "b", code: "forbidden", message }]);
+  assert.deepEqual(t.of("error"), [{ code: "forbidden", message, channel: "b" }]);
+  assert.equal(t.herald.position("b"), undefined);
+  assert.equal(t.herald.members("b"), undefined);
+  assert.deepEqual(Object.keys(JSON.parse(storage.getItem("herald"))), ["a"], "forgotten in storage");
+  t.last().receive({ op: "message", channel: "b", seq: 6, ts: 0, data: "late" });
+  t.last().receive({ op: "join", channel: "b", member: { sub: "x" } });
+  t.last().receive({ op: "message", channel: "a", seq: 4, ts: 0, data: "still here" });
+  assert.deepEqual(got, [["a", "still here"]]);
+  assert.equal(members.length, 1, "no presence update after the end");
+  assert.equal(t.last().ops("unsubscribe").length, 0, "the gateway already left it");
+
+  t.last().drop(1006);
+  t.clock.advance(15000);
+  t.last().open();
+  const subs = t.last().ops("subscribe");
+  assert.deepEqual(subs.map((f) => [f.channel, f.since]), [["a", 4]], "b is not resubscribed");
+
+  // the reply to the client's own unsubscribe (with its id) is no such event
+  subscribedAfterOpen(t, "a", { seq: 4, recovered: true });
+  t.herald.unsubscribe("a");
+  const [unsub] = t.last().ops("unsubscribe");
+  t.last().receive({ op: "unsubscribed", channel: "a", id: unsub.id });
+  assert.equal(t.of("unsubscribed").length, 1);
+});
+
+test("the next connection uses the newest token: a refreshed one, not a refused one", async () => {
+  const t1 = jwt({ sub: "u", exp: 100 });
+  const t2 = jwt({ sub: "u", exp: 200 });
+  const t3 = jwt({ sub: "v", exp: 300 });
+  const fresh = [t2, t3];
+  const t = setup({ token: t1, refreshToken: async () => fresh.shift(), heartbeat: 0 });
+  t.herald.connect();
+  assert.equal(t.last().url, `ws://gw.test/ws?token=${t1}`);
+  t.last().open();
+  t.clock.advance(70000);
+  await tick();
+  const [r1] = t.last().ops("refresh");
+  t.last().receive({ op: "refreshed", exp: 200, id: r1.id });
+  t.last().drop(1006);
+  assert.equal(t.clock.pending().length, 1, "only the reconnect: the refresh went with the connection");
+  t.clock.advance(125); // random 0.5 of backoffBase 250
+  assert.equal(t.sockets.length, 2);
+  assert.equal(t.last().url, `ws://gw.test/ws?token=${t2}`);
+  t.last().open(); // at 70.125 s: scheduled from t2's exp, 30 s before it
+  t.clock.advance(99874);
+  await tick();
+  assert.equal(t.last().ops("refresh").length, 0);
+  t.clock.advance(1);
+  await tick();
+  const [r2] = t.last().ops("refresh");
+  assert.equal(r2.token, t3);
+  t.last().receive({ op: "error", code: "forbidden", message: "another sub", id: r2.id });
+  assert.deepEqual(t.of("error").map((e) => [e.code, e.op]), [["forbidden", "refresh"]]);
+  t.last().drop(1006);
+  t.clock.advance(15000);
+  assert.equal(t.sockets.length, 3);
+  assert.equal(t.last().url, `ws://gw.test/ws?token=${t2}`, "the refused token is not used");
+});
+
+test("refresh: a connection lost while refreshToken runs sends nothing and retries nothing", async () => {
+  let release;
+  const t = setup({
+    token: jwt({ exp: 100 }),
+    refreshToken: () => new Promise((resolve) => (release = resolve)),
+    heartbeat: 0,
+  });
+  t.herald.connect();
+  t.last().open();
+  t.clock.advance(70000);
+  await tick();
+  const first = t.last();
+  first.drop(1006);
+  release(jwt({ exp: 200 }));
+  await tick();
+  assert.equal(first.ops("refresh").length, 0);
+  t.clock.advance(125);
+  t.last().open(); // the same token again: its refresh is scheduled anew, only once
+  assert.equal(t.clock.pending().length, 1);
+  assert.equal(t.of("error").length, 0);
 });
