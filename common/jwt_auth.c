@@ -1,6 +1,8 @@
 #include "jwt_auth.h"
 
+#include "b64url.h"
 #include "glob.h"
+#include "jwt_keys.h"
 
 #include <errno.h>
 #include <jwt.h>
@@ -11,51 +13,6 @@
 /* Decoded header or payload: at most 3/4 of the token text. */
 #define DECODED_MAX (JWT_AUTH_TOKEN_MAX / 4 * 3 + 3)
 #define HS256_LEN   32
-
-/* 0..63 for a base64url character, -1 otherwise. */
-static int b64url_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
-/* Strict unpadded base64url (RFC 7515 section 2): only the URL-safe alphabet, no `=`, and
- * the unused low bits of the last character must be zero, so each byte string has exactly
- * one encoding. Returns the decoded length or -1. out (NULL: only check) holds n / 4 * 3 + 2
- * bytes. */
-static long b64url_decode(const char *s, size_t n, unsigned char *out)
-{
-    if (n % 4 == 1)
-        return -1;
-    unsigned acc = 0, bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64url_value((unsigned char)s[i]);
-        if (v < 0)
-            return -1;
-        acc = ((acc << 6) | (unsigned)v) & 0xfff;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (out)
-                out[o] = (unsigned char)(acc >> bits);
-            o++;
-            acc &= (1u << bits) - 1;
-        }
-    }
-    if (acc != 0)
-        return -1;
-    return (long)o;
-}
 
 /* Decodes one base64url part and parses it as a JSON object (duplicate keys refused, so
  * no reader can see a different value than we do). Returns NULL when it is not one. */
@@ -82,14 +39,33 @@ static bool string_is(const json_t *v, const char *want)
            strcmp(json_string_value(v), want) == 0;
 }
 
+/* What a token's header names: its algorithm and, for a key set, its key. */
+struct token_alg {
+    enum { ALG_HS256, ALG_RS256, ALG_ES256 } alg;
+    char kid[JWT_KEY_KID_MAX + 1]; /* "" when the header has none */
+};
+
 /* We check alg ourselves: libjwt 1.x takes the algorithm from the token, and with an empty
- * key it accepts alg "none" unsigned. typ is optional; crit names extensions we do not
- * implement, so RFC 7515 says to refuse the token. */
-static int check_header(const json_t *hdr, char *err, size_t errlen)
+ * key it accepts alg "none" unsigned. Only what the verifier has a key for is allowed: HS256
+ * with a secret, RS256 and ES256 with public keys. typ is optional; crit names extensions we
+ * do not implement, so RFC 7515 says to refuse the token. */
+static int check_header(const struct jwt_verifier *v, const json_t *hdr, struct token_alg *out,
+                        char *err, size_t errlen)
 {
-    const json_t *typ = json_object_get(hdr, "typ");
-    if (!string_is(json_object_get(hdr, "alg"), "HS256")) {
-        snprintf(err, errlen, "token alg must be HS256");
+    const json_t *typ = json_object_get(hdr, "typ"), *alg = json_object_get(hdr, "alg"),
+                 *kid = json_object_get(hdr, "kid");
+    bool keys = v->keys && v->keys->n > 0;
+    if (v->secret_len && string_is(alg, "HS256"))
+        out->alg = ALG_HS256;
+    else if (keys && string_is(alg, "RS256"))
+        out->alg = ALG_RS256;
+    else if (keys && string_is(alg, "ES256"))
+        out->alg = ALG_ES256;
+    else {
+        snprintf(err, errlen, "token alg must be %s",
+                 v->secret_len && keys ? "HS256, RS256 or ES256"
+                 : keys                ? "RS256 or ES256"
+                                       : "HS256");
         return JWT_AUTH_EALG;
     }
     if (json_object_get(hdr, "crit")) {
@@ -99,6 +75,16 @@ static int check_header(const json_t *hdr, char *err, size_t errlen)
     if (typ && !string_is(typ, "JWT")) {
         snprintf(err, errlen, "token typ must be JWT");
         return JWT_AUTH_EMALFORMED;
+    }
+    out->kid[0] = '\0';
+    if (kid) {
+        if (!json_is_string(kid) || json_string_length(kid) > JWT_KEY_KID_MAX ||
+            strlen(json_string_value(kid)) != json_string_length(kid)) {
+            snprintf(err, errlen, "token kid must be a string of at most %d bytes",
+                     JWT_KEY_KID_MAX);
+            return JWT_AUTH_EMALFORMED;
+        }
+        memcpy(out->kid, json_string_value(kid), json_string_length(kid) + 1);
     }
     return 0;
 }
@@ -149,6 +135,33 @@ static bool after(int64_t when, int64_t now, int leeway)
     return when > now && (uint64_t)when - (uint64_t)now > (uint64_t)leeway;
 }
 
+/* The aud claim names want: a string equal to it, or an array holding it. */
+static bool audience_has(const json_t *aud, const char *want)
+{
+    if (string_is(aud, want))
+        return true;
+    for (size_t i = 0; json_is_array(aud) && i < json_array_size(aud); i++)
+        if (string_is(json_array_get(aud, i), want))
+            return true;
+    return false;
+}
+
+/* iss and aud, when the verifier names them. */
+static int check_audience(const struct jwt_verifier *v, const json_t *payload, char *err,
+                          size_t errlen)
+{
+    if (v->issuer && v->issuer[0] && !string_is(json_object_get(payload, "iss"), v->issuer)) {
+        snprintf(err, errlen, "token iss is not the expected issuer");
+        return JWT_AUTH_EAUDIENCE;
+    }
+    if (v->audience && v->audience[0] &&
+        !audience_has(json_object_get(payload, "aud"), v->audience)) {
+        snprintf(err, errlen, "token aud does not name this service");
+        return JWT_AUTH_EAUDIENCE;
+    }
+    return 0;
+}
+
 /* exp, nbf and sub, then the two pattern lists, into out. */
 static int check_claims(const json_t *payload, int64_t now, int leeway, struct jwt_claims *out,
                         char *err, size_t errlen)
@@ -197,8 +210,8 @@ static int check_claims(const json_t *payload, int64_t now, int leeway, struct j
 }
 
 /* Lets libjwt check the HMAC over the token text, then makes sure it used HS256. */
-static int check_signature(const char *token, const unsigned char *secret, size_t secret_len,
-                           char *err, size_t errlen)
+static int check_hmac(const char *token, const unsigned char *secret, size_t secret_len, char *err,
+                      size_t errlen)
 {
     jwt_t *jwt = NULL;
     int rc = jwt_decode(&jwt, token, secret, (int)secret_len);
@@ -231,14 +244,41 @@ static int split(const char *token, size_t n, size_t *hlen, size_t *plen)
     return 0;
 }
 
+/* RS256 or ES256 with the key the header's kid (or, without one, the only key of the type)
+ * names. */
+static int check_public_key(const struct jwt_verifier *v, const struct token_alg *ta,
+                            const char *token, size_t signed_len, const char *sig, size_t slen,
+                            char *err, size_t errlen)
+{
+    enum jwt_key_alg alg = ta->alg == ALG_RS256 ? JWT_KEY_RS256 : JWT_KEY_ES256;
+    const struct jwt_key *k = jwt_keys_find(v->keys, ta->kid[0] ? ta->kid : NULL, alg);
+    if (!k) {
+        snprintf(err, errlen,
+                 ta->kid[0] ? "token kid names no known key"
+                            : "token has no kid and there are several keys");
+        return JWT_AUTH_EKID;
+    }
+    unsigned char raw[DECODED_MAX];
+    long n = slen <= JWT_AUTH_TOKEN_MAX ? b64url_decode(sig, slen, raw) : -1;
+    if (n < 0 || !jwt_key_verify(k, token, signed_len, raw, (size_t)n)) {
+        snprintf(err, errlen, "token signature does not verify");
+        return JWT_AUTH_ESIGNATURE;
+    }
+    return 0;
+}
+
 /* Shape, header, payload, then signature, then claims: a forged token never gets its claims
- * looked at, and nothing but HS256 over our secret gets through. */
-int jwt_auth_verify(const char *token, const unsigned char *secret, size_t secret_len,
-                    int64_t now_s, int leeway_s, struct jwt_claims *out, char *err, size_t errlen)
+ * looked at, and nothing but the verifier's algorithms over its keys gets through. */
+int jwt_auth_check(const struct jwt_verifier *v, const char *token, int64_t now_s,
+                   struct jwt_claims *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
-    if (!secret || secret_len == 0 || secret_len > JWT_AUTH_SECRET_MAX) {
-        snprintf(err, errlen, "JWT secret is empty or longer than %d bytes", JWT_AUTH_SECRET_MAX);
+    bool keys = v->keys && v->keys->n > 0;
+    if ((!keys && (!v->secret || v->secret_len == 0)) || v->secret_len > JWT_AUTH_SECRET_MAX) {
+        snprintf(err, errlen,
+                 "no key: the JWT secret is empty or longer than %d bytes, and there "
+                 "is no public key",
+                 JWT_AUTH_SECRET_MAX);
         return JWT_AUTH_EKEY;
     }
     size_t n = token ? strnlen(token, JWT_AUTH_TOKEN_MAX + 1) : 0;
@@ -256,12 +296,14 @@ int jwt_auth_verify(const char *token, const unsigned char *secret, size_t secre
         snprintf(err, errlen, "token header is not a base64url JSON object");
         return JWT_AUTH_EMALFORMED;
     }
-    int rc = check_header(hdr, err, errlen);
+    struct token_alg ta;
+    int rc = check_header(v, hdr, &ta, err, errlen);
     json_decref(hdr);
     if (rc)
         return rc;
     const char *sig = token + hlen + plen + 2;
-    if (b64url_decode(sig, n - hlen - plen - 2, NULL) != HS256_LEN) {
+    size_t slen = n - hlen - plen - 2;
+    if (ta.alg == ALG_HS256 && b64url_decode(sig, slen, NULL) != HS256_LEN) {
         snprintf(err, errlen, "token signature is not 32 bytes of base64url");
         return JWT_AUTH_EMALFORMED;
     }
@@ -270,18 +312,32 @@ int jwt_auth_verify(const char *token, const unsigned char *secret, size_t secre
         snprintf(err, errlen, "token payload is not a base64url JSON object");
         return JWT_AUTH_EMALFORMED;
     }
-    rc = check_signature(token, secret, secret_len, err, errlen);
-    if (rc == 0) {
-        if (leeway_s < 0)
-            leeway_s = 0;
-        if (leeway_s > JWT_AUTH_LEEWAY_MAX)
-            leeway_s = JWT_AUTH_LEEWAY_MAX;
-        rc = check_claims(payload, now_s, leeway_s, out, err, errlen);
-    }
+    rc = ta.alg == ALG_HS256
+             ? check_hmac(token, v->secret, v->secret_len, err, errlen)
+             : check_public_key(v, &ta, token, hlen + plen + 1, sig, slen, err, errlen);
+    int leeway = v->leeway_s < 0 ? 0 : v->leeway_s;
+    if (leeway > JWT_AUTH_LEEWAY_MAX)
+        leeway = JWT_AUTH_LEEWAY_MAX;
+    if (rc == 0)
+        rc = check_audience(v, payload, err, errlen);
+    if (rc == 0)
+        rc = check_claims(payload, now_s, leeway, out, err, errlen);
     json_decref(payload);
     if (rc)
         jwt_claims_free(out);
     return rc;
+}
+
+int jwt_auth_verify(const char *token, const unsigned char *secret, size_t secret_len,
+                    int64_t now_s, int leeway_s, struct jwt_claims *out, char *err, size_t errlen)
+{
+    if (!secret || secret_len == 0 || secret_len > JWT_AUTH_SECRET_MAX) {
+        memset(out, 0, sizeof *out);
+        snprintf(err, errlen, "JWT secret is empty or longer than %d bytes", JWT_AUTH_SECRET_MAX);
+        return JWT_AUTH_EKEY;
+    }
+    struct jwt_verifier v = {.secret = secret, .secret_len = secret_len, .leeway_s = leeway_s};
+    return jwt_auth_check(&v, token, now_s, out, err, errlen);
 }
 
 /* Drops our references; the struct can be freed again. */
@@ -319,6 +375,10 @@ const char *jwt_auth_strerror(int code)
         return "bad JWT secret";
     case JWT_AUTH_ENOMEM:
         return "out of memory";
+    case JWT_AUTH_EKID:
+        return "token key unknown";
+    case JWT_AUTH_EAUDIENCE:
+        return "token issuer or audience not accepted";
     default:
         return "unknown error";
     }

@@ -23,6 +23,9 @@
 #define JWT_AUTH_ECLAIMS    -7 /* exp, sub, nbf, channels or publish missing or mistyped */
 #define JWT_AUTH_EKEY       -8 /* the secret is empty or too long: a configuration error */
 #define JWT_AUTH_ENOMEM     -9
+#define JWT_AUTH_EKID       -10 /* no key for the token: an unknown kid, or several keys and none named \
+                                 */
+#define JWT_AUTH_EAUDIENCE -11 /* iss or aud is not the one the verifier expects */
 
 struct jwt_claims {
     char sub[JWT_AUTH_SUB_MAX + 1];
@@ -31,6 +34,26 @@ struct jwt_claims {
     json_t *publish;  /* array of glob strings: may publish to; never NULL on success */
     char *info;       /* the info claim as compact JSON text (presence); NULL when absent */
 };
+
+struct jwt_keys;
+
+/* What a token is checked against. At least one of the secret and the keys must be given;
+ * the token's alg must be one they serve (HS256 for the secret, RS256 or ES256 for keys of
+ * that type). issuer and audience, when not empty, must be the token's iss and be named by
+ * its aud (a string, or an array of strings). */
+struct jwt_verifier {
+    const unsigned char *secret; /* HS256; NULL: none */
+    size_t secret_len;
+    const struct jwt_keys *keys; /* RS256 and ES256 (jwt_keys.h); NULL: none */
+    const char *issuer;          /* NULL or "": not checked */
+    const char *audience;
+    int leeway_s; /* 0..JWT_AUTH_LEEWAY_MAX seconds of clock skew on exp and nbf */
+};
+
+/* Verifies a compact token (NUL-terminated) at time now_s and fills out, as jwt_auth_verify
+ * below does for HS256 alone; JWT_AUTH_EKID when no key matches (a JWK Set may be stale). */
+int jwt_auth_check(const struct jwt_verifier *v, const char *token, int64_t now_s,
+                   struct jwt_claims *out, char *err, size_t errlen);
 
 /* Verifies a compact HS256 token (NUL-terminated) against secret[0..secret_len) at time
  * now_s with leeway_s (0..JWT_AUTH_LEEWAY_MAX) seconds of clock skew, and fills out.

@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "jwt_auth.h"
+#include "jwt_fixtures.h"
+#include "jwt_keys.h"
 
 #define NOW 1764000000LL
 
@@ -369,9 +371,147 @@ static void the_secret_must_be_usable(void **state)
 
 static void error_codes_have_names(void **state)
 {
-    for (int code = JWT_AUTH_ENOMEM; code <= 0; code++)
+    for (int code = JWT_AUTH_EAUDIENCE; code <= 0; code++)
         assert_string_not_equal(jwt_auth_strerror(code), "unknown error");
     assert_string_equal(jwt_auth_strerror(-100), "unknown error");
+}
+
+/* ---- RS256 and ES256 (tokens made by fixtures/make_jwt_fixtures.py with openssl) ---- */
+
+static struct jwt_keys pem_keys, jwks_keys;
+
+static int load_keys(void **state)
+{
+    (void)state;
+    char err[200];
+    assert_int_equal(jwt_keys_add_pem(&pem_keys, RSA_PUB, strlen(RSA_PUB), err, sizeof err), 0);
+    assert_int_equal(jwt_keys_add_pem(&pem_keys, EC_PUB, strlen(EC_PUB), err, sizeof err), 0);
+    assert_int_equal(jwt_keys_add_jwks(&jwks_keys, JWKS, strlen(JWKS), err, sizeof err), 0);
+    return 0;
+}
+
+static int free_keys(void **state)
+{
+    (void)state;
+    jwt_keys_clear(&pem_keys);
+    jwt_keys_clear(&jwks_keys);
+    return 0;
+}
+
+static int check_with(const struct jwt_keys *keys, const char *iss, const char *aud,
+                      const char *token)
+{
+    struct jwt_verifier v = {.keys = keys, .issuer = iss, .audience = aud};
+    struct jwt_claims c;
+    char err[200] = "";
+    int rc = jwt_auth_check(&v, token, NOW, &c, err, sizeof err);
+    if (rc == 0)
+        assert_string_equal(c.sub, "alice");
+    else
+        assert_true(strlen(err) > 0);
+    jwt_claims_free(&c);
+    return rc;
+}
+
+static void a_key_set_holds_only_signing_keys_it_can_use(void **state)
+{
+    (void)state;
+    /* the JWKS has an RSA and two EC signing keys, an encryption key and a symmetric one */
+    assert_int_equal(jwks_keys.n, 3);
+    assert_int_equal(pem_keys.n, 2);
+    assert_string_equal(jwks_keys.keys[0].kid, "rsa-1");
+    assert_int_equal(jwks_keys.keys[1].alg, JWT_KEY_ES256);
+    assert_string_equal(pem_keys.keys[0].kid, "");
+    struct jwt_keys ks = {0};
+    char err[200];
+    static const char *bad[] = {
+        "[]",
+        "{\"keys\":{}}",
+        "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"AQAB\",\"e\":\"AQAB\"}]}", /* 16 bits */
+        "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"!!\",\"e\":\"AQAB\"}]}",
+        "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"AAAA\",\"y\":\"AAAA\"}]}",
+        "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":"
+        "\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\",\"y\":"
+        "\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}]}", /* not on the curve */
+        "{\"keys\":[{\"kty\":\"EC\",\"kid\":7}]}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(jwt_keys_add_jwks(&ks, bad[i], strlen(bad[i]), err, sizeof err), -1);
+        assert_int_equal(ks.n, 0);
+    }
+    /* an RSA key under 2048 bits, and text without a key */
+    assert_int_equal(jwt_keys_add_pem(&ks, RSA1024_PUB, strlen(RSA1024_PUB), err, sizeof err), -1);
+    assert_int_equal(jwt_keys_add_pem(&ks, "hello", 5, err, sizeof err), -1);
+    assert_int_equal(ks.n, 0);
+    /* keys of other curves or uses are skipped, not refused */
+    const char *other = "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-384\",\"x\":\"AA\",\"y\":\"AA\","
+                        "\"alg\":\"ES384\"},{\"kty\":\"OKP\"}]}";
+    assert_int_equal(jwt_keys_add_jwks(&ks, other, strlen(other), err, sizeof err), 0);
+    assert_int_equal(ks.n, 0);
+}
+
+static void rs256_and_es256_verify_with_their_keys(void **state)
+{
+    (void)state;
+    assert_int_equal(check_with(&pem_keys, NULL, NULL, TOK_RS256), 0);
+    assert_int_equal(check_with(&pem_keys, NULL, NULL, TOK_ES256_NOKID), 0);
+    assert_int_equal(check_with(&jwks_keys, NULL, NULL, TOK_RS256_KID), 0);
+    assert_int_equal(check_with(&jwks_keys, NULL, NULL, TOK_ES256_KID), 0);
+    assert_int_equal(check_with(&jwks_keys, NULL, NULL, TOK_RS256), 0); /* the only RSA key */
+}
+
+static void the_key_must_be_the_right_one(void **state)
+{
+    (void)state;
+    /* ec-2 is another key: the signature fails; an unknown kid, or no kid among two EC keys:
+     * no key (a set may be stale) */
+    assert_int_equal(check_with(&jwks_keys, NULL, NULL, TOK_ES256_WRONG_KID), JWT_AUTH_ESIGNATURE);
+    assert_int_equal(check_with(&jwks_keys, NULL, NULL, TOK_ES256_UNKNOWN_KID), JWT_AUTH_EKID);
+    assert_int_equal(check_with(&jwks_keys, NULL, NULL, TOK_ES256_NOKID), JWT_AUTH_EKID);
+    /* an ES256 signature under a header that says RS256 and names the RSA key */
+    assert_int_equal(check_with(&jwks_keys, NULL, NULL, TOK_ES256_AS_RS256), JWT_AUTH_ESIGNATURE);
+    /* another payload under the same header and signature */
+    const char *d1 = strchr(TOK_RS256, '.'), *d2 = strrchr(TOK_RS256, '.');
+    char payload[200], t[2048];
+    b64url("{\"sub\":\"alice\",\"exp\":4102444800,\"channels\":[\"*\"]}", payload);
+    snprintf(t, sizeof t, "%.*s.%s%s", (int)(d1 - TOK_RS256), TOK_RS256, payload, d2);
+    assert_int_equal(check_with(&pem_keys, NULL, NULL, t), JWT_AUTH_ESIGNATURE);
+}
+
+static void algorithms_follow_the_configured_keys(void **state)
+{
+    (void)state;
+    struct jwt_claims c;
+    char err[200];
+    /* only a secret: RS256 is refused before any key is looked at */
+    assert_int_equal(jwt_auth_verify(TOK_RS256, secret, SECRET_LEN, NOW, 0, &c, err, sizeof err),
+                     JWT_AUTH_EALG);
+    /* only keys: an HS256 token (even one whose HMAC key is the public key's PEM text, the
+     * classic confusion) is refused */
+    char *hs = sign_with(JWT_ALG_HS256, (const unsigned char *)RSA_PUB, strlen(RSA_PUB), NULL,
+                         "{\"sub\":\"alice\",\"exp\":4102444800}");
+    assert_int_equal(check_with(&pem_keys, NULL, NULL, hs), JWT_AUTH_EALG);
+    /* both: HS256 is checked with the secret only */
+    struct jwt_verifier v = {.secret = secret, .secret_len = SECRET_LEN, .keys = &pem_keys};
+    assert_int_equal(jwt_auth_check(&v, hs, NOW, &c, err, sizeof err), JWT_AUTH_ESIGNATURE);
+    assert_int_equal(jwt_auth_check(&v, TOK_RS256, NOW, &c, err, sizeof err), 0);
+    jwt_claims_free(&c);
+    free(hs);
+    /* nothing at all */
+    struct jwt_verifier none = {0};
+    assert_int_equal(jwt_auth_check(&none, TOK_RS256, NOW, &c, err, sizeof err), JWT_AUTH_EKEY);
+}
+
+static void issuer_and_audience(void **state)
+{
+    (void)state;
+    const char *iss = "https://idp.example";
+    assert_int_equal(check_with(&pem_keys, iss, "herald", TOK_RS256), 0); /* aud array */
+    assert_int_equal(check_with(&pem_keys, iss, "herald", TOK_RS256_AUD_STRING), 0);
+    assert_int_equal(check_with(&pem_keys, iss, "herald", TOK_RS256_WRONG_AUD), JWT_AUTH_EAUDIENCE);
+    assert_int_equal(check_with(&pem_keys, iss, "herald", TOK_RS256_NO_ISS), JWT_AUTH_EAUDIENCE);
+    assert_int_equal(check_with(&pem_keys, "https://other", NULL, TOK_RS256), JWT_AUTH_EAUDIENCE);
+    assert_int_equal(check_with(&pem_keys, "", "", TOK_RS256_WRONG_AUD), 0); /* not asked for */
 }
 
 static void secret_equal_compares_whole_values(void **state)
@@ -400,6 +540,14 @@ int main(void)
         cmocka_unit_test(nbf_in_the_future_is_refused),
         cmocka_unit_test(required_claims_must_be_there_and_typed),
         cmocka_unit_test(malformed_tokens_are_refused),
+        cmocka_unit_test_setup_teardown(a_key_set_holds_only_signing_keys_it_can_use, load_keys,
+                                        free_keys),
+        cmocka_unit_test_setup_teardown(rs256_and_es256_verify_with_their_keys, load_keys,
+                                        free_keys),
+        cmocka_unit_test_setup_teardown(the_key_must_be_the_right_one, load_keys, free_keys),
+        cmocka_unit_test_setup_teardown(algorithms_follow_the_configured_keys, load_keys,
+                                        free_keys),
+        cmocka_unit_test_setup_teardown(issuer_and_audience, load_keys, free_keys),
         cmocka_unit_test(huge_tokens_are_refused_early),
         cmocka_unit_test(the_secret_must_be_usable),
         cmocka_unit_test(error_codes_have_names),
