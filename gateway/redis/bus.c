@@ -38,6 +38,7 @@ struct shard {
     uint64_t state_since_ms;
     uint64_t last_beat_ms; /* 0: none since the last connect */
     uint64_t beat_seen_ms; /* the last heartbeat ever (kept across reconnects); 0: none */
+    uint64_t beat_sent_ms; /* when the last one went out */
     uint64_t retry_at_ms;
     struct backoff backoff;
     bool ever_up;
@@ -109,6 +110,7 @@ static void publish_beat(struct shard *sh)
 {
     if (!sh->cmd_ready)
         return;
+    sh->beat_sent_ms = now_ms(sh->bus);
     char stamp[24];
     int n = snprintf(stamp, sizeof stamp, "%llu", (unsigned long long)now_ms(sh->bus));
     const char *argv[] = {"PUBLISH", sh->bus->beat_channel, stamp};
@@ -390,7 +392,9 @@ static void tick_shard(struct shard *sh, uint64_t now)
             go_down(sh, "heartbeat did not come back");
             break;
         }
-        publish_beat(sh);
+        /* the tick is finer than the heartbeat (it paces reconnects too) */
+        if (now - sh->beat_sent_ms >= (uint64_t)sh->bus->app->cfg->heartbeat_ms)
+            publish_beat(sh);
         break;
     }
     }

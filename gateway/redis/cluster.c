@@ -37,6 +37,7 @@ struct node {
     enum node_state state;
     bool sub_ready, cmd_ready;
     uint64_t state_since_ms, last_beat_ms, beat_seen_ms, retry_at_ms;
+    uint64_t beat_sent_ms; /* when the last heartbeat went out */
     struct backoff backoff;
     bool ever_up;
     char beat[320]; /* this instance's heartbeat channel, tagged into one of the node's slots */
@@ -552,7 +553,8 @@ static void on_beat_reply(void *arg, redisReply *r)
 static void publish_beat(struct node *n)
 {
     char stamp[24];
-    int sl = snprintf(stamp, sizeof stamp, "%llu", (unsigned long long)now_ms(n->cl));
+    n->beat_sent_ms = now_ms(n->cl);
+    int sl = snprintf(stamp, sizeof stamp, "%llu", (unsigned long long)n->beat_sent_ms);
     const char *argv[] = {"SPUBLISH", n->beat, stamp};
     size_t lens[] = {8, n->beat_len, (size_t)sl};
     resp_conn_send(n->cmd, on_beat_reply, n, 3, argv, lens);
@@ -576,8 +578,8 @@ static void tick_node(struct node *n, uint64_t now)
         uint64_t since = n->last_beat_ms ? n->last_beat_ms : n->state_since_ms;
         if (now - since > dead_after)
             node_down(n, "heartbeat did not come back");
-        else
-            publish_beat(n);
+        else if (now - n->beat_sent_ms >= (uint64_t)n->cl->app->cfg->heartbeat_ms)
+            publish_beat(n); /* the tick is finer than the heartbeat */
         break;
     }
     }

@@ -130,6 +130,27 @@ class TestRedisRestart(harness.HeraldTestCase):
         await self.expect_messages(a, "keep", [{"y": 1}])
 
 
+class TestHeartbeatRate(harness.HeraldTestCase):
+    async def test_one_heartbeat_per_interval(self):
+        """The heartbeat goes every HERALD_HEARTBEAT_MS, not on every (finer) reconnect tick:
+        over 3 s at 500 ms, six PUBLISHes or so, never the thirty of a 100 ms tick."""
+        redis = self.start_redis()
+        h = self.start_herald(redis, "--heartbeat-ms", "500")
+        h.wait_ready()
+
+        def publishes():
+            info = redis.conn().command("INFO", "commandstats").decode()
+            for line in info.split("\r\n"):
+                if line.startswith("cmdstat_publish:"):
+                    return int(line.split("calls=")[1].split(",")[0])
+            return 0
+        before = publishes()
+        await asyncio.sleep(3.0)
+        sent = publishes() - before
+        self.assertGreaterEqual(sent, 4)
+        self.assertLessEqual(sent, 8)
+
+
 class TestRedisAbsentAtStart(harness.HeraldTestCase):
     async def test_starts_without_redis_then_becomes_ready(self):
         port = harness.free_port()
