@@ -16,6 +16,9 @@
 
 #define TICK_MS  100  /* joins are written (and announced) at most this late */
 #define RETRY_MS 1000 /* after a failed script, the channel is asserted again this late */
+/* Users per script: a script holds Redis while it runs (about 6 us per user), so a renewal of
+ * thousands goes as several scripts, each short, that other commands can pass between. */
+#define USERS_PER_SCRIPT 256
 
 /* Removes expired entries (at most 1000 a call, to bound the script's time) and notes the
  * users no entry holds any more in `gone`. A field without its NUL (written by someone else)
@@ -110,7 +113,7 @@ struct pchan {
     uint32_t anon;       /* live anonymous connections */
     uint32_t anon_sent;  /* what Redis was last told */
     bool dirty;          /* something to write */
-    bool busy;           /* a script is in flight */
+    uint32_t busy;       /* scripts in flight */
     uint64_t refresh_at; /* every entry is asserted again then */
     uint64_t linger_at;  /* the earliest linger to end; 0: none */
     uint64_t retry_at;   /* after a failed write, nothing is tried before this */
@@ -413,7 +416,7 @@ static void on_sync(void *arg, redisReply *r)
     end_op(op);
     if (!c)
         return;
-    c->busy = false;
+    c->busy--;
     if (!is_arrays(r, 3)) {
         note_error(p, c->name, c->len,
                    r && r->type == REDIS_REPLY_ERROR ? r->str : "no answer from Redis");
@@ -458,7 +461,6 @@ static const char *user_op(const struct puser *u, bool refresh, uint64_t now)
 /* After a sync went out: the table says what Redis will hold; users nobody holds are freed. */
 static void apply_sync(struct presence *p, struct pchan *c, bool refresh, uint64_t now)
 {
-    c->busy = true;
     c->dirty = false;
     c->anon_sent = c->anon;
     c->linger_at = 0;
@@ -483,8 +485,35 @@ static void apply_sync(struct presence *p, struct pchan *c, bool refresh, uint64
         }
 }
 
+/* Sends one script with the fixed arguments av[0..4) and the triples av[first..argc). */
+static int send_chunk(struct presence *p, struct pchan *c, const char **av, size_t *al, int first,
+                      int argc)
+{
+    struct pop *op = new_op(p, c->name, c->len);
+    if (!op)
+        return -1;
+    /* the triples go right after the fixed four: move them down for this script */
+    const char **cav = av + first - 4;
+    size_t *cal = al + first - 4;
+    const char *keep[4];
+    size_t keepl[4];
+    memcpy(keep, cav, sizeof keep);
+    memcpy(keepl, cal, sizeof keepl);
+    memcpy(cav, av, 4 * sizeof *av);
+    memcpy(cal, al, 4 * sizeof *al);
+    int rc = send_script(p, c->name, c->len, SYNC_LUA, argc - first + 4, cav, cal, on_sync, op);
+    memcpy(cav, keep, sizeof keep);
+    memcpy(cal, keepl, sizeof keepl);
+    if (rc != 0)
+        end_op(op);
+    else
+        c->busy++;
+    return rc;
+}
+
 /* Writes what the channel owes Redis: every present user's entry on a refresh, else the
- * new ones, the anonymous count, and the removal of users whose linger is over. */
+ * new ones, the anonymous count, and the removal of users whose linger is over; in scripts of
+ * at most USERS_PER_SCRIPT users. */
 static void sync_chan(struct presence *p, struct pchan *c, uint64_t now)
 {
     bool refresh = now >= c->refresh_at;
@@ -492,42 +521,46 @@ static void sync_chan(struct presence *p, struct pchan *c, uint64_t now)
     const char **av = malloc(max * sizeof *av);
     size_t *al = malloc(max * sizeof *al);
     char ttl[24], cap[24], anon[24];
-    int argc = 0;
-    bool wrote = refresh || c->anon != c->anon_sent;
-    if (av && al) {
-        al[0] = (size_t)snprintf(ttl, sizeof ttl, "%ld", p->app->cfg->presence_ttl_ms);
-        al[1] = (size_t)snprintf(cap, sizeof cap, "%ld", p->app->cfg->presence_max_members);
-        al[2] = strlen(p->app->cfg->instance_id);
-        al[3] = (size_t)snprintf(anon, sizeof anon, "%u", c->anon);
-        av[0] = ttl, av[1] = cap, av[2] = p->app->cfg->instance_id, av[3] = anon;
-        argc = 4;
-        for (uint32_t b = 0; b < c->nbuckets; b++)
-            for (struct puser *u = c->buckets[b]; u; u = u->next) {
-                const char *op = user_op(u, refresh, now);
-                if (!op)
-                    continue;
-                av[argc] = op, al[argc++] = 1;
-                av[argc] = u->sub, al[argc++] = u->slen;
-                av[argc] = u->info ? u->info : "", al[argc++] = u->ilen;
-                wrote = true;
-            }
+    if (!av || !al) {
+        free(av);
+        free(al);
+        return; /* tried again on the next tick */
     }
-    struct pop *op = argc && wrote ? new_op(p, c->name, c->len) : NULL;
-    if (op) {
-        if (send_script(p, c->name, c->len, SYNC_LUA, argc, av, al, on_sync, op) == 0) {
-            apply_sync(p, c, refresh, now);
-        } else {
-            end_op(op);
-            note_error(p, c->name, c->len, "Redis is down: presence not written");
-            c->refresh_at = c->retry_at = now + RETRY_MS;
+    al[0] = (size_t)snprintf(ttl, sizeof ttl, "%ld", p->app->cfg->presence_ttl_ms);
+    al[1] = (size_t)snprintf(cap, sizeof cap, "%ld", p->app->cfg->presence_max_members);
+    al[2] = strlen(p->app->cfg->instance_id);
+    al[3] = (size_t)snprintf(anon, sizeof anon, "%u", c->anon);
+    av[0] = ttl, av[1] = cap, av[2] = p->app->cfg->instance_id, av[3] = anon;
+    int argc = 4;
+    for (uint32_t b = 0; b < c->nbuckets; b++)
+        for (struct puser *u = c->buckets[b]; u; u = u->next) {
+            const char *op = user_op(u, refresh, now);
+            if (!op)
+                continue;
+            av[argc] = op, al[argc++] = 1;
+            av[argc] = u->sub, al[argc++] = u->slen;
+            av[argc] = u->info ? u->info : "", al[argc++] = u->ilen;
         }
-    } else if (!wrote) {
-        apply_sync(p, c, false, now); /* frees who is gone and not stored */
-        c->busy = false;
-        maybe_free_chan(p, c);
+    int sent = 0, failed = 0;
+    if (argc > 4 || refresh || c->anon != c->anon_sent) {
+        for (int first = 4; first == 4 || first < argc; first += 3 * USERS_PER_SCRIPT) {
+            int end = first + 3 * USERS_PER_SCRIPT < argc ? first + 3 * USERS_PER_SCRIPT : argc;
+            if (send_chunk(p, c, av, al, first, end) == 0)
+                sent++;
+            else
+                failed++;
+        }
     }
     free(av);
     free(al);
+    if (failed) {
+        note_error(p, c->name, c->len, "Redis is down: presence not written");
+        c->refresh_at = c->retry_at = now + RETRY_MS; /* everything is asserted again then */
+    }
+    if (sent || !failed) {
+        apply_sync(p, c, refresh && !failed, now); /* with nothing sent: frees who is gone */
+        maybe_free_chan(p, c);
+    }
 }
 
 static void on_tick(uv_timer_t *t)

@@ -26,8 +26,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jwt_util as jwt  # noqa: E402
-from harness import (HeraldTestCase, close_quietly, main, recv_json, request,  # noqa: E402
-                     subscribe, wait_for)
+from harness import (HeraldTestCase, close_quietly, main, raise_nofile, recv_json,  # noqa: E402
+                     request, subscribe)
 
 TTL_MS = 2000
 LINGER_MS = 600
@@ -258,6 +258,37 @@ class PresenceTest(HeraldTestCase):
         self.assertEqual([x["sub"] for x in r["members"]], ["alice", "carol"])
         self.assertNotIn(("leave", "carol"), ev.ops())
         await ev.stop()
+
+    @staticmethod
+    def evals(redis):
+        info = redis.conn().command("INFO", "commandstats").decode()
+        for line in info.split("\r\n"):
+            if line.startswith("cmdstat_eval:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    async def test_more_members_than_one_script_carries(self):
+        """600 users on one instance: their joins and renewals go as several scripts (at most
+        256 users each), and every one of them stays listed across renewals."""
+        raise_nofile(2000)
+        redis, (h1, h2, _h3) = self.trio()
+        subs = [f"u{i:03d}" for i in range(600)]
+        conns = await asyncio.gather(*(self.member(h1, sub) for sub in subs))
+        probe = await self.connect(h2)
+        r = await self.wait_list(probe, subs, count=600, timeout=20)
+        self.assertEqual(len(r["members"]), 600)
+        # past the TTL: renewed every TTL/3, each time in three scripts (256 + 256 + 88)
+        evals = self.evals(redis)
+        await asyncio.sleep(3.0)
+        self.assertGreaterEqual(self.evals(redis) - evals, 9)  # 4 or 5 renewals; 1 script: 5
+        r = await self.presence(probe)
+        self.assertEqual(([m["sub"] for m in r["members"]], r["count"]), (subs, 600))
+        self.assertEqual(h1.metric("herald_presence_members"), 600)
+        self.assertEqual(h1.metric("herald_presence_errors_total"), 0)
+        # at once: each close waits for its own unread joins to drain
+        await asyncio.gather(*(close_quietly(ws) for ws in conns[:300]))
+        await self.wait_list(probe, subs[300:], count=300, timeout=10)
+        await asyncio.gather(*(close_quietly(ws) for ws in conns[300:]))  # not one by one
 
     # -- who may see it ------------------------------------------------------------------
 
