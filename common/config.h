@@ -59,6 +59,12 @@ struct herald_config {
     long presence_info_bytes;
     char jwt_secret[4097];
     long jwt_leeway;
+    char jwt_public_key[512]; /* a PEM file's path */
+    char jwks_url[2048];
+    long jwks_refresh_ms;
+    char jwks_ca_file[512];
+    char jwt_issuer[256];
+    char jwt_audience[256];
     char api_key[512];
     char allowed_origins[2048];
     char cors_origins[2048];

@@ -10,7 +10,7 @@ packages=(
   build-essential cmake pkg-config
   libwebsockets-dev libwebsockets-evlib-uv libuv1-dev libhiredis-dev libjansson-dev
   libpq-dev libcmocka-dev libjwt-dev
-  libssl-dev                   # libcrypto: the HMAC of sequenced envelopes
+  libssl-dev                   # OpenSSL: envelope HMACs, RS256/ES256 keys, the JWK Set over https
   postgresql redis-server
   python3 python3-websockets
   curl procps util-linux openssl

@@ -16,6 +16,7 @@
 #include "herald.h"
 #include "hub.h"
 #include "iplimit.h"
+#include "keyring.h"
 #include "log.h"
 #include "server.h"
 #include "supervisor.h"
@@ -96,6 +97,7 @@ static void shut_down(struct lifecycle *lc)
     lc->app->db = NULL;
     hub_stop(lc->app->hub);
     presence_stop(lc->app->presence);
+    keyring_stop(lc->app->keyring);
     bus_free(lc->app->bus);
     lc->app->bus = NULL;
     close_signals(lc);
@@ -214,7 +216,8 @@ static int run_command(int argc, char **argv, int *handled)
 /* Says loudly what an operator left open. */
 static void warn_about_security(const struct herald_config *cfg)
 {
-    if (!cfg->jwt_secret[0])
+    bool keys = cfg->jwt_public_key[0] || cfg->jwks_url[0];
+    if (!cfg->jwt_secret[0] && !keys)
         log_warn("auth_off",
                  "HERALD_JWT_SECRET is not set: AUTHENTICATION IS OFF, any client "
                  "may subscribe to any channel%s",
@@ -222,7 +225,7 @@ static void warn_about_security(const struct herald_config *cfg)
     if (cfg->jwt_secret[0] && strlen(cfg->jwt_secret) < 32)
         log_warn("weak_secret", "HERALD_JWT_SECRET is shorter than 32 bytes: an HS256 secret "
                                 "that short can be guessed offline from one token");
-    if (cfg->jwt_secret[0] && !cfg->allowed_origins[0])
+    if ((cfg->jwt_secret[0] || keys) && !cfg->allowed_origins[0])
         log_warn("origins_open", "HERALD_ALLOWED_ORIGINS is not set: any web page may open a "
                                  "WebSocket with a user's token");
 }
@@ -256,6 +259,13 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     app.ips = ips;
     app.rest = rest_new(&app);
     app.presence = presence_new(&app, &presence_to_clients);
+    char keys_err[300];
+    app.keyring = keyring_new(&app, keys_err, sizeof keys_err);
+    if (!app.keyring) {
+        fprintf(stderr, "herald: %s\n", keys_err);
+        fflush(NULL);
+        _exit(2); /* a setting that cannot work, as a bad value */
+    }
     if (cfg->database_url[0]) {
         app.db = db_new(&app, cfg->database_url, "PostgreSQL");
         if (cfg->database_read_url[0])
@@ -281,6 +291,7 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
                                    "no resume, no durable publish");
         hub_start(app.hub);
         presence_start(app.presence);
+        keyring_start(app.keyring);
         warn_about_security(cfg);
         watch_signals(&lc, &loop);
         start_flushing(&app);
@@ -307,6 +318,7 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
         log_warn("shutdown", "lws context not fully destroyed");
     hub_free(app.hub);
     presence_free(app.presence); /* after every connection left it */
+    keyring_free(app.keyring);
     sigkey_free(app.sigkey);
     frame_deflate_end();
     free(app.write_buf);

@@ -23,6 +23,7 @@ struct iplimit;
 struct sigkey;
 struct client;
 struct presence;
+struct keyring;
 
 /* Bytes gathered from a client's queue into one write() per WRITEABLE callback. */
 #define HERALD_WRITE_BATCH (64 * 1024)
@@ -42,6 +43,7 @@ struct herald {
     struct retention *retention; /* NULL without the db */
     struct sigkey *sigkey;       /* PostgreSQL's envelope key; NULL without the db */
     struct presence *presence;   /* who is on the HERALD_PRESENCE channels */
+    struct keyring *keyring;     /* public keys for RS256 and ES256 tokens */
     struct rest *rest;           /* REST sessions reading a body */
     struct iplimit *ips;         /* connections per client address */
     uint8_t *write_buf;          /* HERALD_WRITE_BATCH bytes, shared by all connections */

@@ -1,6 +1,7 @@
 #include "auth.h"
 #include "herald.h"
 #include "http_framing.h"
+#include "keyring.h"
 
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -10,12 +11,13 @@
 
 bool auth_ws_required(const struct herald *app)
 {
-    return app->cfg->jwt_secret[0] != '\0';
+    const struct herald_config *cfg = app->cfg;
+    return cfg->jwt_secret[0] || cfg->jwt_public_key[0] || cfg->jwks_url[0];
 }
 
 bool auth_api_required(const struct herald *app)
 {
-    return app->cfg->jwt_secret[0] || app->cfg->api_key[0];
+    return auth_ws_required(app) || app->cfg->api_key[0];
 }
 
 /* The token: ?token= first, then Authorization: Bearer. Returns its length, 0 if none (or
@@ -61,7 +63,7 @@ enum auth_result auth_identify(struct herald *app, struct lws *wsi, bool allow_k
         snprintf(why, whylen, "the API key is accepted only in an Authorization header");
         return AUTH_INVALID;
     }
-    if (!cfg->jwt_secret[0]) {
+    if (!auth_ws_required(app)) {
         snprintf(why, whylen, "invalid API key");
         return AUTH_INVALID;
     }
@@ -74,9 +76,15 @@ enum auth_result auth_verify(struct herald *app, const char *token, struct princ
     const struct herald_config *cfg = app->cfg;
     char err[128] = "";
     memset(out, 0, sizeof *out);
-    int rc =
-        jwt_auth_verify(token, (const unsigned char *)cfg->jwt_secret, strlen(cfg->jwt_secret),
-                        (int64_t)time(NULL), (int)cfg->jwt_leeway, &out->claims, err, sizeof err);
+    struct jwt_verifier v = {.secret = (const unsigned char *)cfg->jwt_secret,
+                             .secret_len = strlen(cfg->jwt_secret),
+                             .keys = app->keyring ? keyring_keys(app->keyring) : NULL,
+                             .issuer = cfg->jwt_issuer,
+                             .audience = cfg->jwt_audience,
+                             .leeway_s = (int)cfg->jwt_leeway};
+    int rc = jwt_auth_check(&v, token, (int64_t)time(NULL), &out->claims, err, sizeof err);
+    if (rc == JWT_AUTH_EKID && app->keyring)
+        keyring_unknown_kid(app->keyring); /* a key rotated in: fetch the set again */
     if (rc != 0) {
         snprintf(why, whylen, "invalid token: %s", jwt_auth_strerror(rc));
         return AUTH_INVALID;

@@ -177,3 +177,64 @@ def bad_tokens():
         ("payload-not-object", payload_not_object()),
         ("payload-not-json", payload_not_json()),
     ]
+
+
+# --- asymmetric tokens (RS256, ES256), signed with the openssl command line -----------------
+
+
+def openssl(*argv, data=None):
+    import subprocess
+    return subprocess.run(["openssl", *argv], input=data, check=True,
+                          capture_output=True).stdout
+
+
+def new_key(path, kind):
+    """A private key file: kind "rsa" (2048 bits), "rsa1024" or "ec" (P-256)."""
+    opts = {"rsa": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            "rsa1024": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
+            "ec": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]}[kind]
+    openssl("genpkey", *opts, "-out", path)
+    return path
+
+
+def public_pem(key_path):
+    return openssl("pkey", "-in", key_path, "-pubout").decode()
+
+
+def _der_to_raw(der):
+    """ECDSA-Sig-Value (DER) -> R||S, 32 bytes each, as JWS carries ES256."""
+    i, out = 2, b""
+    for _ in range(2):
+        n = der[i + 1]
+        out += der[i + 2:i + 2 + n].lstrip(b"\0").rjust(32, b"\0")
+        i += 2 + n
+    return out
+
+
+def sign_with_key(key_path, header, claims_obj):
+    """A compact JWS signed with a private key file: RS256 for RSA, ES256 for EC keys (the
+    header is used as given, so tests can lie in it)."""
+    import tempfile
+    inp = f"{b64url(_json(header))}.{b64url(claims_obj if isinstance(claims_obj, str) else _json(claims_obj))}"
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(inp.encode())
+        f.flush()
+        sig = openssl("dgst", "-sha256", "-sign", key_path, f.name)
+    ec = b"Modulus" not in openssl("pkey", "-in", key_path, "-noout", "-text_pub")
+    return f"{inp}.{b64url(_der_to_raw(sig) if ec else sig)}"
+
+
+def jwk(key_path, kid, **extra):
+    """The public JWK of a private key file (RSA or EC P-256)."""
+    text = openssl("pkey", "-in", key_path, "-noout", "-text").decode()
+    if "modulus:" in text:
+        mod = text.split("modulus:")[1].split("publicExponent")[0]
+        n = bytes.fromhex("".join(mod.split()).replace(":", "")).lstrip(b"\0")
+        out = {"kty": "RSA", "kid": kid, "n": b64url(n), "e": b64url((65537).to_bytes(3, "big"))}
+    else:
+        pub = text.split("pub:")[1].split("ASN1 OID")[0]
+        point = bytes.fromhex("".join(pub.split()).replace(":", ""))
+        out = {"kty": "EC", "kid": kid, "crv": "P-256", "x": b64url(point[1:33]),
+               "y": b64url(point[33:])}
+    out.update(extra)
+    return out
