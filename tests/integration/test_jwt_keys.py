@@ -10,13 +10,16 @@ with keys the openssl command line makes for each test, checked with a PEM file
 - JWKS: kid selection (a kid of another key refused), key rotation (a token with a new kid is
   refused once, the set is fetched again, then accepted; the removed key stops working), a
   flood of unknown kids costs one fetch, a set server that is down at start (the gateway comes
-  up and takes tokens once the set arrives), a malformed set keeps the keys there were.
+  up and takes tokens once the set arrives), a malformed set keeps the keys there were;
+- JWKS over https: with HERALD_JWKS_CA_FILE naming the CA that signed the server's
+  certificate the set arrives; with another CA the handshake fails and tokens are refused.
 """
 
 import asyncio
 import http.server
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -26,6 +29,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jwt_util as jwt  # noqa: E402
 from harness import HeraldTestCase, free_port, main, ping, request, subscribe, wait_close  # noqa: E402
+from pki import make_pki  # noqa: E402
 
 CLOSE_WAIT = 8
 
@@ -37,9 +41,10 @@ def claims(**extra):
 
 
 class JwksServer:
-    """A local HTTP server of one JWK Set (replaceable), counting its requests."""
+    """A local HTTP server of one JWK Set (replaceable), counting its requests; HTTPS with
+    tls=(cert, key)."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, tls=None):
         self.body = b'{"keys":[]}'
         self.requests = 0
         outer = self
@@ -58,9 +63,14 @@ class JwksServer:
 
         self.port = port or free_port()
         self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True)
         self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
         self.thread.start()
-        self.url = f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
+        scheme, host = ("https", "localhost") if tls else ("http", "127.0.0.1")
+        self.url = f"{scheme}://{host}:{self.port}/.well-known/jwks.json"
 
     def serve(self, keys):
         self.body = json.dumps({"keys": keys}).encode()
@@ -83,6 +93,18 @@ class KeysCase(HeraldTestCase):
         ws = await self.connect(f"{h.ws_url}?token={token}")
         code, _, _ = await wait_close(ws, CLOSE_WAIT)
         self.assertEqual(code, 4001, token[:60])
+
+    async def accepted_eventually(self, h, token, timeout=20):
+        deadline = time.monotonic() + timeout
+        while True:
+            ws = await self.connect(f"{h.ws_url}?token={token}")
+            try:
+                await subscribe(ws, "room:1", timeout=3)
+                return ws
+            except Exception:  # noqa: BLE001 - closed with 4001: not yet
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     def rest_status(self, h, token, channel="room:lobby"):
         req = urllib.request.Request(f"{h.base}/v1/channels/{channel}/presence",
@@ -167,18 +189,6 @@ class JwksKeys(KeysCase):
         h.wait_ready()
         return h
 
-    async def accepted_eventually(self, h, token, timeout=20):
-        deadline = time.monotonic() + timeout
-        while True:
-            ws = await self.connect(f"{h.ws_url}?token={token}")
-            try:
-                await subscribe(ws, "room:1", timeout=3)
-                return ws
-            except Exception:  # noqa: BLE001 - closed with 4001: not yet
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
-
     async def test_kid_selection_and_rotation(self):
         k1, k2, ec = self.key("k1", "rsa"), self.key("k2", "rsa"), self.key("ec", "ec")
         self.jwks.serve([jwt.jwk(k1, "k1"), jwt.jwk(ec, "e1"),
@@ -231,6 +241,25 @@ class JwksKeys(KeysCase):
         await asyncio.sleep(0.5)
         await self.accepted(h, tok)
         self.assertIn("fetching", h.log_text())
+
+
+class JwksOverTls(KeysCase):
+    async def test_https_with_its_ca_and_not_without(self):
+        pki = make_pki(self.tmp)
+        k1 = self.key("k1", "ec")
+        srv = JwksServer(tls=(pki["server.crt"], pki["server.key"]))
+        self.addCleanup(srv.stop)
+        srv.serve([jwt.jwk(k1, "k1")])
+        tok = jwt.sign_with_key(k1, {"alg": "ES256", "kid": "k1"}, claims())
+        redis = self.start_redis()
+        good = self.start_herald(redis, "--jwks-url", srv.url,
+                                 env={"HERALD_JWKS_CA_FILE": pki["ca.crt"]})
+        wrong = self.start_herald(redis, "--jwks-url", srv.url,
+                                  env={"HERALD_JWKS_CA_FILE": pki["other-ca.crt"]})
+        await self.accepted_eventually(good, tok)
+        # the other CA did not sign the server's certificate: no keys, tokens refused
+        await self.refused(wrong, tok)
+        self.assertIn("TLS handshake with localhost failed", wrong.log_text())
 
 
 if __name__ == "__main__":

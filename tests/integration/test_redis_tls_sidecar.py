@@ -27,6 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from pki import make_pki  # noqa: E402
 from harness import (  # noqa: E402
     DEFAULT_TIMEOUT, RedisConn, RedisError, _Proc, free_port, recv_frame, subscribe,
 )
@@ -36,32 +37,6 @@ PASSWORD = "tls-sidecar-test"
 # how long a refused sidecar is watched: many reconnect attempts (backoff 100 ms to 5 s) and
 # heartbeats (200 ms) fit in it
 REFUSED_WATCH_S = 4.0
-
-
-def make_pki(tmp):
-    """A CA, a server certificate it signs (CN and SAN localhost, SAN IP 127.0.0.1) and an
-    unrelated CA. Returns a dict of file paths."""
-    f = {k: os.path.join(tmp, k) for k in (
-        "ca.crt", "ca.key", "server.crt", "server.key", "server.csr", "server.ext",
-        "other-ca.crt", "other-ca.key")}
-
-    def openssl(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=Herald test CA", "-keyout", f["ca.key"], "-out", f["ca.crt"])
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=Herald other CA", "-keyout", f["other-ca.key"],
-            "-out", f["other-ca.crt"])
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-            "-keyout", f["server.key"], "-out", f["server.csr"])
-    with open(f["server.ext"], "w") as ext:
-        ext.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                  "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", f["server.csr"], "-CA", f["ca.crt"], "-CAkey", f["ca.key"],
-            "-CAcreateserial", "-days", "1", "-extfile", f["server.ext"],
-            "-out", f["server.crt"])
-    return f
 
 
 def wait_started(proc, ready, timeout, what):
