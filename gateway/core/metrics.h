@@ -35,6 +35,10 @@ struct metrics {
     uint64_t presence_leaves;  /* leave events published */
     uint64_t presence_full;    /* users left unlisted: HERALD_PRESENCE_MAX_MEMBERS reached */
     uint64_t presence_errors;  /* scripts that failed or could not be sent, bad entries read */
+    /* ws/keyring.c */
+    int64_t jwt_keys;             /* gauge: public keys tokens are checked with */
+    uint64_t jwks_fetches;        /* JWK Set fetches that arrived whole */
+    uint64_t jwks_fetch_failures; /* fetches that failed or brought a malformed set */
     /* ws/client.c */
     uint64_t frames_out;
     uint64_t bytes_out;

@@ -58,6 +58,14 @@ static void render_metrics(struct herald *app, FILE *f)
     metric(f, "herald_presence_errors_total", "counter",
            "Presence scripts that failed or could not be sent, and malformed entries read.",
            (double)m->presence_errors);
+    metric(f, "herald_jwt_keys", "gauge",
+           "Public keys RS256 and ES256 tokens are checked with (PEM file and JWK Set).",
+           (double)m->jwt_keys);
+    metric(f, "herald_jwks_fetches_total", "counter", "JWK Set fetches that arrived whole.",
+           (double)m->jwks_fetches);
+    metric(f, "herald_jwks_fetch_failures_total", "counter",
+           "JWK Set fetches that failed or brought a malformed set (the keys there were stay).",
+           (double)m->jwks_fetch_failures);
     metric(f, "herald_duplicates_dropped_total", "counter",
            "Sequenced messages dropped as already delivered.", (double)m->duplicates_dropped);
     metric(f, "herald_frames_out_total", "counter", "Frames delivered to clients.",

@@ -44,6 +44,7 @@ static void rebuild(struct keyring *k)
         k->all.keys[k->all.n++] = k->file.keys[i];
     for (size_t i = 0; i < k->set.n && k->all.n < JWT_KEYS_MAX; i++)
         k->all.keys[k->all.n++] = k->set.keys[i];
+    k->app->metrics.jwt_keys = (int64_t)k->all.n;
 }
 
 static int read_pem(struct keyring *k, const char *path, char *err, size_t errlen)
@@ -110,8 +111,10 @@ static void after_fetch(uv_work_t *w, int status)
     if (k && status == 0 && j->rc == 0) {
         jwt_keys_move(&k->set, &j->keys);
         rebuild(k);
+        k->app->metrics.jwks_fetches++;
         log_info("jwks", "%zu signing keys from %s", k->set.n, j->url);
     } else if (k) {
+        k->app->metrics.jwks_fetch_failures++;
         log_warn("jwks", "fetching %s failed: %s; keeping %zu keys, trying again in %d s", j->url,
                  status ? "cancelled" : j->error, k->set.n, JWKS_RETRY_MS / 1000);
     }

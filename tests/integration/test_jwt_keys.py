@@ -196,6 +196,8 @@ class JwksKeys(KeysCase):
         h = self.gateway()
         t1 = jwt.sign_with_key(k1, {"alg": "RS256", "kid": "k1"}, claims())
         await self.accepted_eventually(h, t1)
+        self.assertEqual(h.metric("herald_jwt_keys"), 2)  # the encryption key is skipped
+        self.assertEqual(h.metric("herald_jwks_fetch_failures_total"), 0)
         await self.accepted(h, jwt.sign_with_key(ec, {"alg": "ES256", "kid": "e1"}, claims()))
         # a kid naming a key of the other type, and no kid with one key per type: fine / not
         await self.refused(h, jwt.sign_with_key(k1, {"alg": "RS256", "kid": "e1"}, claims()))
@@ -225,6 +227,8 @@ class JwksKeys(KeysCase):
         self.jwks.serve([jwt.jwk(k1, "k1")])
         await self.accepted_eventually(h, tok, timeout=20)  # retried every 5 s
         self.assertIn("jwks", h.log_text())
+        self.assertGreaterEqual(h.metric("herald_jwks_fetch_failures_total"), 1)
+        self.assertGreaterEqual(h.metric("herald_jwks_fetches_total"), 1)
 
     async def test_a_malformed_set_keeps_the_keys_there_were(self):
         k1 = self.key("k1", "rsa")
@@ -241,6 +245,8 @@ class JwksKeys(KeysCase):
         await asyncio.sleep(0.5)
         await self.accepted(h, tok)
         self.assertIn("fetching", h.log_text())
+        self.assertGreaterEqual(h.metric("herald_jwks_fetch_failures_total"), 1)
+        self.assertEqual(h.metric("herald_jwt_keys"), 1)
 
 
 class JwksOverTls(KeysCase):
