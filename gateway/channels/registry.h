@@ -46,6 +46,7 @@ struct waiter {
     bool strict;      /* a resume that cannot be served is refused, not answered unrecovered */
     bool checked;     /* the resume passed its checks: its frames are going out */
     bool paused;      /* the subscriber's queue is full: waiting for it to drain */
+    bool asked_ahead; /* its position is past this process's head: PostgreSQL was asked once */
     uint8_t attempts; /* history queries made for it without progress */
     uint64_t since;
     uint64_t replayed;

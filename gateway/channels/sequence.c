@@ -821,6 +821,15 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
         w->epoch[0] = '\0';
         w->last = 0;
     }
+    /* A position past what this process has delivered, with no announcement of it yet: the
+     * client may have read it from PostgreSQL before the PUBLISH reached us (the recipe "load
+     * state, then stream" does exactly that). It counts as an announcement, checked with
+     * PostgreSQL once, like any hint (one query per channel per HOLD_MS however many come). */
+    if (!w->checked && !w->asked_ahead && ch->baseline && w->since > ch->last_seq &&
+        (!w->epoch[0] || strcmp(w->epoch, ch->epoch) == 0)) {
+        w->asked_ahead = true;
+        hint(s, ch, w->since);
+    }
     if (!w->checked && catching_up_to(ch, w->since)) {
         fill_gap(s, ch);
         return STEP_BEHIND;

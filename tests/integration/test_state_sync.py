@@ -113,6 +113,54 @@ class PositionCase(HostileCase):
                                f"WHERE name = {H.sql_quote(ch)}"))
         self.unharmed(heads={ch: head}, publishes=0)
 
+    def test_load_then_stream_while_publishing(self):
+        """The recipe end to end: while a producer publishes all along, readers load the
+        state (the position, and the messages up to it as the application's state) and then
+        subscribe strictly from that position. Each sees every message exactly once: the
+        state up to its position, the stream after it, nothing twice, nothing missing."""
+        ch = self.ch()
+        self.publish_sql(ch, 3)
+        stop = threading.Event()
+
+        def publish():
+            while not stop.is_set():
+                self.publish_sql(ch, 2)
+        t = threading.Thread(target=publish, daemon=True)
+        t.start()
+        readers = []
+        try:
+            for _ in range(6):
+                pos = self.position(ch).json()
+                page = self.rest(get_bytes(f"/v1/channels/{ch}/messages?since=0&limit=1000",
+                                           cred=API_KEY)).json()
+                state = [m["seq"] for m in page["messages"] if m["seq"] <= pos["seq"]]
+                self.assertEqual(state, list(range(1, pos["seq"] + 1)))
+                ws = H.open_ws(self.h.port, token=H.reader_token([ch]))
+                self.addCleanup(ws.close)
+                ws.send_json({"op": "subscribe", "channel": ch, "since": pos["seq"],
+                              "epoch": pos["epoch"], "strict": True})
+                readers.append((ws, state))
+                H.wait_for(lambda: self.position(ch).json()["seq"] > pos["seq"] + 2, 20,
+                           what="publishes between readers")
+            last = pos["seq"]
+            H.wait_for(lambda: self.position(ch).json()["seq"] > last + 6, 20,
+                       what="publishes after the last reader subscribed")
+        finally:
+            stop.set()
+            t.join(30)
+        head = int(self.pg.sql(f"SELECT last_seq FROM herald_channels "
+                               f"WHERE name = {H.sql_quote(ch)}"))
+        self.assertGreater(head, readers[0][1][-1] + 5, "publishes did not run meanwhile")
+        for ws, state in readers:
+            streamed = []
+            while (state + streamed)[-1] < head:
+                m = H.ws_next_json(ws, 20)
+                self.assertNotEqual(m.get("op"), "error", m)
+                if m.get("op") == "message":
+                    streamed.append(m["seq"])
+            self.assertEqual(state + streamed, list(range(1, head + 1)))
+        self.unharmed(heads={ch: head}, publishes=0)
+
     # -- subscribe with last ----------------------------------------------------------------
 
     def test_subscribe_last_n(self):

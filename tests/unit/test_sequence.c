@@ -565,6 +565,10 @@ static void a_resume_past_the_history_is_refused(void **state)
     subscribe(&b, &other_epoch);
     subscribe(&c, &ahead);
     assert_string_equal(b.log, "S5/history_reset");
+    /* a position ahead of this process is checked with PostgreSQL first: nothing past 5 */
+    assert_string_equal(c.log, "");
+    assert_int_equal(w.nfetches, 1);
+    answer_fetch(NULL);
     assert_string_equal(c.log, "S5/history_reset");
     assert_int_equal(w.app.metrics.resumes_failed, 2);
     leave(&a);
@@ -617,6 +621,29 @@ static void a_resume_ahead_of_this_process_waits_for_the_gap_fill(void **state)
     assert_string_equal(a.log, "S5 m6 m7 m8 m9");
     assert_string_equal(b.log, "m9 S9/r1");
     assert_int_equal(w.nfetches, 0);
+    assert_int_equal(w.app.metrics.resumes_failed, 0);
+    leave(&a);
+    leave(&b);
+}
+
+/* The recipe's race: the client read position 8 from PostgreSQL before the PUBLISHes of 6..8
+ * reached this process, which knows nothing past 5. The position is checked, not refused. */
+static void a_resume_ahead_without_any_announcement_is_checked(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.room = true}, b = {.room = true};
+    join_at_head_5(&a);
+    store_up_to(8); /* committed; nothing on Redis yet */
+    struct resume r = {.since = 8, .epoch = EPOCH, .strict = true};
+    subscribe(&b, &r);
+    assert_string_equal(b.log, "");
+    assert_int_equal(w.nfetches, 1);
+    assert_int_equal(w.fetches[0].since, 5);
+    answer_fetch(NULL);
+    assert_string_equal(a.log, "S5 m6 m7 m8");
+    assert_string_equal(b.log, "S8/r0");
+    live(9);
+    assert_string_equal(b.log, "S8/r0 m9");
     assert_int_equal(w.app.metrics.resumes_failed, 0);
     leave(&a);
     leave(&b);
@@ -864,6 +891,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(a_resume_past_the_history_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(a_resume_ahead_of_this_process_waits_for_the_gap_fill,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(a_resume_ahead_without_any_announcement_is_checked, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(the_channel_forgotten_while_a_query_is_in_flight, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(a_head_lookup_answered_after_the_channel_went, setup,
