@@ -121,7 +121,8 @@ static bool is_json(const char *s, size_t n)
 char *presence_list_text(struct presence_entry *e, size_t n, size_t *len, size_t *skipped)
 {
     *skipped = 0;
-    qsort(e, n, sizeof *e, by_sub);
+    if (n)
+        qsort(e, n, sizeof *e, by_sub);
     size_t cap = 64;
     for (size_t i = 0; i < n; i++)
         cap += 6 * e[i].klen + e[i].vlen + 32; /* json_escape: at most 6 bytes per byte */

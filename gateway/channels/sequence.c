@@ -992,6 +992,12 @@ static void apply_page(struct seq *s, struct channel *ch, const struct history_p
             s->app->metrics.gaps_skipped++; /* pruned before it could be delivered */
         advance(s, ch, rows[i]);            /* gap repair: live members get what they missed */
     }
+    /* nothing held and the page is the last: what was announced past it (a hint, a client's
+     * position) does not exist, and the resumes waiting for it are answered now, not made to
+     * ask again */
+    bool more = page->cut && (ch->nheld || ch->hint_seq > ch->last_seq);
+    if (!more && !ch->nheld)
+        ch->hint_seq = 0;
     /* resumes take what they need from the page itself: it may not join the cache */
     ch->page = rows;
     ch->npage = n;
@@ -1003,7 +1009,7 @@ static void apply_page(struct seq *s, struct channel *ch, const struct history_p
     for (size_t i = 0; i < n; i++)
         frame_unref(rows[i]);
     free(rows);
-    if (page->cut && (ch->nheld || ch->hint_seq > ch->last_seq))
+    if (more)
         fill_gap(s, ch); /* more to come before the held frames: the next page */
     else
         drain_held(s, ch, true); /* what PostgreSQL does not have, nobody has */

@@ -570,6 +570,7 @@ static void a_resume_past_the_history_is_refused(void **state)
     assert_int_equal(w.nfetches, 1);
     answer_fetch(NULL);
     assert_string_equal(c.log, "S5/history_reset");
+    assert_int_equal(w.nfetches, 0); /* answered by that page: not asked again */
     assert_int_equal(w.app.metrics.resumes_failed, 2);
     leave(&a);
     leave(&b);
