@@ -1,7 +1,7 @@
 /* request_parse() on any client message, with properties every accepted request must have:
- * a known op, a valid channel for the ops that take one, data for publish whose text (found
- * by json_member_span) parses to the same value, and an id that is JSON text of bounded
- * size. */
+ * a known op, a valid channel for the ops that take one, data for publish and info for
+ * subscribe whose texts (found by json_member_span) parse to the same values, a sub of
+ * 1-127 bytes, a non-empty token for refresh, and an id that is JSON text of bounded size. */
 #include <assert.h>
 #include <stdint.h>
 #include <string.h>
@@ -15,9 +15,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *why = NULL;
     int rc = request_parse((const char *)data, size, 16, &r, &why);
     if (rc == 0) {
-        assert(r.op <= REQ_PING);
-        if (r.op != REQ_PING)
+        assert(r.op <= REQ_REFRESH);
+        if (r.op != REQ_PING && r.op != REQ_REFRESH)
             assert(channel_name_valid(r.channel, r.channel_len));
+        if (r.op == REQ_REFRESH)
+            assert(r.token && r.token[0]);
+        if (r.sub)
+            assert(r.op == REQ_SUBSCRIBE && r.sub_len >= 1 && r.sub_len <= REQUEST_SUB_MAX);
+        if (r.info_text) {
+            json_t *info = json_loadb(r.info_text, r.info_len, JSON_DECODE_ANY, NULL);
+            assert(r.op == REQ_SUBSCRIBE && info &&
+                   json_equal(info, json_object_get(r.root, "info")));
+            json_decref(info);
+        }
         if (r.op == REQ_PUBLISH) {
             assert(r.data != NULL);
             json_t *again = json_loadb(r.data_text, r.data_len, JSON_DECODE_ANY, NULL);
