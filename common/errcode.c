@@ -5,7 +5,7 @@
 static const char *const names[ERR_COUNT] = {
     "bad_request",         "unauthorized", "forbidden",       "not_found",
     "too_large",           "rate_limited", "history_expired", "history_reset",
-    "history_unavailable", "unavailable",  "internal",     "presence_full",
+    "history_unavailable", "unavailable",  "internal",        "presence_full",
 };
 
 const char *errcode_name(enum errcode code)

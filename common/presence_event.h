@@ -44,8 +44,8 @@ struct presence_entry {
 /* "count":N,"members":[{"sub":S,"info":I},...] for entries e[0..n) (reordered): members by
  * sub, each once (a user on several instances shows one info), info null when it has none
  * or it is not JSON; count = the members plus the anonymous connections. Entries that are
- * malformed (no instance, a sub that is not UTF-8 or holds a NUL, a bad count) are left out and counted in
- * *skipped. malloc'ed, *len its length; NULL when memory ran out. */
+ * malformed (no instance, a sub that is not UTF-8 or holds a NUL, a bad count) are left out and
+ * counted in *skipped. malloc'ed, *len its length; NULL when memory ran out. */
 char *presence_list_text(struct presence_entry *e, size_t n, size_t *len, size_t *skipped);
 
 #endif

@@ -37,15 +37,15 @@ struct client {
     bool await_writable;           /* the socket was full: lws calls WRITEABLE when it drains */
     bool rx_too_large;             /* the message being received is over the limit: drop the rest */
     bool rx_binary;
-    bool deflate;      /* permessage-deflate agreed in the handshake: send compressed twins */
-    bool drain_wanted; /* a paused resume waits for the queue to drain (hub_client_drained) */
-    bool drop_refused; /* a strict resume was refused: leave it on the next flush */
-    char *rx;          /* fragments of a message that came in several pieces */
-    struct owed *owed;                 /* replies owed (publish, presence): protocol.c's */
-    struct pconn *presence;            /* its places on presence channels (presence.h) */
-    struct principal *auth;            /* the token's claims; NULL with auth off */
-    struct ipcount *ip;                /* this connection's share of its address's count */
-    double rl_tokens;                  /* inbound token bucket (HERALD_RATE_LIMIT / _BURST) */
+    bool deflate;           /* permessage-deflate agreed in the handshake: send compressed twins */
+    bool drain_wanted;      /* a paused resume waits for the queue to drain (hub_client_drained) */
+    bool drop_refused;      /* a strict resume was refused: leave it on the next flush */
+    char *rx;               /* fragments of a message that came in several pieces */
+    struct owed *owed;      /* replies owed (publish, presence): protocol.c's */
+    struct pconn *presence; /* its places on presence channels (presence.h) */
+    struct principal *auth; /* the token's claims; NULL with auth off */
+    struct ipcount *ip;     /* this connection's share of its address's count */
+    double rl_tokens;       /* inbound token bucket (HERALD_RATE_LIMIT / _BURST) */
     uint64_t rl_at_ms;
     uint32_t rl_strikes; /* messages refused in a row */
     uint64_t heard_ms;   /* when the client last sent a frame (a message or a pong) */

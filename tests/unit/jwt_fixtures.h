@@ -1,4 +1,5 @@
 /* Made by tests/unit/fixtures/make_jwt_fixtures.py: do not edit. */
+/* clang-format off */
 static const char RSA_PUB[] =
     "-----BEGIN PUBLIC KEY-----\n"
     "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA2qSeRlqJdp7PFxrveeX3\n"
@@ -56,3 +57,4 @@ static const char TOK_RS256_WRONG_AUD[] =
 
 static const char TOK_RS256_NO_ISS[] =
     "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMCwiY2hhbm5lbHMiOlsicm9vbToqIl0sImF1ZCI6WyJvdGhlciIsImhlcmFsZCJdfQ.kfner4Os7B-UI4-5qSG4wZXLHJJpIRvPDsGs2HYcc1He-x9kaEuamdplDeizQQbCRHMtnql2riq9oqXslGlk5YpBSxp-NbrxsbyOZ8eWGixR2Zl5E0Lti4e9ZEJVznLgI_6UlEbmcxD0lEW4SagBEAJD3Uke7BF88FC7XLtcax7w9bsF2imhZYFWxkNlkbY_rORij5P8vzQAbh0NjzXhuzN5hIpD6YIUMCQOX7rOAsvE89R9yDRPgGp-wFPM25KxuaeEghwnztcPlG7kBA3qs-fBUQ2iXJx8ZSuXZMWGjMY6SUyK3PVOiHFaAPA1yoEUpK6iOTx4HVKz3GY2wzsqhA";
+/* clang-format on */
