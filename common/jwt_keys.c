@@ -6,6 +6,7 @@
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
@@ -74,6 +75,7 @@ int jwt_keys_add_pem(struct jwt_keys *ks, const char *pem, size_t len, char *err
     while (rc == 0 && (k = PEM_read_bio_PUBKEY(b, NULL, NULL, NULL)))
         rc = stage(&st, k, NULL, err, errlen);
     BIO_free(b);
+    ERR_clear_error(); /* the read that ends the loop leaves "no start line" queued */
     if (rc == 0 && st.n == 0) {
         snprintf(err, errlen, "no PUBLIC KEY block in the PEM text");
         rc = -1;

@@ -232,11 +232,13 @@ static void on_presence(void *arg, const char *list, size_t len)
     } else if (c) {
         size_t cap = len + strlen(p->channel) + sizeof p->id + 64;
         char *text = malloc(cap);
-        if (text) {
-            int n = snprintf(text, cap, "{\"op\":\"presence\",\"channel\":\"%s\",%.*s%s%s}",
-                             p->channel, (int)len, list, id ? ",\"id\":" : "", id ? id : "");
+        int n = text ? snprintf(text, cap, "{\"op\":\"presence\",\"channel\":\"%s\",%.*s%s%s}",
+                                p->channel, (int)len, list, id ? ",\"id\":" : "", id ? id : "")
+                     : 0;
+        if (n > 0)
             client_send_text(c, text, (size_t)n);
-        }
+        else /* the op is answered whatever happens */
+            client_send_error(c, ERR_INTERNAL, id, "out of memory");
         free(text);
     }
     free(p);
