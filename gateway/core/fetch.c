@@ -8,15 +8,24 @@
 #include <openssl/x509v3.h>
 #include <poll.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #define HEAD_MAX 16384 /* response head bytes */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 struct url {
     bool tls;
@@ -240,8 +249,14 @@ int fetch_get(const char *url, const char *ca_file, int timeout_ms, size_t max_b
     if (!(raw = malloc(cap + 1)))
         goto done;
     long got;
-    while (n < cap && (got = conn_read(&c, raw + n, cap - n)) > 0)
+    uint64_t deadline = now_ms() + 2 * (uint64_t)timeout_ms; /* a server that trickles */
+    while (n < cap && (got = conn_read(&c, raw + n, cap - n)) > 0) {
         n += (size_t)got;
+        if (now_ms() > deadline) {
+            snprintf(r->error, sizeof r->error, "the response took over %d ms", 2 * timeout_ms);
+            goto done;
+        }
+    }
     if (n == cap) {
         snprintf(r->error, sizeof r->error, "the response is over %zu bytes", cap);
         goto done;

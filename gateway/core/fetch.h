@@ -2,7 +2,8 @@
  * HERALD_JWKS_URL is fetched with it from uv_queue_work, never on the loop. HTTP/1.1 with
  * Connection: close; a chunked or Content-Length body; TLS with the peer's certificate and
  * host name checked against the system's CAs (or ca_file). Every step is bounded in time
- * (timeout_ms each for connect, the TLS handshake and every read) and the body in size. */
+ * (timeout_ms each for connect, the TLS handshake and every read, twice that for the whole
+ * response) and the body in size. */
 #ifndef HERALD_FETCH_H
 #define HERALD_FETCH_H
 

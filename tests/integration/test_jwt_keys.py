@@ -249,6 +249,41 @@ class JwksKeys(KeysCase):
         self.assertEqual(h.metric("herald_jwt_keys"), 1)
 
 
+class JwksTrickle(KeysCase):
+    def test_a_trickling_set_server_is_given_up_on(self):
+        """A server that sends its body a byte at a time never ties up the fetch for long:
+        the whole response must come within twice the 5 s step timeout."""
+        import socket
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        self.addCleanup(srv.close)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                while not stop.is_set():
+                    try:
+                        conn.sendall(b" ")
+                    except OSError:
+                        break
+                    time.sleep(0.5)
+                conn.close()
+        threading.Thread(target=serve, daemon=True).start()
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}/jwks"
+        h = self.start_herald(self.start_redis(), "--jwks-url", url)
+        h.wait_ready()
+        h.wait_metric("herald_jwks_fetch_failures_total", lambda v: v >= 1, timeout=20)
+        self.assertIn("the response took over 10000 ms", h.log_text())
+        self.assertEqual(h.healthz(), 200)
+
+
 class JwksOverTls(KeysCase):
     async def test_https_with_its_ca_and_not_without(self):
         pki = make_pki(self.tmp)
