@@ -49,7 +49,7 @@ def expanded_len(text):
     """Length of `text` once its fills are expanded (credentials counted as written)."""
     extra = 0
     for m in _PLACEHOLDER.finditer(text):
-        if m.group(1) == "FILL":
+        if m.group(1) == "FILL" and m.group(2):  # a bare {{FILL}} stays as written
             extra += min(int(m.group(3)), FILL_MAX) - len(m.group(0))
     return len(text) + extra
 
