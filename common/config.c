@@ -107,6 +107,14 @@ static const struct setting settings[] = {
              "a WebSocket ping goes to a client that has sent nothing for this long (0: never)"),
     DURATION("HERALD_PONG_TIMEOUT", pong_timeout_ms, "10s", 1000, 3600L * 1000,
              "a client that has answered nothing this long after a ping is hung up on"),
+    DURATION("HERALD_STREAM_HEARTBEAT", stream_heartbeat_ms, "15s", 1000, 3600L * 1000,
+             "an SSE stream that has sent nothing this long gets a comment line"),
+    DURATION("HERALD_LONGPOLL_TIMEOUT", longpoll_timeout_ms, "25s", 0, 300L * 1000,
+             "a long-poll with nothing to answer is held this long (a request's timeout= "
+             "may ask for less or more, up to 300 s)"),
+    DURATION("HERALD_DS_SSE_LIFETIME", ds_sse_lifetime_ms, "60s", 1000, 3600L * 1000,
+             "a Durable Streams SSE response ends cleanly after this long; the client "
+             "reconnects from its offset"),
     DURATION("HERALD_HTTP_IDLE_TIMEOUT", http_idle_timeout_ms, "5s", 1000, 3600L * 1000,
              "an HTTP keep-alive connection idle this long after an answer is closed"),
     NUM("HERALD_DB_QUEUE_MAX", db_queue_max, "20000", 1, 10000000,

@@ -48,6 +48,9 @@ struct herald_config {
     long body_buffer_bytes;
     long body_timeout_ms;
     long ping_interval_ms;
+    long stream_heartbeat_ms;
+    long longpoll_timeout_ms;
+    long ds_sse_lifetime_ms;
     long pong_timeout_ms;
     long http_idle_timeout_ms;
     long db_queue_max;

@@ -10,6 +10,7 @@
 #include "presence.h"
 #include "publish.h"
 #include "rest.h"
+#include "stream.h"
 #include "retention.h"
 #include "sigkey.h"
 #include "config.h"
@@ -86,6 +87,7 @@ static void shut_down(struct lifecycle *lc)
     server_stop(lc->srv);
     lc->srv = NULL;
     rest_free(lc->app->rest); /* after the server: closing connections ends their sessions */
+    streams_free(lc->app->streams);
     lc->app->rest = NULL;
     retention_free(lc->app->retention);
     lc->app->retention = NULL;
@@ -120,11 +122,15 @@ static void on_drain_tick(uv_timer_t *t)
             : (size_t)((double)lc->drain_total * (double)elapsed / (double)lc->spread_ms) + 1;
     if (due > lc->drain_total)
         due = lc->drain_total;
-    if (due > lc->drain_closed)
-        lc->drain_closed += client_drain(app, due - lc->drain_closed);
-    if (app->metrics.connections == 0 || now >= lc->deadline_ms) {
-        log_info("drained", "%lld connection(s) left; stopping",
-                 (long long)app->metrics.connections);
+    if (due > lc->drain_closed) {
+        size_t closed = client_drain(app, due - lc->drain_closed);
+        if (closed < due - lc->drain_closed) /* the HTTP streams after the WebSockets */
+            closed += stream_drain(app, due - lc->drain_closed - closed);
+        lc->drain_closed += closed;
+    }
+    long long left = (long long)app->metrics.connections + (long long)stream_count(app);
+    if (left == 0 || now >= lc->deadline_ms) {
+        log_info("drained", "%lld connection(s) left; stopping", left);
         shut_down(lc);
     }
 }
@@ -147,7 +153,7 @@ static void on_signal(uv_signal_t *s, int signum)
     lc->drain_start_ms = herald_now_ms(app);
     lc->deadline_ms = lc->drain_start_ms + (uint64_t)app->cfg->drain_seconds * 1000;
     lc->spread_ms = (uint64_t)app->cfg->drain_seconds * 1000 * 4 / 5;
-    lc->drain_total = (size_t)app->metrics.connections;
+    lc->drain_total = (size_t)app->metrics.connections + stream_count(app);
     lc->drain_closed = 0;
     log_info("draining", "signal %d: closing %lld connection(s) within %ld s", signum,
              (long long)app->metrics.connections, app->cfg->drain_seconds);
@@ -250,7 +256,8 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     struct herald app = {.cfg = cfg, .loop = &loop, .started_ms = uv_now(&loop)};
     later_init(&app.later, &loop);
     app.write_buf = malloc(HERALD_WRITE_BATCH);
-    app.hub = hub_new(&app, &client_sink);
+    app.client_sink = &client_sink;
+    app.hub = hub_new(&app);
     if (app.hub) {
         struct bus_events to_hub;
         hub_bus_events(app.hub, &to_hub);
@@ -258,6 +265,7 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
     }
     app.ips = ips;
     app.rest = rest_new(&app);
+    app.streams = streams_new(&app);
     app.presence = presence_new(&app, &presence_to_clients);
     char keys_err[300];
     app.keyring = keyring_new(&app, keys_err, sizeof keys_err);
@@ -275,7 +283,8 @@ static int serve(struct herald_config *cfg, struct iplimit *ips)
         app.sigkey = sigkey_new(&app);
     }
     struct lifecycle lc = {.app = &app};
-    bool ok = app.write_buf && app.hub && app.bus && app.ips && app.rest && app.presence &&
+    bool ok = app.write_buf && app.hub && app.bus && app.ips && app.rest && app.streams &&
+              app.presence &&
               ((app.db && app.retention && app.publisher && app.sigkey) || !cfg->database_url[0]) &&
               (app.db_read || !cfg->database_read_url[0]);
     lc.srv = ok ? server_start(&app) : NULL;

@@ -25,14 +25,14 @@ struct hub {
     struct log_limit invalid_log;
 };
 
-struct hub *hub_new(struct herald *app, const struct hub_sink *sink)
+struct hub *hub_new(struct herald *app)
 {
     struct hub *hub = calloc(1, sizeof *hub);
     if (!hub)
         return NULL;
     hub->app = app;
     hub->reg = registry_new();
-    hub->seq = hub->reg ? seq_new(app, hub->reg, sink) : NULL;
+    hub->seq = hub->reg ? seq_new(app, hub->reg) : NULL;
     if (!hub->seq) {
         registry_free(hub->reg, NULL, NULL);
         free(hub);
@@ -178,7 +178,8 @@ void hub_client_gone(struct hub *hub, struct subscriber *s)
     while (s->n > 0)
         leave(hub, s, s->n - 1);
     free(s->refs);
-    *s = (struct subscriber){0};
+    s->refs = NULL;
+    s->n = s->cap = 0;
 }
 
 static void resubscribe(struct channel *ch, void *arg)
@@ -305,6 +306,12 @@ static void hub_on_message(struct hub *hub, const char *name, size_t len, const 
 const char *hub_channel_name(const struct subscriber *s, uint16_t i)
 {
     return s->refs[i].ch->name;
+}
+
+const char *hub_channel_epoch(const struct subscriber *s, uint16_t i)
+{
+    const struct channel *ch = s->refs[i].ch;
+    return ch->baseline && ch->epoch[0] ? ch->epoch : NULL;
 }
 
 void hub_client_drained(struct hub *hub, struct subscriber *s)

@@ -18,9 +18,8 @@ struct hub_sink;
 struct subscriber;
 struct bus_events;
 
-/* sink: how frames and replies reach a subscriber (kept, not copied: it must outlive the
- * hub). */
-struct hub *hub_new(struct herald *app, const struct hub_sink *sink);
+/* Frames and replies reach each subscriber through its own sink (sink.h). */
+struct hub *hub_new(struct herald *app);
 void hub_free(struct hub *hub);
 
 /* The table bus_new takes: the bus's events come to this hub. */
@@ -35,6 +34,10 @@ uint64_t hub_known_head(const struct hub *hub, const char *name, size_t len);
 
 /* The name of s's i-th channel (i < s->n), valid while s is a member of it. */
 const char *hub_channel_name(const struct subscriber *s, uint16_t i);
+
+/* The epoch of s's i-th channel, NULL while it has no history (no baseline or no message
+ * yet). */
+const char *hub_channel_epoch(const struct subscriber *s, uint16_t i);
 
 /* True when s is a member of the channel name[0..len). */
 bool hub_is_member(const struct subscriber *s, const char *name, size_t len);

@@ -29,7 +29,6 @@ struct chan_list {
 struct seq {
     struct herald *app;
     struct registry *reg;
-    const struct hub_sink *sink;
     struct chan_list holding; /* channels with held frames or an open hint */
     struct chan_list heads;   /* channels waiting for a head lookup */
     bool heads_in_flight;
@@ -109,11 +108,11 @@ static void list_push_front(struct chan_list *l, struct channel *ch, size_t off)
     l->n++;
 }
 
-struct seq *seq_new(struct herald *app, struct registry *reg, const struct hub_sink *sink)
+struct seq *seq_new(struct herald *app, struct registry *reg)
 {
     struct seq *s = calloc(1, sizeof *s);
     if (s)
-        *s = (struct seq){.app = app, .reg = reg, .sink = sink};
+        *s = (struct seq){.app = app, .reg = reg};
     return s;
 }
 
@@ -213,12 +212,12 @@ static struct frame *cache_find(const struct channel *ch, uint64_t seq)
 
 void seq_deliver(struct seq *s, struct channel *ch, struct frame *f)
 {
-    void (*deliver)(struct subscriber *, struct frame *) = s->sink->deliver;
+    (void)s;
     for (uint32_t i = 0; i < ch->nmembers; i++) {
         struct member *m = &ch->members[i];
         if (!m->ready || (f->seq && f->seq <= m->last_seq))
             continue;
-        deliver(m->sub, f);
+        m->sub->sink->deliver(m->sub, f);
         if (f->seq)
             m->last_seq = f->seq;
     }
@@ -764,7 +763,7 @@ static void answer(struct seq *s, struct channel *ch, struct waiter *w, bool res
                            .replayed = w->replayed,
                            .code = code,
                            .refused = refused};
-    s->sink->answered(w->sub, ch->name, &a, w->id_json);
+    w->sub->sink->answered(w->sub, ch->name, &a, w->id_json);
 }
 
 /* Why a resume cannot be served at all, or NULL. */
@@ -842,13 +841,13 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
     struct member *m = registry_member(ch, w->sub);
     struct frame *f;
     while (w->since < ch->last_seq && (f = next_frame(ch, w))) {
-        if (!s->sink->has_room(w->sub, f->len)) {
+        if (!w->sub->sink->has_room(w->sub, f->len)) {
             w->paused = true;
             s->app->metrics.replay_pauses++;
-            s->sink->notify_drained(w->sub);
+            w->sub->sink->notify_drained(w->sub);
             return STEP_PAUSED;
         }
-        s->sink->deliver(w->sub, f);
+        w->sub->sink->deliver(w->sub, f);
         w->since = f->seq;
         w->replayed++;
         w->attempts = 0;
@@ -955,7 +954,7 @@ static void reset_epoch(struct seq *s, struct channel *ch, const struct history_
         struct member *m = &ch->members[i];
         m->last_seq = page->head;
         if (m->ready)
-            s->sink->answered(m->sub, ch->name, &a, NULL);
+            m->sub->sink->answered(m->sub, ch->name, &a, NULL);
     }
 }
 

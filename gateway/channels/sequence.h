@@ -4,7 +4,7 @@
  * replayed from that cache or from PostgreSQL, paced by the subscriber's queue.
  *
  * It sits on the registry (channels, members, waiters) and history (store/); it reaches the
- * connections only through the hub_sink it is given. */
+ * connections only through each subscriber's hub_sink. */
 #ifndef HERALD_SEQUENCE_H
 #define HERALD_SEQUENCE_H
 
@@ -21,7 +21,7 @@ struct hub_sink;
 
 struct seq;
 
-struct seq *seq_new(struct herald *app, struct registry *reg, const struct hub_sink *sink);
+struct seq *seq_new(struct herald *app, struct registry *reg);
 void seq_free(struct seq *s);
 
 /* Sends f to every ready member of ch that has not had its seq yet (a raw message has seq

@@ -19,8 +19,11 @@ struct sub_ref {
 };
 
 /* A connection's side of its subscriptions. The connection embeds it (and gets back to
- * itself with container_of); only the channel core (registry.c) writes it. */
+ * itself with container_of) and sets `sink` before its first subscribe: how the core reaches
+ * this kind of connection (a WebSocket client, an HTTP stream). Only the channel core
+ * (registry.c) writes the rest. */
 struct subscriber {
+    const struct hub_sink *sink;
     struct sub_ref *refs;
     uint16_t n, cap;
 };

@@ -24,6 +24,8 @@ struct sigkey;
 struct client;
 struct presence;
 struct keyring;
+struct streams;
+struct hub_sink;
 
 /* Bytes gathered from a client's queue into one write() per WRITEABLE callback. */
 #define HERALD_WRITE_BATCH (64 * 1024)
@@ -45,6 +47,10 @@ struct herald {
     struct presence *presence;   /* who is on the HERALD_PRESENCE channels */
     struct keyring *keyring;     /* public keys for RS256 and ES256 tokens */
     struct rest *rest;           /* REST sessions reading a body */
+    struct streams *streams;     /* HTTP streams (SSE, long-poll) */
+    /* how the channel core reaches a WebSocket client (channels/sink.h); an HTTP stream
+     * brings its own */
+    const struct hub_sink *client_sink;
     struct iplimit *ips;         /* connections per client address */
     uint8_t *write_buf;          /* HERALD_WRITE_BATCH bytes, shared by all connections */
     uv_check_t flush_check;      /* both run client_flush_dirty */

@@ -24,7 +24,8 @@ void cors_lines(const struct herald *app, struct lws *wsi, char *out, size_t cap
     if (listed_origin(app, wsi, origin, sizeof origin))
         snprintf(out, cap,
                  "access-control-allow-origin: %s\r\nvary: origin\r\n"
-                 "access-control-expose-headers: retry-after\r\n",
+                 "access-control-expose-headers: retry-after, stream-next-offset, "
+                 "stream-cursor, stream-up-to-date\r\n",
                  origin);
 }
 

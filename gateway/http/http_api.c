@@ -76,6 +76,18 @@ static void render_metrics(struct herald *app, FILE *f)
            (double)m->writes);
     metric(f, "herald_client_frames_in_total", "counter", "Messages received from clients.",
            (double)m->client_frames_in);
+    fprintf(f,
+            "# HELP herald_http_streams Open HTTP streams: SSE responses, and long-polls and "
+            "catch-up reads waiting.\n# TYPE herald_http_streams gauge\n"
+            "herald_http_streams{kind=\"sse\"} %lld\nherald_http_streams{kind=\"poll\"} %lld\n",
+            (long long)m->streams_sse, (long long)m->streams_poll);
+    metric(f, "herald_http_streams_total", "counter", "HTTP streams admitted.",
+           (double)m->streams_total);
+    metric(f, "herald_http_stream_messages_total", "counter", "Messages queued to HTTP streams.",
+           (double)m->stream_messages);
+    metric(f, "herald_http_stream_slow_closes_total", "counter",
+           "SSE streams closed for a queue past HERALD_CLIENT_QUEUE_BYTES.",
+           (double)m->stream_slow_closes);
     metric(f, "herald_slow_consumer_closes_total", "counter",
            "Clients closed with 4008 for a full send queue.", (double)m->slow_consumer_closes);
     metric(f, "herald_redis_reconnects_total", "counter", "Redis reconnections.",

@@ -49,6 +49,8 @@ static const char *reason_phrase(unsigned status)
         return "OK";
     case 201:
         return "Created";
+    case 204:
+        return "No Content";
     case 400:
         return "Bad Request";
     case 401:
@@ -61,6 +63,10 @@ static const char *reason_phrase(unsigned status)
         return "Method Not Allowed";
     case 408:
         return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
     case 411:
         return "Length Required";
     case 413:
@@ -80,10 +86,14 @@ size_t http_json_head(char *out, size_t cap, unsigned status, size_t body_len, b
                       const char *extra)
 {
     bool retry = status == 503 || status == 429;
+    char length[64] = ""; /* a 204 has neither (RFC 9110 8.6) */
+    if (status != 204)
+        snprintf(length, sizeof length, "content-type: application/json\r\ncontent-length: %zu\r\n",
+                 body_len);
     int n = snprintf(out, cap,
-                     "HTTP/1.1 %u %s\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n"
-                     "cache-control: no-store\r\nx-content-type-options: nosniff\r\n%s%s%s\r\n",
-                     status, reason_phrase(status), body_len, retry ? "retry-after: 1\r\n" : "",
+                     "HTTP/1.1 %u %s\r\n%scache-control: no-store\r\nx-content-type-options: "
+                     "nosniff\r\n%s%s%s\r\n",
+                     status, reason_phrase(status), length, retry ? "retry-after: 1\r\n" : "",
                      close ? "connection: close\r\n" : "", extra ? extra : "");
     return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }

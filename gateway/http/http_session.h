@@ -12,6 +12,7 @@
 
 struct lws;
 struct rest_call;
+struct stream;
 
 enum rest_phase {
     REST_IDLE,  /* no request yet */
@@ -38,6 +39,8 @@ struct http_session {
     struct http_session *body_prev, *body_next; /* while reading a body (REST_BODY) */
     unsigned status;
     char cors[CORS_LINES_MAX]; /* CORS header lines of the answer (cors.h), or "" */
+    char extra[256];           /* more header lines of the answer (Durable Streams'), or "" */
+    struct stream *stream;     /* GET .../stream: its subscriber, until it ends (stream.h) */
     char *response;            /* headroom (LWS_PRE and the head), then the answer's body */
     size_t response_len;
 };

@@ -11,6 +11,7 @@
 #include "presence.h"
 #include "publish.h"
 #include "query.h"
+#include "stream.h"
 
 #include <jansson.h>
 #include <libwebsockets.h>
@@ -29,8 +30,8 @@
 #define MSG_UNAVAILABLE "the history is unavailable"
 #define MSG_ROUTES                                                                                 \
     "routes: GET /v1/channels/{channel}, GET and POST /v1/channels/{channel}/messages, GET "       \
-    "/v1/channels/{channel}/presence (channel: 1-200 bytes of A-Z a-z 0-9 _ - . : @ =), POST "     \
-    "/v1/messages"
+    "/v1/channels/{channel}/presence, GET /v1/channels/{channel}/stream (channel: 1-200 bytes of " \
+    "A-Z a-z 0-9 _ - . : @ =), POST /v1/messages"
 
 struct rest_batch;
 
@@ -46,6 +47,7 @@ struct rest_call {
     char space[KEY_SPACE_MAX + 1]; /* the caller's idempotency key space */
     char key[STORED_KEY_MAX + 1];  /* a single publish's key, in that space; "" for none */
     bool is_batch;                 /* POST /v1/messages */
+    bool keep_who;                 /* a stream: its token's expiry ends it */
     struct principal who; /* its caller, when auth is on: checked per channel in the body */
     bool has_who;
     struct history_request read;
@@ -178,6 +180,7 @@ static void session_reset(struct herald *app, struct http_session *s)
     free(s->response);
     s->response = NULL;
     s->response_len = 0;
+    s->extra[0] = '\0';
     set_phase(app, s, REST_IDLE);
     s->refused = false;
 }
@@ -187,6 +190,7 @@ void rest_session_free(struct herald *app, struct lws *wsi)
     struct http_session *s = http_session_get(wsi);
     if (!s)
         return;
+    stream_gone(app, s);
     session_reset(app, s);
     free(s);
     lws_set_opaque_user_data(wsi, NULL);
@@ -200,7 +204,7 @@ static void stray(struct http_session *s)
 
 /* Room for an answer's body of len bytes, with headroom for lws and the head in front;
  * NULL when out of memory. */
-#define HEAD_ROOM (256 + CORS_LINES_MAX)
+#define HEAD_ROOM (256 + CORS_LINES_MAX + sizeof ((struct http_session *)0)->extra)
 
 static char *answer_room(struct http_session *s, size_t len)
 {
@@ -221,9 +225,10 @@ static void write_now(struct herald *app, struct lws *wsi, struct http_session *
 {
     bool hang_up = s->stray || !s->response;
     if (s->response) {
-        char head[HEAD_ROOM];
+        char head[HEAD_ROOM], extra[sizeof s->cors + sizeof s->extra];
+        snprintf(extra, sizeof extra, "%s%s", s->cors, s->extra);
         size_t h = http_json_head(head, sizeof head, s->status, s->response_len, hang_up,
-                                  s->cors[0] ? s->cors : NULL);
+                                  extra[0] ? extra : NULL);
         char *start = s->response + LWS_PRE + HEAD_ROOM - h;
         memcpy(start, head, h);
         if (lws_write(wsi, (unsigned char *)start, h + s->response_len, LWS_WRITE_RAW) < 0)
@@ -275,6 +280,19 @@ static void answer_error(struct herald *app, struct lws *wsi, struct http_sessio
     app->metrics.client_errors[code]++;
     char body[768];
     answer(app, wsi, s, status, body, http_error_body(body, sizeof body, code, message));
+}
+
+void rest_answer(struct herald *app, struct lws *wsi, struct http_session *s, unsigned status,
+                 const char *extra, const char *body, size_t len)
+{
+    snprintf(s->extra, sizeof s->extra, "%s", extra ? extra : "");
+    answer(app, wsi, s, status, body, len);
+}
+
+void rest_answer_error(struct herald *app, struct lws *wsi, struct http_session *s,
+                       unsigned status, enum errcode code, const char *message)
+{
+    answer_error(app, wsi, s, status, code, message);
 }
 
 /* The session the answer is for, or NULL when the connection closed meanwhile. */
@@ -364,12 +382,23 @@ static void on_page(void *arg, const struct history_page *page, const char *err)
     call_free(c);
 }
 
-/* lws keeps the query string split at '&' and %-decoded, one fragment per pair; each is
- * read whole, whatever its length, and empty ones are skipped. */
+static int history_pair(void *arg, const char *key, size_t klen, const char *val, size_t vlen,
+                        char *err, size_t errlen)
+{
+    return query_history_pair(arg, key, klen, val, vlen, err, errlen);
+}
+
 static int read_query(struct lws *wsi, struct query_history *q, char *err, size_t errlen)
 {
     struct query_history_parser parser;
     query_history_begin(&parser, q);
+    return rest_query_pairs(wsi, history_pair, &parser, err, errlen);
+}
+
+/* lws keeps the query string split at '&' and %-decoded, one fragment per pair; each is
+ * read whole, whatever its length, and empty ones are skipped. */
+int rest_query_pairs(struct lws *wsi, rest_pair_cb pair, void *arg, char *err, size_t errlen)
+{
     char *frag = malloc(QUERY_ARG_MAX);
     if (!frag) {
         snprintf(err, errlen, "out of memory");
@@ -382,8 +411,8 @@ static int read_query(struct lws *wsi, struct query_history *q, char *err, size_
         const char *eq = memchr(frag, '=', (size_t)n);
         size_t klen = eq ? (size_t)(eq - frag) : (size_t)n;
         if (n > 0)
-            rc = query_history_pair(&parser, frag, klen, eq ? eq + 1 : frag + n,
-                                    eq ? (size_t)n - klen - 1 : 0, err, errlen);
+            rc = pair(arg, frag, klen, eq ? eq + 1 : frag + n, eq ? (size_t)n - klen - 1 : 0, err,
+                      errlen);
     }
     free(frag);
     return rc;
@@ -438,9 +467,9 @@ static void on_presence(void *arg, const char *list, size_t len)
 /* ------------------------------------------------------------------------------------------
  * Routes and credentials */
 
-enum route { ROUTE_NONE, ROUTE_MESSAGES, ROUTE_POSITION, ROUTE_PRESENCE };
+enum route { ROUTE_NONE, ROUTE_MESSAGES, ROUTE_POSITION, ROUTE_PRESENCE, ROUTE_STREAM };
 
-/* /v1/channels/{C}/messages, /v1/channels/{C}/presence or /v1/channels/{C} -> which, and C,
+/* /v1/channels/{C}/messages, .../presence, .../stream or /v1/channels/{C} -> which, and C,
  * validated. */
 static enum route route_channel(const char *uri, char *out)
 {
@@ -448,7 +477,9 @@ static enum route route_channel(const char *uri, char *out)
     static const struct {
         const char *suffix;
         enum route route;
-    } tails[] = {{"/messages", ROUTE_MESSAGES}, {"/presence", ROUTE_PRESENCE}};
+    } tails[] = {{"/messages", ROUTE_MESSAGES},
+                 {"/presence", ROUTE_PRESENCE},
+                 {"/stream", ROUTE_STREAM}};
     size_t len = strlen(uri), pl = sizeof prefix - 1;
     if (strncmp(uri, prefix, pl) != 0)
         return ROUTE_NONE;
@@ -512,6 +543,11 @@ static bool authorized(struct herald *app, struct lws *wsi, struct http_session 
     }
     size_t len = strlen(channel);
     bool ok = post ? auth_may_publish(&p, channel, len) : auth_may_read(&p, channel, len);
+    if (ok && c->keep_who) {
+        c->who = p;
+        c->has_who = true;
+        return true;
+    }
     auth_release(&p);
     if (!ok)
         answer_error(app, wsi, s, 403, ERR_FORBIDDEN,
@@ -584,8 +620,18 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     if (!c)
         return -1;
     c->is_batch = batch;
+    c->keep_who = route == ROUTE_STREAM;
     if (!authorized(app, wsi, s, c, batch ? NULL : channel, post))
         return 0;
+    if (route == ROUTE_STREAM) { /* the stream answers from now on */
+        struct principal who = c->who;
+        bool has_who = c->has_who;
+        c->has_who = false;
+        s->call = NULL;
+        call_free(c);
+        set_phase(app, s, REST_WAIT);
+        return stream_begin(app, wsi, s, channel, has_who ? &who : NULL);
+    }
     if (!post && route == ROUTE_MESSAGES && read_query(wsi, &c->q, err, sizeof err) < 0) {
         answer_error(app, wsi, s, 400, ERR_BAD_REQUEST, err);
         return 0;

@@ -16,6 +16,7 @@
 #ifndef HERALD_REST_H
 #define HERALD_REST_H
 
+#include "errcode.h"
 #include "http_session.h"
 
 #include <stdbool.h>
@@ -44,6 +45,20 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri);
 int rest_body(struct herald *app, struct lws *wsi, struct http_session *s, const void *in,
               size_t len);
 int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s);
+
+/* The answer of a request another module ran (stream.c): status, extra header lines (NULL
+ * or whole lines), the body. Written now, or after the body of a refused POST. */
+void rest_answer(struct herald *app, struct lws *wsi, struct http_session *s, unsigned status,
+                 const char *extra, const char *body, size_t len);
+/* The same with {"error":{...}}, counted by code. */
+void rest_answer_error(struct herald *app, struct lws *wsi, struct http_session *s,
+                       unsigned status, enum errcode code, const char *message);
+
+/* Calls pair on each key=value of the request's query (split and %-decoded by lws; a pair
+ * without '=' has an empty value), in order, until one returns -1 (its reason in err). */
+typedef int (*rest_pair_cb)(void *arg, const char *key, size_t klen, const char *val,
+                            size_t vlen, char *err, size_t errlen);
+int rest_query_pairs(struct lws *wsi, rest_pair_cb pair, void *arg, char *err, size_t errlen);
 
 /* LWS_CALLBACK_HTTP_WRITEABLE: -1 (close) once an answer that ends the connection is out. */
 int rest_writable(struct lws *wsi);

@@ -8,6 +8,7 @@
 #include "listener.h"
 #include "log.h"
 #include "rest.h"
+#include "stream.h"
 
 #include <libwebsockets.h>
 #include <stdlib.h>
@@ -136,6 +137,8 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
         http_guard_refuse(app, wsi, 405, ERR_BAD_REQUEST, "method not allowed: GET and POST only");
         return -1;
     case LWS_CALLBACK_HTTP:
+        if (s && s->stream)
+            return -1; /* a request behind a stream's: the stream ends (stream.h) */
         if (rest_stray_request(wsi))
             return 0;
         if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_POST_URI) <= 0)
@@ -144,10 +147,16 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
             return rest_begin(app, wsi, uri);
         return http_api_serve(app, wsi);
     case LWS_CALLBACK_HTTP_BODY:
+        if (s && s->stream)
+            return -1;
         return s ? rest_body(app, wsi, s, in, len) : 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        if (s && s->stream)
+            return -1;
         return s ? rest_body_done(app, wsi, s) : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (s && s->stream)
+            return stream_writable(app, s);
         if (rest_writable(wsi) < 0)
             return -1;
         return lws_callback_http_dummy(wsi, reason, user, in, len);

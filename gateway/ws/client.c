@@ -27,6 +27,7 @@ static void client_init(struct client *c, struct lws *wsi, struct herald *app)
     c->deflate = deflate;
     c->wsi = wsi;
     c->app = app;
+    c->sub.sink = app->client_sink;
 }
 
 /* The process's lists of clients (herald.dirty, herald.clients), each through its own

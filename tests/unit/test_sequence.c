@@ -334,7 +334,7 @@ static int setup(void **state)
     w.db_is_up = true;
     static const unsigned char k[ENVELOPE_KEY_LEN] = "0123456789abcdef0123456789abcdef";
     assert_int_equal(envelope_key_init(&key, k, sizeof k), 0);
-    w.hub = hub_new(&w.app, &sink);
+    w.hub = hub_new(&w.app);
     assert_non_null(w.hub);
     hub_bus_events(w.hub, &w.bus);
     return 0;
@@ -363,7 +363,7 @@ static void leave(struct fake_sub *f)
 static void delivers_in_order(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     live(7);
@@ -376,7 +376,7 @@ static void delivers_in_order(void **state)
 static void holds_across_a_gap_until_the_missing_one_comes(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     store_up_to(7); /* 7 is in PostgreSQL, its PUBLISH is late */
@@ -394,7 +394,7 @@ static void holds_across_a_gap_until_the_missing_one_comes(void **state)
 static void a_gap_held_too_long_is_filled_from_history(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     store_up_to(7); /* 6 and 7 never come from Redis */
     live(8);
@@ -415,7 +415,7 @@ static void a_gap_held_too_long_is_filled_from_history(void **state)
 static void a_gap_history_cannot_fill_is_skipped_and_counted(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     store_up_to(6);
     live(7);
@@ -430,7 +430,7 @@ static void a_gap_history_cannot_fill_is_skipped_and_counted(void **state)
 static void a_duplicate_is_dropped(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     live(6); /* the cached 6: nothing to check */
@@ -449,7 +449,7 @@ static void a_duplicate_is_dropped(void **state)
 static void a_resume_is_served_from_the_cache(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     for (uint64_t s = 6; s <= 10; s++)
         live(s);
@@ -469,7 +469,7 @@ static void a_resume_is_served_from_the_cache(void **state)
 static void last_n_replays_the_latest_messages(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = true}, c = {.room = true}, d = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true}, c = {.sub.sink = &sink, .room = true}, d = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     for (uint64_t s = 6; s <= 10; s++)
         live(s);
@@ -498,7 +498,7 @@ static void last_n_replays_the_latest_messages(void **state)
 static void a_resume_is_served_from_history(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     for (uint64_t s = 6; s <= 8; s++)
         live(s);
@@ -517,7 +517,7 @@ static void a_resume_is_served_from_history(void **state)
 static void a_resume_racing_live_messages_gets_each_once_in_order(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     struct resume r = {.since = 1, .epoch = EPOCH};
@@ -538,7 +538,7 @@ static void a_resume_racing_live_messages_gets_each_once_in_order(void **state)
 static void a_resume_waits_for_room_in_the_queue(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = false};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = false};
     join_at_head_5(&a);
     for (uint64_t s = 6; s <= 8; s++)
         live(s);
@@ -559,7 +559,7 @@ static void a_resume_waits_for_room_in_the_queue(void **state)
 static void a_resume_past_the_history_is_refused(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = true}, c = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true}, c = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     struct resume other_epoch = {.since = 3, .epoch = "e0"}, ahead = {.since = 9, .epoch = EPOCH};
     subscribe(&b, &other_epoch);
@@ -582,7 +582,7 @@ static void a_resume_past_the_history_is_refused(void **state)
 static void a_strict_resume_is_refused_and_dropped(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = true}, c = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true}, c = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     struct resume wrong = {.since = 3, .epoch = "e0", .strict = true};
     struct resume fine = {.since = 4, .epoch = EPOCH, .strict = true};
@@ -610,7 +610,7 @@ static void a_strict_resume_is_refused_and_dropped(void **state)
 static void a_resume_ahead_of_this_process_waits_for_the_gap_fill(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     announce_unsigned(9); /* 6..9 are stored; this process has delivered up to 5 */
     struct resume r = {.since = 8, .epoch = EPOCH};
@@ -632,7 +632,7 @@ static void a_resume_ahead_of_this_process_waits_for_the_gap_fill(void **state)
 static void a_resume_ahead_without_any_announcement_is_checked(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     store_up_to(8); /* committed; nothing on Redis yet */
     struct resume r = {.since = 8, .epoch = EPOCH, .strict = true};
@@ -653,7 +653,7 @@ static void a_resume_ahead_without_any_announcement_is_checked(void **state)
 static void the_channel_forgotten_while_a_query_is_in_flight(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true}, b = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     struct resume r = {.since = 1, .epoch = EPOCH};
     subscribe(&b, &r);
@@ -673,7 +673,7 @@ static void the_channel_forgotten_while_a_query_is_in_flight(void **state)
 static void a_head_lookup_answered_after_the_channel_went(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     store_up_to(5);
     subscribe(&a, NULL);
     redis_confirms();
@@ -689,7 +689,7 @@ static void a_head_lookup_answered_after_the_channel_went(void **state)
 static void a_forged_payload_changes_nothing(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     const char *forged = "{\"op\":\"message\",\"channel\":\"c\",\"seq\":1000000,\"ts\":1,"
                          "\"data\":0,\"sig\":\"00000000000000000000000000000000000000000000000"
@@ -711,7 +711,7 @@ static void a_forged_payload_changes_nothing(void **state)
 static void a_presence_event_goes_out_as_it_is(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     const char *join = "{\"op\":\"join\",\"channel\":\"c\",\"member\":{\"sub\":\"al\"}}";
     w.bus.message(w.bus.arg, "c", 1, join, strlen(join));
@@ -759,7 +759,7 @@ static void new_epoch_then_reset(struct fake_sub *a, const char *log)
 static void a_history_lost_in_a_failover_gets_a_new_epoch(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     live(7);
@@ -779,7 +779,7 @@ static void without_a_cache_a_duplicate_makes_the_history_checked(void **state)
 {
     (void)state;
     w.cfg.recent_bytes = 0;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     live(7);
@@ -798,7 +798,7 @@ static void without_a_cache_a_duplicate_makes_the_history_checked(void **state)
 static void a_true_copy_is_only_a_duplicate(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     live(7);
@@ -814,7 +814,7 @@ static void a_true_copy_is_only_a_duplicate(void **state)
 static void a_replaced_history_past_the_delivered_seq_is_caught_by_its_digest(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     live(7);
@@ -842,7 +842,7 @@ static void a_replaced_history_past_the_delivered_seq_is_caught_by_its_digest(vo
 static void a_check_overtaken_by_a_live_message_is_no_divergence(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     tick_after(2000);
@@ -859,7 +859,7 @@ static void a_check_overtaken_by_a_live_message_is_no_divergence(void **state)
 static void an_intact_history_passes_the_check(void **state)
 {
     (void)state;
-    struct fake_sub a = {.room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     live(6);
     tick_after(2000);
