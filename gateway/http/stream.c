@@ -157,6 +157,7 @@ static bool over_limit(const struct stream *st, size_t more)
 }
 
 static void kick(struct stream *st);
+static void finish(struct stream *st);
 
 static void slow(struct stream *st)
 {
@@ -310,6 +311,7 @@ static void sink_notify_drained(struct subscriber *s)
     struct stream *st = stream_of(s);
     if (st->mode == POLL) { /* the page is full: answered with what it has */
         st->full = true;
+        st->recovered = true;
         kick(st);
     } else
         st->drain_wanted = true;
@@ -338,6 +340,20 @@ static void sink_answered(struct subscriber *s, const char *channel, const struc
         kick(st);
         return;
     }
+    if (reset && st->ds) { /* the offsets the client holds mean nothing now: start again */
+        st->status = 410;
+        st->code = ERR_HISTORY_RESET;
+        st->why = "the channel's history was reset: read again from -1";
+        if (st->mode == POLL || !st->head_out)
+            kick(st);
+        else
+            finish(st);
+        return;
+    }
+    if (reset && st->mode == POLL) { /* what was gathered is of the old epoch */
+        st->len = st->off = 0;
+        st->items = 0;
+    }
     if (a->seq > st->pos || reset)
         st->pos = a->seq;
     st->recovered = !a->resumed || a->recovered;
@@ -350,10 +366,6 @@ static void sink_answered(struct subscriber *s, const char *channel, const struc
     char pos[STREAM_POSITION_MAX], ev[400];
     stream_position_write(pos, epoch_of(st), st->pos);
     if (st->ds) {
-        if (reset) { /* the offsets the client holds mean nothing now */
-            slow(st);
-            return;
-        }
         queue_ds_control(st, true);
     } else {
         int n = snprintf(ev, sizeof ev, "{\"channel\":\"%s\",\"seq\":%llu,\"epoch\":%s%s%s,\"recovered\":%s%s%s%s}",
@@ -521,6 +533,11 @@ static void start_sse(struct stream *st)
 static void on_kick(struct later *item)
 {
     struct stream *st = LATER_OWNER(item, struct stream, kick);
+    if (!st->status && !st->answered && !st->full) { /* the drain came first */
+        st->status = 503;
+        st->code = ERR_UNAVAILABLE;
+        st->why = "this instance is draining: connect to another one";
+    }
     if (st->status)
         answer_error(st, st->status, st->code, st->why);
     else if (st->mode == POLL)
@@ -542,9 +559,8 @@ int stream_writable(struct herald *app, struct http_session *s)
     size_t n = st->len - st->off;
     if (n > HERALD_WRITE_BATCH)
         n = HERALD_WRITE_BATCH;
-    if (n) {
-        memcpy(app->write_buf, st->buf + st->off, n);
-        if (lws_write(st->wsi, app->write_buf, n, LWS_WRITE_RAW) < 0)
+    if (n) { /* raw bytes on HTTP/1.1: lws needs no headroom in front of them */
+        if (lws_write(st->wsi, (unsigned char *)st->buf + st->off, n, LWS_WRITE_RAW) < 0)
             return -1;
         st->off += n;
         if (st->off == st->len)
