@@ -21,7 +21,11 @@
 // (and as info.name), so tabs with the same name (?name=Alice) are one person. herald.js keeps
 // the member list (queried after each subscribe, then join/leave events, across both gateways).
 //
-// window.heraldDemo exposes the client and a snapshot() of counters for tests and curious people.
+// One more panel follows a channel (task_updates, or ?sse=<channel>) without herald.js: over HTTP
+// with the browser's own EventSource (see "one channel over HTTP" below).
+//
+// window.heraldDemo exposes the client and a snapshot() of counters for tests and curious people;
+// window.__sseSeqs the seqs the SSE panel received, in order.
 
 import { Herald } from "./herald.js";
 
@@ -699,6 +703,108 @@ $("notice-close").addEventListener("click", () => { $("notice").hidden = true; }
   }
 }
 
+// ---- one channel over HTTP: Server-Sent Events with the browser's own EventSource ----
+// GET /v1/channels/{C}/stream (EventSource asks for text/event-stream): the channel's last few
+// messages are replayed (last=), then live ones follow. Each durable message is an event with
+// id <epoch>_<seq>; when the connection drops, EventSource reconnects by itself (after the
+// server's retry: 1000) with the same URL and the last id it saw as Last-Event-ID, which the
+// gateway takes over last=/since=: exactly the missed messages are replayed, none twice. The
+// page makes a new EventSource only when the browser gives up (an HTTP error answer, e.g. 503
+// from a draining gateway): from since=<seq>&epoch=<epoch> of the last id. ?sse=<channel>
+// follows another channel.
+const SSE_CHANNEL = CHANNEL_RE.test(params.get("sse") || "") ? params.get("sse") : TASKS;
+const SSE_LAST = 8; // replayed on first load
+const SSE_SHOWN = 100;
+const sse = {
+  channel: SSE_CHANNEL,
+  state: "connecting",
+  sources: 0, // EventSource objects the page made (1 unless the browser gave up)
+  opens: 0, // connections opened, the browser's own reconnects included
+  seqs: [], // seqs received, in arrival order (bounded); also window.__sseSeqs
+  gaps: [], // {after, got}: a seq that was not the previous one + 1
+  notes: [], // the subscribed event's recovered:false and reset events: {event, code, seq}
+  lastSeq: null,
+  lastId: null, // the last event id (what EventSource sends as Last-Event-ID)
+};
+let sseSource = null;
+
+function sseUrl(fromId) {
+  const base = `/v1/channels/${SSE_CHANNEL}/stream`;
+  const m = /^([A-Za-z0-9-]+)_0*(\d+)$/.exec(fromId || "");
+  return m ? `${base}?since=${m[2]}&epoch=${m[1]}` : `${base}?last=${SSE_LAST}`;
+}
+
+function sseState(state, detail) {
+  sse.state = state;
+  $("sse-conn").dataset.state = state;
+  $("sse-label").textContent = { connecting: "Connecting…", open: "Open", reconnecting: "Reconnecting…", closed: "Closed" }[state];
+  $("sse-detail").textContent = detail ?? "";
+}
+
+function sseLine(seq, text, cls) {
+  const log = $("sse-log");
+  const pinned = log.scrollHeight - log.scrollTop - log.clientHeight < 30;
+  const li = el("li", `sse-item${cls ? ` ${cls}` : ""}`);
+  if (seq !== null) li.dataset.seq = seq;
+  li.append(el("span", "sse-seq", seq === null ? "–" : `#${seq}`), el("span", "sse-data", text));
+  li.querySelector(".sse-data").title = text;
+  log.append(li);
+  while (log.children.length > SSE_SHOWN) log.firstElementChild.remove();
+  $("sse-empty").hidden = true;
+  if (pinned) log.scrollTop = log.scrollHeight;
+}
+
+function sseOpen(fromId) {
+  const es = new EventSource(sseUrl(fromId));
+  sseSource = es;
+  sse.sources++;
+  es.onopen = () => {
+    sse.opens++;
+    sseState("open", sse.opens > 1 ? `resumed after seq ${sse.lastSeq ?? 0} · ${sse.opens - 1} reconnect${sse.opens === 2 ? "" : "s"}` : "live");
+  };
+  es.onmessage = (e) => {
+    let msg;
+    try { msg = JSON.parse(e.data); } catch { return; }
+    const seq = Number.isInteger(msg?.seq) ? msg.seq : null; // raw messages have none
+    if (seq !== null) {
+      if (sse.lastSeq !== null && seq !== sse.lastSeq + 1) sse.gaps.push({ after: sse.lastSeq, got: seq });
+      sse.lastSeq = seq;
+      sse.seqs.push(seq);
+      if (sse.seqs.length > 20000) sse.seqs.splice(0, 5000);
+    }
+    if (e.lastEventId) sse.lastId = e.lastEventId;
+    let text = JSON.stringify(msg?.data);
+    if (text === undefined) text = String(msg?.data);
+    sseLine(seq, text.length > 300 ? `${text.slice(0, 300)}…` : text);
+  };
+  const control = (name) => (e) => {
+    let d;
+    try { d = JSON.parse(e.data); } catch { return; }
+    if (e.lastEventId) sse.lastId = e.lastEventId;
+    const missed = name === "reset" || d.recovered === false;
+    if (missed) {
+      sse.notes.push({ event: name, code: d.code ?? null, seq: d.seq });
+      sseLine(null, name === "reset" ? `history reset (${d.code ?? "new epoch"}): following from seq ${d.seq}`
+        : `missed messages could not be replayed (${d.code ?? "not recovered"}): following from seq ${d.seq}`, "note");
+    }
+    if (Number.isInteger(d.seq) && (sse.lastSeq === null || missed)) sse.lastSeq = d.seq;
+  };
+  es.addEventListener("subscribed", control("subscribed"));
+  es.addEventListener("reset", control("reset"));
+  es.onerror = () => {
+    if (es.readyState === EventSource.CONNECTING) {
+      sseState("reconnecting", `the browser retries with Last-Event-ID after seq ${sse.lastSeq ?? 0}`);
+      return;
+    }
+    // CLOSED: the gateway answered with an error and the browser gave up; a new EventSource
+    // resumes from the last id (in the query: a new EventSource sends no Last-Event-ID)
+    es.close();
+    if (sseSource !== es) return;
+    sseState("closed", "retrying in 3 s");
+    setTimeout(() => { if (sseSource === es) sseOpen(sse.lastId); }, 3000);
+  };
+}
+
 // ---- saving this tab's state for a reload ----
 addEventListener("pagehide", () => {
   const state = {
@@ -743,6 +849,11 @@ if (restoring) {
 }
 refreshInstance();
 schedule();
+$("sse-channel").textContent = SSE_CHANNEL;
+if (SSE_CHANNEL !== TASKS) $("sse-h").textContent = "A channel over HTTP (SSE)";
+if (typeof EventSource === "function") sseOpen(null);
+else sseState("closed", "this browser has no EventSource");
+window.__sseSeqs = sse.seqs;
 
 window.heraldDemo = {
   herald,
@@ -754,5 +865,6 @@ window.heraldDemo = {
     tasks: model.tasks.size,
     chat: model.chat.map((m) => ({ seq: m.seq, text: m.data.text, from: m.data.from })),
     people: { ...model.people, members: model.people.members.map((m) => ({ sub: m.sub, name: personName(m) })) },
+    sse,
   })),
 };

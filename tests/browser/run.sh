@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Browser tests of the web demo (tests/browser/dashboard.test.mjs, presence.test.mjs) and of CORS (cors.test.mjs): installs what is missing
+# Browser tests of the web demo (tests/browser/dashboard.test.mjs, presence.test.mjs, sse.test.mjs) and of CORS (cors.test.mjs): installs what is missing
 # (Debian's chromium; playwright-core from npm into tests/browser/node_modules), then runs them
 # with Node's test runner against the gateway binary given as $1 (default build/gateway/herald).
 # Screenshots go to tests/artifacts/. For ctest:
@@ -34,4 +34,4 @@ if ! cmp -s "$dir/package-lock.json" "$stamp" 2>/dev/null; then
 fi
 
 cd "$dir"
-exec node --test --test-concurrency=1 dashboard.test.mjs cors.test.mjs presence.test.mjs
+exec node --test --test-concurrency=1 dashboard.test.mjs cors.test.mjs presence.test.mjs sse.test.mjs
