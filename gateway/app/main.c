@@ -53,11 +53,13 @@ static void close_signals(struct lifecycle *lc)
 static void on_check(uv_check_t *h)
 {
     client_flush_dirty(h->data);
+    stream_flush_dirty(h->data);
 }
 
 static void on_prepare(uv_prepare_t *h)
 {
     client_flush_dirty(h->data);
+    stream_flush_dirty(h->data);
 }
 
 /* Output queued by I/O callbacks is flushed right after them (check); output queued by

@@ -36,6 +36,9 @@ struct stream {
     struct lws *wsi;
     struct http_session *session;
     struct stream *prev, *next; /* the process's list: the sweep and the drain */
+    struct stream *dirty_prev, *dirty_next; /* in the dirty list while it has output to write */
+    bool dirty;
+    bool await_writable; /* the socket was full: lws calls WRITEABLE when it drains */
     struct later kick;          /* an answer or a head to write, from the loop */
     enum mode mode;
     bool ds;          /* the Durable Streams read protocol */
@@ -70,6 +73,7 @@ struct streams {
     struct herald *app;
     uv_timer_t sweep;
     struct stream *list;
+    struct stream *dirty; /* streams with output queued during this loop turn */
     size_t count;
 };
 
@@ -158,6 +162,8 @@ static bool over_limit(const struct stream *st, size_t more)
 
 static void kick(struct stream *st);
 static void finish(struct stream *st);
+static void mark_dirty(struct stream *st);
+static void unmark_dirty(struct stream *st);
 
 static void slow(struct stream *st)
 {
@@ -265,7 +271,9 @@ static void sink_deliver(struct subscriber *s, struct frame *f)
         return;
     const char *p = (const char *)frame_payload(f);
     size_t n = f->len - f->hdr;
-    if (!st->answered) { /* a replay: the channel's epoch is the one it is under */
+    if (!st->answered || !st->epoch[0]) {
+        /* a replay is under the channel's epoch; a channel answered before it had one gets
+         * it with its first message */
         const char *e = hub_channel_epoch(s, 0);
         snprintf(st->epoch, sizeof st->epoch, "%s", e ? e : "");
     }
@@ -294,8 +302,8 @@ static void sink_deliver(struct subscriber *s, struct frame *f)
     st->wrote_ms = herald_now_ms(st->app);
     if (st->mode == POLL && st->answered)
         kick(st); /* answered on the next turn, with whatever else this turn brings */
-    else if (st->head_out && st->wsi)
-        lws_callback_on_writable(st->wsi);
+    else if (st->head_out)
+        mark_dirty(st);
 }
 
 static bool sink_has_room(const struct subscriber *s, size_t len)
@@ -385,8 +393,8 @@ static void sink_answered(struct subscriber *s, const char *channel, const struc
     }
     if (!st->head_out)
         kick(st); /* the head goes first, from the loop */
-    else if (st->wsi)
-        lws_callback_on_writable(st->wsi);
+    else
+        mark_dirty(st);
 }
 
 static const struct hub_sink stream_sink = {
@@ -426,6 +434,7 @@ static void stream_free(struct stream *st)
 {
     struct herald *app = st->app;
     later_cancel(&app->later, &st->kick);
+    unmark_dirty(st);
     hub_client_gone(app->hub, &st->sub);
     list_remove(app->streams, st);
     if (st->mode == SSE)
@@ -494,7 +503,8 @@ static void answer_poll(struct stream *st)
     }
     if (len) {
         memcpy(body, start, (size_t)n);
-        memcpy(body + n, st->buf + st->off, items);
+        if (items) /* buf is NULL until something was queued */
+            memcpy(body + n, st->buf + st->off, items);
         memcpy(body + n + items, end, strlen(end));
     }
     struct herald *app = st->app;
@@ -527,7 +537,7 @@ static void start_sse(struct stream *st)
     st->wrote_ms = herald_now_ms(st->app);
     lws_http_mark_sse(st->wsi); /* no timeout, and the header table goes back to lws */
     lws_rx_flow_control(st->wsi, 1);
-    lws_callback_on_writable(st->wsi);
+    mark_dirty(st);
 }
 
 static void on_kick(struct later *item)
@@ -551,11 +561,10 @@ static void kick(struct stream *st)
     later_post(&st->app->later, &st->kick, on_kick);
 }
 
-int stream_writable(struct herald *app, struct http_session *s)
+/* Writes what is queued, at most a batch: what the socket does not take, lws keeps and sends
+ * itself, then calls WRITEABLE. -1: the connection failed. */
+static int write_some(struct stream *st)
 {
-    struct stream *st = s->stream;
-    if (!st || !st->head_out)
-        return 0;
     size_t n = st->len - st->off;
     if (n > HERALD_WRITE_BATCH)
         n = HERALD_WRITE_BATCH;
@@ -563,18 +572,89 @@ int stream_writable(struct herald *app, struct http_session *s)
         if (lws_write(st->wsi, (unsigned char *)st->buf + st->off, n, LWS_WRITE_RAW) < 0)
             return -1;
         st->off += n;
-        if (st->off == st->len)
-            st->off = st->len = 0;
     }
-    if (st->len > st->off)
-        lws_callback_on_writable(st->wsi);
-    else if (st->finishing)
-        return -1; /* lws has written everything: WRITEABLE comes only then */
-    if (st->drain_wanted && st->len - st->off <= (size_t)app->cfg->client_queue_bytes / 4) {
+    if (st->off == st->len) { /* drained: an idle stream holds no buffer */
+        free(st->buf);
+        st->buf = NULL;
+        st->off = st->len = st->cap = 0;
+    }
+    if (st->drain_wanted && st->len - st->off <= (size_t)st->app->cfg->client_queue_bytes / 4) {
         st->drain_wanted = false;
-        hub_client_drained(app->hub, &st->sub);
+        hub_client_drained(st->app->hub, &st->sub); /* may queue more: the next turn writes it */
     }
     return 0;
+}
+
+/* Waits for WRITEABLE when lws still holds bytes or more is queued, or to close a finished
+ * stream from inside lws's callback. */
+static void wait_writable(struct stream *st)
+{
+    if (lws_partial_buffered(st->wsi) || st->len > st->off || st->finishing) {
+        st->await_writable = true;
+        lws_callback_on_writable(st->wsi);
+    }
+}
+
+int stream_writable(struct herald *app, struct http_session *s)
+{
+    (void)app;
+    struct stream *st = s->stream;
+    if (!st || !st->head_out)
+        return 0;
+    st->await_writable = false;
+    if (st->finishing && st->len == st->off)
+        return -1; /* lws has written everything: WRITEABLE comes only then */
+    if (write_some(st) < 0)
+        return -1;
+    wait_writable(st);
+    return 0;
+}
+
+static void mark_dirty(struct stream *st)
+{
+    struct streams *ss = st->app->streams;
+    if (st->dirty || !st->wsi)
+        return;
+    st->dirty = true;
+    st->dirty_prev = NULL;
+    st->dirty_next = ss->dirty;
+    if (ss->dirty)
+        ss->dirty->dirty_prev = st;
+    ss->dirty = st;
+}
+
+static void unmark_dirty(struct stream *st)
+{
+    struct streams *ss = st->app->streams;
+    if (!st->dirty)
+        return;
+    if (st->dirty_prev)
+        st->dirty_prev->dirty_next = st->dirty_next;
+    else
+        ss->dirty = st->dirty_next;
+    if (st->dirty_next)
+        st->dirty_next->dirty_prev = st->dirty_prev;
+    st->dirty = false;
+}
+
+void stream_flush_dirty(struct herald *app)
+{
+    struct stream *st;
+    while (app->streams && (st = app->streams->dirty)) {
+        unmark_dirty(st);
+        if (st->await_writable || !st->head_out)
+            continue;
+        if (lws_partial_buffered(st->wsi)) {
+            wait_writable(st);
+            continue;
+        }
+        if (write_some(st) < 0) {
+            st->finishing = true;
+            lws_set_timeout(st->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+            continue;
+        }
+        wait_writable(st);
+    }
 }
 
 void stream_gone(struct herald *app, struct http_session *s)
@@ -595,7 +675,7 @@ static void finish(struct stream *st)
         return;
     st->finishing = true;
     if (st->head_out)
-        lws_callback_on_writable(st->wsi);
+        mark_dirty(st);
 }
 
 size_t stream_drain(struct herald *app, size_t n)
@@ -646,7 +726,7 @@ static void sweep_one(struct stream *st, uint64_t now, int64_t wall)
     if (now - st->wrote_ms >= (uint64_t)cfg->stream_heartbeat_ms && reserve(st, 3)) {
         puts_(st, ":\n\n"); /* a comment: keeps proxies from timing the response out */
         st->wrote_ms = now;
-        lws_callback_on_writable(st->wsi);
+        mark_dirty(st);
     }
 }
 

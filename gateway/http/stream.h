@@ -37,6 +37,11 @@ void streams_free(struct streams *ss);
 int stream_begin(struct herald *app, struct lws *wsi, struct http_session *s,
                  const char *channel, struct principal *who);
 
+/* Writes what SSE streams queued during this loop turn, one write each, without a POLLOUT
+ * round trip (like client_flush_dirty); a stream whose socket is full waits for WRITEABLE.
+ * Runs from the loop's check and prepare phases. */
+void stream_flush_dirty(struct herald *app);
+
 /* LWS_CALLBACK_HTTP_WRITEABLE of a streaming connection: -1 closes it. */
 int stream_writable(struct herald *app, struct http_session *s);
 

@@ -179,6 +179,34 @@ class SSETest(StreamCase):
         self.assertEqual([json.loads(e["data"])["seq"] for e in evs if "event" not in e], [4, 5])
         self.assertEqual(self.h.metric("herald_http_streams", {"kind": "sse"}), 1)
 
+    async def test_a_stream_opened_before_the_first_message_gets_its_epoch(self):
+        c = self.sse("/v1/channels/fresh/stream")
+        sub = json.loads(self.until_event(c, "subscribed")[-1]["data"])
+        self.assertEqual((sub["seq"], sub["epoch"]), (0, None))
+        first = self.publish("fresh", {"n": 1})
+        ev = c.event()
+        self.assertEqual(ev["id"], position(first["epoch"], 1))
+        c.close()
+        self.publish("fresh", {"n": 2})
+        self.publish("fresh", {"n": 3})
+        c = self.sse("/v1/channels/fresh/stream", [f"Last-Event-ID: {ev['id']}"])
+        evs = self.until_event(c, "subscribed")
+        self.assertEqual([json.loads(e["data"])["seq"] for e in evs if "event" not in e], [2, 3])
+        self.assertTrue(json.loads(evs[-1]["data"])["recovered"])
+        # the same for a long-poll that waited on the fresh channel
+        status_page = []
+
+        def poll():
+            c = self.open(get_req("/v1/channels/fresh2/stream?since=0&timeout=20"))
+            status_page.append((c.head(30), json.loads(c.body(30))))
+
+        task = asyncio.create_task(asyncio.to_thread(poll))
+        await asyncio.sleep(0.5)
+        first = self.publish("fresh2", {"n": 1})
+        await asyncio.wait_for(task, 30)
+        status, page = status_page[0]
+        self.assertEqual((status, page["seq"], page["epoch"]), (200, 1, first["epoch"]))
+
     async def test_raw_messages_have_no_id_and_heartbeats_are_comments(self):
         c = self.sse("/v1/channels/room/stream")
         self.until_event(c, "subscribed")
