@@ -342,7 +342,8 @@ static void sink_answered(struct subscriber *s, const char *channel, const struc
         st->status = unavailable ? 503 : st->ds ? 410 : 409;
         st->code = errcode_from_name(a->code);
         st->why = unavailable ? "the history is unavailable"
-                  : st->ds    ? "the offset is no longer in the history: read again from -1"
+                  : st->ds    ? "the offset is not in the channel's history (reset, pruned, or "
+                                "never given): read again from -1"
                               : "strict: the missed messages cannot be replayed; load the state "
                                 "again and read from its position";
         kick(st);

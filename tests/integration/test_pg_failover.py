@@ -164,6 +164,10 @@ class AsyncReplicationLoss(HistoryTestCase):
         reader = asyncio.create_task(read())
         self.addCleanup(reader.cancel)
         await ws.send(json.dumps({"op": "subscribe", "channel": CHANNEL}))
+        # live from the answer on: a publish before it would not reach the client (a slow
+        # ASan gateway once answered after the first publish)
+        await async_wait_for(lambda: any(f.get("op") == "subscribed" for f in frames), WAIT,
+                             what="the subscribe answered")
         publisher = Publisher([("herald", h.base)], CHANNEL, wait=WAIT, interval=0.02)
         for k in range(20):
             self.assertTrue(await asyncio.to_thread(publisher.publish, k))
