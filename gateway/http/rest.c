@@ -11,7 +11,6 @@
 #include "presence.h"
 #include "publish.h"
 #include "query.h"
-#include "stream.h"
 
 #include <jansson.h>
 #include <libwebsockets.h>
@@ -47,7 +46,6 @@ struct rest_call {
     char space[KEY_SPACE_MAX + 1]; /* the caller's idempotency key space */
     char key[STORED_KEY_MAX + 1];  /* a single publish's key, in that space; "" for none */
     bool is_batch;                 /* POST /v1/messages */
-    bool keep_who;                 /* a stream: its token's expiry ends it */
     struct principal who; /* its caller, when auth is on: checked per channel in the body */
     bool has_who;
     struct history_request read;
@@ -190,7 +188,6 @@ void rest_session_free(struct herald *app, struct lws *wsi)
     struct http_session *s = http_session_get(wsi);
     if (!s)
         return;
-    stream_gone(app, s);
     session_reset(app, s);
     free(s);
     lws_set_opaque_user_data(wsi, NULL);
@@ -543,11 +540,6 @@ static bool authorized(struct herald *app, struct lws *wsi, struct http_session 
     }
     size_t len = strlen(channel);
     bool ok = post ? auth_may_publish(&p, channel, len) : auth_may_read(&p, channel, len);
-    if (ok && c->keep_who) {
-        c->who = p;
-        c->has_who = true;
-        return true;
-    }
     auth_release(&p);
     if (!ok)
         answer_error(app, wsi, s, 403, ERR_FORBIDDEN,
@@ -594,6 +586,36 @@ int rest_stray_request(struct lws *wsi)
     return 1;
 }
 
+struct http_session *rest_open(struct herald *app, struct lws *wsi)
+{
+    struct http_session *s = http_session_make(wsi);
+    if (!s)
+        return NULL;
+    s->started_ms = herald_now_ms(app);
+    lws_rx_flow_control(wsi, 0); /* the request is whole: read nothing more until answered */
+    s->wsi = wsi;
+    cors_lines(app, wsi, s->cors, sizeof s->cors);
+    set_phase(app, s, REST_WAIT);
+    return s;
+}
+
+bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s,
+                   const char *channel, struct principal *who, bool *has_who)
+{
+    *has_who = false;
+    if (!auth_api_required(app))
+        return true;
+    if (!identify(app, wsi, s, who))
+        return false;
+    if (!auth_may_read(who, channel, strlen(channel))) {
+        auth_release(who);
+        answer_error(app, wsi, s, 403, ERR_FORBIDDEN, "the token does not allow this channel");
+        return false;
+    }
+    *has_who = true;
+    return true;
+}
+
 int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
 {
     struct http_session *s = http_session_make(wsi);
@@ -610,7 +632,8 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     cors_lines(app, wsi, s->cors, sizeof s->cors);
     set_phase(app, s, post ? REST_BODY : REST_IDLE);
     enum route route = batch ? ROUTE_NONE : route_channel(uri, channel);
-    if (!batch && (route == ROUTE_NONE || (post && route != ROUTE_MESSAGES))) {
+    if (!batch &&
+        (route == ROUTE_NONE || route == ROUTE_STREAM || (post && route != ROUTE_MESSAGES))) {
         bool bad = strncmp(uri, "/v1/channels/", 13) == 0 && route == ROUTE_NONE;
         answer_error(app, wsi, s, bad ? 400 : 404, bad ? ERR_BAD_REQUEST : ERR_NOT_FOUND,
                      MSG_ROUTES);
@@ -620,18 +643,8 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     if (!c)
         return -1;
     c->is_batch = batch;
-    c->keep_who = route == ROUTE_STREAM;
     if (!authorized(app, wsi, s, c, batch ? NULL : channel, post))
         return 0;
-    if (route == ROUTE_STREAM) { /* the stream answers from now on */
-        struct principal who = c->who;
-        bool has_who = c->has_who;
-        c->has_who = false;
-        s->call = NULL;
-        call_free(c);
-        set_phase(app, s, REST_WAIT);
-        return stream_begin(app, wsi, s, channel, has_who ? &who : NULL);
-    }
     if (!post && route == ROUTE_MESSAGES && read_query(wsi, &c->q, err, sizeof err) < 0) {
         answer_error(app, wsi, s, 400, ERR_BAD_REQUEST, err);
         return 0;

@@ -46,6 +46,18 @@ int rest_body(struct herald *app, struct lws *wsi, struct http_session *s, const
               size_t len);
 int rest_body_done(struct herald *app, struct lws *wsi, struct http_session *s);
 
+/* A GET under /v1 that another module serves (stream.c): its session, made ready as for any
+ * /v1 request (the connection reads nothing more until the answer; the answer's CORS lines)
+ * and waiting for that answer. NULL when out of memory. */
+struct http_session *rest_open(struct herald *app, struct lws *wsi);
+
+/* Whether the caller may read channel, as for a /v1 GET: with auth off, yes (*has_who
+ * false); else its credentials fill *who (*has_who true: the caller releases it), or false
+ * with 401 or 403 answered. */
+struct principal;
+bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s,
+                   const char *channel, struct principal *who, bool *has_who);
+
 /* The answer of a request another module ran (stream.c): status, extra header lines (NULL
  * or whole lines), the body. Written now, or after the body of a refused POST. */
 void rest_answer(struct herald *app, struct lws *wsi, struct http_session *s, unsigned status,

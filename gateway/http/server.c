@@ -143,6 +143,8 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
             return 0;
         if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_POST_URI) <= 0)
             lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+        if (stream_route(wsi, uri))
+            return stream_begin(app, wsi, uri);
         if (strncmp(uri, "/v1/", 4) == 0)
             return rest_begin(app, wsi, uri);
         return http_api_serve(app, wsi);
@@ -164,6 +166,7 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
         http_guard_file_done(wsi);
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     case LWS_CALLBACK_WSI_DESTROY:
+        stream_gone(wsi);
         rest_session_free(app, wsi);
         return 0;
     default:

@@ -4,12 +4,10 @@
 #include "frame.h"
 #include "herald.h"
 #include "history.h"
-#include "http_reply.h"
 #include "http_session.h"
 #include "hub.h"
 #include "iplimit.h"
 #include "json_text.h"
-#include "log.h"
 #include "peer.h"
 #include "rest.h"
 #include "stream_query.h"
@@ -658,10 +656,10 @@ void stream_flush_dirty(struct herald *app)
     }
 }
 
-void stream_gone(struct herald *app, struct http_session *s)
+void stream_gone(struct lws *wsi)
 {
-    (void)app;
-    if (s->stream) {
+    struct http_session *s = http_session_get(wsi);
+    if (s && s->stream) {
         s->stream->session = NULL;
         s->stream->wsi = NULL;
         stream_free(s->stream);
@@ -816,12 +814,37 @@ static int last_event_id(struct lws *wsi, struct stream_query *q)
     return 0;
 }
 
-int stream_begin(struct herald *app, struct lws *wsi, struct http_session *s,
-                 const char *channel, struct principal *who)
+#define ROUTE_PREFIX "/v1/channels/"
+#define ROUTE_SUFFIX "/stream"
+
+bool stream_route(struct lws *wsi, const char *uri)
 {
-    int64_t exp = who && who->has_claims ? who->claims.exp : 0;
-    if (who)
-        auth_release(who);
+    size_t len = strlen(uri), pl = strlen(ROUTE_PREFIX), sl = strlen(ROUTE_SUFFIX);
+    return lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0 && len > pl + sl &&
+           strncmp(uri, ROUTE_PREFIX, pl) == 0 && strcmp(uri + len - sl, ROUTE_SUFFIX) == 0;
+}
+
+int stream_begin(struct herald *app, struct lws *wsi, const char *uri)
+{
+    struct http_session *s = rest_open(app, wsi);
+    if (!s)
+        return -1;
+    size_t n = strlen(uri) - strlen(ROUTE_PREFIX) - strlen(ROUTE_SUFFIX);
+    char channel[CHANNEL_NAME_MAX + 1];
+    if (!channel_name_valid(uri + strlen(ROUTE_PREFIX), n)) {
+        rest_answer_error(app, wsi, s, 400, ERR_BAD_REQUEST,
+                          "the channel must be 1-200 bytes of A-Z a-z 0-9 _ - . : @ =");
+        return 0;
+    }
+    memcpy(channel, uri + strlen(ROUTE_PREFIX), n);
+    channel[n] = '\0';
+    struct principal who;
+    bool has_who;
+    if (!rest_may_read(app, wsi, s, channel, &who, &has_who))
+        return 0;
+    int64_t exp = has_who && who.has_claims ? who.claims.exp : 0;
+    if (has_who)
+        auth_release(&who);
     char err[200], ip[CIDR_ADDR_MAX + 1];
     struct stream_query q;
     struct stream_query_parser parser;

@@ -24,7 +24,6 @@
 struct herald;
 struct lws;
 struct http_session;
-struct principal;
 struct streams;
 
 /* The process's streams: the sweep (deadlines, heartbeats, expiry) every 250 ms.
@@ -32,10 +31,11 @@ struct streams;
 struct streams *streams_new(struct herald *app);
 void streams_free(struct streams *ss);
 
-/* LWS_CALLBACK_HTTP on the stream route, the caller authorised (who: its token's claims,
- * taken over; NULL with auth off or the API key). Returns what the callback returns. */
-int stream_begin(struct herald *app, struct lws *wsi, struct http_session *s,
-                 const char *channel, struct principal *who);
+/* Whether this request is for the stream route (a GET of /v1/channels/{anything}/stream). */
+bool stream_route(struct lws *wsi, const char *uri);
+
+/* LWS_CALLBACK_HTTP on the stream route. Returns what the callback returns. */
+int stream_begin(struct herald *app, struct lws *wsi, const char *uri);
 
 /* Writes what SSE streams queued during this loop turn, one write each, without a POLLOUT
  * round trip (like client_flush_dirty); a stream whose socket is full waits for WRITEABLE.
@@ -45,8 +45,9 @@ void stream_flush_dirty(struct herald *app);
 /* LWS_CALLBACK_HTTP_WRITEABLE of a streaming connection: -1 closes it. */
 int stream_writable(struct herald *app, struct http_session *s);
 
-/* The connection is gone (LWS_CALLBACK_WSI_DESTROY): the stream leaves its channel. */
-void stream_gone(struct herald *app, struct http_session *s);
+/* The connection is gone (LWS_CALLBACK_WSI_DESTROY, before its session is freed): its
+ * stream, if any, leaves its channel. */
+void stream_gone(struct lws *wsi);
 
 /* The drain: ends up to n streams (an SSE stream after what is queued, a long-poll with what
  * it has). Returns how many it ended. */
