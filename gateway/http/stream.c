@@ -23,6 +23,12 @@
 #define SSE_RETRY_MS      1000  /* what an EventSource waits before it reconnects */
 #define HEAD_MAX          (512 + CORS_LINES_MAX)
 
+/* Bytes being made or queued. */
+struct text {
+    char *p;
+    size_t len, cap;
+};
+
 enum mode {
     SSE,  /* text/event-stream, until the connection or the drain ends it */
     POLL, /* one JSON answer: at once when there is something, else at the deadline */
@@ -54,9 +60,9 @@ struct stream {
     uint64_t pos;                  /* the last seq queued (or answered): the next position */
     bool recovered;
     const char *reason; /* POLL: why a resume was not recovered */
-    /* output: SSE bytes, or a POLL page's comma-separated items */
-    char *buf;
-    size_t len, off, cap;
+    /* output: SSE bytes (off of them written), or a POLL page's comma-separated items */
+    struct text out;
+    size_t off;
     size_t items;
     uint64_t deadline_ms; /* POLL: answered empty then; before the answer: 503 then */
     uint64_t ends_ms;     /* ds SSE: ended cleanly then */
@@ -67,8 +73,17 @@ struct stream {
     char cors[CORS_LINES_MAX];
 };
 
+/* The SSE bytes of the last message rendered, and what they were made for (queue_event). */
+struct event_cache {
+    struct frame *f; /* held: the key */
+    bool ds, up_to_date;
+    char epoch[HISTORY_EPOCH_MAX];
+    struct text text;
+};
+
 struct streams {
     struct herald *app;
+    struct event_cache cache;
     uv_timer_t sweep;
     struct stream *list;
     struct stream *dirty; /* streams with output queued during this loop turn */
@@ -81,61 +96,39 @@ static struct stream *stream_of(struct subscriber *s)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Output */
+ * Text: SSE events and page items are made in growable byte buffers */
 
-static bool reserve(struct stream *st, size_t more)
+static bool text_reserve(struct text *t, size_t more)
 {
-    if (st->off && st->off == st->len)
-        st->off = st->len = 0;
-    if (st->len + more <= st->cap)
+    if (t->len + more <= t->cap)
         return true;
-    if (st->off) { /* written bytes go first */
-        memmove(st->buf, st->buf + st->off, st->len - st->off);
-        st->len -= st->off;
-        st->off = 0;
-        if (st->len + more <= st->cap)
-            return true;
-    }
-    size_t cap = st->cap ? st->cap : 4096;
-    while (cap < st->len + more)
+    size_t cap = t->cap ? t->cap : 4096;
+    while (cap < t->len + more)
         cap *= 2;
-    char *b = realloc(st->buf, cap);
-    if (!b)
+    char *p = realloc(t->p, cap);
+    if (!p)
         return false;
-    st->buf = b;
-    st->cap = cap;
+    t->p = p;
+    t->cap = cap;
     return true;
 }
 
-static void put(struct stream *st, const char *s, size_t n)
+static void text_free(struct text *t)
 {
-    memcpy(st->buf + st->len, s, n);
-    st->len += n;
+    free(t->p);
+    *t = (struct text){0};
 }
 
-static void puts_(struct stream *st, const char *s)
+/* The appends below write into room reserved first. */
+static void put(struct text *t, const char *s, size_t n)
 {
-    put(st, s, strlen(s));
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
 }
 
-/* SSE's data field holding pre, p[0..n), post: each line of the text its own `data:` line
- * (CR, LF and CRLF end lines; the reader joins them with LF, which JSON reads as the same
- * whitespace), then the blank line that ends the event. Room: 7 bytes per line more than
- * the text, pre and post. */
-static void put_data(struct stream *st, const char *pre, const char *p, size_t n, const char *post)
+static void puts_(struct text *t, const char *s)
 {
-    puts_(st, "data: ");
-    puts_(st, pre);
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] == '\r' || p[i] == '\n') {
-            if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n')
-                i++;
-            puts_(st, "\ndata: ");
-        } else
-            st->buf[st->len++] = p[i];
-    }
-    puts_(st, post);
-    puts_(st, "\n\n");
+    put(t, s, strlen(s));
 }
 
 static size_t lines_in(const char *p, size_t n)
@@ -146,37 +139,29 @@ static size_t lines_in(const char *p, size_t n)
     return k;
 }
 
-static const char *epoch_of(const struct stream *st)
+/* Room put_data needs for a text of n bytes. */
+static size_t data_room(const char *p, size_t n)
 {
-    return st->epoch[0] ? st->epoch : "0"; /* no history yet: seq 0 of any epoch */
+    return n + 7 * lines_in(p, n) + 8;
 }
 
-/* The bytes queued are over HERALD_CLIENT_QUEUE_BYTES: an SSE stream is closed (its client
- * resumes from its last id), a page is answered with what it has. */
-static bool over_limit(const struct stream *st, size_t more)
+/* SSE's data field holding pre, p[0..n), post: each line of the text its own `data:` line
+ * (CR, LF and CRLF end lines; the reader joins them with LF, which JSON reads as the same
+ * whitespace), then the blank line that ends the event. pre and post: at most a byte each. */
+static void put_data(struct text *t, const char *pre, const char *p, size_t n, const char *post)
 {
-    return st->len - st->off + more > (size_t)st->app->cfg->client_queue_bytes;
-}
-
-static void kick(struct stream *st);
-static void finish(struct stream *st);
-static void mark_dirty(struct stream *st);
-static void unmark_dirty(struct stream *st);
-
-static void slow(struct stream *st)
-{
-    if (st->mode == POLL) {
-        st->full = true;
-        kick(st);
-        return;
+    puts_(t, "data: ");
+    puts_(t, pre);
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\r' || p[i] == '\n') {
+            if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n')
+                i++;
+            puts_(t, "\ndata: ");
+        } else
+            t->p[t->len++] = p[i];
     }
-    if (st->finishing && !st->len)
-        return;
-    st->app->metrics.stream_slow_closes++;
-    st->len = st->off = 0;
-    st->finishing = true;
-    if (st->wsi) /* from the loop, never inside the delivery */
-        lws_set_timeout(st->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    puts_(t, post);
+    puts_(t, "\n\n");
 }
 
 /* The op of a message that is not "message" (join, leave): its SSE event name. */
@@ -194,69 +179,185 @@ static size_t event_name(const char *p, size_t n, const char **name)
     return len < 32 ? len : 0;
 }
 
-static void queue_sse(struct stream *st, const struct frame *f, const char *p, size_t n)
+/* Herald's SSE event for a message: its position as id (sequenced only), its op as the
+ * event's name (join, leave), the envelope as data. */
+static bool render_sse(struct text *t, const struct frame *f, const char *epoch, const char *p,
+                       size_t n)
 {
     char id[STREAM_POSITION_MAX];
-    size_t idlen = f->seq ? stream_position_write(id, epoch_of(st), f->seq) : 0;
+    size_t idlen = f->seq ? stream_position_write(id, epoch, f->seq) : 0;
     const char *name = NULL;
     size_t nlen = event_name(p, n, &name);
-    size_t need = idlen + nlen + 24 + n + 7 * lines_in(p, n);
-    if (over_limit(st, need) || !reserve(st, need)) {
-        slow(st);
-        return;
-    }
+    if (!text_reserve(t, idlen + nlen + 16 + data_room(p, n)))
+        return false;
     if (idlen) {
-        puts_(st, "id: ");
-        put(st, id, idlen);
-        puts_(st, "\n");
+        puts_(t, "id: ");
+        put(t, id, idlen);
+        puts_(t, "\n");
     }
     if (nlen) {
-        puts_(st, "event: ");
-        put(st, name, nlen);
-        puts_(st, "\n");
+        puts_(t, "event: ");
+        put(t, name, nlen);
+        puts_(t, "\n");
     }
-    put_data(st, "", p, n, "");
+    put_data(t, "", p, n, "");
+    return true;
 }
 
-/* ds SSE: a data event (the message's data in an array), then the control event with the
- * offset after it. */
-static void queue_ds_control(struct stream *st, bool up_to_date)
+/* Durable Streams' control event: the offset after seq. */
+static bool render_ds_control(struct text *t, const char *epoch, uint64_t seq, bool up_to_date)
 {
     char off[STREAM_POSITION_MAX], ctl[160];
-    stream_position_write(off, epoch_of(st), st->pos);
+    stream_position_write(off, epoch, seq);
     int n = snprintf(ctl, sizeof ctl,
                      "{\"streamNextOffset\":\"%s\",\"streamCursor\":\"%llu\",\"upToDate\":%s}", off,
-                     (unsigned long long)st->pos, up_to_date ? "true" : "false");
-    if (over_limit(st, (size_t)n + 40) || !reserve(st, (size_t)n + 40)) {
-        slow(st);
-        return;
-    }
-    puts_(st, "event: control\n");
-    put_data(st, "", ctl, (size_t)n, "");
+                     (unsigned long long)seq, up_to_date ? "true" : "false");
+    if (!text_reserve(t, (size_t)n + 24 + data_room(ctl, (size_t)n)))
+        return false;
+    puts_(t, "event: control\n");
+    put_data(t, "", ctl, (size_t)n, "");
+    return true;
 }
 
-static void queue_ds(struct stream *st, const char *data, size_t n)
+/* Durable Streams' data event (the message's data in an array), then the control event. */
+static bool render_ds(struct text *t, const struct frame *f, const char *epoch, const char *data,
+                      size_t n, bool up_to_date)
 {
-    size_t need = n + 32 + 7 * lines_in(data, n);
-    if (over_limit(st, need) || !reserve(st, need)) {
-        slow(st);
+    if (!text_reserve(t, 16 + data_room(data, n)))
+        return false;
+    puts_(t, "event: data\n");
+    put_data(t, "[", data, n, "]");
+    return render_ds_control(t, epoch, f->seq, up_to_date);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * A stream's output */
+
+static const char *epoch_of(const struct stream *st)
+{
+    return st->epoch[0] ? st->epoch : "0"; /* no history yet: seq 0 of any epoch */
+}
+
+static size_t queued(const struct stream *st)
+{
+    return st->out.len - st->off;
+}
+
+/* Room for more bytes after what is queued (written bytes are dropped first). */
+static bool reserve(struct stream *st, size_t more)
+{
+    if (st->off && (st->off == st->out.len || st->out.len + more > st->out.cap)) {
+        memmove(st->out.p, st->out.p + st->off, queued(st));
+        st->out.len -= st->off;
+        st->off = 0;
+    }
+    return text_reserve(&st->out, more);
+}
+
+/* The bytes queued are over HERALD_CLIENT_QUEUE_BYTES: an SSE stream is closed (its client
+ * resumes from its last id), a page is answered with what it has. */
+static bool over_limit(const struct stream *st, size_t more)
+{
+    return queued(st) + more > (size_t)st->app->cfg->client_queue_bytes;
+}
+
+static void kick(struct stream *st);
+static void finish(struct stream *st);
+static void mark_dirty(struct stream *st);
+static void unmark_dirty(struct stream *st);
+
+static void slow(struct stream *st)
+{
+    if (st->mode == POLL) {
+        st->full = true;
+        kick(st);
         return;
     }
-    puts_(st, "event: data\n");
-    put_data(st, "[", data, n, "]");
+    if (st->finishing && !queued(st))
+        return;
+    st->app->metrics.stream_slow_closes++;
+    st->out.len = st->off = 0;
+    st->finishing = true;
+    if (st->wsi) /* from the loop, never inside the delivery */
+        lws_set_timeout(st->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+/* Appends t[0..n) to what is queued; false (the stream is slow) when it does not fit. */
+static bool queue(struct stream *st, const char *t, size_t n)
+{
+    if (over_limit(st, n) || !reserve(st, n)) {
+        slow(st);
+        return false;
+    }
+    put(&st->out, t, n);
+    return true;
+}
+
+/* The event of frame f for this stream: made once per message for every stream that wants
+ * the same bytes (seq_deliver hands one frame to every member in one loop), then copied.
+ * The cache holds a reference to its frame, so that the address cannot name another
+ * message while it is the key. */
+static bool queue_event(struct stream *st, struct frame *f, const char *p, size_t n,
+                        const char *data, size_t dlen)
+{
+    struct event_cache *c = &st->app->streams->cache;
+    const char *epoch = epoch_of(st);
+    if (c->f != f || c->ds != st->ds || c->up_to_date != st->answered ||
+        strcmp(c->epoch, epoch) != 0) {
+        if (c->f)
+            frame_unref(c->f);
+        c->f = frame_ref(f);
+        c->ds = st->ds;
+        c->up_to_date = st->answered;
+        snprintf(c->epoch, sizeof c->epoch, "%s", epoch);
+        c->text.len = 0;
+        bool ok = st->ds ? render_ds(&c->text, f, epoch, data, dlen, st->answered)
+                         : render_sse(&c->text, f, epoch, p, n);
+        if (!ok) {
+            frame_unref(c->f);
+            c->f = NULL;
+            slow(st);
+            return false;
+        }
+    }
+    return queue(st, c->text.p, c->text.len);
 }
 
 /* A page item: the message (Herald's long-poll) or its data (ds). */
-static void queue_item(struct stream *st, const char *p, size_t n)
+static bool queue_item(struct stream *st, const char *p, size_t n)
 {
     if (over_limit(st, n + 1) || !reserve(st, n + 1)) {
         slow(st);
-        return;
+        return false;
     }
     if (st->items)
-        put(st, ",", 1);
-    put(st, p, n);
+        put(&st->out, ",", 1);
+    put(&st->out, p, n);
     st->items++;
+    return true;
+}
+
+/* Herald's `subscribed` event (or `reset`, the history reset while live), with the position
+ * reached as its id. */
+static bool render_answer(struct text *t, const struct stream *st, bool reset)
+{
+    char pos[STREAM_POSITION_MAX], ev[400], epoch[HISTORY_EPOCH_MAX + 2] = "null", code[64] = "";
+    stream_position_write(pos, epoch_of(st), st->pos);
+    if (st->epoch[0])
+        snprintf(epoch, sizeof epoch, "\"%s\"", st->epoch);
+    if (st->reason)
+        snprintf(code, sizeof code, ",\"code\":\"%s\"", st->reason);
+    int n = snprintf(ev, sizeof ev, "{\"channel\":\"%s\",\"seq\":%llu,\"epoch\":%s,\"recovered\":%s%s}",
+                     st->channel, (unsigned long long)st->pos, epoch,
+                     st->recovered ? "true" : "false", code);
+    if (n <= 0 || (size_t)n >= sizeof ev ||
+        !text_reserve(t, STREAM_POSITION_MAX + 32 + data_room(ev, (size_t)n)))
+        return false;
+    puts_(t, "id: ");
+    puts_(t, pos);
+    puts_(t, reset ? "\nevent: reset\n" : "\nevent: subscribed\n");
+    put_data(t, "", ev, (size_t)n, "");
+    return true;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -275,25 +376,14 @@ static void sink_deliver(struct subscriber *s, struct frame *f)
         const char *e = hub_channel_epoch(s, 0);
         snprintf(st->epoch, sizeof st->epoch, "%s", e ? e : "");
     }
-    if (st->ds) {
-        struct json_span data;
-        if (!f->seq || json_member_span(p, n, 0, "data", &data) < 0)
-            return; /* Durable Streams carries the durable messages only */
-        if (st->mode == POLL)
-            queue_item(st, p + data.off, data.len);
-        else {
-            queue_ds(st, p + data.off, data.len);
-            if (!st->full && !st->finishing) {
-                st->pos = f->seq;
-                queue_ds_control(st, st->answered);
-            }
-        }
-    } else if (st->mode == POLL)
-        queue_item(st, p, n);
-    else
-        queue_sse(st, f, p, n);
-    if (st->full || st->finishing)
-        return; /* not queued: the position stays before it */
+    struct json_span data = {0, n};
+    if (st->ds && (!f->seq || json_member_span(p, n, 0, "data", &data) < 0))
+        return; /* Durable Streams carries the durable messages only */
+    bool queued_it = st->mode == POLL
+                         ? queue_item(st, p + (st->ds ? data.off : 0), st->ds ? data.len : n)
+                         : queue_event(st, f, p, n, p + data.off, data.len);
+    if (!queued_it)
+        return; /* the position stays before it */
     if (f->seq)
         st->pos = f->seq;
     st->app->metrics.stream_messages++;
@@ -308,8 +398,8 @@ static bool sink_has_room(const struct subscriber *s, size_t len)
 {
     const struct stream *st = (const struct stream *)(const void *)((const char *)s -
                                                                     offsetof(struct stream, sub));
-    size_t queued = st->len - st->off;
-    return queued == 0 || queued + len * 2 < (size_t)st->app->cfg->client_queue_bytes / 2;
+    size_t q = queued(st);
+    return q == 0 || q + len * 2 < (size_t)st->app->cfg->client_queue_bytes / 2;
 }
 
 static void sink_notify_drained(struct subscriber *s)
@@ -358,7 +448,7 @@ static void sink_answered(struct subscriber *s, const char *channel, const struc
         return;
     }
     if (reset && st->mode == POLL) { /* what was gathered is of the old epoch */
-        st->len = st->off = 0;
+        st->out.len = st->off = 0;
         st->items = 0;
     }
     if (a->seq > st->pos || reset)
@@ -370,26 +460,15 @@ static void sink_answered(struct subscriber *s, const char *channel, const struc
             kick(st);
         return;
     }
-    char pos[STREAM_POSITION_MAX], ev[400];
-    stream_position_write(pos, epoch_of(st), st->pos);
-    if (st->ds) {
-        queue_ds_control(st, true);
-    } else {
-        int n = snprintf(ev, sizeof ev, "{\"channel\":\"%s\",\"seq\":%llu,\"epoch\":%s%s%s,\"recovered\":%s%s%s%s}",
-                         st->channel, (unsigned long long)st->pos, st->epoch[0] ? "\"" : "",
-                         st->epoch[0] ? st->epoch : "null", st->epoch[0] ? "\"" : "",
-                         st->recovered ? "true" : "false", st->reason ? ",\"code\":\"" : "",
-                         st->reason ? st->reason : "", st->reason ? "\"" : "");
-        size_t need = (size_t)n + STREAM_POSITION_MAX + 64;
-        if (!reserve(st, need)) {
-            slow(st);
-            return;
-        }
-        puts_(st, "id: ");
-        puts_(st, pos);
-        puts_(st, reset ? "\nevent: reset\n" : "\nevent: subscribed\n");
-        put_data(st, "", ev, (size_t)n, "");
+    struct text ev = {0};
+    bool ok = st->ds ? render_ds_control(&ev, epoch_of(st), st->pos, true)
+                     : render_answer(&ev, st, reset);
+    if (!ok || !queue(st, ev.p, ev.len)) {
+        text_free(&ev);
+        slow(st);
+        return;
     }
+    text_free(&ev);
     if (!st->head_out)
         kick(st); /* the head goes first, from the loop */
     else
@@ -444,7 +523,7 @@ static void stream_free(struct stream *st)
         iplimit_release(app->ips, st->ip);
     if (st->session)
         st->session->stream = NULL;
-    free(st->buf);
+    text_free(&st->out);
     free(st);
 }
 
@@ -494,7 +573,7 @@ static void answer_poll(struct stream *st)
                      st->recovered ? "true" : "false", code, st->full ? "true" : "false");
     }
     const char *end = st->ds ? "]\n" : "]}\n";
-    size_t items = st->len - st->off, len = status == 204 ? 0 : (size_t)n + items + strlen(end);
+    size_t items = queued(st), len = status == 204 ? 0 : (size_t)n + items + strlen(end);
     char *body = malloc(len + 1);
     if (!body) {
         answer_error(st, 503, ERR_INTERNAL, "out of memory");
@@ -503,7 +582,7 @@ static void answer_poll(struct stream *st)
     if (len) {
         memcpy(body, start, (size_t)n);
         if (items) /* buf is NULL until something was queued */
-            memcpy(body + n, st->buf + st->off, items);
+            memcpy(body + n, st->out.p + st->off, items);
         memcpy(body + n + items, end, strlen(end));
     }
     struct herald *app = st->app;
@@ -529,9 +608,9 @@ static void start_sse(struct stream *st)
         answer_error(st, 503, ERR_INTERNAL, "out of memory");
         return;
     }
-    memmove(st->buf + st->off + n, st->buf + st->off, st->len - st->off);
-    memcpy(st->buf + st->off, head, (size_t)n);
-    st->len += (size_t)n;
+    memmove(st->out.p + st->off + n, st->out.p + st->off, queued(st));
+    memcpy(st->out.p + st->off, head, (size_t)n);
+    st->out.len += (size_t)n;
     st->head_out = true;
     st->wrote_ms = herald_now_ms(st->app);
     lws_http_mark_sse(st->wsi); /* no timeout, and the header table goes back to lws */
@@ -564,20 +643,19 @@ static void kick(struct stream *st)
  * itself, then calls WRITEABLE. -1: the connection failed. */
 static int write_some(struct stream *st)
 {
-    size_t n = st->len - st->off;
+    size_t n = queued(st);
     if (n > HERALD_WRITE_BATCH)
         n = HERALD_WRITE_BATCH;
     if (n) { /* raw bytes on HTTP/1.1: lws needs no headroom in front of them */
-        if (lws_write(st->wsi, (unsigned char *)st->buf + st->off, n, LWS_WRITE_RAW) < 0)
+        if (lws_write(st->wsi, (unsigned char *)st->out.p + st->off, n, LWS_WRITE_RAW) < 0)
             return -1;
         st->off += n;
     }
-    if (st->off == st->len) { /* drained: an idle stream holds no buffer */
-        free(st->buf);
-        st->buf = NULL;
-        st->off = st->len = st->cap = 0;
+    if (!queued(st)) { /* drained: an idle stream holds no buffer */
+        text_free(&st->out);
+        st->off = 0;
     }
-    if (st->drain_wanted && st->len - st->off <= (size_t)st->app->cfg->client_queue_bytes / 4) {
+    if (st->drain_wanted && queued(st) <= (size_t)st->app->cfg->client_queue_bytes / 4) {
         st->drain_wanted = false;
         hub_client_drained(st->app->hub, &st->sub); /* may queue more: the next turn writes it */
     }
@@ -588,7 +666,7 @@ static int write_some(struct stream *st)
  * stream from inside lws's callback. */
 static void wait_writable(struct stream *st)
 {
-    if (lws_partial_buffered(st->wsi) || st->len > st->off || st->finishing) {
+    if (lws_partial_buffered(st->wsi) || queued(st) || st->finishing) {
         st->await_writable = true;
         lws_callback_on_writable(st->wsi);
     }
@@ -601,7 +679,7 @@ int stream_writable(struct herald *app, struct http_session *s)
     if (!st || !st->head_out)
         return 0;
     st->await_writable = false;
-    if (st->finishing && st->len == st->off)
+    if (st->finishing && !queued(st))
         return -1; /* lws has written everything: WRITEABLE comes only then */
     if (write_some(st) < 0)
         return -1;
@@ -723,7 +801,7 @@ static void sweep_one(struct stream *st, uint64_t now, int64_t wall)
         return;
     }
     if (now - st->wrote_ms >= (uint64_t)cfg->stream_heartbeat_ms && reserve(st, 3)) {
-        puts_(st, ":\n\n"); /* a comment: keeps proxies from timing the response out */
+        puts_(&st->out, ":\n\n"); /* a comment: keeps proxies from timing the response out */
         st->wrote_ms = now;
         mark_dirty(st);
     }
@@ -752,7 +830,11 @@ struct streams *streams_new(struct herald *app)
 
 static void sweep_closed(uv_handle_t *h)
 {
-    free(h->data);
+    struct streams *ss = h->data;
+    if (ss->cache.f)
+        frame_unref(ss->cache.f);
+    text_free(&ss->cache.text);
+    free(ss);
 }
 
 void streams_free(struct streams *ss)
