@@ -18,9 +18,8 @@ enum key {
 static const struct {
     const char *name;
     enum key key;
-} keys[] = {{"since", K_SINCE},     {"epoch", K_EPOCH},   {"last", K_LAST},
-            {"strict", K_STRICT},   {"timeout", K_TIMEOUT}, {"offset", K_OFFSET},
-            {"live", K_LIVE},       {"cursor", K_CURSOR}};
+} keys[] = {{"since", K_SINCE},     {"epoch", K_EPOCH},   {"last", K_LAST}, {"strict", K_STRICT},
+            {"timeout", K_TIMEOUT}, {"offset", K_OFFSET}, {"live", K_LIVE}, {"cursor", K_CURSOR}};
 
 void stream_query_begin(struct stream_query_parser *p, struct stream_query *out)
 {
@@ -72,8 +71,8 @@ size_t stream_position_write(char *out, const char *epoch, uint64_t seq)
     return n > 0 && n < STREAM_POSITION_MAX ? (size_t)n : 0;
 }
 
-static int number(const char *name, const char *v, size_t n, uint64_t max, uint64_t *out,
-                  char *err, size_t errlen)
+static int number(const char *name, const char *v, size_t n, uint64_t max, uint64_t *out, char *err,
+                  size_t errlen)
 {
     if (query_parse_u64(v, n, max, out) == 0)
         return 0;
@@ -82,8 +81,8 @@ static int number(const char *name, const char *v, size_t n, uint64_t max, uint6
     return -1;
 }
 
-int stream_query_pair(struct stream_query_parser *p, const char *key, size_t klen,
-                      const char *val, size_t vlen, char *err, size_t errlen)
+int stream_query_pair(struct stream_query_parser *p, const char *key, size_t klen, const char *val,
+                      size_t vlen, char *err, size_t errlen)
 {
     enum key k = 0;
     const char *name = NULL;

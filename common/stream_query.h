@@ -40,8 +40,8 @@ void stream_query_begin(struct stream_query_parser *p, struct stream_query *out)
 
 /* One decoded key=value pair. Unknown keys (token, a cache buster) are ignored; a key given
  * twice or a bad value is refused: -1 with a reason fit for a 400 answer in err. */
-int stream_query_pair(struct stream_query_parser *p, const char *key, size_t klen,
-                      const char *val, size_t vlen, char *err, size_t errlen);
+int stream_query_pair(struct stream_query_parser *p, const char *key, size_t klen, const char *val,
+                      size_t vlen, char *err, size_t errlen);
 
 /* After the last pair: the combinations that make no sense (offset with since, last with
  * since, live without offset). 0, or -1 with a reason in err. */

@@ -51,9 +51,9 @@ struct herald {
     /* how the channel core reaches a WebSocket client (channels/sink.h); an HTTP stream
      * brings its own */
     const struct hub_sink *client_sink;
-    struct iplimit *ips;         /* connections per client address */
-    uint8_t *write_buf;          /* HERALD_WRITE_BATCH bytes, shared by all connections */
-    uv_check_t flush_check;      /* both run client_flush_dirty */
+    struct iplimit *ips;    /* connections per client address */
+    uint8_t *write_buf;     /* HERALD_WRITE_BATCH bytes, shared by all connections */
+    uv_check_t flush_check; /* both run client_flush_dirty */
     uv_prepare_t flush_prepare;
     bool draining;
     uint64_t started_ms;

@@ -49,10 +49,10 @@ struct metrics {
     uint64_t pings_sent;
     uint64_t ping_timeouts; /* clients hung up on: no answer to a ping */
     /* http/stream.c */
-    int64_t streams_sse;        /* gauge: SSE responses open */
-    int64_t streams_poll;       /* gauge: long-polls and catch-up reads waiting */
-    uint64_t streams_total;     /* streams admitted */
-    uint64_t stream_messages;   /* messages queued to streams */
+    int64_t streams_sse;         /* gauge: SSE responses open */
+    int64_t streams_poll;        /* gauge: long-polls and catch-up reads waiting */
+    uint64_t streams_total;      /* streams admitted */
+    uint64_t stream_messages;    /* messages queued to streams */
     uint64_t stream_slow_closes; /* SSE streams closed for a full queue */
     /* redis/bus.c, redis/cluster.c */
     uint64_t redis_reconnects;

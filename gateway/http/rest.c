@@ -201,7 +201,7 @@ static void stray(struct http_session *s)
 
 /* Room for an answer's body of len bytes, with headroom for lws and the head in front;
  * NULL when out of memory. */
-#define HEAD_ROOM (256 + CORS_LINES_MAX + sizeof ((struct http_session *)0)->extra)
+#define HEAD_ROOM (256 + CORS_LINES_MAX + sizeof((struct http_session *)0)->extra)
 
 static char *answer_room(struct http_session *s, size_t len)
 {
@@ -286,8 +286,8 @@ void rest_answer(struct herald *app, struct lws *wsi, struct http_session *s, un
     answer(app, wsi, s, status, body, len);
 }
 
-void rest_answer_error(struct herald *app, struct lws *wsi, struct http_session *s,
-                       unsigned status, enum errcode code, const char *message)
+void rest_answer_error(struct herald *app, struct lws *wsi, struct http_session *s, unsigned status,
+                       enum errcode code, const char *message)
 {
     answer_error(app, wsi, s, status, code, message);
 }
@@ -474,9 +474,8 @@ static enum route route_channel(const char *uri, char *out)
     static const struct {
         const char *suffix;
         enum route route;
-    } tails[] = {{"/messages", ROUTE_MESSAGES},
-                 {"/presence", ROUTE_PRESENCE},
-                 {"/stream", ROUTE_STREAM}};
+    } tails[] = {
+        {"/messages", ROUTE_MESSAGES}, {"/presence", ROUTE_PRESENCE}, {"/stream", ROUTE_STREAM}};
     size_t len = strlen(uri), pl = sizeof prefix - 1;
     if (strncmp(uri, prefix, pl) != 0)
         return ROUTE_NONE;
@@ -599,8 +598,8 @@ struct http_session *rest_open(struct herald *app, struct lws *wsi)
     return s;
 }
 
-bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s,
-                   const char *channel, struct principal *who, bool *has_who)
+bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s, const char *channel,
+                   struct principal *who, bool *has_who)
 {
     *has_who = false;
     if (!auth_api_required(app))

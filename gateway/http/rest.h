@@ -55,21 +55,21 @@ struct http_session *rest_open(struct herald *app, struct lws *wsi);
  * false); else its credentials fill *who (*has_who true: the caller releases it), or false
  * with 401 or 403 answered. */
 struct principal;
-bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s,
-                   const char *channel, struct principal *who, bool *has_who);
+bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s, const char *channel,
+                   struct principal *who, bool *has_who);
 
 /* The answer of a request another module ran (stream.c): status, extra header lines (NULL
  * or whole lines), the body. Written now, or after the body of a refused POST. */
 void rest_answer(struct herald *app, struct lws *wsi, struct http_session *s, unsigned status,
                  const char *extra, const char *body, size_t len);
 /* The same with {"error":{...}}, counted by code. */
-void rest_answer_error(struct herald *app, struct lws *wsi, struct http_session *s,
-                       unsigned status, enum errcode code, const char *message);
+void rest_answer_error(struct herald *app, struct lws *wsi, struct http_session *s, unsigned status,
+                       enum errcode code, const char *message);
 
 /* Calls pair on each key=value of the request's query (split and %-decoded by lws; a pair
  * without '=' has an empty value), in order, until one returns -1 (its reason in err). */
-typedef int (*rest_pair_cb)(void *arg, const char *key, size_t klen, const char *val,
-                            size_t vlen, char *err, size_t errlen);
+typedef int (*rest_pair_cb)(void *arg, const char *key, size_t klen, const char *val, size_t vlen,
+                            char *err, size_t errlen);
 int rest_query_pairs(struct lws *wsi, rest_pair_cb pair, void *arg, char *err, size_t errlen);
 
 /* LWS_CALLBACK_HTTP_WRITEABLE: -1 (close) once an answer that ends the connection is out. */

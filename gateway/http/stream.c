@@ -18,10 +18,11 @@
 #include <string.h>
 #include <time.h>
 
-#define SWEEP_MS          250
-#define ANSWER_TIMEOUT_MS 10000 /* Redis (and PostgreSQL) must have answered the subscribe by then */
-#define SSE_RETRY_MS      1000  /* what an EventSource waits before it reconnects */
-#define HEAD_MAX          (512 + CORS_LINES_MAX)
+#define SWEEP_MS 250
+#define ANSWER_TIMEOUT_MS                                                                          \
+    10000                 /* Redis (and PostgreSQL) must have answered the subscribe by then */
+#define SSE_RETRY_MS 1000 /* what an EventSource waits before it reconnects */
+#define HEAD_MAX     (512 + CORS_LINES_MAX)
 
 /* Bytes being made or queued. */
 struct text {
@@ -39,18 +40,18 @@ struct stream {
     struct herald *app;
     struct lws *wsi;
     struct http_session *session;
-    struct stream *prev, *next; /* the process's list: the sweep and the drain */
+    struct stream *prev, *next;             /* the process's list: the sweep and the drain */
     struct stream *dirty_prev, *dirty_next; /* in the dirty list while it has output to write */
     bool dirty;
     bool await_writable; /* the socket was full: lws calls WRITEABLE when it drains */
-    struct later kick;          /* an answer or a head to write, from the loop */
+    struct later kick;   /* an answer or a head to write, from the loop */
     enum mode mode;
-    bool ds;          /* the Durable Streams read protocol */
-    bool catch_up;    /* ds without live: answered as soon as the subscribe is */
-    bool answered;    /* the channel core answered the subscribe */
-    bool head_out;    /* SSE: the head is queued; bytes go out as the socket takes them */
-    bool finishing;   /* SSE: close once what is queued is written */
-    bool full;        /* POLL: the page is full (or a live burst overflowed): more follows */
+    bool ds;        /* the Durable Streams read protocol */
+    bool catch_up;  /* ds without live: answered as soon as the subscribe is */
+    bool answered;  /* the channel core answered the subscribe */
+    bool head_out;  /* SSE: the head is queued; bytes go out as the socket takes them */
+    bool finishing; /* SSE: close once what is queued is written */
+    bool full;      /* POLL: the page is full (or a live burst overflowed): more follows */
     bool drain_wanted;
     unsigned status; /* an error to answer instead (head not sent yet), with code and why */
     enum errcode code;
@@ -64,13 +65,12 @@ struct stream {
     struct text out;
     size_t off;
     size_t items;
-    uint64_t deadline_ms; /* POLL: answered empty then; before the answer: 503 then */
+    uint64_t deadline_ms; /* POLL: answered (empty) then */
     uint64_t ends_ms;     /* ds SSE: ended cleanly then */
     uint64_t wrote_ms;    /* SSE: the last bytes queued (heartbeats) */
-    uint64_t started_ms;
+    uint64_t started_ms;  /* not answered ANSWER_TIMEOUT_MS after it: 503 */
     int64_t exp;          /* the token's exp, 0 for none */
     struct ipcount *ip;
-    char cors[CORS_LINES_MAX];
 };
 
 /* The SSE bytes of the last message rendered, and what they were made for (queue_event). */
@@ -347,9 +347,9 @@ static bool render_answer(struct text *t, const struct stream *st, bool reset)
         snprintf(epoch, sizeof epoch, "\"%s\"", st->epoch);
     if (st->reason)
         snprintf(code, sizeof code, ",\"code\":\"%s\"", st->reason);
-    int n = snprintf(ev, sizeof ev, "{\"channel\":\"%s\",\"seq\":%llu,\"epoch\":%s,\"recovered\":%s%s}",
-                     st->channel, (unsigned long long)st->pos, epoch,
-                     st->recovered ? "true" : "false", code);
+    int n = snprintf(
+        ev, sizeof ev, "{\"channel\":\"%s\",\"seq\":%llu,\"epoch\":%s,\"recovered\":%s%s}",
+        st->channel, (unsigned long long)st->pos, epoch, st->recovered ? "true" : "false", code);
     if (n <= 0 || (size_t)n >= sizeof ev ||
         !text_reserve(t, STREAM_POSITION_MAX + 32 + data_room(ev, (size_t)n)))
         return false;
@@ -396,8 +396,8 @@ static void sink_deliver(struct subscriber *s, struct frame *f)
 
 static bool sink_has_room(const struct subscriber *s, size_t len)
 {
-    const struct stream *st = (const struct stream *)(const void *)((const char *)s -
-                                                                    offsetof(struct stream, sub));
+    const struct stream *st =
+        (const struct stream *)(const void *)((const char *)s - offsetof(struct stream, sub));
     size_t q = queued(st);
     return q == 0 || q + len * 2 < (size_t)st->app->cfg->client_queue_bytes / 2;
 }
@@ -554,9 +554,9 @@ static void answer_poll(struct stream *st)
     int h = 0, n;
     unsigned status = 200;
     if (st->ds) {
-        h = snprintf(extra, sizeof extra,
-                     "stream-next-offset: %s\r\nstream-cursor: %llu\r\n%s", pos,
-                     (unsigned long long)st->pos, st->full ? "" : "stream-up-to-date: true\r\n");
+        h = snprintf(extra, sizeof extra, "stream-next-offset: %s\r\nstream-cursor: %llu\r\n%s",
+                     pos, (unsigned long long)st->pos,
+                     st->full ? "" : "stream-up-to-date: true\r\n");
         n = snprintf(start, sizeof start, "[");
         if (!st->items && !st->catch_up)
             status = 204;
@@ -603,7 +603,7 @@ static void start_sse(struct stream *st)
                      "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                      "cache-control: no-store\r\nx-content-type-options: nosniff\r\n"
                      "x-accel-buffering: no\r\nconnection: close\r\n%s\r\nretry: %d\n\n",
-                     st->cors, SSE_RETRY_MS);
+                     st->session->cors, SSE_RETRY_MS);
     if (n <= 0 || (size_t)n >= sizeof head || !reserve(st, (size_t)n)) {
         answer_error(st, 503, ERR_INTERNAL, "out of memory");
         return;
@@ -864,8 +864,7 @@ static const char *admission(struct herald *app, const char *ip, unsigned *statu
         return "this instance is draining: connect to another one";
     if ((size_t)app->metrics.connections + stream_count(app) >= (size_t)app->cfg->max_connections)
         return "connection limit reached";
-    if (peer_limited(app, ip) &&
-        iplimit_full(app->ips, ip, app->cfg->max_connections_per_ip)) {
+    if (peer_limited(app, ip) && iplimit_full(app->ips, ip, app->cfg->max_connections_per_ip)) {
         *status = 429;
         *code = ERR_RATE_LIMITED;
         return "too many connections from this address";
@@ -966,11 +965,10 @@ int stream_begin(struct herald *app, struct lws *wsi, const char *uri)
                           .started_ms = now,
                           .ends_ms = now + (uint64_t)app->cfg->ds_sse_lifetime_ms,
                           .exp = exp};
-    uint64_t hold = q.has_timeout ? (uint64_t)q.timeout_s * 1000
-                                  : (uint64_t)app->cfg->longpoll_timeout_ms;
+    uint64_t hold =
+        q.has_timeout ? (uint64_t)q.timeout_s * 1000 : (uint64_t)app->cfg->longpoll_timeout_ms;
     st->deadline_ms = now + (st->catch_up ? 0 : hold);
     snprintf(st->channel, sizeof st->channel, "%s", channel);
-    snprintf(st->cors, sizeof st->cors, "%s", s->cors);
     st->ip = peer_limited(app, ip) ? iplimit_acquire(app->ips, ip) : NULL;
     list_add(app->streams, st);
     app->metrics.streams_total++;

@@ -469,7 +469,8 @@ static void a_resume_is_served_from_the_cache(void **state)
 static void last_n_replays_the_latest_messages(void **state)
 {
     (void)state;
-    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true}, c = {.sub.sink = &sink, .room = true}, d = {.sub.sink = &sink, .room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true},
+                    c = {.sub.sink = &sink, .room = true}, d = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     for (uint64_t s = 6; s <= 10; s++)
         live(s);
@@ -559,7 +560,8 @@ static void a_resume_waits_for_room_in_the_queue(void **state)
 static void a_resume_past_the_history_is_refused(void **state)
 {
     (void)state;
-    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true}, c = {.sub.sink = &sink, .room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true},
+                    c = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     struct resume other_epoch = {.since = 3, .epoch = "e0"}, ahead = {.since = 9, .epoch = EPOCH};
     subscribe(&b, &other_epoch);
@@ -582,7 +584,8 @@ static void a_resume_past_the_history_is_refused(void **state)
 static void a_strict_resume_is_refused_and_dropped(void **state)
 {
     (void)state;
-    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true}, c = {.sub.sink = &sink, .room = true};
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true},
+                    c = {.sub.sink = &sink, .room = true};
     join_at_head_5(&a);
     struct resume wrong = {.since = 3, .epoch = "e0", .strict = true};
     struct resume fine = {.since = 4, .epoch = EPOCH, .strict = true};

@@ -126,8 +126,18 @@ static void positions_round_trip(void **state)
 static void bad_positions_are_refused(void **state)
 {
     (void)state;
-    const char *bad[] = {"", "_", "e_", "_1", "e1", "e_1x", "e_-1", "e_+1", "e.f_1", "e f_1",
-                         "e_9223372036854775808", "e_000000000000000000001",
+    const char *bad[] = {"",
+                         "_",
+                         "e_",
+                         "_1",
+                         "e1",
+                         "e_1x",
+                         "e_-1",
+                         "e_+1",
+                         "e.f_1",
+                         "e f_1",
+                         "e_9223372036854775808",
+                         "e_000000000000000000001",
                          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_1"};
     char epoch[REQUEST_EPOCH_MAX] = "untouched";
     uint64_t seq = 7;
