@@ -364,5 +364,27 @@ class DurableStreamsTest(StreamCase):
         self.assertEqual(body["error"]["code"], "history_reset")
 
 
+class StreamCorsTest(StreamCase):
+    herald_args = ("--cors-origins", "http://app.example")
+
+    async def test_a_listed_origin_may_read_streams_and_their_offsets(self):
+        pub = self.publish("co", {"n": 1})
+        origin = ["Origin: http://app.example"]
+        c = self.sse("/v1/channels/co/stream?since=0", origin)
+        self.assertEqual(c.headers["access-control-allow-origin"], "http://app.example")
+        self.until_event(c, "subscribed")
+        c = self.open(get_req(f"/v1/channels/co/stream?offset={position(pub['epoch'], 0)}",
+                              origin))
+        self.assertEqual(c.head(), 200)
+        exposed = {h.strip() for h in c.headers["access-control-expose-headers"].split(",")}
+        self.assertLessEqual({"stream-next-offset", "stream-cursor", "stream-up-to-date"},
+                             exposed)
+        self.assertEqual(json.loads(c.body()), [{"n": 1}])
+        # another origin gets the answer without CORS headers: its page cannot read it
+        c = self.open(sse_req("/v1/channels/co/stream", ["Origin: http://evil.example"]))
+        self.assertEqual(c.head(), 200)
+        self.assertNotIn("access-control-allow-origin", c.headers)
+
+
 if __name__ == "__main__":
     main()
