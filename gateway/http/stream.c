@@ -451,7 +451,7 @@ static void sink_answered(struct subscriber *s, const char *channel, const struc
         st->out.len = st->off = 0;
         st->items = 0;
     }
-    if (a->seq > st->pos || reset)
+    if ((a->seq > st->pos && !st->full) || reset) /* a cut page ends at its last item */
         st->pos = a->seq;
     st->recovered = !a->resumed || a->recovered;
     st->reason = a->resumed && !a->recovered ? a->code : NULL;
@@ -507,7 +507,7 @@ static void list_remove(struct streams *ss, struct stream *st)
 }
 
 /* The stream leaves its channel and the process; its session forgets it. Never called from
- * inside the channel core (the loop, lws's callbacks and the sweep only). */
+ * inside the channel core: from the loop (a kick) and lws's callbacks only. */
 static void stream_free(struct stream *st)
 {
     struct herald *app = st->app;

@@ -314,6 +314,29 @@ class LongPollTest(StreamCase):
         self.assertEqual((page["recovered"], page["code"]), (False, "history_reset"))
 
 
+class PagedPollTest(StreamCase):
+    herald_args = ("--client-queue-bytes", "16k", "--max-publish-bytes", "8k")
+
+    async def test_a_cut_page_ends_at_its_last_message_and_the_next_goes_on(self):
+        for i in range(1, 41):
+            self.publish("big", {"n": i, "pad": "x" * 1000})
+        got, pos, pages = [], 0, 0
+        while True:
+            c = self.open(get_req(f"/v1/channels/big/stream?since={pos}&timeout=0"))
+            self.assertEqual(c.head(), 200)
+            page = json.loads(c.body())
+            pages += 1
+            seqs = [m["seq"] for m in page["messages"]]
+            if seqs:
+                self.assertEqual(page["seq"], seqs[-1])  # the position is the last one sent
+            got += seqs
+            pos = page["seq"]
+            if not page["more"]:
+                break
+        self.assertEqual(got, list(range(1, 41)))
+        self.assertGreater(pages, 2)
+
+
 class DurableStreamsTest(StreamCase):
     herald_args = ("--longpoll-timeout", "1s")
 
