@@ -93,6 +93,23 @@ def get_messages(rng, allow_publish, channel=None):
     return with_credential(req, credential(rng, allow_publish), rng)
 
 
+def get_stream(rng, allow_publish, channel=None):
+    """The live tail: SSE, long-poll or a Durable Streams read, held briefly at most."""
+    channel = channel or rng.choice(CHANNELS)
+    query = rng.choice(["?timeout=0", "?since=0&timeout=1", "?last=2&timeout=0",
+                        "?since=1&epoch=0123456789abcdef&strict=1", "?offset=-1",
+                        "?offset=now&live=long-poll&cursor=1", "?offset=-1&live=sse",
+                        "?offset=x_1", "?since=1&last=1", "?timeout=301",
+                        "?offset=%s_00000000000000000001" % fill("e", 40)])
+    req = Request("GET", f"/v1/channels/{channel}/stream{query}", headers=[["Host", "gw"]])
+    if rng.random() < 0.6:
+        req.headers.append(["Accept", "text/event-stream"])
+    if rng.random() < 0.3:
+        req.headers.append(["Last-Event-ID", rng.choice(
+            ["0123456789abcdef_00000000000000000001", "0_0", "x", fill("9", 100)])])
+    return with_credential(req, credential(rng, allow_publish), rng)
+
+
 def post_message(rng, allow_publish, channel=None):
     channel = channel or rng.choice(CHANNELS)
     req = Request("POST", f"/v1/channels/{channel}/messages",
@@ -176,7 +193,7 @@ def ws_handshake(rng, allow_publish):
 
 # (builder, weight): what a request-driven case starts from
 HTTP_SEEDS = [
-    (get_messages, 6), (post_message, 6), (post_batch, 3), (probe, 3), (static_file, 3),
+    (get_messages, 6), (get_stream, 4), (post_message, 6), (post_batch, 3), (probe, 3), (static_file, 3),
     (keep_alive, 2), (h2c_upgrade, 2), (connect_method, 1), (ws_handshake, 3),
 ]
 
