@@ -15,13 +15,16 @@
 #include <libwebsockets.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define SWEEP_MS 250
 #define ANSWER_TIMEOUT_MS                                                                          \
     10000                 /* Redis (and PostgreSQL) must have answered the subscribe by then */
 #define SSE_RETRY_MS 1000 /* what an EventSource waits before it reconnects */
+#define PEEK_MS      1000 /* how often a held long-poll's socket is checked for its end */
 #define HEAD_MAX     (512 + CORS_LINES_MAX)
 
 /* Bytes being made or queued. */
@@ -68,6 +71,7 @@ struct stream {
     uint64_t deadline_ms; /* POLL: answered (empty) then */
     uint64_t ends_ms;     /* ds SSE: ended cleanly then */
     uint64_t wrote_ms;    /* SSE: the last bytes queued (heartbeats) */
+    uint64_t peeked_ms;   /* POLL: its socket was last checked for a hang-up */
     uint64_t started_ms;  /* not answered ANSWER_TIMEOUT_MS after it: 503 */
     int64_t exp;          /* the token's exp, 0 for none */
     struct ipcount *ip;
@@ -774,6 +778,21 @@ size_t stream_drain(struct herald *app, size_t n)
 /* ------------------------------------------------------------------------------------------
  * The sweep: deadlines, heartbeats, expiry */
 
+/* A held long-poll reads nothing (its connection is paused until the answer, so that what
+ * is pipelined behind it waits): a client that hung up would hold its place until the
+ * timeout. A peek at the socket, once a second, finds the end of its input and lets go. */
+static void peek_peer(struct stream *st, uint64_t now)
+{
+    st->peeked_ms = now;
+    char c;
+    int fd = (int)lws_get_socket_fd(st->wsi);
+    ssize_t n = fd >= 0 ? recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) : -1;
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        st->finishing = true; /* nothing more is queued or answered */
+        lws_set_timeout(st->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    }
+}
+
 static void sweep_one(struct stream *st, uint64_t now, int64_t wall)
 {
     const struct herald_config *cfg = st->app->cfg;
@@ -792,6 +811,8 @@ static void sweep_one(struct stream *st, uint64_t now, int64_t wall)
     if (st->mode == POLL) {
         if (now >= st->deadline_ms || expired)
             kick(st);
+        else if (now - st->peeked_ms >= PEEK_MS)
+            peek_peer(st, now);
         return;
     }
     if (!st->head_out)

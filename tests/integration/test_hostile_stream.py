@@ -157,6 +157,19 @@ class HostileStreamTest(StreamCase):
                                 lambda v: v >= before + 3)
         self.check_intact(self.by, "forged")
 
+    async def test_abandoned_long_polls_let_go_of_their_place(self):
+        conns = [self.open(get_req("/v1/channels/h/stream?timeout=120")) for _ in range(10)]
+        await asyncio.to_thread(self.h.wait_metric, "herald_http_streams",
+                                lambda v: v == 10, {"kind": "poll"})
+        t = time.monotonic()
+        for c in conns:
+            c.close()
+        # noticed within about a second each, not at the 120 s timeout
+        await asyncio.to_thread(self.h.wait_metric, "herald_http_streams",
+                                lambda v: v == 0, {"kind": "poll"}, 10)
+        self.assertLess(time.monotonic() - t, 8)
+        self.check_intact(self.by, "abandoned")
+
     async def test_more_streams_than_an_address_may_hold_are_429(self):
         conns = []
         for _ in range(19):  # the bystander is the 20th
