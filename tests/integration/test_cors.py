@@ -2,7 +2,7 @@
 """CORS for /v1 at the byte level (the browser side is tests/browser/cors.test.mjs): a
 preflight from a listed Origin gets 204 with the methods, headers and max-age; one from
 another Origin 403 without an allow-origin header; an answer to a listed Origin carries
-allow-origin, vary and the exposed Retry-After. OPTIONS that is no preflight, or comes with a
+allow-origin, vary and the exposed headers (Retry-After, Durable Streams' Stream-*). OPTIONS that is no preflight, or comes with a
 body, stays a refused method, and without HERALD_CORS_ORIGINS nothing changes."""
 
 import os
@@ -130,7 +130,8 @@ class TestCors(CorsBase):
         self.assertEqual(status, 503)
         self.assertEqual(h["access-control-allow-origin"], APP)
         self.assertEqual(h["vary"], "origin")
-        self.assertEqual(h["access-control-expose-headers"], "retry-after")
+        self.assertEqual(h["access-control-expose-headers"],
+                         "retry-after, stream-next-offset, stream-cursor, stream-up-to-date")
         self.assertEqual(h["retry-after"], "1")
         for headers in ([("Origin", "https://evil.example")], []):
             status, h, _ = self.raw("GET", PATH + "?since=0", headers)
