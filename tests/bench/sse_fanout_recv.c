@@ -35,8 +35,21 @@
 #define BUF_CAP  (256 * 1024)
 #define INFLIGHT 200 /* connections being opened at once */
 
-enum { C_WS_READY, C_SSE_READY, C_WS_MSG, C_SSE_MSG, C_WS_CLOSED, C_SSE_CLOSED, C_ERR,
-       C_SSE_EVENTS, C_WS_BYTES, C_SSE_BYTES, C_READS, C_SSE_COMMENTS, C_N = 16 };
+enum {
+    C_WS_READY,
+    C_SSE_READY,
+    C_WS_MSG,
+    C_SSE_MSG,
+    C_WS_CLOSED,
+    C_SSE_CLOSED,
+    C_ERR,
+    C_SSE_EVENTS,
+    C_WS_BYTES,
+    C_SSE_BYTES,
+    C_READS,
+    C_SSE_COMMENTS,
+    C_N = 16
+};
 
 struct conn {
     int fd;
@@ -113,12 +126,14 @@ static void send_request(struct conn *c)
     if (c->sse)
         n = snprintf(req, sizeof req,
                      "GET /v1/channels/%s/stream HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                     "Accept: text/event-stream\r\n\r\n", channel, port);
+                     "Accept: text/event-stream\r\n\r\n",
+                     channel, port);
     else
         n = snprintf(req, sizeof req,
                      "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n", port);
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     port);
     send_all(c, req, (size_t)n);
 }
 
@@ -312,7 +327,8 @@ int main(int argc, char **argv)
                     close_conn(c, 0);
                     continue;
                 }
-                struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = evs[i].data.u32};
+                struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,
+                                         .data.u32 = evs[i].data.u32};
                 epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
                 if (c->sse)
                     c->state = 1;
