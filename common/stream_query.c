@@ -137,8 +137,9 @@ int stream_query_pair(struct stream_query_parser *p, const char *key, size_t kle
         return 0;
     case K_OFFSET:
         q->ds = true;
-        if (is(val, vlen, "-1")) { /* the beginning */
+        if (is(val, vlen, "-1")) { /* the beginning: the oldest message kept */
             q->resume = true;
+            q->oldest = true;
             q->since = 0;
         } else if (!is(val, vlen, "now")) { /* now: from the end, nothing replayed */
             if (stream_position_parse(val, vlen, &q->since, q->epoch) < 0) {

@@ -23,6 +23,7 @@ struct stream_query {
     bool ds;               /* offset= was given: the Durable Streams read protocol */
     enum stream_live live; /* ds: live=sse or live=long-poll; none for a catch-up read */
     bool resume;           /* since (or an offset token, or -1): replay what came after it */
+    bool oldest;           /* offset=-1: from the oldest message kept */
     uint64_t since;
     char epoch[REQUEST_EPOCH_MAX]; /* "" when not given */
     uint64_t last;                 /* last=N: the last N messages, then live */

@@ -227,6 +227,8 @@ int registry_wait(struct channel *ch, struct subscriber *s, const char *id_json,
         nw->since = resume->since;
         nw->last = resume->last;
         nw->strict = resume->strict;
+        nw->paged = resume->paged;
+        nw->oldest = resume->oldest;
         snprintf(nw->epoch, sizeof nw->epoch, "%s", resume->epoch ? resume->epoch : "");
     }
     return 0;

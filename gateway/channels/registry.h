@@ -44,6 +44,8 @@ struct waiter {
     bool resume;
     uint64_t last;    /* last:N not yet turned into a since (needs the channel's head) */
     bool strict;      /* a resume that cannot be served is refused, not answered unrecovered */
+    bool paged;       /* one page, then the subscriber leaves: no HERALD_REPLAY_MAX bound */
+    bool oldest;      /* from the oldest message kept (resume.oldest) */
     bool checked;     /* the resume passed its checks: its frames are going out */
     bool paused;      /* the subscriber's queue is full: waiting for it to drain */
     bool asked_ahead; /* its position is past this process's head: PostgreSQL was asked once */

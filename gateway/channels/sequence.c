@@ -767,6 +767,12 @@ static void answer(struct seq *s, struct channel *ch, struct waiter *w, bool res
 }
 
 /* Why a resume cannot be served at all, or NULL. */
+/* More than one resume may replay (HERALD_REPLAY_MAX), unless it is a page. */
+static bool too_far(const struct seq *s, const struct channel *ch, const struct waiter *w)
+{
+    return !w->paged && ch->last_seq - w->since > (uint64_t)s->app->cfg->replay_max;
+}
+
 static const char *resume_refusal(const struct seq *s, const struct channel *ch,
                                   const struct waiter *w)
 {
@@ -774,7 +780,7 @@ static const char *resume_refusal(const struct seq *s, const struct channel *ch,
         return "history_unavailable";
     if ((w->epoch[0] && strcmp(w->epoch, ch->epoch) != 0) || w->since > ch->last_seq)
         return "history_reset";
-    if (ch->last_seq - w->since > (uint64_t)s->app->cfg->replay_max)
+    if (too_far(s, ch, w))
         return "history_expired";
     return NULL;
 }
@@ -820,6 +826,8 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
         w->epoch[0] = '\0';
         w->last = 0;
     }
+    if (w->oldest && ch->first_kept && w->since + 1 < ch->first_kept)
+        w->since = ch->first_kept - 1; /* learnt from the last page PostgreSQL gave */
     /* A position past what this process has delivered, with no announcement of it yet: the
      * client may have read it from PostgreSQL before the PUBLISH reached us (the recipe "load
      * state, then stream" does exactly that). It counts as an announcement, checked with
@@ -861,8 +869,7 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
     /* the frames after since are neither in the cache nor in the page: pruned, when a page
      * asked for them starts past them (retention by age can cut a hole in a channel's
      * history); a page for a later position (gap repair) says nothing about them */
-    if (ch->last_seq - w->since > (uint64_t)s->app->cfg->replay_max ||
-        (ch->first_kept && w->since + 1 < ch->first_kept) ||
+    if (too_far(s, ch, w) || (ch->first_kept && w->since + 1 < ch->first_kept) ||
         (ch->npage && ch->page_since <= w->since && ch->page[0]->seq > w->since + 1))
         code = "history_expired";
     else if (w->attempts >= MAX_ATTEMPTS || !db_up(s->app->db))

@@ -35,6 +35,10 @@ struct resume {
     const char *epoch; /* NULL or "" when the client did not say */
     uint64_t last;
     bool strict; /* refuse, rather than go live unrecovered, when it cannot be served */
+    /* the subscriber takes one page and leaves (an HTTP read): however far back since is,
+     * the replay stops when its queue is full, so HERALD_REPLAY_MAX does not bound it */
+    bool paged;
+    bool oldest; /* since 0 means the oldest message kept, not seq 1 (Durable Streams' -1) */
 };
 
 /* What a `subscribed` reply says. */

@@ -1001,7 +1001,9 @@ int stream_begin(struct herald *app, struct lws *wsi, const char *uri)
     struct resume r = {.since = q.since,
                        .epoch = q.since && q.epoch[0] ? q.epoch : NULL,
                        .last = q.last,
-                       .strict = q.strict};
+                       .strict = q.strict,
+                       .paged = !sse,
+                       .oldest = q.oldest};
     if (hub_subscribe(app->hub, &st->sub, channel, strlen(channel), NULL,
                       q.resume || q.last ? &r : NULL) < 0) {
         answer_error(st, 503, ERR_INTERNAL, "out of memory");

@@ -337,6 +337,39 @@ class PagedPollTest(StreamCase):
         self.assertGreater(pages, 2)
 
 
+class DeepHistoryTest(StreamCase):
+    herald_args = ("--replay-max", "5")
+
+    async def test_pages_read_further_back_than_a_resume_replays(self):
+        pubs = [self.publish("deep", {"n": i}) for i in range(1, 13)]
+        epoch = pubs[0]["epoch"]
+        # a page stops at its size, so HERALD_REPLAY_MAX (5) does not bound it
+        c = self.open(get_req("/v1/channels/deep/stream?since=0&timeout=0"))
+        self.assertEqual(c.head(), 200)
+        page = json.loads(c.body())
+        self.assertEqual(([m["seq"] for m in page["messages"]], page["recovered"]),
+                         (list(range(1, 13)), True))
+        c = self.open(get_req("/v1/channels/deep/stream?offset=-1"))
+        self.assertEqual(c.head(), 200)
+        self.assertEqual([d["n"] for d in json.loads(c.body())], list(range(1, 13)))
+        # a stream replays at most HERALD_REPLAY_MAX, as over WebSocket
+        c = self.sse("/v1/channels/deep/stream?since=0")
+        sub = json.loads(self.until_event(c, "subscribed")[-1]["data"])
+        self.assertEqual((sub["recovered"], sub["code"]), (False, "history_expired"))
+        # pruned history: -1 starts at the oldest message kept; since=0 says it is gone
+        self.pg.sql("DELETE FROM herald_messages WHERE channel = 'deep' AND seq <= 4")
+        c = self.open(get_req("/v1/channels/deep/stream?offset=-1"))
+        self.assertEqual(c.head(), 200)
+        self.assertEqual([d["n"] for d in json.loads(c.body())], list(range(5, 13)))
+        self.assertEqual(c.headers["stream-next-offset"], position(epoch, 12))
+        c = self.open(get_req("/v1/channels/deep/stream?since=0&timeout=0"))
+        self.assertEqual(c.head(), 200)
+        page = json.loads(c.body())
+        self.assertEqual((page["recovered"], page["code"]), (False, "history_expired"))
+        c = self.open(get_req(f"/v1/channels/deep/stream?offset={position(epoch, 2)}"))
+        self.assertEqual(c.head(), 410)
+
+
 class DurableStreamsTest(StreamCase):
     herald_args = ("--longpoll-timeout", "1s")
 

@@ -57,11 +57,11 @@ static void durable_streams_parameters_parse(void **state)
     (void)state;
     struct stream_query q;
     assert_int_equal(ok("offset=-1", &q), 0);
-    assert_true(q.ds && q.resume && q.since == 0 && q.live == STREAM_LIVE_NONE);
+    assert_true(q.ds && q.resume && q.oldest && q.since == 0 && q.live == STREAM_LIVE_NONE);
     assert_int_equal(ok("offset=now&live=sse&cursor=123", &q), 0);
     assert_true(q.ds && !q.resume && q.live == STREAM_LIVE_SSE);
     assert_int_equal(ok("offset=e1f2_00000000000000000042&live=long-poll", &q), 0);
-    assert_true(q.ds && q.resume && q.since == 42 && q.live == STREAM_LIVE_POLL);
+    assert_true(q.ds && q.resume && !q.oldest && q.since == 42 && q.live == STREAM_LIVE_POLL);
     assert_string_equal(q.epoch, "e1f2");
 }
 
