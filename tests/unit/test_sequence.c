@@ -579,6 +579,27 @@ static void a_resume_past_the_history_is_refused(void **state)
     leave(&c);
 }
 
+/* A page (an HTTP read) stops when its subscriber's queue is full, so HERALD_REPLAY_MAX does
+ * not bound how far back it starts; a resume that is no page is refused that far back. */
+static void a_paged_resume_is_not_bounded_by_replay_max(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.sub.sink = &sink, .room = true}, b = {.sub.sink = &sink, .room = true},
+                    c = {.sub.sink = &sink, .room = true};
+    join_at_head_5(&a);
+    w.cfg.replay_max = 2;
+    struct resume whole = {.since = 0}, page = {.since = 0, .paged = true};
+    subscribe(&b, &whole);
+    assert_string_equal(b.log, "S5/history_expired");
+    subscribe(&c, &page);
+    assert_int_equal(w.nfetches, 1);
+    answer_fetch(NULL);
+    assert_string_equal(c.log, "m1 m2 m3 m4 m5 S5/r5");
+    leave(&a);
+    leave(&b);
+    leave(&c);
+}
+
 /* strict: a resume that cannot be served is refused; the member gets nothing of the channel
  * until the connection drops it (hub_drop_refused), which leaves the other members alone. */
 static void a_strict_resume_is_refused_and_dropped(void **state)
@@ -914,6 +935,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(a_check_overtaken_by_a_live_message_is_no_divergence, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(last_n_replays_the_latest_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_paged_resume_is_not_bounded_by_replay_max, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(a_strict_resume_is_refused_and_dropped, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
