@@ -23,10 +23,8 @@
 #define JWT_AUTH_ECLAIMS    -7 /* exp, sub, nbf, channels or publish missing or mistyped */
 #define JWT_AUTH_EKEY       -8 /* the secret is empty or too long: a configuration error */
 #define JWT_AUTH_ENOMEM     -9
-#define JWT_AUTH_EKID                                                                              \
-    -10 /* no key for the token: an unknown kid, or several keys and none named                    \
-         */
-#define JWT_AUTH_EAUDIENCE -11 /* iss or aud is not the one the verifier expects */
+#define JWT_AUTH_EKID       -10 /* no key: an unknown kid, or several keys and none named */
+#define JWT_AUTH_EAUDIENCE  -11 /* iss or aud is not the one the verifier expects */
 
 struct jwt_claims {
     char sub[JWT_AUTH_SUB_MAX + 1];

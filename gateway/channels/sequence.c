@@ -766,13 +766,13 @@ static void answer(struct seq *s, struct channel *ch, struct waiter *w, bool res
     w->sub->sink->answered(w->sub, ch->name, &a, w->id_json);
 }
 
-/* Why a resume cannot be served at all, or NULL. */
 /* More than one resume may replay (HERALD_REPLAY_MAX), unless it is a page. */
 static bool too_far(const struct seq *s, const struct channel *ch, const struct waiter *w)
 {
     return !w->paged && ch->last_seq - w->since > (uint64_t)s->app->cfg->replay_max;
 }
 
+/* Why a resume cannot be served at all, or NULL. */
 static const char *resume_refusal(const struct seq *s, const struct channel *ch,
                                   const struct waiter *w)
 {

@@ -523,6 +523,19 @@ static void key_space(const struct principal *who, bool has_who, char *out, size
 /* Who may do this: with auth off everyone; else 401 without credentials and 403 outside
  * the token's channels (GET) or publish (POST) patterns. On true, c->space is filled and,
  * for a batch (channel NULL), c->who kept for the per-message checks. */
+/* Whether who may read (GET) or publish on (POST) channel; 403 answered when not. */
+static bool allowed(struct herald *app, struct lws *wsi, struct http_session *s,
+                    const struct principal *who, const char *channel, bool post)
+{
+    size_t len = strlen(channel);
+    if (post ? auth_may_publish(who, channel, len) : auth_may_read(who, channel, len))
+        return true;
+    answer_error(app, wsi, s, 403, ERR_FORBIDDEN,
+                 post ? "the token does not allow publishing here"
+                      : "the token does not allow this channel");
+    return false;
+}
+
 static bool authorized(struct herald *app, struct lws *wsi, struct http_session *s,
                        struct rest_call *c, const char *channel, bool post)
 {
@@ -537,13 +550,8 @@ static bool authorized(struct herald *app, struct lws *wsi, struct http_session 
         c->has_who = true;
         return true;
     }
-    size_t len = strlen(channel);
-    bool ok = post ? auth_may_publish(&p, channel, len) : auth_may_read(&p, channel, len);
+    bool ok = allowed(app, wsi, s, &p, channel, post);
     auth_release(&p);
-    if (!ok)
-        answer_error(app, wsi, s, 403, ERR_FORBIDDEN,
-                     post ? "the token does not allow publishing here"
-                          : "the token does not allow this channel");
     return ok;
 }
 
@@ -585,16 +593,27 @@ int rest_stray_request(struct lws *wsi)
     return 1;
 }
 
-struct http_session *rest_open(struct herald *app, struct lws *wsi)
+/* The connection's session for a new request, made when it has none; NULL when out of
+ * memory. */
+static struct http_session *open_session(struct herald *app, struct lws *wsi, bool post)
 {
     struct http_session *s = http_session_make(wsi);
     if (!s)
         return NULL;
     s->started_ms = herald_now_ms(app);
-    lws_rx_flow_control(wsi, 0); /* the request is whole: read nothing more until answered */
+    if (!post) /* the request is whole: read nothing more until it is answered */
+        lws_rx_flow_control(wsi, 0);
+    /* lws delivers a POST's body (even an empty one) after this: it is read either way */
     s->wsi = wsi;
     cors_lines(app, wsi, s->cors, sizeof s->cors);
-    set_phase(app, s, REST_WAIT);
+    return s;
+}
+
+struct http_session *rest_open(struct herald *app, struct lws *wsi)
+{
+    struct http_session *s = open_session(app, wsi, false);
+    if (s)
+        set_phase(app, s, REST_WAIT);
     return s;
 }
 
@@ -606,9 +625,8 @@ bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s, 
         return true;
     if (!identify(app, wsi, s, who))
         return false;
-    if (!auth_may_read(who, channel, strlen(channel))) {
+    if (!allowed(app, wsi, s, who, channel, false)) {
         auth_release(who);
-        answer_error(app, wsi, s, 403, ERR_FORBIDDEN, "the token does not allow this channel");
         return false;
     }
     *has_who = true;
@@ -617,18 +635,12 @@ bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s, 
 
 int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
 {
-    struct http_session *s = http_session_make(wsi);
-    if (!s)
-        return -1;
     char channel[CHANNEL_NAME_MAX + 1], err[160];
     bool post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
     bool batch = post && strcmp(uri, "/v1/messages") == 0;
-    s->started_ms = herald_now_ms(app);
-    if (!post) /* the request is whole: read nothing more until it is answered */
-        lws_rx_flow_control(wsi, 0);
-    /* lws delivers a POST's body (even an empty one) after this: it is read either way */
-    s->wsi = wsi;
-    cors_lines(app, wsi, s->cors, sizeof s->cors);
+    struct http_session *s = open_session(app, wsi, post);
+    if (!s)
+        return -1;
     set_phase(app, s, post ? REST_BODY : REST_IDLE);
     enum route route = batch ? ROUTE_NONE : route_channel(uri, channel);
     if (!batch &&

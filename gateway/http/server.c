@@ -126,6 +126,10 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
     int rc;
     if (front_door(app, wsi, reason, &rc))
         return rc;
+    if (s && s->stream &&
+        (reason == LWS_CALLBACK_HTTP || reason == LWS_CALLBACK_HTTP_BODY ||
+         reason == LWS_CALLBACK_HTTP_BODY_COMPLETION))
+        return -1; /* input behind a stream's request: the stream ends (stream.h) */
     switch (reason) {
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
         /* a handshake that named the "http" subprotocol; http_guard_upgrade refuses it
@@ -137,8 +141,6 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
         http_guard_refuse(app, wsi, 405, ERR_BAD_REQUEST, "method not allowed: GET and POST only");
         return -1;
     case LWS_CALLBACK_HTTP:
-        if (s && s->stream)
-            return -1; /* a request behind a stream's: the stream ends (stream.h) */
         if (rest_stray_request(wsi))
             return 0;
         if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_POST_URI) <= 0)
@@ -149,12 +151,8 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
             return rest_begin(app, wsi, uri);
         return http_api_serve(app, wsi);
     case LWS_CALLBACK_HTTP_BODY:
-        if (s && s->stream)
-            return -1;
         return s ? rest_body(app, wsi, s, in, len) : 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        if (s && s->stream)
-            return -1;
         return s ? rest_body_done(app, wsi, s) : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE:
         if (s && s->stream)
