@@ -1,4 +1,5 @@
 #include "envelope.h"
+#include "json_text.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -40,7 +41,7 @@ void envelope_classify(const char *channel, size_t chlen, const char *payload, s
 {
     memset(out, 0, sizeof *out);
     json_error_t err;
-    json_t *root = json_loadb(payload, len, JSON_DECODE_ANY, &err);
+    json_t *root = json_text_load(payload, len, JSON_DECODE_ANY, &err);
     if (!root) {
         out->kind = PAYLOAD_INVALID;
         out->error = "payload is not valid JSON";

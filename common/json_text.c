@@ -97,6 +97,19 @@ static size_t value_end(const char *s, size_t n, size_t i)
     return n;
 }
 
+json_t *json_text_load(const char *s, size_t n, size_t flags, json_error_t *err)
+{
+    const char *nul = memchr(s, '\0', n);
+    if (!nul)
+        return json_loadb(s, n, flags, err);
+    if (err) {
+        memset(err, 0, sizeof *err);
+        err->position = (int)(nul - s);
+        snprintf(err->text, sizeof err->text, "a NUL byte at offset %zu", (size_t)(nul - s));
+    }
+    return NULL;
+}
+
 /* The JSON string s[0..n) (quotes included) decodes to key. */
 static bool key_is(const char *s, size_t n, const char *key)
 {

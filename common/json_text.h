@@ -2,8 +2,15 @@
 #ifndef HERALD_JSON_TEXT_H
 #define HERALD_JSON_TEXT_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+
+/* json_loadb for text from outside (clients, publishers, token and key issuers): the same,
+ * except that text holding a NUL byte is refused. JSON has no raw NUL anywhere, but jansson
+ * ends a number at one and reads on, so it takes [1<NUL>] and {"n":1<NUL>}, and the NUL would
+ * then travel, as written, to every reader of the text. err may be NULL. */
+json_t *json_text_load(const char *s, size_t n, size_t flags, json_error_t *err);
 
 /* Escapes s[0..n) for use inside a JSON string into out (NUL-terminated, at most cap-1 bytes,
  * never splitting an escape). Returns the number of bytes written. */

@@ -2,6 +2,7 @@
 
 #include "b64url.h"
 #include "glob.h"
+#include "json_text.h"
 #include "jwt_keys.h"
 
 #include <errno.h>
@@ -24,7 +25,7 @@ static json_t *decode_object(const char *s, size_t n)
     long len = b64url_decode(s, n, buf);
     if (len < 0)
         return NULL;
-    json_t *obj = json_loadb((const char *)buf, (size_t)len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *obj = json_text_load((const char *)buf, (size_t)len, JSON_REJECT_DUPLICATES, NULL);
     if (obj && !json_is_object(obj)) {
         json_decref(obj);
         return NULL;

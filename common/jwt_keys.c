@@ -1,5 +1,6 @@
 #include "jwt_keys.h"
 #include "b64url.h"
+#include "json_text.h"
 
 #include <jansson.h>
 #include <openssl/bio.h>
@@ -174,7 +175,7 @@ static int stage_jwk(struct jwt_keys *st, const json_t *jwk, char *err, size_t e
 int jwt_keys_add_jwks(struct jwt_keys *ks, const char *json, size_t len, char *err, size_t errlen)
 {
     struct jwt_keys st = {0};
-    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *root = json_text_load(json, len, JSON_REJECT_DUPLICATES, NULL);
     json_t *keys = json_object_get(root, "keys");
     int rc = 0;
     if (!json_is_array(keys)) {

@@ -62,7 +62,7 @@ bool presence_event_valid(const char *ch, size_t clen, const char *payload, size
 {
     if (presence_event_kind(payload, len) == PRESENCE_NONE)
         return false;
-    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *root = json_text_load(payload, len, JSON_REJECT_DUPLICATES, NULL);
     json_t *chan = json_object_get(root, "channel");
     json_t *member = json_object_get(root, "member");
     json_t *sub = json_object_get(member, "sub");
@@ -108,12 +108,9 @@ static long parse_count(const char *s, size_t n)
     return v;
 }
 
-/* jansson stops at a NUL as at the end of the text, so one inside would pass. */
 static bool is_json(const char *s, size_t n)
 {
-    json_t *j = n && !memchr(s, '\0', n)
-                    ? json_loadb(s, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL)
-                    : NULL;
+    json_t *j = json_text_load(s, n, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
     json_decref(j);
     return j != NULL;
 }

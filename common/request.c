@@ -124,7 +124,7 @@ int request_parse(const char *msg, size_t len, int max_depth, struct request *ou
         return -1;
     }
     json_error_t err;
-    out->root = json_loadb(msg, len, JSON_REJECT_DUPLICATES, &err);
+    out->root = json_text_load(msg, len, JSON_REJECT_DUPLICATES, &err);
     if (!json_is_object(out->root)) {
         *why = "frame must be a JSON object";
         return -1;

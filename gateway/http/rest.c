@@ -755,7 +755,7 @@ static void on_published(void *arg, const struct publish_result *res)
 static json_t *batch_parse(const struct rest_call *c, const char *body, size_t len,
                            unsigned *status, enum errcode *code, char *why, size_t cap)
 {
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *root = json_text_load(body, len, JSON_REJECT_DUPLICATES, NULL);
     json_t *msgs = json_object_get(root, "messages");
     size_t n = json_array_size(msgs);
     *status = 400;
@@ -924,7 +924,7 @@ static void single_body_done(struct herald *app, struct lws *wsi, struct http_se
     if (json_too_deep(s->body, s->body_len, (int)app->cfg->max_json_depth)) {
         why = "the data nests deeper than HERALD_MAX_JSON_DEPTH allows";
     } else {
-        json_t *data = json_loadb(s->body, s->body_len, JSON_DECODE_ANY, NULL);
+        json_t *data = json_text_load(s->body, s->body_len, JSON_DECODE_ANY, NULL);
         if (!data)
             why = "the body must be JSON (the message's data)";
         json_decref(data);

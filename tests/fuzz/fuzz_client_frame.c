@@ -1,7 +1,8 @@
 /* request_parse() on any client message, with properties every accepted request must have:
  * a known op, a valid channel for the ops that take one, data for publish and info for
  * subscribe whose texts (found by json_member_span) parse to the same values, a sub of
- * 1-127 bytes, a non-empty token for refresh, and an id that is JSON text of bounded size. */
+ * 1-127 bytes, a non-empty token for refresh, and an id that is JSON text of bounded size.
+ * No accepted message holds a NUL byte (JSON has none; jansson alone would take one). */
 #include <assert.h>
 #include <stdint.h>
 #include <string.h>
@@ -15,6 +16,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *why = NULL;
     int rc = request_parse((const char *)data, size, 16, &r, &why);
     if (rc == 0) {
+        assert(!memchr(data, '\0', size));
         assert(r.op <= REQ_REFRESH);
         if (r.op != REQ_PING && r.op != REQ_REFRESH)
             assert(channel_name_valid(r.channel, r.channel_len));

@@ -1,5 +1,5 @@
 /* envelope_classify() on any bytes from Redis, for a fixed channel; a raw payload must wrap
- * into JSON that parses again. */
+ * into JSON that parses again, and no payload holding a NUL byte is taken. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,6 +32,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct payload_info info;
     envelope_classify(channel, sizeof channel - 1, (const char *)data, size, &info);
+    if (info.kind != PAYLOAD_INVALID && memchr(data, '\0', size))
+        abort();
     switch (info.kind) {
     case PAYLOAD_RAW:
         check_raw(data, size);

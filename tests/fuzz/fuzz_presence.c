@@ -1,13 +1,14 @@
 /* Presence's wire texts on arbitrary bytes (presence_event.h): a member list built from
  * whatever a channel's Redis hash holds (split here at '\n' into field, value, field, ...)
  * is always valid JSON, with each sub once and in order, and a count no smaller than the
- * members; an event check never reads out of bounds; an event built from any sub and a
- * valid JSON info passes the check. */
+ * members; an event check never reads out of bounds; an event built from any sub and an
+ * info that is JSON as Herald reads it (json_text_load) passes the check. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_text.h"
 #include "presence_event.h"
 
 #define MAX_ENTRIES 64
@@ -71,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* the first part as a sub, the second as info when it is JSON */
     if (n >= 2) {
-        json_t *info = json_loadb(part[1], plen[1], JSON_DECODE_ANY, NULL);
+        json_t *info = json_text_load(part[1], plen[1], JSON_DECODE_ANY, NULL);
         size_t elen;
         char *ev = presence_event_new(PRESENCE_JOIN, "room:1", 6, part[0], plen[0],
                                       info ? part[1] : NULL, info ? plen[1] : 0, 0, &elen);

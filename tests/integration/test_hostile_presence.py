@@ -106,10 +106,16 @@ class PresenceBytes(HostileCase):
             ws.send_json(frame)
             r = self.next_presence_frame(ws)
             self.assertEqual((r["op"], r["code"]), ("error", code), (frame, r))
+        # info with a raw NUL after a number: jansson alone takes it, and its join event
+        # would then fail every instance's check (and the member list skip it)
+        ws.sock.sendall(frame_bytes(OP_TEXT, b'{"op":"subscribe","channel":"room:x",'
+                                             b'"info":{"n":1\x00},"id":10}'))
+        r = self.next_presence_frame(ws)
+        self.assertEqual((r["op"], r["code"]), ("error", "bad_request"), r)  # no id: not JSON
         # none of the refused subscribes made a member anywhere
         self.assertEqual(self.list_now("room:x"), {"channel": "room:x", "count": 0,
                                                    "members": []})
-        self.unharmed(errors={"bad_request": 6, "forbidden": 2})
+        self.unharmed(errors={"bad_request": 7, "forbidden": 2})
 
     # -- REST -----------------------------------------------------------------------------
 

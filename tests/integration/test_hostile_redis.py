@@ -267,6 +267,16 @@ class TestRawPayloads(RedisCase):
         self.expect_real_next(ws, ch, 1)
         self.unharmed(heads={ch: 1}, metrics={INVALID: 1})
 
+    def test_payload_with_a_nul_byte_is_dropped(self):
+        """A raw NUL after a number (jansson alone ends the number there and reads on):
+        dropped, counted invalid, never delivered with its NUL."""
+        ch = self.ch()
+        ws = self.subscriber(ch)
+        self.redis.publish(ch, b'{"n":1\x00}')
+        self.redis.publish(ch, b'[1\x00]')
+        self.expect_real_next(ws, ch, 1)
+        self.unharmed(heads={ch: 1}, exact_metrics={INVALID: 2})
+
     def test_raw_payload_over_the_publish_limit_is_dropped(self):
         """Spec 5: a raw payload larger than HERALD_MAX_PUBLISH_BYTES (64k here), by far or
         by less than the 1 KiB an envelope may add around its data: dropped, counted

@@ -247,6 +247,27 @@ class TestBodies(RestCase):
         self.assertEqual((m["seq"], m["data"]), (1, json.loads("[" * 16 + "]" * 16)))
         self.unharmed(heads={ch: 1}, exact_metrics={"herald_invalid_payloads_total": 0})
 
+    def test_a_nul_byte_in_the_json_is_400(self):
+        """A raw NUL after a number, in a single body and in a batch member: JSON has no raw
+        NUL, but jansson alone ends the number there and reads on, and the NUL would reach
+        every subscriber. 400, nothing stored, nothing delivered."""
+        ch = self.ch()
+        ws = self.subscriber(ch)
+        # refused as they arrive, not by PostgreSQL (which refuses them too, later)
+        for body in (b'{"n":1\x00}', b'[1\x00]'):
+            r = self.post(ch, body)
+            self.assert_400(r)
+            self.assertIn("must be JSON", r.json()["error"]["message"])
+        body = b'{"messages":[{"channel":"%s","data":{"n":1\x00}}]}' % ch.encode()
+        r = self.rest(post_bytes("/v1/messages", body, cred=API_KEY))
+        self.assert_400(r)
+        self.assertNotIn("results", r.json())
+        r = self.post(ch, b'{"n":1}')
+        self.assertEqual((r.status, r.json()["seq"]), (201, 1), r)
+        m = H.ws_next_json(ws, 20)
+        self.assertEqual((m["seq"], m["data"]), (1, {"n": 1}))
+        self.unharmed(heads={ch: 1})
+
     def test_batch_data_deeper_than_the_limit_is_400(self):
         """L4: a batch member whose data is 2048 deep: the batch is 400, nothing stored."""
         ch = self.ch()

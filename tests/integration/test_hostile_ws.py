@@ -290,6 +290,25 @@ class TestFrames(WsCase):
         self.assertEqual(ws_next_json(w), {"op": "pong"})
         self.unharmed(errors={"bad_request": 1})
 
+    def test_nul_byte_in_the_json_is_bad_request(self):
+        """A raw NUL after a number in a publish's data (NUL is valid UTF-8, so the frame
+        passes that check; jansson alone ends the number at it and reads on): bad_request,
+        nothing stored or delivered, the connection usable after."""
+        sub = self.ws()
+        sub.send_json({"op": "subscribe", "channel": "wn:nul", "id": 1})
+        self.assertEqual(ws_next_json(sub).get("op"), "subscribed")
+        w = self.ws(token=H.writer_token())
+        w.send_text(b'{"op":"publish","channel":"wn:nul","data":{"n":1\x00},"id":2}')
+        reply = ws_next_json(w)
+        # refused as it arrives, not by PostgreSQL (which refuses it too, later)
+        self.assertEqual((reply.get("op"), reply.get("code"), reply.get("message")),
+                         ("error", "bad_request", "frame must be a JSON object"), reply)
+        w.send_json({"op": "publish", "channel": "wn:nul", "data": {"n": 2}, "id": 3})
+        self.assertEqual(ws_next_json(w).get("op"), "published")
+        m = ws_next_json(sub, skip_messages=False)
+        self.assertEqual((m.get("seq"), m.get("data")), (1, {"n": 2}), m)
+        self.unharmed(heads={"wn:nul": 1}, errors={"bad_request": 1})
+
     def test_message_in_a_thousand_fragments_is_processed_once(self):
         """A ping op split into 1-byte fragments (all in one write): exactly one pong."""
         w = self.ws()

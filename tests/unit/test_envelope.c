@@ -49,6 +49,19 @@ static void non_json_is_invalid(void **state)
     }
 }
 
+/* jansson alone would take both, and the raw one would reach browsers with its NUL */
+static void a_payload_with_a_nul_byte_is_invalid(void **state)
+{
+    static const char raw[] = "{\"n\":1\0}";
+    static const char seq[] = "{\"op\":\"message\",\"channel\":\"c\",\"seq\":3,\"data\":[1\0]}";
+    struct payload_info i;
+    envelope_classify("c", 1, raw, sizeof raw - 1, &i);
+    assert_int_equal(i.kind, PAYLOAD_INVALID);
+    assert_non_null(i.error);
+    envelope_classify("c", 1, seq, sizeof seq - 1, &i);
+    assert_int_equal(i.kind, PAYLOAD_INVALID);
+}
+
 static void broken_envelopes_are_invalid(void **state)
 {
     const char *bad[] = {
@@ -83,6 +96,7 @@ int main(void)
         cmocka_unit_test(any_other_json_is_raw),
         cmocka_unit_test(non_json_is_invalid),
         cmocka_unit_test(broken_envelopes_are_invalid),
+        cmocka_unit_test(a_payload_with_a_nul_byte_is_invalid),
         cmocka_unit_test(raw_wrapping_is_exact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -92,6 +92,29 @@ static void nesting_depth_is_measured_outside_strings(void **state)
     assert_false(json_too_deep(deep, 16, 16));
 }
 
+/* jansson alone takes each of these: it ends a number at a NUL and reads on. */
+static void text_with_a_nul_byte_is_refused(void **state)
+{
+    static const struct {
+        const char *s;
+        size_t n, at;
+    } nul[] = {{"[1\0]", 4, 2}, {"{\"n\":1\0}", 8, 6}, {"{\"a\":{\"n\":-2.5\0}}", 17, 14}};
+    for (size_t k = 0; k < sizeof nul / sizeof nul[0]; k++) {
+        json_error_t err;
+        assert_null(json_text_load(nul[k].s, nul[k].n, JSON_DECODE_ANY, &err));
+        assert_int_equal(err.position, nul[k].at);
+        assert_non_null(strstr(err.text, "NUL"));
+        assert_null(json_text_load(nul[k].s, nul[k].n, JSON_DECODE_ANY, NULL));
+    }
+    json_t *ok = json_text_load("{\"n\":1}", 7, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(ok, "n")), 1);
+    json_decref(ok);
+    /* an escaped NUL inside a string is JSON, and refused only as jansson refuses it */
+    ok = json_text_load("\"a\\u0000b\"", 10, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    assert_int_equal(json_string_length(ok), 3);
+    json_decref(ok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -101,6 +124,7 @@ int main(void)
         cmocka_unit_test(member_spans_keep_the_senders_bytes),
         cmocka_unit_test(member_keys_are_compared_decoded),
         cmocka_unit_test(element_spans_cover_every_kind_of_value),
+        cmocka_unit_test(text_with_a_nul_byte_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -148,6 +148,23 @@ static void refusals_say_why_and_keep_the_id(void **state)
     request_free(&r);
 }
 
+/* JSON has no raw NUL; jansson alone would take these, and the NUL would reach every
+ * subscriber in the data, or every member list in the info. */
+static void a_nul_byte_anywhere_is_refused(void **state)
+{
+    static const char pub[] = "{\"op\":\"publish\",\"channel\":\"c\",\"data\":{\"n\":1\0}}";
+    static const char sub[] = "{\"op\":\"subscribe\",\"channel\":\"c\",\"info\":[7\0]}";
+    const char *msg[] = {pub, sub};
+    size_t len[] = {sizeof pub - 1, sizeof sub - 1};
+    for (size_t k = 0; k < 2; k++) {
+        struct request r;
+        const char *why = NULL;
+        assert_int_equal(request_parse(msg[k], len[k], 16, &r, &why), -1);
+        assert_non_null(why);
+        request_free(&r);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -155,6 +172,7 @@ int main(void)
         cmocka_unit_test(plain_ops),
         cmocka_unit_test(presence_fields),
         cmocka_unit_test(refusals_say_why_and_keep_the_id),
+        cmocka_unit_test(a_nul_byte_anywhere_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
