@@ -275,7 +275,7 @@ static void hub_on_message(struct hub *hub, const char *name, size_t len, const 
         struct frame *f =
             presence_event_frame(hub->app->presence, ch->name, ch->len, payload, plen, &why);
         if (f)
-            seq_deliver(hub->seq, ch, f);
+            seq_deliver(ch, f);
         else
             note_invalid(hub, ch, why);
         frame_unref(f);
@@ -298,7 +298,7 @@ static void hub_on_message(struct hub *hub, const char *name, size_t len, const 
     struct frame *f = frame_new(envelope_raw_size(ch->len, plen));
     if (f) {
         envelope_write_raw((char *)frame_payload(f), ch->name, ch->len, payload, plen);
-        seq_deliver(hub->seq, ch, f);
+        seq_deliver(ch, f);
     }
     frame_unref(f);
 }

@@ -210,9 +210,8 @@ static struct frame *cache_find(const struct channel *ch, uint64_t seq)
 /* ------------------------------------------------------------------------------------------
  * Live delivery, holds and hints */
 
-void seq_deliver(struct seq *s, struct channel *ch, struct frame *f)
+void seq_deliver(struct channel *ch, struct frame *f)
 {
-    (void)s;
     for (uint32_t i = 0; i < ch->nmembers; i++) {
         struct member *m = &ch->members[i];
         if (!m->ready || (f->seq && f->seq <= m->last_seq))
@@ -223,7 +222,7 @@ void seq_deliver(struct seq *s, struct channel *ch, struct frame *f)
     }
 }
 
-/* Delivers the next frame in order and remembers it. */
+/* ch->last_frame becomes f (NULL: none), holding its own reference. */
 static void set_last_frame(struct channel *ch, struct frame *f)
 {
     if (f)
@@ -232,12 +231,13 @@ static void set_last_frame(struct channel *ch, struct frame *f)
     ch->last_frame = f;
 }
 
+/* Delivers the next frame in order and remembers it. */
 static void advance(struct seq *s, struct channel *ch, struct frame *f)
 {
     cache_push(s, ch, f);
     ch->last_seq = f->seq;
     set_last_frame(ch, f);
-    seq_deliver(s, ch, f);
+    seq_deliver(ch, f);
 }
 
 /* The channel has something to wait for (held frames, a hint): the tick looks at it. */
@@ -412,7 +412,7 @@ void seq_on_live(struct seq *s, struct channel *ch, const char *payload, size_t 
     if (!history_on(s)) { /* no positions to keep: forwarded as it came */
         struct frame *f = frame_from(payload, len);
         if (f)
-            seq_deliver(s, ch, f);
+            seq_deliver(ch, f);
         frame_unref(f);
         return;
     }

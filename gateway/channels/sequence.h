@@ -26,7 +26,7 @@ void seq_free(struct seq *s);
 
 /* Sends f to every ready member of ch that has not had its seq yet (a raw message has seq
  * 0 and goes to every ready member). */
-void seq_deliver(struct seq *s, struct channel *ch, struct frame *f);
+void seq_deliver(struct channel *ch, struct frame *f);
 
 /* A sequenced envelope from Redis (payload as received, seq already read from it):
  * delivered in order when authentic, held across a gap, or taken as a hint. */

@@ -464,38 +464,6 @@ static void on_presence(void *arg, const char *list, size_t len)
 /* ------------------------------------------------------------------------------------------
  * Routes and credentials */
 
-enum route { ROUTE_NONE, ROUTE_MESSAGES, ROUTE_POSITION, ROUTE_PRESENCE, ROUTE_STREAM };
-
-/* /v1/channels/{C}/messages, .../presence, .../stream or /v1/channels/{C} -> which, and C,
- * validated. */
-static enum route route_channel(const char *uri, char *out)
-{
-    static const char prefix[] = "/v1/channels/";
-    static const struct {
-        const char *suffix;
-        enum route route;
-    } tails[] = {
-        {"/messages", ROUTE_MESSAGES}, {"/presence", ROUTE_PRESENCE}, {"/stream", ROUTE_STREAM}};
-    size_t len = strlen(uri), pl = sizeof prefix - 1;
-    if (strncmp(uri, prefix, pl) != 0)
-        return ROUTE_NONE;
-    enum route route = ROUTE_POSITION;
-    size_t n = len - pl;
-    for (size_t i = 0; i < sizeof tails / sizeof tails[0]; i++) {
-        size_t sl = strlen(tails[i].suffix);
-        if (len >= pl + sl && strcmp(uri + len - sl, tails[i].suffix) == 0) {
-            route = tails[i].route;
-            n -= sl;
-            break;
-        }
-    }
-    if (!channel_name_valid(uri + pl, n))
-        return ROUTE_NONE;
-    memcpy(out, uri + pl, n);
-    out[n] = '\0';
-    return route;
-}
-
 /* The caller's credentials (a JWT or the API key): false, with 401 answered, without valid
  * ones. On true, who is to be released with auth_release. */
 static bool identify(struct herald *app, struct lws *wsi, struct http_session *s,
@@ -633,19 +601,19 @@ bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s, 
     return true;
 }
 
-int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
+int rest_begin(struct herald *app, struct lws *wsi, enum v1_route route, const char *channel)
 {
-    char channel[CHANNEL_NAME_MAX + 1], err[160];
+    char err[160];
     bool post = lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0;
-    bool batch = post && strcmp(uri, "/v1/messages") == 0;
+    bool batch = route == V1_BATCH;
     struct http_session *s = open_session(app, wsi, post);
     if (!s)
         return -1;
     set_phase(app, s, post ? REST_BODY : REST_IDLE);
-    enum route route = batch ? ROUTE_NONE : route_channel(uri, channel);
-    if (!batch &&
-        (route == ROUTE_NONE || route == ROUTE_STREAM || (post && route != ROUTE_MESSAGES))) {
-        bool bad = strncmp(uri, "/v1/channels/", 13) == 0 && route == ROUTE_NONE;
+    bool served = post ? batch || route == V1_MESSAGES
+                       : route == V1_POSITION || route == V1_MESSAGES || route == V1_PRESENCE;
+    if (!served) {
+        bool bad = route == V1_BAD_CHANNEL;
         answer_error(app, wsi, s, bad ? 400 : 404, bad ? ERR_BAD_REQUEST : ERR_NOT_FOUND,
                      MSG_ROUTES);
         return 0;
@@ -656,11 +624,11 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     c->is_batch = batch;
     if (!authorized(app, wsi, s, c, batch ? NULL : channel, post))
         return 0;
-    if (!post && route == ROUTE_MESSAGES && read_query(wsi, &c->q, err, sizeof err) < 0) {
+    if (!post && route == V1_MESSAGES && read_query(wsi, &c->q, err, sizeof err) < 0) {
         answer_error(app, wsi, s, 400, ERR_BAD_REQUEST, err);
         return 0;
     }
-    if (route == ROUTE_PRESENCE) { /* Redis only: no database needed */
+    if (route == V1_PRESENCE) { /* Redis only: no database needed */
         if (!presence_enabled(app->presence, channel, strlen(channel))) {
             answer_error(app, wsi, s, 404, ERR_NOT_FOUND,
                          "presence is not enabled on this channel");
@@ -689,7 +657,7 @@ int rest_begin(struct herald *app, struct lws *wsi, const char *uri)
     }
     set_phase(app, s, REST_WAIT);
     c->in_flight = true;
-    if (route == ROUTE_POSITION) {
+    if (route == V1_POSITION) {
         const char *names[] = {c->channel};
         history_heads(app, &c->read, names, NULL, 1, on_position, c);
         return 0;

@@ -18,6 +18,7 @@
 
 #include "errcode.h"
 #include "http_session.h"
+#include "v1_route.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -38,8 +39,9 @@ void rest_free(struct rest *r);
  * answer). */
 int rest_stray_request(struct lws *wsi);
 
-/* LWS_CALLBACK_HTTP on a /v1 path. Returns what the callback returns. */
-int rest_begin(struct herald *app, struct lws *wsi, const char *uri);
+/* LWS_CALLBACK_HTTP on a /v1 path, read by v1_route_parse (channel: its C). Returns what
+ * the callback returns. */
+int rest_begin(struct herald *app, struct lws *wsi, enum v1_route route, const char *channel);
 
 /* LWS_CALLBACK_HTTP_BODY and LWS_CALLBACK_HTTP_BODY_COMPLETION. */
 int rest_body(struct herald *app, struct lws *wsi, struct http_session *s, const void *in,

@@ -122,7 +122,8 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
 {
     struct herald *app = lws_context_user(lws_get_context(wsi));
     struct http_session *s = http_session_get(wsi);
-    char uri[256] = "";
+    char uri[256] = "", channel[CHANNEL_NAME_MAX + 1] = "";
+    enum v1_route route;
     int rc;
     if (front_door(app, wsi, reason, &rc))
         return rc;
@@ -145,10 +146,11 @@ static int http_callback(struct lws *wsi, enum lws_callback_reasons reason, void
             return 0;
         if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_POST_URI) <= 0)
             lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
-        if (stream_route(wsi, uri))
-            return stream_begin(app, wsi, uri);
+        route = v1_route_parse(uri, channel);
+        if (route == V1_STREAM && lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0)
+            return stream_begin(app, wsi, channel);
         if (strncmp(uri, "/v1/", 4) == 0)
-            return rest_begin(app, wsi, uri);
+            return rest_begin(app, wsi, route, channel);
         return http_api_serve(app, wsi);
     case LWS_CALLBACK_HTTP_BODY:
         return s ? rest_body(app, wsi, s, in, len) : 0;

@@ -916,30 +916,11 @@ static int last_event_id(struct lws *wsi, struct stream_query *q)
     return 0;
 }
 
-#define ROUTE_PREFIX "/v1/channels/"
-#define ROUTE_SUFFIX "/stream"
-
-bool stream_route(struct lws *wsi, const char *uri)
-{
-    size_t len = strlen(uri), pl = strlen(ROUTE_PREFIX), sl = strlen(ROUTE_SUFFIX);
-    return lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0 && len > pl + sl &&
-           strncmp(uri, ROUTE_PREFIX, pl) == 0 && strcmp(uri + len - sl, ROUTE_SUFFIX) == 0;
-}
-
-int stream_begin(struct herald *app, struct lws *wsi, const char *uri)
+int stream_begin(struct herald *app, struct lws *wsi, const char *channel)
 {
     struct http_session *s = rest_open(app, wsi);
     if (!s)
         return -1;
-    size_t n = strlen(uri) - strlen(ROUTE_PREFIX) - strlen(ROUTE_SUFFIX);
-    char channel[CHANNEL_NAME_MAX + 1];
-    if (!channel_name_valid(uri + strlen(ROUTE_PREFIX), n)) {
-        rest_answer_error(app, wsi, s, 400, ERR_BAD_REQUEST,
-                          "the channel must be 1-200 bytes of A-Z a-z 0-9 _ - . : @ =");
-        return 0;
-    }
-    memcpy(channel, uri + strlen(ROUTE_PREFIX), n);
-    channel[n] = '\0';
     struct principal who;
     bool has_who;
     if (!rest_may_read(app, wsi, s, channel, &who, &has_who))

@@ -31,11 +31,9 @@ struct streams;
 struct streams *streams_new(struct herald *app);
 void streams_free(struct streams *ss);
 
-/* Whether this request is for the stream route (a GET of /v1/channels/{anything}/stream). */
-bool stream_route(struct lws *wsi, const char *uri);
-
-/* LWS_CALLBACK_HTTP on the stream route. Returns what the callback returns. */
-int stream_begin(struct herald *app, struct lws *wsi, const char *uri);
+/* LWS_CALLBACK_HTTP on a GET of /v1/channels/{channel}/stream (V1_STREAM, channel valid).
+ * Returns what the callback returns. */
+int stream_begin(struct herald *app, struct lws *wsi, const char *channel);
 
 /* Writes what SSE streams queued during this loop turn, one write each, without a POLLOUT
  * round trip (like client_flush_dirty); a stream whose socket is full waits for WRITEABLE.
