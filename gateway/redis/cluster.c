@@ -74,12 +74,16 @@ struct cluster {
     struct log_limit publish_log;
 };
 
-/* One SPUBLISH in flight, kept to follow one MOVED or ASK. */
-struct publish {
+/* One command in flight, its arguments kept to follow one MOVED or ASK. fn has the last
+ * reply, once; without one (a SPUBLISH) a failure is logged, naming argv[0] and argv[1]. */
+struct command {
     struct cluster *cl;
+    resp_reply_fn *fn;
+    void *arg;
     bool redirected;
-    size_t flen, plen;
-    char data[]; /* channel then payload */
+    int argc;
+    const char **argv; /* into lens' allocation, after it */
+    size_t lens[];     /* then argv, then the arguments' bytes */
 };
 
 /* One SSUBSCRIBE or SUNSUBSCRIBE in flight: its reply must name its channel. */
@@ -676,7 +680,7 @@ int cluster_unsubscribe(struct cluster *cl, const char *full, size_t flen)
     return n ? send_sub_op(n, false, full, flen) : -1;
 }
 
-static int send_publish(struct node *n, struct publish *p, bool asking);
+static int send_command(struct node *n, struct command *c, bool asking);
 
 /* "MOVED <slot> <host>:<port>" or "ASK ...": the node to try instead, if it is up. */
 static struct node *redirect_target(struct cluster *cl, const char *err)
@@ -692,33 +696,37 @@ static struct node *redirect_target(struct cluster *cl, const char *err)
     return i >= 0 && cl->nodes[i].state == NODE_UP ? &cl->nodes[i] : NULL;
 }
 
-/* A redirected SPUBLISH is sent once more where the error says; a failed one is not lost:
- * the message is in PostgreSQL, and every instance's head check delivers it. */
-static void on_publish_reply(void *arg, redisReply *r)
+/* A redirected command is sent once more where the error says, and the map is asked for
+ * again. A SPUBLISH that fails is not lost: the message is in PostgreSQL, and every
+ * instance's head check delivers it. */
+static void on_command_reply(void *arg, redisReply *r)
 {
-    struct publish *p = arg;
+    struct command *c = arg;
     if (r && r->type == REDIS_REPLY_ERROR) {
-        struct cluster *cl = p->cl;
+        struct cluster *cl = c->cl;
         bool moved = strncmp(r->str, "MOVED ", 6) == 0, ask = strncmp(r->str, "ASK ", 4) == 0;
         if (moved || ask) {
             cl->app->metrics.redis_redirects++;
             want_refresh(cl);
         }
-        struct node *to = (moved || ask) && !p->redirected ? redirect_target(cl, r->str) : NULL;
+        struct node *to = (moved || ask) && !c->redirected ? redirect_target(cl, r->str) : NULL;
         if (to) {
-            p->redirected = true;
-            if (send_publish(to, p, ask) == 0)
-                return; /* p goes on */
+            c->redirected = true;
+            if (send_command(to, c, ask) == 0)
+                return; /* c goes on */
         }
         uint64_t skipped;
-        if (log_limit_pass(&cl->publish_log, now_ms(cl), &skipped))
-            log_warn("redis_publish", "SPUBLISH %.*s failed: %s (%llu more since last log)",
-                     (int)p->flen, p->data, r->str, (unsigned long long)skipped);
+        if (!c->fn && log_limit_pass(&cl->publish_log, now_ms(cl), &skipped))
+            log_warn("redis_publish", "%s %.*s failed: %s (%llu more since last log)", c->argv[0],
+                     (int)(c->lens[1] < 200 ? c->lens[1] : 200), c->argv[1], r->str,
+                     (unsigned long long)skipped);
     }
-    free(p);
+    if (c->fn)
+        c->fn(c->arg, r);
+    free(c);
 }
 
-static int send_publish(struct node *n, struct publish *p, bool asking)
+static int send_command(struct node *n, struct command *c, bool asking)
 {
     if (asking) {
         const char *argv[] = {"ASKING"};
@@ -726,35 +734,51 @@ static int send_publish(struct node *n, struct publish *p, bool asking)
         if (resp_conn_send(n->cmd, NULL, NULL, 1, argv, lens) != 0)
             return -1;
     }
-    const char *argv[] = {"SPUBLISH", p->data, p->data + p->flen};
-    size_t lens[] = {8, p->flen, p->plen};
-    return resp_conn_send(n->cmd, on_publish_reply, p, 3, argv, lens);
+    return resp_conn_send(n->cmd, on_command_reply, c, c->argc, c->argv, c->lens);
 }
 
-int cluster_publish(struct cluster *cl, const char *full, size_t flen, const char *payload,
-                    size_t len)
+/* Sends argv to the master of key's slot, copied so that a redirect can send it again. */
+static int command_start(struct cluster *cl, const char *key, size_t klen, resp_reply_fn *fn,
+                         void *arg, int argc, const char **argv, const size_t *lens)
 {
-    struct node *n = up_node(cl, full, flen);
+    struct node *n = up_node(cl, key, klen);
     if (!n)
         return -1;
-    struct publish *p = malloc(sizeof *p + flen + len);
-    if (!p)
+    size_t bytes = 0;
+    for (int i = 0; i < argc; i++)
+        bytes += lens[i];
+    size_t arrays = (size_t)argc * (sizeof(size_t) + sizeof(char *));
+    struct command *c = malloc(sizeof *c + arrays + bytes);
+    if (!c)
         return -1;
-    *p = (struct publish){.cl = cl, .flen = flen, .plen = len};
-    memcpy(p->data, full, flen);
-    memcpy(p->data + flen, payload, len);
-    if (send_publish(n, p, false) != 0) {
-        free(p);
+    *c = (struct command){.cl = cl, .fn = fn, .arg = arg, .argc = argc};
+    c->argv = (const char **)(c->lens + argc);
+    char *at = (char *)(c->argv + argc);
+    for (int i = 0; i < argc; i++) {
+        memcpy(at, argv[i], lens[i]);
+        c->argv[i] = at;
+        c->lens[i] = lens[i];
+        at += lens[i];
+    }
+    if (send_command(n, c, false) != 0) {
+        free(c);
         return -1;
     }
     return 0;
 }
 
+int cluster_publish(struct cluster *cl, const char *full, size_t flen, const char *payload,
+                    size_t len)
+{
+    const char *argv[] = {"SPUBLISH", full, payload};
+    size_t lens[] = {8, flen, len};
+    return command_start(cl, full, flen, NULL, NULL, 3, argv, lens);
+}
+
 int cluster_command(struct cluster *cl, const char *key, size_t klen, resp_reply_fn *fn, void *arg,
                     int argc, const char **argv, const size_t *lens)
 {
-    struct node *n = up_node(cl, key, klen);
-    return n ? resp_conn_send(n->cmd, fn, arg, argc, argv, lens) : -1;
+    return command_start(cl, key, klen, fn, arg, argc, argv, lens);
 }
 
 static bool node_ready(const struct node *n)

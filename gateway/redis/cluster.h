@@ -40,8 +40,10 @@ int cluster_subscribe(struct cluster *cl, const char *full, size_t flen);
 int cluster_unsubscribe(struct cluster *cl, const char *full, size_t flen);
 int cluster_publish(struct cluster *cl, const char *full, size_t flen, const char *payload,
                     size_t len);
-/* A command on the command connection of the master of key's slot (a MOVED reply goes to fn
- * like any other: the caller tries again later). -1 when that master is not up. */
+/* A command on the command connection of the master of key's slot. A MOVED or ASK is
+ * followed once, to the node it names, and the map is asked for again; fn has the last reply
+ * (an error like any other), once, never inside this call. -1 when that master is not up.
+ * SPUBLISH (cluster_publish) goes the same way. */
 int cluster_command(struct cluster *cl, const char *key, size_t klen, resp_reply_fn *fn, void *arg,
                     int argc, const char **argv, const size_t *lens);
 /* -1 when no master owns the slot now */

@@ -579,6 +579,48 @@ class ClusterPresenceTest(HeraldTestCase):
         self.assert_clean_logs(hs)
         self.assertTrue(all(h.alive() for h in hs))
 
+    async def test_presence_follows_a_moved_slot(self):
+        # a slot moved by hand while the gateway's map still names its old owner: a presence
+        # read of a channel in it is answered MOVED, followed to the new owner (and counted),
+        # and answered at once, not 503; a member then joins there. Should a periodic refresh
+        # land between the move and the read, nothing is redirected: try another channel.
+        cluster = start_cluster(self, masters=3, replicas=0)
+        (h,) = self.gateways(cluster, n=1)
+        dst = cluster.masters[0].port
+        with RedisConn(dst) as c:
+            dst_id = c.command("CLUSTER", "MYID").decode()
+        for attempt, ch in enumerate(channels_spread("room:mv", 8)):
+            slot = key_slot(ch)
+            if cluster.master_of(slot) == dst:
+                continue
+            await asyncio.to_thread(h.wait_ready, WAIT)
+            redirects = h.metric("herald_redis_redirects_total")
+            for m in sorted(cluster.masters, key=lambda m: m.port != dst):
+                with RedisConn(m.port) as c:
+                    c.command("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
+            ClusterTest.claim(dst)
+
+            def served():
+                try:
+                    with RedisConn(dst) as c:
+                        c.command("EXISTS", presence_keys(ch)[0])
+                    return True
+                except RedisError:
+                    return False
+            await async_wait_for(served, WAIT, interval=0.02, what="the new owner takes the slot")
+            status, body = await asyncio.to_thread(
+                http_json, f"{h.base}/v1/channels/{ch}/presence")
+            self.assertEqual((status, body), (200, {"channel": ch, "count": 0, "members": []}))
+            if h.metric("herald_redis_redirects_total") > redirects:
+                break
+        else:
+            self.fail("no presence read was redirected: the map was refreshed before each")
+        ws = await self.member(h, ch, "dave")
+        await self.wait_lists([h], [ws], ch, ["dave"], 1, LIST_WAIT)
+        self.assertEqual(presence_entries(dst, ch).keys(), {"gw0\0dave"})
+        self.assertEqual(h.metric("herald_presence_errors_total"), 0)
+        self.assertTrue(h.alive())
+
     async def test_presence_master_killed_short_ttl(self):
         # the TTL (2 s) is mostly shorter than the failover (about 2.5 s): the promoted
         # replica's copies of the keys have expired, and the gateways write every member anew
