@@ -80,6 +80,20 @@ def classic_subscribers(port, channel):
         return 0
 
 
+def move_slot(cluster, slot, dst):
+    """Gives slot to the master at port dst by hand (CLUSTER SETSLOT ... NODE), the new owner
+    first, as redis-cli --cluster does. A SETSLOT NODE without a migration bumps no epoch, so
+    gossip from the old owner could give the slot back for a moment: the new owner then takes
+    a newer epoch, as a finished migration would."""
+    with RedisConn(dst) as c:
+        dst_id = c.command("CLUSTER", "MYID").decode()
+    for m in sorted(cluster.masters, key=lambda m: m.port != dst):
+        with RedisConn(m.port) as c:
+            c.command("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
+    with RedisConn(dst) as c:
+        c.command("CLUSTER", "BUMPEPOCH")
+
+
 class ClusterTest(HistoryTestCase):
     def setUp(self):
         super().setUp()
@@ -233,14 +247,6 @@ class ClusterTest(HistoryTestCase):
         self.assertEqual(shard_up(h, f"cluster/127.0.0.1:{first.port}"), 1)
 
     @staticmethod
-    def claim(port):
-        """A SETSLOT NODE without a migration bumps no epoch, so gossip from the old owner can
-        give the slot back to it for a moment: the new owner takes a newer epoch, as a
-        finished migration would."""
-        with RedisConn(port) as c:
-            c.command("CLUSTER", "BUMPEPOCH")
-
-    @staticmethod
     def owns(listener, channel):
         """SSUBSCRIBE channel on listener; False while the node answers MOVED."""
         try:
@@ -262,17 +268,7 @@ class ClusterTest(HistoryTestCase):
         await ws.send(json.dumps({"op": "subscribe", "channel": ch}))
         self.assertEqual(json.loads(await ws.recv())["op"], "subscribed")
         await self.until(lambda: shard_subscribers(src, ch) == 1, "subscribed on the owner")
-        with RedisConn(dst) as c:
-            dst_id = c.command("CLUSTER", "MYID").decode()
-        for m in cluster.masters:  # the new owner first, as redis-cli --cluster does
-            with RedisConn(m.port) as c:
-                if m.port == dst:
-                    c.command("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
-        for m in cluster.masters:
-            with RedisConn(m.port) as c:
-                if m.port != dst:
-                    c.command("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
-        self.claim(dst)
+        move_slot(cluster, slot, dst)
         await self.until(lambda: shard_subscribers(dst, ch) == 1, "subscribed on the new owner")
         self.assertEqual(shard_subscribers(src, ch), 0)
         with RedisConn(dst) as c:
@@ -295,10 +291,7 @@ class ClusterTest(HistoryTestCase):
             redirects = h.metric("herald_redis_redirects_total")
             listener = RedisConn(dst, timeout=10.0)
             self.addCleanup(listener.close)
-            for m in sorted(cluster.masters, key=lambda m: m.port != dst):
-                with RedisConn(m.port) as c:
-                    c.command("CLUSTER", "SETSLOT", str(oslot), "NODE", dst_id)
-            self.claim(dst)
+            move_slot(cluster, oslot, dst)
             await self.until(lambda: self.owns(listener, other), "the new owner takes it")
             status, body = await asyncio.to_thread(post, h.base, other, {"r": attempt},
                                                    f"redirect-{attempt}")
@@ -587,18 +580,13 @@ class ClusterPresenceTest(HeraldTestCase):
         cluster = start_cluster(self, masters=3, replicas=0)
         (h,) = self.gateways(cluster, n=1)
         dst = cluster.masters[0].port
-        with RedisConn(dst) as c:
-            dst_id = c.command("CLUSTER", "MYID").decode()
         for attempt, ch in enumerate(channels_spread("room:mv", 8)):
             slot = key_slot(ch)
             if cluster.master_of(slot) == dst:
                 continue
             await asyncio.to_thread(h.wait_ready, WAIT)
             redirects = h.metric("herald_redis_redirects_total")
-            for m in sorted(cluster.masters, key=lambda m: m.port != dst):
-                with RedisConn(m.port) as c:
-                    c.command("CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)
-            ClusterTest.claim(dst)
+            move_slot(cluster, slot, dst)
 
             def served():
                 try:
