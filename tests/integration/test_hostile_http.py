@@ -518,6 +518,22 @@ class TestOddRequests(HttpCase):
                                       + b"\r\nContent-Length: 2\r\n\r\n{}")
         self.unharmed()
 
+    def test_percent_escapes_in_the_path(self):
+        """lws decodes a path's %-escapes before any route sees it: %00 (which would cut the
+        path short at the NUL, "/v1/channels/hh:n" for a POST to .../hh:n%00x/messages) and a
+        bad escape are refused or closed, and an escaped '/' makes no valid channel (400).
+        Nothing is stored either way."""
+        auth = b"\r\nAuthorization: Bearer " + API_KEY.encode()
+        for path in (b"/v1/channels/hh:n%00x/messages", b"/v1/channels/hh:n%zz/messages",
+                     b"/v1/channels/hh:n%0/messages"):
+            with self.subTest(path=path):
+                self.assert_refused_or_closed(b"POST " + path + b" HTTP/1.1\r\nHost: x" + auth +
+                                              b"\r\nContent-Length: 2\r\n\r\n{}")
+        r, c = self.exchange(b"POST /v1/channels/hh:n%2Fx/messages HTTP/1.1\r\nHost: x" + auth +
+                             b"\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual((r.status, r.error_code()), (400, "bad_request"), r)
+        self.unharmed()
+
     def test_non_ascii_bytes_in_the_path(self):
         """Bytes >= 0x80 in a /v1 path: 400 bad path (or 404), nothing stored."""
         r, c = self.exchange(b"POST /v1/channels/hh:\xff\xfe/messages HTTP/1.1\r\nHost: x\r\n"
