@@ -80,6 +80,7 @@ def json_data(rng):
         '{"a":{"b":{"c":[1,{"d":null}]}}}', '"caf\xc3\xa9"', '{"a":1,"a":2}',
         "[" * 20 + "]" * 20, "[" * 3000 + "]" * 3000, '1e400', '18446744073709551616',
         '{"x":"\\u0000"}', '"\xff\xfe"', '', 'not json', '{"unterminated":', ' {"n":2} ',
+        '{"n":1\x00}', '[1\x00]',  # jansson alone takes a NUL after a number
         '{"big":"%s"}' % fill("a", rng.choice([1000, 3900, 5000, 20000])),
     ])
 
@@ -249,6 +250,7 @@ def redis_payload(rng, channel):
         '{"event":"raw"}', '[1,2]', '"s"', '42',
         json.dumps(envelope),
         "not json", "\xff\xfe\xfd", "", "[" * 5000,
+        '{"n":1\x00}', '[7\x00]',
         '{"big":"%s"}' % fill("b", rng.choice([3000, 5000, 60000, 100000])),
         '{"op":"message","channel":"%s","seq":1}' % channel,
     ])

@@ -24,7 +24,7 @@ from harness import OP_CLOSE, OP_TEXT, RawWS, http_raw
 from pg import PG_USER, PostgresServer
 from resp import RedisConn
 
-from .seeds import CANARY
+from .seeds import CANARY, CHANNELS
 from .steps import Expander, Session
 
 API_KEY = "live-fuzz-api-key-4b1d9e"
@@ -190,15 +190,19 @@ class HeadReader:
 
 
 class CanaryWatcher:
-    """A WebSocket client subscribed to the canary channel for the gateway's whole life; a
-    thread reads everything it gets (so it never becomes a slow consumer while a case runs)
-    and records the canary numbers and how the connection ended."""
+    """A WebSocket client subscribed to the canary channel, and to every channel cases use,
+    for the gateway's whole life; a thread reads everything it gets (so it never becomes a
+    slow consumer while a case runs) and records the canary numbers, how the connection
+    ended, and the first text frame that was not JSON (whatever a case published, the
+    gateway sends JSON only)."""
 
     def __init__(self, port, token, timeout):
         self.ws = RawWS(port, path=f"/ws?token={token}", timeout=timeout)
-        self.ws.send_json({"op": "subscribe", "channel": CANARY})
-        while self.ws.recv_json().get("op") != "subscribed":
-            pass
+        for channel in [CANARY] + [c for c in CHANNELS if c != CANARY]:
+            self.ws.send_json({"op": "subscribe", "channel": channel})
+            while self.ws.recv_json().get("op") != "subscribed":
+                pass
+        self.not_json = None  # the first frame that was not JSON, and why
         self.seen = set()
         self.ended = None  # how the connection ended, once it has
         self.stopping = False
@@ -225,9 +229,16 @@ class CanaryWatcher:
     def _record(self, payload):
         try:
             msg = json.loads(payload)
+        except RecursionError:
+            return  # deeper than Python reads, not wrong
+        except ValueError as err:  # a NUL anywhere is refused here too
+            if self.not_json is None:
+                self.not_json = f"{err}: {payload[:200]!r}"
+            return
+        try:
             number = msg["data"]["canary"]
-        except (ValueError, TypeError, KeyError):
-            return  # what cases publish on the canary channel
+        except (TypeError, KeyError):
+            return  # another channel's message, or a reply
         with self.cond:
             self.seen.add(number)
             self.cond.notify_all()
@@ -258,7 +269,7 @@ class Target:
         self.hang_seconds = hang_seconds
         self.canary_seconds = canary_seconds
         self.credentials = credentials()
-        self.canary_token = jwt_util.token(channels=[CANARY], exp_in=WEEK)
+        self.canary_token = jwt_util.token(channels=CHANNELS, exp_in=WEEK)
         self.expand = Expander(self.credentials)
         self.redis = self.pg = self.heads = self.publisher = self.static_dir = None
         self.herald = self.profile = self.watcher = None
@@ -482,4 +493,7 @@ class Target:
         failure = self._canary()
         # the canary's own publish moved its head by one; anything else moved it too
         self.baseline = self._heads()
+        if not failure and self.watcher.not_json:
+            failure = Failure("invariant", "a text frame that is not JSON", self.watcher.not_json)
+            self.watcher.not_json = None
         return failure or self._process_failure()
