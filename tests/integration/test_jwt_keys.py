@@ -298,9 +298,12 @@ class JwksOverTls(KeysCase):
         wrong = self.start_herald(redis, "--jwks-url", srv.url,
                                   env={"HERALD_JWKS_CA_FILE": pki["other-ca.crt"]})
         await self.accepted_eventually(good, tok)
-        # the other CA did not sign the server's certificate: no keys, tokens refused
-        await self.refused(wrong, tok)
+        # the other CA did not sign the server's certificate: the fetch fails (waited for:
+        # before it has, a token is refused for want of any key), no keys, tokens refused
+        await asyncio.to_thread(wrong.wait_metric, "herald_jwks_fetch_failures_total",
+                                lambda v: v >= 1, timeout=20)
         self.assertIn("TLS handshake with localhost failed", wrong.log_text())
+        await self.refused(wrong, tok)
 
 
 if __name__ == "__main__":
