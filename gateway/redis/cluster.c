@@ -716,10 +716,13 @@ static void on_command_reply(void *arg, redisReply *r)
                 return; /* c goes on */
         }
         uint64_t skipped;
-        if (!c->fn && log_limit_pass(&cl->publish_log, now_ms(cl), &skipped))
-            log_warn("redis_publish", "%s %.*s failed: %s (%llu more since last log)", c->argv[0],
-                     (int)(c->lens[1] < 200 ? c->lens[1] : 200), c->argv[1], r->str,
+        if (!c->fn && log_limit_pass(&cl->publish_log, now_ms(cl), &skipped)) {
+            /* the copied arguments have no NULs after them */
+            int shown = c->argc > 1 ? (int)(c->lens[1] < 200 ? c->lens[1] : 200) : 0;
+            log_warn("redis_publish", "%.*s %.*s failed: %s (%llu more since last log)",
+                     (int)c->lens[0], c->argv[0], shown, shown ? c->argv[1] : "", r->str,
                      (unsigned long long)skipped);
+        }
     }
     if (c->fn)
         c->fn(c->arg, r);
@@ -755,7 +758,8 @@ static int command_start(struct cluster *cl, const char *key, size_t klen, resp_
     c->argv = (const char **)(c->lens + argc);
     char *at = (char *)(c->argv + argc);
     for (int i = 0; i < argc; i++) {
-        memcpy(at, argv[i], lens[i]);
+        if (lens[i]) /* an empty argument may come as NULL */
+            memcpy(at, argv[i], lens[i]);
         c->argv[i] = at;
         c->lens[i] = lens[i];
         at += lens[i];
