@@ -255,14 +255,20 @@ class ClusterTest(HistoryTestCase):
         except RedisError:
             return False
 
-    async def test_slot_moved_while_subscribed(self):
+    async def one_channel_on_three_masters(self, prefix):
+        """3 masters, a sharded gateway, a channel: (cluster, gateway, channel, its slot, the
+        slot's master, another master)."""
         cluster = start_cluster(self, masters=3, replicas=0)
         h = self.start_gateway(cluster.url(), "sharded")
         await asyncio.to_thread(h.wait_ready, WAIT)
-        ch = channels_spread("rooms:", 1)[0]
+        ch = channels_spread(prefix, 1)[0]
         slot = key_slot(ch)
-        src = cluster.master_of(slot)
-        dst = next(m.port for m in cluster.masters if m.port != src)
+        owner = cluster.master_of(slot)
+        other = next(m.port for m in cluster.masters if m.port != owner)
+        return cluster, h, ch, slot, owner, other
+
+    async def test_slot_moved_while_subscribed(self):
+        cluster, h, ch, slot, src, dst = await self.one_channel_on_three_masters("rooms:")
         ws = await ws_connect(h.ws_url)
         self.addAsyncCleanup(ws.close)
         await ws.send(json.dumps({"op": "subscribe", "channel": ch}))
@@ -321,13 +327,7 @@ class ClusterTest(HistoryTestCase):
         # the gateway stays up. (Nobody subscribes to the channel: an SSUBSCRIBE answered
         # MOVED takes its node down, and a node that is down is sent no SPUBLISH.) Once B
         # takes the slot too, the message, stored in PostgreSQL, is there to resume from.
-        cluster = start_cluster(self, masters=3, replicas=0)
-        h = self.start_gateway(cluster.url(), "sharded")
-        await asyncio.to_thread(h.wait_ready, WAIT)
-        ch = channels_spread("pingpong:", 1)[0]
-        slot = key_slot(ch)
-        a = cluster.master_of(slot)
-        b = next(m.port for m in cluster.masters if m.port != a)
+        cluster, h, ch, slot, a, b = await self.one_channel_on_three_masters("pingpong:")
         with RedisConn(b) as c:
             b_id = c.command("CLUSTER", "MYID").decode()
         with RedisConn(a) as c:
