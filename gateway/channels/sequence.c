@@ -872,7 +872,7 @@ static enum step resume_step(struct seq *s, struct channel *ch, struct waiter *w
     if (too_far(s, ch, w) || (ch->first_kept && w->since + 1 < ch->first_kept) ||
         (ch->npage && ch->page_since <= w->since && ch->page[0]->seq > w->since + 1))
         code = "history_expired";
-    else if (w->attempts >= MAX_ATTEMPTS || !db_up(s->app->db))
+    else if (w->attempts >= MAX_ATTEMPTS || !db_usable(s->app->db))
         code = "history_unavailable";
     if (code) {
         answer(s, ch, w, true, false, code);

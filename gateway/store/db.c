@@ -62,6 +62,9 @@ struct db {
     uv_timer_t timer;
     uint64_t sent;
     bool was_up;
+    /* From db_start until a connection first comes up, or one has failed on every host:
+     * queries wait for the pool's first connections instead of failing at once. */
+    bool starting;
 };
 
 static uint64_t now_ms(const struct db *db)
@@ -178,11 +181,13 @@ static void conn_down(struct conn *c, const char *reason)
     c->preparing = false;
     c->prepared = 0; /* a new session prepares again */
     next_host(c);
+    if (c->failed_hosts == 0) /* a whole round of hosts failed */
+        db->starting = false;
     /* every connection's first two rounds of hosts; after that only the summary below */
     if (was_ready || c->backoff.attempts <= 1)
         log_warn("db_down", "%s connection%s%s lost: %s", db->name, db->hosts.n > 1 ? " to " : "",
                  db->hosts.n > 1 ? db->hosts.hosts[failed_host].host : "", why);
-    if (!db_up(db)) {
+    if (!db_usable(db)) {
         if (db->was_up)
             log_error("db_unavailable", "no connection to %s is up", db->name);
         db->was_up = false;
@@ -203,6 +208,8 @@ static void conn_ready(struct conn *c)
         log_info("db_up", "connected to %s%s%s", c->db->name, c->db->hosts.n > 1 ? " at " : "",
                  c->db->hosts.n > 1 ? c->db->hosts.hosts[c->host].host : "");
     c->db->was_up = true;
+    c->db->starting = false;
+    dispatch(c->db); /* what waited for the first connection */
 }
 
 /* Drives PQconnectPoll until the connection is made or fails. */
@@ -452,6 +459,7 @@ struct db *db_new(struct herald *app, const char *url, const char *name)
 
 void db_start(struct db *db)
 {
+    db->starting = true;
     for (int i = 0; i < db->nconns; i++)
         start_connect(&db->conns[i]);
     uv_timer_start(&db->timer, on_tick, 100, 100);
@@ -489,6 +497,11 @@ bool db_up(const struct db *db)
         if (db->conns[i].state == C_IDLE || db->conns[i].state == C_BUSY)
             return true;
     return false;
+}
+
+bool db_usable(const struct db *db)
+{
+    return db->starting || db_up(db);
 }
 
 uint64_t db_queries_sent(const struct db *db)
@@ -545,7 +558,7 @@ void db_query(struct db *db, struct db_request *r, const char *sql, int nparams,
 {
     struct later_queue *later = &db->app->later;
     later_enter(later);
-    const char *why = !db_up(db) ? "history unavailable"
+    const char *why = !db_usable(db) ? "history unavailable"
                       : db->queued >= (size_t)db->app->cfg->db_queue_max
                           ? "too many queries waiting for PostgreSQL (HERALD_DB_QUEUE_MAX)"
                           : NULL;

@@ -49,6 +49,10 @@ void db_free(struct db *db);
 /* True while at least one connection is up. */
 bool db_up(const struct db *db);
 
+/* Worth a query: a connection is up, or the pool is still making its first connections (a
+ * query then waits for them, as for a busy pool, and fails if they all fail). */
+bool db_usable(const struct db *db);
+
 /* Queues a parameterised query (params are copied). sql must be static text: it is
  * prepared once per connection and run by name afterwards. */
 void db_query(struct db *db, struct db_request *r, const char *sql, int nparams,

@@ -332,7 +332,7 @@ void publish_durable(struct herald *app, struct publish_request *r, const char *
     later_enter(&app->later);
     *r = (struct publish_request){.cb = cb, .arg = arg, .size = len};
     size_t nc = strlen(channel) + 1, nk = key ? strlen(key) + 1 : 0;
-    if (!p || !db_up(app->db))
+    if (!p || !db_usable(app->db))
         r->fail = "history unavailable";
     else if (p->queued >= (size_t)app->cfg->publish_queue_max)
         r->fail = "too many publishes waiting (HERALD_PUBLISH_QUEUE_MAX)";

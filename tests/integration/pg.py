@@ -184,8 +184,7 @@ class HistoryTestCase(HeraldTestCase):
 
     def start_herald_with_history(self, redis, pg, *args, **kw):
         """Starts herald on pg; unless wait=False, returns once its pool is connected, since
-        /readyz does not wait for PostgreSQL (live delivery does not need it) and a publish
-        sent before the first connection is up is answered 503."""
+        /readyz does not wait for PostgreSQL (live delivery does not need it)."""
         h = self.start_herald(redis, "--database-url", pg.url, "--migrate-on-start", *args,
                               **kw)
         if kw.get("wait", True):

@@ -103,12 +103,54 @@ class HistoryFaultTest(HistoryTestCase):
             await link.cut()
 
 
+    async def test_a_gateway_still_connecting_to_postgres_waits_for_it(self):
+        """A gateway just started, its first PostgreSQL connections held 1.5 s on the way (a
+        restart behind a load balancer, clients reconnecting at once): a resume and a publish
+        that come meanwhile wait for the connections instead of failing with
+        history_unavailable. Once every host has failed, queries fail at once again."""
+        redis = self.start_redis()
+        pg = self.start_postgres()
+        first = await asyncio.to_thread(self.start_herald_with_history, redis, pg)
+        await asyncio.to_thread(post, first, "boot", {"i": 1})
+        link = TcpLink(pg.port, delay=1.5)
+        await link.start()
+        try:
+            h = await asyncio.to_thread(  # the link is served by this loop meanwhile
+                self.start_herald, redis, "--database-url",
+                pg.url.replace(str(pg.port), str(link.port)))
+            self.assertEqual(h.metric("herald_db_up"), 0)  # still connecting
+            ws = await self.connect(h)
+            await ws.send(json.dumps({"op": "subscribe", "channel": "boot", "since": 0}))
+            await ws.send(json.dumps({"op": "publish", "channel": "boot", "data": 2, "id": 5}))
+            got = [await recv_json(ws, 10) for _ in range(4)]
+            # the replay, the answer, the publish's reply and its delivery (these two in
+            # either order)
+            self.assertEqual([(m["op"], m.get("seq")) for m in got[:2]],
+                             [("message", 1), ("subscribed", 1)], got)
+            self.assertTrue(got[1]["recovered"], got)
+            self.assertEqual(sorted((m["op"], m.get("seq"), m.get("id")) for m in got[2:]),
+                             [("message", 2, None), ("published", 2, 5)], got)
+            self.assertEqual(h.metric("herald_db_up"), 1)
+        finally:
+            await link.cut()
+        # a gateway whose every host fails: no longer starting, queries fail at once
+        dead = await asyncio.to_thread(
+            self.start_herald, redis, "--database-url",
+            pg.url.replace(str(pg.port), str(free_port())))
+        await asyncio.sleep(1.0)
+        ws = await self.connect(dead)
+        reply = await subscribe(ws, "boot", since=0)
+        self.assertEqual((reply["recovered"], reply["code"]), (False, "history_unavailable"))
+
+
 class TcpLink:
     """A TCP forwarder to 127.0.0.1:port that can be cut (listener and connections closed)
-    and restored on the same port: one gateway loses PostgreSQL while others keep it."""
+    and restored on the same port: one gateway loses PostgreSQL while others keep it. With
+    delay, each connection waits that many seconds before it reaches the target."""
 
-    def __init__(self, target):
+    def __init__(self, target, delay=0.0):
         self.target = target
+        self.delay = delay
         self.port = free_port()
         self.server = None
         self.writers = set()
@@ -127,6 +169,7 @@ class TcpLink:
         self.writers.clear()
 
     async def _serve(self, reader, writer):
+        await asyncio.sleep(self.delay)
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
         except OSError:
