@@ -208,8 +208,7 @@ static void conn_ready(struct conn *c)
         log_info("db_up", "connected to %s%s%s", c->db->name, c->db->hosts.n > 1 ? " at " : "",
                  c->db->hosts.n > 1 ? c->db->hosts.hosts[c->host].host : "");
     c->db->was_up = true;
-    c->db->starting = false;
-    dispatch(c->db); /* what waited for the first connection */
+    c->db->starting = false; /* step_connect dispatches what waited for this */
 }
 
 /* Drives PQconnectPoll until the connection is made or fails. */

@@ -80,6 +80,23 @@ def classic_subscribers(port, channel):
         return 0
 
 
+async def slots_moved_to(cluster, h, prefix, dst, tries=8):
+    """For up to `tries` channels named from prefix that dst does not serve: waits until h is
+    ready, gives the channel's slot to dst and yields (attempt, channel, the gateway's
+    herald_redis_redirects_total before the move). The caller stops at the first request
+    that was redirected: a periodic map refresh between a move and the request leaves
+    nothing to redirect."""
+    for attempt, ch in enumerate(channels_spread(prefix, tries)):
+        slot = key_slot(ch)
+        if cluster.master_of(slot) == dst:
+            continue
+        # every master up again after the last move
+        await asyncio.to_thread(h.wait_ready, WAIT)
+        redirects = h.metric("herald_redis_redirects_total")
+        move_slot(cluster, slot, dst)
+        yield attempt, ch, redirects
+
+
 def move_slot(cluster, slot, dst):
     """Gives slot to the master at port dst by hand (CLUSTER SETSLOT ... NODE), the new owner
     first, as redis-cli --cluster does. A SETSLOT NODE without a migration bumps no epoch, so
@@ -287,17 +304,11 @@ class ClusterTest(HistoryTestCase):
         # tells it): its SPUBLISH gets MOVED and is sent again on the new owner. Should a
         # periodic refresh land between the move and the publish, no MOVED happens: try
         # another slot.
-        for attempt, other in enumerate(channels_spread("redirect:", 8)):
-            oslot = key_slot(other)
-            if cluster.master_of(oslot) == dst:
-                continue
-            # every master up again after the last move (a publish to a master that is down
-            # is left to the head check, and would never reach this listener)
-            await asyncio.to_thread(h.wait_ready, WAIT)
-            redirects = h.metric("herald_redis_redirects_total")
+        # (every master is up again before each move: a publish to a master that is down is
+        # left to the head check, and would never reach this listener)
+        async for attempt, other, redirects in slots_moved_to(cluster, h, "redirect:", dst):
             listener = RedisConn(dst, timeout=10.0)
             self.addCleanup(listener.close)
-            move_slot(cluster, oslot, dst)
             await self.until(lambda: self.owns(listener, other), "the new owner takes it")
             status, body = await asyncio.to_thread(post, h.base, other, {"r": attempt},
                                                    f"redirect-{attempt}")
@@ -616,13 +627,7 @@ class ClusterPresenceTest(HeraldTestCase):
         cluster = start_cluster(self, masters=3, replicas=0)
         (h,) = self.gateways(cluster, n=1)
         dst = cluster.masters[0].port
-        for attempt, ch in enumerate(channels_spread("room:mv", 8)):
-            slot = key_slot(ch)
-            if cluster.master_of(slot) == dst:
-                continue
-            await asyncio.to_thread(h.wait_ready, WAIT)
-            redirects = h.metric("herald_redis_redirects_total")
-            move_slot(cluster, slot, dst)
+        async for _, ch, redirects in slots_moved_to(cluster, h, "room:mv", dst):
 
             def served():
                 try:
