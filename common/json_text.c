@@ -99,7 +99,7 @@ static size_t value_end(const char *s, size_t n, size_t i)
 
 json_t *json_text_load(const char *s, size_t n, size_t flags, json_error_t *err)
 {
-    const char *nul = memchr(s, '\0', n);
+    const char *nul = n ? memchr(s, '\0', n) : NULL; /* an empty text may come as NULL */
     if (!nul)
         return json_loadb(s, n, flags, err);
     if (err) {
