@@ -226,6 +226,9 @@ class PresenceTest(HeraldTestCase):
         redis, (h1, h2, h3) = self.trio(HERALD_PRESENCE_MAX_MEMBERS="2")
         w = await self.member(h1, "alice")
         ev = Events(w)
+        # each instance writes its joins on its own tick: without this wait, alice's could come
+        # after bob's, reach carol before her error, or take the place carol is refused
+        await ev.wait_for("join", "alice")
         b = await self.member(h2, "bob")
         await ev.wait_for("join", "bob")
         carol = await self.connect(h3)
