@@ -29,7 +29,8 @@ struct http_head {
 };
 
 /* A refusal: the status, the error code of the JSON body and the reason. Every refusal of
- * the framing closes the connection: what follows on it cannot be trusted to be a request. */
+ * the framing closes the connection: what follows on it cannot be trusted to be a request.
+ * A 413's body has a known length, so it is read to its end first (rest.c). */
 struct http_refusal {
     unsigned status;
     enum errcode code;

@@ -125,7 +125,9 @@ int http_guard_request(struct herald *app, struct lws *wsi)
     head.max_body = (uint64_t)app->cfg->max_publish_bytes;
     if (head.method == HTTP_OTHER && cors_is_preflight(app, wsi))
         return preflight(app, wsi);
-    if (http_framing_check(&head, &body, &no) < 0) {
+    /* a body over the limit is answered by rest.c, which reads it to its end before closing
+     * (answer_too_large): refused here, with its bytes unread, it would be reset */
+    if (http_framing_check(&head, &body, &no) < 0 && no.status != 413) {
         log_debug("http_refused", "%u: %s", no.status, no.why);
         http_guard_refuse(app, wsi, no.status, no.code, no.why);
         return -1;

@@ -134,8 +134,9 @@ static void on_sweep(uv_timer_t *t)
         next = s->body_next; /* the kill below frees s */
         if (now - s->started_ms <= (uint64_t)r->app->cfg->body_timeout_ms)
             continue;
-        http_guard_refuse(r->app, s->wsi, 408, ERR_BAD_REQUEST,
-                          "the body did not arrive within HERALD_BODY_TIMEOUT");
+        if (!s->answered)
+            http_guard_refuse(r->app, s->wsi, 408, ERR_BAD_REQUEST,
+                              "the body did not arrive within HERALD_BODY_TIMEOUT");
         lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
     }
 }
@@ -181,6 +182,7 @@ static void session_reset(struct herald *app, struct http_session *s)
     s->extra[0] = '\0';
     set_phase(app, s, REST_IDLE);
     s->refused = false;
+    s->answered = false;
 }
 
 void rest_session_free(struct herald *app, struct lws *wsi)
@@ -214,23 +216,29 @@ static char *answer_room(struct http_session *s, size_t len)
     return s->response + LWS_PRE + HEAD_ROOM;
 }
 
+/* Writes the prepared answer (if any) whole, saying `connection: close` when hang_up.
+ * Returns whether the connection must close after it. */
+static bool write_answer(struct lws *wsi, struct http_session *s, bool hang_up)
+{
+    if (!s->response)
+        return true;
+    char head[HEAD_ROOM], extra[sizeof s->cors + sizeof s->extra];
+    snprintf(extra, sizeof extra, "%s%s", s->cors, s->extra);
+    size_t h = http_json_head(head, sizeof head, s->status, s->response_len, hang_up,
+                              extra[0] ? extra : NULL);
+    char *start = s->response + LWS_PRE + HEAD_ROOM - h;
+    memcpy(start, head, h);
+    return lws_write(wsi, (unsigned char *)start, h + s->response_len, LWS_WRITE_RAW) < 0 ||
+           hang_up;
+}
+
 /* Writes the answer now, whole: what the socket does not take, lws keeps and sends as it
  * drains (then completes the transaction). The connection has read nothing since the
  * request was whole, so a following request is parsed only now, after the answer; a
  * stray one (see rest.h) closes it. */
 static void write_now(struct herald *app, struct lws *wsi, struct http_session *s)
 {
-    bool hang_up = s->stray || !s->response;
-    if (s->response) {
-        char head[HEAD_ROOM], extra[sizeof s->cors + sizeof s->extra];
-        snprintf(extra, sizeof extra, "%s%s", s->cors, s->extra);
-        size_t h = http_json_head(head, sizeof head, s->status, s->response_len, hang_up,
-                                  extra[0] ? extra : NULL);
-        char *start = s->response + LWS_PRE + HEAD_ROOM - h;
-        memcpy(start, head, h);
-        if (lws_write(wsi, (unsigned char *)start, h + s->response_len, LWS_WRITE_RAW) < 0)
-            hang_up = true;
-    }
+    bool hang_up = write_answer(wsi, s, s->stray);
     session_reset(app, s);
     s->stray = false;
     if (hang_up || lws_http_transaction_completed(wsi)) {
@@ -601,6 +609,31 @@ bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s, 
     return true;
 }
 
+/* A POST whose Content-Length is over HERALD_MAX_PUBLISH_BYTES (let through by http_guard.c)
+ * is answered 413 at once, on its head, so that a client that reads while it writes can
+ * stop; its body is then read to its end and thrown away, and only then is the connection
+ * closed (rest_body_done). Closed with body bytes unread, the socket would send a reset, and
+ * a client that reads only once its body is written, as most do, would lose the answer: this
+ * is nginx's lingering close. HERALD_BODY_TIMEOUT bounds the wait, as for any body. */
+static void answer_too_large(struct herald *app, struct lws *wsi, struct http_session *s)
+{
+    char body[256];
+    size_t len = http_error_body(body, sizeof body, ERR_TOO_LARGE,
+                                 "the body is larger than HERALD_MAX_PUBLISH_BYTES");
+    char *room = answer_room(s, len);
+    app->metrics.client_errors[ERR_TOO_LARGE]++;
+    if (room) {
+        memcpy(room, body, len);
+        s->status = 413;
+        write_answer(wsi, s, true);
+    }
+    free(s->response);
+    s->response = NULL; /* the body's end then finds no answer to write: it hangs up */
+    s->response_len = 0;
+    s->refused = true;
+    s->answered = true;
+}
+
 int rest_begin(struct herald *app, struct lws *wsi, enum v1_route route, const char *channel)
 {
     char err[160];
@@ -610,6 +643,10 @@ int rest_begin(struct herald *app, struct lws *wsi, enum v1_route route, const c
     if (!s)
         return -1;
     set_phase(app, s, post ? REST_BODY : REST_IDLE);
+    if (post && http_guard_body_length(wsi) > (uint64_t)app->cfg->max_publish_bytes) {
+        answer_too_large(app, wsi, s);
+        return 0;
+    }
     bool served = post ? batch || route == V1_MESSAGES
                        : route == V1_POSITION || route == V1_MESSAGES || route == V1_PRESENCE;
     if (!served) {

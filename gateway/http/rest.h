@@ -12,7 +12,8 @@
  * protocol's session memory when it binds the connection again; an event that does not
  * fit the request's phase only marks it stray: no second run, no second answer, and the
  * connection closes after the one answer. A request refused before its body (401, 403,
- * 404, 503) has the body read and thrown away, never kept. */
+ * 404, 503) has the body read and thrown away, never kept; so has one over the size limit,
+ * whose 413 is written at once, before its body is read (the connection closes after it). */
 #ifndef HERALD_REST_H
 #define HERALD_REST_H
 

@@ -196,28 +196,37 @@ class RawHTTP:
             if n == 0:
                 return body
 
-    def closed_within(self, seconds=CLOSE_WITHIN):
-        """True if the server closes the socket (EOF or reset) within `seconds`; bytes that
-        come first are kept in self.extra."""
+    def how_closed(self, seconds=CLOSE_WITHIN):
+        """How the server closes the socket within `seconds`: "eof" (a FIN), "reset", or None
+        (still open); bytes that come first are kept in self.extra."""
         self.extra = self.buf
         self.buf = b""
         if self.eof:
-            return True
+            return "eof"
         deadline = time.monotonic() + seconds
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
+                return None
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(65536)
             except socket.timeout:
-                return False
+                return None
             except (ConnectionResetError, BrokenPipeError):
-                return True
+                return "reset"
             if not chunk:
-                return True
+                self.eof = True
+                return "eof"
             self.extra += chunk
+
+    def closed_within(self, seconds=CLOSE_WITHIN):
+        """True if the server closes the socket (EOF or reset) within `seconds`."""
+        return self.how_closed(seconds) is not None
+
+    def ends_cleanly(self, seconds=CLOSE_WITHIN):
+        """True if the server closes the socket with a FIN, not a reset, within `seconds`."""
+        return self.how_closed(seconds) == "eof"
 
     def still_open(self, seconds=0.3):
         """True if the server neither closes nor sends anything for `seconds`."""

@@ -154,12 +154,10 @@ class TestMaximumSizePublish(FloodCase):
         self.assertEqual((m["seq"], len(m["data"])), (1, 512 * 1024 - 2))
         w.send_json({"op": "ping"})
         self.assertEqual(ws_next_json(w), {"op": "pong"})
-        # one byte more: 413 on the head alone, and the connection closed. The head and a
-        # few body bytes are sent, not the whole body: the close may come before a whole body
-        # is written, and a reset would then lose the answer.
+        # one byte more: 413 on the head, the body read to its end and thrown away
         over = post_bytes(f"/v1/channels/{ch}/messages", b'"' + b"a" * (512 * 1024 - 1) + b'"',
                           cred=API_KEY)
-        r = self.rest(over[:over.index(b"\r\n\r\n") + 4 + 16])
+        r = self.rest(over)
         self.assertEqual((r.status, r.error_code()), (413, "too_large"), r)
         self.unharmed(heads={ch: 1}, exact_metrics={"herald_slow_consumer_closes_total": 0})
 
@@ -334,6 +332,27 @@ class TestBodyBudget(FloodCase):
         self.assertGreaterEqual(elapsed, 2.5, "closed before the body timeout")
         self.assertEqual(self.metric_now("herald_http_body_bytes"), 0)
         self.unharmed()
+
+    def test_a_stalled_body_after_its_413_is_closed_at_the_body_timeout(self):
+        """M11: a POST declaring 1 MB (over the 64k limit) is answered 413 on its head, and
+        its body is then awaited to be thrown away; this one sends 1000 bytes and stalls.
+        After HERALD_BODY_TIMEOUT (3s) the connection is closed, with nothing written after
+        the 413 (no 408), and counted once, as too_large."""
+        ch = self.ch()
+        c = self.conn()
+        t0 = time.monotonic()
+        c.send(request_bytes("POST", f"/v1/channels/{ch}/messages",
+                             [("Authorization", f"Bearer {API_KEY}"),
+                              ("Content-Length", "1000000")], b"y" * 1000))
+        r = c.read_response(10)
+        self.assertEqual((r.status, r.error_code()), (413, "too_large"), r)
+        self.assertLess(time.monotonic() - t0, 2.5, "the 413 waited for the body")
+        self.assertTrue(c.closed_within(15), "a stalled body was still open after 15 s")
+        self.assertGreaterEqual(time.monotonic() - t0, 2.5, "closed before the body timeout")
+        self.assertEqual(c.extra, b"", "something written after the 413")
+        self.unharmed(errors={"too_large": 1})
+        self.assertEqual(self.metric_delta("herald_client_errors_total", {"code": "too_large"}), 1)
+        self.assertEqual(self.metric_delta("herald_client_errors_total", {"code": "bad_request"}), 0)
 
     def test_trickling_bodies_on_many_connections(self):
         """M11: 40 connections each declare 4,000 bytes (160 kB in all, budget 128k) and

@@ -357,13 +357,40 @@ class TestLengthAndEncoding(HttpCase):
         self.unharmed()
 
     def test_post_over_the_limit_is_413_before_the_body(self):
-        """M11: Content-Length 10 MB > HERALD_MAX_PUBLISH_BYTES: 413 too_large, closed,
-        without the client sending a single body byte."""
+        """M11: Content-Length 10 MB > HERALD_MAX_PUBLISH_BYTES: 413 too_large (connection:
+        close) on the head alone, before the client sends a body byte. The connection then
+        waits for the declared body, reads it to its end and throws it away, and only then
+        closes, with a FIN: closed with the body unread, it would be reset."""
         ch = self.ch()
         r, c = self.exchange(request_bytes("POST", f"/v1/channels/{ch}/messages",
                                            [AUTH, ("Content-Length", "10000000")]), timeout=10)
-        self.assert_refusal(r, 413, "too_large", conn=c)
+        self.assert_refusal(r, 413, "too_large", closed=False)
+        self.assertEqual(r.headers.get("connection"), "close", r)
+        self.assertTrue(c.still_open(0.5), "closed before the declared body came")
+        c.send(b"x" * 10000000)
+        self.assertTrue(c.ends_cleanly(10), "not closed with a FIN after the body")
+        self.assertEqual(c.extra, b"", "more than the one answer")
         self.unharmed(errors={"too_large": 1})
+        self.assertEqual(self.metric_delta("herald_client_errors_total", {"code": "too_large"}), 1)
+
+    def test_a_body_over_the_limit_written_before_reading_gets_its_413(self):
+        """M11: most clients (Python's http.client, for one) write the head, then the whole
+        body, and read only then. A 1 MB body over the 64k limit, written so: the 413 is
+        read after it, and the connection ends with a FIN. Before, the gateway closed on the
+        head: the body's write failed with a broken pipe and the answer was lost."""
+        ch = self.ch()
+        body = b'"' + b"z" * 1000000 + b'"'
+        req = post_bytes(f"/v1/channels/{ch}/messages", body, cred=API_KEY)
+        split = req.index(b"\r\n\r\n") + 4
+        with RawHTTP(self.h.port, timeout=20) as c:
+            c.send(req[:split])
+            time.sleep(0.2)  # the head is answered meanwhile
+            c.send(req[split:])
+            r = c.read_response(20)
+            self.assertEqual((r.status, r.error_code()), (413, "too_large"), r)
+            self.assertTrue(c.ends_cleanly(10), "not closed with a FIN after the body")
+        self.unharmed(errors={"too_large": 1})
+        self.assertEqual(self.metric_delta("herald_client_errors_total", {"code": "too_large"}), 1)
 
     def test_post_content_length_zero_is_400(self):
         """L7: POST with Content-Length: 0 (lws calls HTTP_BODY with in=NULL): 400
