@@ -99,6 +99,8 @@ struct channel {
     struct frame *last_frame; /* the frame of last_seq, when delivered here: checked against
                                * PostgreSQL's row by the periodic head check */
     bool diverging;           /* a new epoch is being asked for (history_new_epoch) */
+    bool epoch_lost;          /* PostgreSQL lost what was delivered under epoch: nothing more
+                                 is delivered under it, only after a page's new one */
     bool verifying;           /* a duplicate's check of the history is in flight */
     size_t len;
     char name[];

@@ -231,9 +231,18 @@ static void set_last_frame(struct channel *ch, struct frame *f)
     ch->last_frame = f;
 }
 
-/* Delivers the next frame in order and remembers it. */
+static void hint(struct seq *s, struct channel *ch, uint64_t seq);
+
+/* Delivers the next frame in order and remembers it. After a lost history nothing is: a
+ * promoted standby issues the lost seqs again, under the old epoch until the new one is
+ * set, and its next message would pass for the one after those the members got. It waits,
+ * as a hint, for the new epoch's page (history_diverged), which brings it after the reset. */
 static void advance(struct seq *s, struct channel *ch, struct frame *f)
 {
+    if (ch->epoch_lost) {
+        hint(s, ch, f->seq);
+        return;
+    }
     cache_push(s, ch, f);
     ch->last_seq = f->seq;
     set_last_frame(ch, f);
@@ -506,6 +515,7 @@ static void set_baseline(struct seq *s, struct channel *ch, uint64_t head, const
 {
     list_remove(&s->heads, ch, HEADS);
     ch->baseline = true;
+    ch->epoch_lost = false;
     ch->last_seq = head;
     set_last_frame(ch, NULL); /* not delivered here: nothing to compare it with */
     snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
@@ -619,6 +629,7 @@ static void history_diverged(struct seq *s, struct channel *ch, const char *why)
     }
     q->s = s;
     ch->diverging = true;
+    ch->epoch_lost = true;
     ch->queries++;
     history_new_epoch(s->app, &q->r, ch->name, ch->epoch, on_new_epoch, q);
 }
@@ -986,6 +997,8 @@ static void apply_page(struct seq *s, struct channel *ch, const struct history_p
 {
     if (ch->baseline && page->exists && ch->epoch[0] && strcmp(ch->epoch, page->epoch) != 0)
         reset_epoch(s, ch, page);
+    if (page->exists && strcmp(ch->epoch, page->epoch) != 0)
+        ch->epoch_lost = false;
     if (page->exists)
         snprintf(ch->epoch, sizeof ch->epoch, "%s", page->epoch);
     ch->first_kept = page->first_kept;

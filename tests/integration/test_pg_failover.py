@@ -137,8 +137,8 @@ class PgFailover(HistoryTestCase):
 
 
 class AsyncReplicationLoss(HistoryTestCase):
-    """Asynchronous replication: the standby misses the last commits (it is frozen while
-    they are made), then the primary dies and the standby is promoted. The messages the
+    """Asynchronous replication: the standby misses the last commits (its WAL receiver
+    is stopped while they are made), then the primary dies and the standby is promoted. The messages the
     client got last are gone, and their seqs are issued again to new messages. The gateway's
     head check finds that PostgreSQL no longer has what it delivered, gives the channel a new
     epoch, and the client is told to reload (an unasked subscribed with history_reset); from
@@ -176,9 +176,14 @@ class AsyncReplicationLoss(HistoryTestCase):
         await async_wait_for(lambda: head(self.standby) == 20, WAIT, what="the standby at 20")
         epoch = self.primary.sql(f"SELECT epoch FROM herald_channels WHERE name = '{CHANNEL}'")
 
-        # the standby misses the next six commits; the client gets them
-        self.standby.freeze()
-        self.addCleanup(self.standby.thaw)
+        # the standby misses the next six commits; the client gets them. Its WAL receiver is
+        # stopped, not frozen: a frozen one leaves the WAL in its socket, and reads and
+        # replays it once thawed, before the promotion
+        self.standby.sql("ALTER SYSTEM SET primary_conninfo = ''")
+        self.standby.sql("SELECT pg_reload_conf()")
+        await async_wait_for(
+            lambda: self.standby.sql("SELECT count(*) FROM pg_stat_wal_receiver") == "0", WAIT,
+            what="the standby's WAL receiver stopped")
         for k in range(20, 26):
             self.assertTrue(await asyncio.to_thread(publisher.publish, k))
         seqs = lambda: [f["seq"] for f in frames if f.get("op") == "message"]  # noqa: E731
@@ -186,7 +191,6 @@ class AsyncReplicationLoss(HistoryTestCase):
 
         # failover to the standby that lacks 21..26
         self.primary.kill()
-        self.standby.thaw()
         self.standby.sql("SELECT pg_promote(true, 60)")
         self.assertEqual(head(self.standby), 20)
         for k in range(26, 40):

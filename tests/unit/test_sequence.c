@@ -803,6 +803,34 @@ static void a_history_lost_in_a_failover_gets_a_new_epoch(void **state)
     leave(&a);
 }
 
+/* The same, with the promoted standby's next messages coming before its new epoch: they are
+ * signed under the old one (PostgreSQL has not changed it yet), and seq 8 follows the 7 the
+ * member got. It must not be delivered as if it did: the lost 7 is not the new 7. It and a
+ * page fetched under the old epoch meanwhile wait for the new epoch's page, which brings
+ * them after the reset. */
+static void nothing_follows_a_lost_history_before_its_new_epoch(void **state)
+{
+    (void)state;
+    struct fake_sub a = {.sub.sink = &sink, .room = true};
+    join_at_head_5(&a);
+    live(6);
+    live(7);
+    failover_lost_history();
+    live(6); /* not the 6 in the cache: a new epoch is asked for */
+    store_up_to(8);
+    live(7);
+    live(8);
+    assert_string_equal(a.log, "S5 m6 m7");
+    tick_after(1000); /* the hint of 8 asks PostgreSQL: still the old epoch */
+    assert_int_equal(w.nfetches, 1);
+    answer_fetch(NULL);
+    assert_string_equal(a.log, "S5 m6 m7");
+    new_epoch_then_reset(&a, "S5 m6 m7 S8/history_reset");
+    live(9); /* under the old epoch: not authentic any more, a hint */
+    assert_string_equal(a.log, "S5 m6 m7 S8/history_reset");
+    leave(&a);
+}
+
 /* Without a recent cache the duplicate cannot be compared: PostgreSQL's row at the last seq
  * delivered is checked against the frame delivered (one check at a time). */
 static void without_a_cache_a_duplicate_makes_the_history_checked(void **state)
@@ -931,6 +959,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(a_forged_payload_changes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(a_presence_event_goes_out_as_it_is, setup, teardown),
         cmocka_unit_test_setup_teardown(a_history_lost_in_a_failover_gets_a_new_epoch, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(nothing_follows_a_lost_history_before_its_new_epoch, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(without_a_cache_a_duplicate_makes_the_history_checked,
                                         setup, teardown),
