@@ -997,10 +997,11 @@ static void apply_page(struct seq *s, struct channel *ch, const struct history_p
 {
     if (ch->baseline && page->exists && ch->epoch[0] && strcmp(ch->epoch, page->epoch) != 0)
         reset_epoch(s, ch, page);
-    if (page->exists && strcmp(ch->epoch, page->epoch) != 0)
-        ch->epoch_lost = false;
-    if (page->exists)
+    if (page->exists) {
+        if (strcmp(ch->epoch, page->epoch) != 0)
+            ch->epoch_lost = false; /* a new history: delivered from its head on */
         snprintf(ch->epoch, sizeof ch->epoch, "%s", page->epoch);
+    }
     ch->first_kept = page->first_kept;
     size_t n;
     struct frame **rows = page_frames(page, &n);

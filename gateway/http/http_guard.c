@@ -115,6 +115,17 @@ static int preflight(struct herald *app, struct lws *wsi)
     return -1;
 }
 
+/* A body over the limit is not refused here: refused with its bytes unread, the connection
+ * would be reset and most clients would lose the answer. The session says so, and rest_begin
+ * answers 413 at once, then reads the body to its end before closing. */
+static bool too_large(struct lws *wsi, const struct http_refusal *no)
+{
+    struct http_session *s = no->status == 413 ? http_session_make(wsi) : NULL;
+    if (s)
+        s->too_large = true;
+    return s != NULL;
+}
+
 int http_guard_request(struct herald *app, struct lws *wsi)
 {
     struct http_head head;
@@ -125,9 +136,7 @@ int http_guard_request(struct herald *app, struct lws *wsi)
     head.max_body = (uint64_t)app->cfg->max_publish_bytes;
     if (head.method == HTTP_OTHER && cors_is_preflight(app, wsi))
         return preflight(app, wsi);
-    /* a body over the limit is answered by rest.c, which reads it to its end before closing
-     * (answer_too_large): refused here, with its bytes unread, it would be reset */
-    if (http_framing_check(&head, &body, &no) < 0 && no.status != 413) {
+    if (http_framing_check(&head, &body, &no) < 0 && !too_large(wsi, &no)) {
         log_debug("http_refused", "%u: %s", no.status, no.why);
         http_guard_refuse(app, wsi, no.status, no.code, no.why);
         return -1;

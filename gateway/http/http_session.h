@@ -25,7 +25,8 @@ enum rest_phase {
 struct http_session {
     enum rest_phase phase;
     bool refused;    /* the answer is decided: the body is only thrown away */
-    bool answered;   /* that answer is out already (413): close once the body has come */
+    bool too_large;  /* the body is over the limit (http_guard.c): 413 at once, then the body
+                      * is read to its end and the connection closed */
     bool stray;      /* input came where none belongs: close after the answer */
     bool hang_up;    /* the last answer is out: close at the next WRITEABLE */
     bool seen_whole; /* a request of this connection was whole once (http_guard.c) */

@@ -134,7 +134,7 @@ static void on_sweep(uv_timer_t *t)
         next = s->body_next; /* the kill below frees s */
         if (now - s->started_ms <= (uint64_t)r->app->cfg->body_timeout_ms)
             continue;
-        if (!s->answered)
+        if (!s->too_large) /* its 413 is out already */
             http_guard_refuse(r->app, s->wsi, 408, ERR_BAD_REQUEST,
                               "the body did not arrive within HERALD_BODY_TIMEOUT");
         lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
@@ -182,7 +182,7 @@ static void session_reset(struct herald *app, struct http_session *s)
     s->extra[0] = '\0';
     set_phase(app, s, REST_IDLE);
     s->refused = false;
-    s->answered = false;
+    s->too_large = false;
 }
 
 void rest_session_free(struct herald *app, struct lws *wsi)
@@ -609,8 +609,8 @@ bool rest_may_read(struct herald *app, struct lws *wsi, struct http_session *s, 
     return true;
 }
 
-/* A POST whose Content-Length is over HERALD_MAX_PUBLISH_BYTES (let through by http_guard.c)
- * is answered 413 at once, on its head, so that a client that reads while it writes can
+/* A POST whose Content-Length is over HERALD_MAX_PUBLISH_BYTES (found by http_guard.c) is
+ * answered 413 at once, on its head, so that a client that reads while it writes can
  * stop; its body is then read to its end and thrown away, and only then is the connection
  * closed (rest_body_done). Closed with body bytes unread, the socket would send a reset, and
  * a client that reads only once its body is written, as most do, would lose the answer: this
@@ -631,7 +631,6 @@ static void answer_too_large(struct herald *app, struct lws *wsi, struct http_se
     s->response = NULL; /* the body's end then finds no answer to write: it hangs up */
     s->response_len = 0;
     s->refused = true;
-    s->answered = true;
 }
 
 int rest_begin(struct herald *app, struct lws *wsi, enum v1_route route, const char *channel)
@@ -643,7 +642,7 @@ int rest_begin(struct herald *app, struct lws *wsi, enum v1_route route, const c
     if (!s)
         return -1;
     set_phase(app, s, post ? REST_BODY : REST_IDLE);
-    if (post && http_guard_body_length(wsi) > (uint64_t)app->cfg->max_publish_bytes) {
+    if (s->too_large) {
         answer_too_large(app, wsi, s);
         return 0;
     }

@@ -392,6 +392,21 @@ class TestLengthAndEncoding(HttpCase):
         self.unharmed(errors={"too_large": 1})
         self.assertEqual(self.metric_delta("herald_client_errors_total", {"code": "too_large"}), 1)
 
+    def test_requests_pipelined_behind_a_body_over_the_limit_get_no_answer(self):
+        """M11: a 100 kB body (over the 64k limit), then a GET and a small POST, all in one
+        write. The 413 is the only answer: the connection closes with a FIN once the
+        declared body is read, and what followed it is never served (nothing stored)."""
+        ch = self.ch()
+        over = post_bytes(f"/v1/channels/{ch}/messages", b'"' + b"p" * 100000 + b'"',
+                          cred=API_KEY)
+        r, c = self.exchange(over + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                             + post_bytes(f"/v1/channels/{ch}/messages", b'{"x":1}',
+                                          cred=API_KEY), timeout=20)
+        self.assertEqual((r.status, r.error_code()), (413, "too_large"), r)
+        self.assertTrue(c.ends_cleanly(10), "not closed with a FIN after the body")
+        self.assertEqual(c.extra, b"", "something answered after the 413")
+        self.unharmed(errors={"too_large": 1})
+
     def test_post_content_length_zero_is_400(self):
         """L7: POST with Content-Length: 0 (lws calls HTTP_BODY with in=NULL): 400
         bad_request (the body must be JSON); UBSan sees no memcpy from NULL."""
